@@ -1,0 +1,396 @@
+//! Configuration: one flat table of documented options.
+//!
+//! Runs on: the main thread, once at start-up. [`Config`] is then cloned into every
+//! shard (it is `Send + Clone`, plain data).
+//!
+//! Every option comes, in increasing precedence, from its default, the TOML file named
+//! by `--config` / `CORECAST_CONFIG`, the environment (`CORECAST_<NAME>`), and the
+//! command line (`--<name>`). The [`config_options!`] table below is the single source
+//! of each option's name, type, default and documentation: it generates the CLI flags,
+//! the environment variable names, the TOML keys and `--help`. [`Config::validate`]
+//! checks values and cross-field invariants with messages that name the option.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use clap::{ArgMatches, FromArgMatches, parser::ValueSource};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// A duration written as `250ms`, `25s`, `5m`, `1h`, or `0`/`off` (disabled where allowed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    /// The duration, `None` when it is zero (the feature is off).
+    pub fn enabled(self) -> Option<Duration> {
+        (!self.0.is_zero()).then_some(self.0)
+    }
+}
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "0" || s.eq_ignore_ascii_case("off") {
+            return Ok(HumanDuration(Duration::ZERO));
+        }
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration (e.g. 250ms, 25s, 5m)"))?;
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            _ => return Err(format!("`{s}`: duration needs a unit ms, s, m or h (e.g. 25s)")),
+        };
+        Ok(HumanDuration(d))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms == 0 {
+            write!(f, "off")
+        } else if ms % 1000 != 0 {
+            write!(f, "{ms}ms")
+        } else {
+            write!(f, "{}s", ms / 1000)
+        }
+    }
+}
+
+/// A size in bytes written as `65536`, `64KiB`, `1MiB` or `1GiB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub usize);
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: usize = num.parse().map_err(|_| format!("`{s}` is not a size (e.g. 65536, 64KiB, 1MiB)"))?;
+        let mult = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" | "K" | "KB" => 1 << 10,
+            "MiB" | "M" | "MB" => 1 << 20,
+            "GiB" | "G" | "GB" => 1 << 30,
+            _ => return Err(format!("`{s}`: size unit must be B, KiB, MiB or GiB")),
+        };
+        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("`{s}` is too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        if n != 0 && n % (1 << 20) == 0 {
+            write!(f, "{}MiB", n >> 20)
+        } else if n != 0 && n % (1 << 10) == 0 {
+            write!(f, "{}KiB", n >> 10)
+        } else {
+            write!(f, "{n}")
+        }
+    }
+}
+
+/// TOML accepts both `"64KiB"` / `"25s"` strings and bare integers (bytes / seconds).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StrOrInt {
+    Str(String),
+    Int(u64),
+}
+
+macro_rules! deserialize_via_fromstr {
+    ($ty:ty, $int:expr) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                match StrOrInt::deserialize(d)? {
+                    StrOrInt::Str(s) => s.parse().map_err(serde::de::Error::custom),
+                    StrOrInt::Int(n) => Ok($int(n)),
+                }
+            }
+        }
+    };
+}
+deserialize_via_fromstr!(HumanDuration, |n| HumanDuration(Duration::from_secs(n)));
+deserialize_via_fromstr!(ByteSize, |n: u64| ByteSize(n as usize));
+
+/// Shard count: `all` (every CPU in the process's affinity mask) or a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardCount {
+    /// One shard per CPU the process may run on.
+    All,
+    /// Exactly this many shards, pinned to the first CPUs of the affinity mask.
+    Exactly(usize),
+}
+
+impl FromStr for ShardCount {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("all") {
+            return Ok(ShardCount::All);
+        }
+        s.parse().map(ShardCount::Exactly).map_err(|_| format!("`{s}`: shards is `all` or a number"))
+    }
+}
+
+impl fmt::Display for ShardCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ShardCount::All => write!(f, "all"),
+            ShardCount::Exactly(n) => write!(f, "{n}"),
+        }
+    }
+}
+deserialize_via_fromstr!(ShardCount, |n: u64| ShardCount::Exactly(n as usize));
+
+/// `SocketAddr` in TOML as a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddr(pub SocketAddr);
+impl FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse().map(ListenAddr).map_err(|_| format!("`{s}` is not an ADDR:PORT (e.g. 127.0.0.1:8080)"))
+    }
+}
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `Option<usize>` for TOML/CLI counts where `0` means "no limit".
+pub type Count = usize;
+
+/// Declares every option once: field, type, default, env name and doc.
+macro_rules! config_options {
+    ($( $(#[doc = $doc:literal])+ $name:ident : $ty:ty = $default:expr, env = $env:literal; )+) => {
+        /// The effective configuration of one node. See the table in README.md.
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct Config {
+            $( $(#[doc = $doc])+ pub $name: $ty, )+
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Config { $( $name: $default, )+ }
+            }
+        }
+
+        /// The TOML file: every key optional, unknown keys rejected.
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct FileConfig {
+            $( $name: Option<$ty>, )+
+        }
+
+        /// Command-line options (each also read from its `CORECAST_*` variable).
+        #[derive(Debug, clap::Args)]
+        pub struct ConfigArgs {
+            /// TOML file with any of the options below (keys as the long flag with `_`).
+            #[arg(long, env = "CORECAST_CONFIG", value_name = "FILE")]
+            pub config: Option<PathBuf>,
+            $(
+                $(#[doc = $doc])+
+                #[arg(long, env = $env, default_value_t = Config::default().$name)]
+                $name: $ty,
+            )+
+        }
+
+        impl Config {
+            /// Builds the configuration: defaults < file < environment < flags.
+            ///
+            /// # Errors
+            /// [`Error::Config`] naming the file or option that is wrong.
+            pub fn from_args(args: &ConfigArgs, matches: &ArgMatches) -> Result<Config> {
+                let mut cfg = Config::default();
+                if let Some(path) = &args.config {
+                    let text = std::fs::read_to_string(path).map_err(|e| {
+                        Error::Config(format!("cannot read config file {}: {e}", path.display()))
+                    })?;
+                    let file: FileConfig = toml::from_str(&text).map_err(|e| {
+                        Error::Config(format!("config file {}: {e}", path.display()))
+                    })?;
+                    $( if let Some(v) = file.$name { cfg.$name = v; } )+
+                }
+                $(
+                    if matches!(
+                        matches.value_source(stringify!($name)),
+                        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                    ) {
+                        cfg.$name = args.$name.clone();
+                    }
+                )+
+                cfg.validate()?;
+                Ok(cfg)
+            }
+
+            /// Renders the configuration as TOML (for `--check-config`).
+            pub fn to_toml(&self) -> String {
+                let mut out = String::new();
+                $( out.push_str(&format!("{} = \"{}\"\n", stringify!($name), self.$name)); )+
+                out
+            }
+        }
+    };
+}
+
+config_options! {
+    /// Address every shard listens on (SO_REUSEPORT). Port 0 picks a free port.
+    listen: ListenAddr = ListenAddr(SocketAddr::from(([127, 0, 0, 1], 8080))), env = "CORECAST_LISTEN";
+    /// Number of shards (one pinned glommio executor each): `all` CPUs in the affinity mask, or N.
+    shards: ShardCount = ShardCount::All, env = "CORECAST_SHARDS";
+    /// listen(2) backlog per shard. The kernel caps it at net.core.somaxconn (tuning/).
+    backlog: Count = 4096, env = "CORECAST_BACKLOG";
+    /// Most WebSocket connections per node; beyond it the upgrade gets HTTP 503. Also capped by the open-files limit.
+    max_connections: Count = 1_000_000, env = "CORECAST_MAX_CONNECTIONS";
+    /// A client must complete the HTTP upgrade within this time or the socket is closed.
+    handshake_timeout: HumanDuration = HumanDuration(Duration::from_secs(5)), env = "CORECAST_HANDSHAKE_TIMEOUT";
+    /// Largest HTTP upgrade request (request line + headers); larger gets HTTP 431.
+    max_request_size: ByteSize = ByteSize(8 << 10), env = "CORECAST_MAX_REQUEST_SIZE";
+    /// Largest inbound WebSocket message (and frame); larger is closed with 1009.
+    max_message_size: ByteSize = ByteSize(64 << 10), env = "CORECAST_MAX_MESSAGE_SIZE";
+    /// Per-connection cap on bytes queued for the socket; a client past it is cut off with 1013.
+    outbound_queue_limit: ByteSize = ByteSize(1 << 20), env = "CORECAST_OUTBOUND_QUEUE_LIMIT";
+    /// After the server queues a Close (slow consumer 1013, protocol error, heartbeat timeout), how long the client has to read it before the socket is closed.
+    close_grace: HumanDuration = HumanDuration(Duration::from_secs(2)), env = "CORECAST_CLOSE_GRACE";
+    /// Interval between WebSocket Ping frames to each client (`off` disables pings and dead-peer detection).
+    ping_interval: HumanDuration = HumanDuration(Duration::from_secs(25)), env = "CORECAST_PING_INTERVAL";
+    /// A client whose Pong does not arrive this long after our Ping is closed (1008).
+    pong_timeout: HumanDuration = HumanDuration(Duration::from_secs(10)), env = "CORECAST_PONG_TIMEOUT";
+    /// Seed mode: interval of the application heartbeat text `{"type":"ping"}` (`off` disables it).
+    app_ping_interval: HumanDuration = HumanDuration(Duration::from_secs(30)), env = "CORECAST_APP_PING_INTERVAL";
+    /// On SIGTERM/SIGINT: how long clients get to finish the close handshake before sockets are dropped.
+    drain_timeout: HumanDuration = HumanDuration(Duration::from_secs(10)), env = "CORECAST_DRAIN_TIMEOUT";
+    /// SO_SNDBUF for accepted sockets (0 = kernel default with autotuning). Bounds kernel memory per slow client.
+    socket_send_buffer: ByteSize = ByteSize(0), env = "CORECAST_SOCKET_SEND_BUFFER";
+    /// Capacity, in events, of each shard's inbox from the bus. A full inbox makes publishers wait.
+    inbox_capacity: Count = 8192, env = "CORECAST_INBOX_CAPACITY";
+    /// io_uring registered memory per shard. Sockets never use it; keep small (locked memory, tuning/).
+    io_memory: ByteSize = ByteSize(64 << 10), env = "CORECAST_IO_MEMORY";
+}
+
+/// Largest accepted user id, in bytes (ids are `[A-Za-z0-9_.-]`).
+pub const MAX_USER_ID_LEN: usize = 64;
+/// Largest accepted topic name, in bytes (names are `[A-Za-z0-9_.:/-]`).
+pub const MAX_TOPIC_LEN: usize = 128;
+/// Most topics one connection may subscribe to.
+pub const MAX_TOPICS_PER_CONN: usize = 256;
+
+impl Config {
+    /// Checks values and cross-field invariants.
+    ///
+    /// # Errors
+    /// [`Error::Config`] with a message naming the option.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        if let ShardCount::Exactly(0) = self.shards {
+            return bad("shards must be at least 1 (or `all`)".into());
+        }
+        if self.backlog == 0 || self.backlog > i32::MAX as usize {
+            return bad(format!("backlog must be between 1 and {}", i32::MAX));
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections must be at least 1".into());
+        }
+        if self.handshake_timeout.enabled().is_none() {
+            return bad("handshake_timeout cannot be off: a silent socket would stay forever".into());
+        }
+        if self.max_request_size.0 < 256 {
+            return bad("max_request_size must be at least 256 bytes".into());
+        }
+        if self.max_message_size.0 < 125 || self.max_message_size.0 > (64 << 20) {
+            return bad("max_message_size must be between 125 bytes and 64MiB".into());
+        }
+        if self.outbound_queue_limit.0 < 4096 {
+            return bad("outbound_queue_limit must be at least 4KiB".into());
+        }
+        if self.ping_interval.enabled().is_some() && self.pong_timeout.enabled().is_none() {
+            return bad("pong_timeout cannot be off while ping_interval is on".into());
+        }
+        if self.inbox_capacity == 0 {
+            return bad("inbox_capacity must be at least 1".into());
+        }
+        if self.io_memory.0 < 4096 {
+            return bad("io_memory must be at least 4KiB".into());
+        }
+        Ok(())
+    }
+
+    /// Parses options from an argument list (used by tests and `main`).
+    ///
+    /// # Errors
+    /// Clap's usage error as [`Error::Config`], or a validation error.
+    pub fn from_arg_list<I, T>(args: I) -> Result<Config>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let cmd = <ConfigArgs as clap::Args>::augment_args(clap::Command::new("corecast"));
+        let matches = cmd.try_get_matches_from(args).map_err(|e| Error::Config(e.to_string()))?;
+        let args = ConfigArgs::from_arg_matches(&matches).map_err(|e| Error::Config(e.to_string()))?;
+        Config::from_args(&args, &matches)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_units() {
+        assert_eq!("250ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(250));
+        assert_eq!("25s".parse::<HumanDuration>().unwrap().0, Duration::from_secs(25));
+        assert_eq!("off".parse::<HumanDuration>().unwrap().enabled(), None);
+        assert!("25".parse::<HumanDuration>().is_err());
+        assert_eq!("64KiB".parse::<ByteSize>().unwrap().0, 65536);
+        assert_eq!("1MiB".parse::<ByteSize>().unwrap().0, 1 << 20);
+        assert!("1XB".parse::<ByteSize>().is_err());
+        assert_eq!(ByteSize(65536).to_string(), "64KiB");
+        assert_eq!(HumanDuration(Duration::from_millis(1500)).to_string(), "1500ms");
+    }
+
+    #[test]
+    fn precedence_is_default_file_env_flag() {
+        let dir = std::env::temp_dir().join(format!("corecast-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "backlog = 100\nping_interval = \"3s\"\nmax_message_size = 1000\n").unwrap();
+        let cfg = Config::from_arg_list([
+            "corecast",
+            "--config",
+            file.to_str().unwrap(),
+            "--backlog",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!(cfg.backlog, 7, "flag beats file");
+        assert_eq!(cfg.ping_interval.0, Duration::from_secs(3), "file beats default");
+        assert_eq!(cfg.max_message_size.0, 1000);
+        assert_eq!(cfg.pong_timeout, Config::default().pong_timeout);
+
+        std::fs::write(&file, "bogus_key = 1\n").unwrap();
+        let err = Config::from_arg_list(["corecast", "--config", file.to_str().unwrap()]).unwrap_err();
+        assert!(err.to_string().contains("bogus_key"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_option() {
+        let err = Config::from_arg_list(["corecast", "--shards", "0"]).unwrap_err();
+        assert!(err.to_string().contains("shards"), "{err}");
+        let err = Config::from_arg_list(["corecast", "--pong-timeout", "off"]).unwrap_err();
+        assert!(err.to_string().contains("pong_timeout"), "{err}");
+        let err = Config::from_arg_list(["corecast", "--listen", "nope"]).unwrap_err();
+        assert!(err.to_string().contains("ADDR:PORT"), "{err}");
+    }
+}

@@ -1,0 +1,220 @@
+//! The HTTP/1.1 upgrade: parse the request, decide, and build the response.
+//!
+//! Runs on: a shard, in a connection task before it is registered. Pure functions over
+//! bytes (the task does the reading, with the handshake deadline), so that every
+//! decision is unit-tested and the parser can be fuzzed.
+
+use crate::conn::command::is_valid_user_id;
+
+/// Most request headers accepted; more gets HTTP 431.
+pub const MAX_HEADERS: usize = 64;
+
+/// The subprotocol that selects the v1 JSON protocol.
+pub const V1_SUBPROTOCOL: &str = "corecast.v1";
+
+/// What the client asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// A valid WebSocket upgrade on `/ws/{user}`.
+    Upgrade {
+        /// The validated user id from the path.
+        user: String,
+        /// Client offered `corecast.v1`: the server selects it.
+        v1: bool,
+        /// `Sec-WebSocket-Accept` value.
+        accept_key: String,
+    },
+    /// `GET /healthz`.
+    Health,
+    /// Anything else: answer with this status and close.
+    Reject(Rejection),
+}
+
+/// An HTTP error answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    /// HTTP status code.
+    pub status: u16,
+    /// Short plain-text body saying why.
+    pub reason: &'static str,
+}
+
+const fn reject(status: u16, reason: &'static str) -> Request {
+    Request::Reject(Rejection { status, reason })
+}
+
+/// Parses the request at the start of `buf`.
+///
+/// Returns `None` while the request head is incomplete, otherwise the decision and the
+/// number of bytes the head used (bytes after it are the client's first frames).
+pub fn parse_request(buf: &[u8]) -> Option<(Request, usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let used = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return None,
+        Err(httparse::Error::TooManyHeaders) => {
+            return Some((reject(431, "too many request headers"), buf.len()));
+        }
+        Err(_) => return Some((reject(400, "malformed HTTP request"), buf.len())),
+    };
+    Some((decide(&req), used))
+}
+
+fn decide(req: &httparse::Request<'_, '_>) -> Request {
+    if req.version != Some(1) {
+        return reject(400, "HTTP/1.1 required");
+    }
+    let Some(target) = req.path else { return reject(400, "missing request target") };
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    let header = |name: &str| {
+        req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    if req.method != Some("GET") {
+        return reject(405, "only GET is supported");
+    }
+    if path == "/healthz" {
+        return Request::Health;
+    }
+    let Some(user) = path.strip_prefix("/ws/") else { return reject(404, "no such endpoint; use /ws/{user_id}") };
+    if !is_valid_user_id(user) {
+        return reject(400, "invalid user id: 1-64 characters of A-Z a-z 0-9 _ . -");
+    }
+    let has_token =
+        |value: Option<&str>, token: &str| value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)));
+    if !has_token(header("upgrade"), "websocket") || !has_token(header("connection"), "upgrade") {
+        return reject(400, "expected a WebSocket upgrade (Upgrade: websocket, Connection: Upgrade)");
+    }
+    if header("sec-websocket-version").map(str::trim) != Some("13") {
+        return reject(426, "unsupported Sec-WebSocket-Version; 13 required");
+    }
+    let Some(key) = header("sec-websocket-key").map(str::trim).filter(|k| is_valid_key(k)) else {
+        return reject(400, "missing or malformed Sec-WebSocket-Key");
+    };
+    let v1 = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-protocol"))
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == V1_SUBPROTOCOL);
+    Request::Upgrade {
+        user: user.to_owned(),
+        v1,
+        accept_key: tungstenite::handshake::derive_accept_key(key.as_bytes()),
+    }
+}
+
+/// A key is the base64 encoding of 16 bytes: 22 base64 characters and `==`.
+fn is_valid_key(key: &str) -> bool {
+    let b = key.as_bytes();
+    b.len() == 24
+        && b[22..] == *b"=="
+        && b[..22].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+}
+
+/// The `101 Switching Protocols` response.
+pub fn upgrade_response(accept_key: &str, v1: bool, shard: u16) -> Vec<u8> {
+    let protocol = if v1 { "Sec-WebSocket-Protocol: corecast.v1\r\n" } else { "" };
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept_key}\r\n{protocol}X-Corecast-Shard: {shard}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// A complete HTTP response with a body, after which the connection closes.
+pub fn http_response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let extra = match status {
+        426 => "Sec-WebSocket-Version: 13\r\n",
+        405 => "Allow: GET\r\n",
+        _ => "",
+    };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         {extra}Cache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The error response for `rejection`.
+pub fn rejection_response(rejection: Rejection) -> Vec<u8> {
+    let mut body = rejection.reason.to_owned();
+    body.push('\n');
+    http_response(rejection.status, "text/plain; charset=utf-8", &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(lines: &str) -> Request {
+        let raw = format!("{lines}\r\n\r\n").replace('\n', "\r\n").replace("\r\r", "\r");
+        parse_request(raw.as_bytes()).expect("complete").0
+    }
+
+    const GOOD: &str = "GET /ws/alice HTTP/1.1\nHost: x\nUpgrade: websocket\nConnection: keep-alive, Upgrade\n\
+                        Sec-WebSocket-Version: 13\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==";
+
+    #[test]
+    fn rfc6455_accept_key_vector() {
+        match req(GOOD) {
+            Request::Upgrade { user, v1, accept_key } => {
+                assert_eq!(user, "alice");
+                assert!(!v1);
+                assert_eq!(accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn selects_v1_from_a_list() {
+        let r = req(&format!("{GOOD}\nSec-WebSocket-Protocol: chat, corecast.v1"));
+        assert!(matches!(r, Request::Upgrade { v1: true, .. }));
+    }
+
+    #[test]
+    fn statuses() {
+        let status = |r: Request| match r {
+            Request::Reject(rej) => rej.status,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(status(req(&GOOD.replace("/ws/alice", "/nope"))), 404);
+        assert_eq!(status(req(&GOOD.replace("/ws/alice", "/ws/al%20ice"))), 400);
+        assert_eq!(status(req(&GOOD.replace("/ws/alice", "/ws/"))), 400);
+        assert_eq!(status(req(&GOOD.replace("Version: 13", "Version: 8"))), 426);
+        assert_eq!(status(req(&GOOD.replace("Upgrade: websocket\n", ""))), 400);
+        assert_eq!(status(req(&GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "short"))), 400);
+        assert_eq!(status(req(&GOOD.replace("GET", "POST"))), 405);
+        let many: String = (0..MAX_HEADERS + 1).map(|i| format!("\nX-{i}: y")).collect();
+        assert_eq!(status(req(&format!("{GOOD}{many}"))), 431);
+        assert_eq!(req("GET /healthz HTTP/1.1\nHost: x"), Request::Health);
+        assert_eq!(req("GET /healthz?x=1 HTTP/1.1\nHost: x"), Request::Health);
+        assert_eq!(status(parse_request(b"\x00\x01garbage\r\n\r\n").unwrap().0), 400);
+    }
+
+    #[test]
+    fn incomplete_head_needs_more() {
+        assert!(parse_request(b"GET /ws/a HTTP/1.1\r\nHost:").is_none());
+    }
+
+    #[test]
+    fn leftover_bytes_are_not_consumed() {
+        let raw = format!("{}\r\n\r\nFRAME", GOOD.replace('\n', "\r\n"));
+        let (_, used) = parse_request(raw.as_bytes()).unwrap();
+        assert_eq!(&raw.as_bytes()[used..], b"FRAME");
+    }
+}

@@ -1,0 +1,168 @@
+//! The outbound side of one connection: a queue of shared frames and the writes that
+//! drain it.
+//!
+//! Runs on: the connection's shard. `!Send` (`Rc` frames).
+//!
+//! There is exactly one writer per socket: every byte a connection sends (fan-out
+//! frames, replies, pongs, pings, Close) goes through its [`OutQueue`], so frames can
+//! never interleave mid-frame (the "write gate" of NOTES §3 is this single queue).
+//! Frames queued for a socket during one pass of the shard go out in one `sendmsg` with
+//! one iovec per frame (corking, as uWebSockets does): the cost of a write hardly
+//! depends on how many frames it carries.
+//!
+//! Policy: the queue holds at most `outbound_queue_limit` bytes. A frame that would pass
+//! it marks the client as a slow consumer (see `Conn::begin_close`).
+
+use std::{
+    collections::VecDeque,
+    io::{self, IoSlice},
+    os::fd::RawFd,
+    rc::Rc,
+};
+
+use crate::{frame::SharedFrame, sys};
+
+/// Most iovecs handed to one `sendmsg` (far below `UIO_MAXIOV`; enough to carry a
+/// whole burst, small enough to live on the stack).
+pub const MAX_IOVECS: usize = 64;
+
+/// Frames waiting to be written to one socket.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    /// Frames in order; the first may be partly written.
+    frames: VecDeque<Rc<SharedFrame>>,
+    /// Bytes of `frames[0]` already written.
+    head_written: usize,
+    /// Bytes queued and not yet written (the backpressure measure).
+    bytes: usize,
+}
+
+impl OutQueue {
+    /// Bytes not yet written.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// No bytes pending.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Appends a frame.
+    pub fn push(&mut self, frame: Rc<SharedFrame>) {
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    /// Drops every frame that has not started going out. A partly written head frame
+    /// stays: cutting it would corrupt the stream for the Close that follows.
+    pub fn drop_unstarted(&mut self) {
+        let keep = usize::from(self.head_written > 0);
+        while self.frames.len() > keep {
+            if let Some(f) = self.frames.pop_back() {
+                self.bytes -= f.len();
+            }
+        }
+        self.release_if_idle();
+    }
+
+    /// Fills `iov` with the unwritten bytes, in order; returns how many slices it used.
+    pub fn iovecs<'a>(&'a self, iov: &mut [IoSlice<'a>; MAX_IOVECS]) -> usize {
+        let mut n = 0;
+        for (i, frame) in self.frames.iter().take(MAX_IOVECS).enumerate() {
+            let start = if i == 0 { self.head_written } else { 0 };
+            iov[i] = IoSlice::new(&frame[start..]);
+            n += 1;
+        }
+        n
+    }
+
+    /// Records that `written` bytes went out.
+    pub fn advance(&mut self, mut written: usize) {
+        self.bytes -= written;
+        while written > 0 {
+            let Some(head) = self.frames.front() else { break };
+            let left = head.len() - self.head_written;
+            if written >= left {
+                written -= left;
+                self.frames.pop_front();
+                self.head_written = 0;
+            } else {
+                self.head_written += written;
+                written = 0;
+            }
+        }
+        self.release_if_idle();
+    }
+
+    /// An idle connection keeps no queue allocation (idle memory is the product).
+    fn release_if_idle(&mut self) {
+        if self.frames.is_empty() && self.frames.capacity() > 8 {
+            self.frames = VecDeque::new();
+        }
+    }
+
+    /// Writes as much as the socket takes without blocking.
+    ///
+    /// Returns `Ok(true)` when the queue is empty, `Ok(false)` when the socket is full.
+    ///
+    /// # Errors
+    /// The socket error (peer gone).
+    pub fn write_nonblocking(&mut self, fd: RawFd) -> io::Result<bool> {
+        loop {
+            if self.frames.is_empty() {
+                return Ok(true);
+            }
+            let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+            let n = self.iovecs(&mut iov);
+            match sys::send_vectored(fd, &iov[..n]) {
+                Ok(written) => self.advance(written),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn frame(s: &'static str) -> Rc<SharedFrame> {
+        Rc::new(Bytes::from_static(s.as_bytes()))
+    }
+
+    #[test]
+    fn advance_across_frames_and_partial_head() {
+        let mut q = OutQueue::default();
+        q.push(frame("abc"));
+        q.push(frame("defg"));
+        q.push(frame("h"));
+        assert_eq!(q.bytes(), 8);
+        q.advance(4);
+        assert_eq!(q.bytes(), 4);
+        let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+        let n = q.iovecs(&mut iov);
+        let pending: Vec<u8> = iov[..n].iter().flat_map(|s| s.iter().copied()).collect();
+        assert_eq!(pending, b"efgh");
+        q.drop_unstarted();
+        assert_eq!(q.bytes(), 3, "partly written head frame is kept");
+        q.advance(3);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn writes_to_a_real_socket() {
+        use std::{io::Read, os::fd::AsRawFd};
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut q = OutQueue::default();
+        q.push(frame("hello "));
+        q.push(frame("world"));
+        assert!(q.write_nonblocking(a.as_raw_fd()).unwrap());
+        let mut got = [0u8; 11];
+        b.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello world");
+    }
+}

@@ -1,0 +1,174 @@
+//! Events published by clients, and their encoding into frames, **once** per wire format.
+//!
+//! Runs on: the thread that encodes (a shard for the embedded bus). [`Event`] is plain
+//! owned data (`Send`); [`Event::encode`] turns it into an [`xshard::Delivery`] whose
+//! frames every shard and connection then share by reference count.
+//!
+//! Wire formats (PROTOCOL.md):
+//! - v1: `{"type":"message","topic":T,"sender":S,"data":D}`,
+//!   `{"type":"direct","sender":S,"data":D}`, `{"type":"broadcast","sender":S,"data":D}`.
+//! - seed: `{"sender":S,"text":X}` where X is the text, or the JSON text of non-string data.
+
+use crate::{
+    frame,
+    xshard::{Delivery, Route},
+};
+
+/// The body of an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// A string: a seed-mode client's text, or a v1 client's string `data`, decoded.
+    Text(String),
+    /// A v1 client's non-string `data`: one JSON value, already serialized (compact).
+    /// String `data` arrives as [`Payload::Text`]: both mean "this string".
+    Json(String),
+}
+
+/// Something a client published, before encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The publishing connection's user id (validated: no characters need escaping).
+    pub sender: String,
+    /// Who receives it.
+    pub route: Route,
+    /// What they receive.
+    pub payload: Payload,
+}
+
+impl Event {
+    /// Encodes the frames every receiver needs: the v1 frame always, the seed frame for
+    /// broadcasts. Each is built exactly once here.
+    pub fn encode(&self) -> Delivery {
+        let mut json = String::with_capacity(64 + self.payload_len());
+        match &self.route {
+            Route::Broadcast => json.push_str(r#"{"type":"broadcast","sender":"#),
+            Route::Topic(topic) => {
+                json.push_str(r#"{"type":"message","topic":"#);
+                push_json_str(&mut json, topic);
+                json.push_str(r#","sender":"#);
+            }
+            Route::Direct(_) => json.push_str(r#"{"type":"direct","sender":"#),
+        }
+        push_json_str(&mut json, &self.sender);
+        json.push_str(r#","data":"#);
+        match &self.payload {
+            Payload::Text(text) => push_json_str(&mut json, text),
+            Payload::Json(raw) => json.push_str(raw),
+        }
+        json.push('}');
+        let v1 = frame::encode_text(&json);
+
+        let seed = matches!(self.route, Route::Broadcast).then(|| {
+            json.clear();
+            json.push_str(r#"{"sender":"#);
+            push_json_str(&mut json, &self.sender);
+            json.push_str(r#","text":"#);
+            // A string's `text` is the string itself; any other value goes as its JSON text.
+            match &self.payload {
+                Payload::Text(text) | Payload::Json(text) => push_json_str(&mut json, text),
+            }
+            json.push('}');
+            frame::encode_text(&json)
+        });
+        Delivery { route: self.route.clone(), v1, seed }
+    }
+
+    fn payload_len(&self) -> usize {
+        match &self.payload {
+            Payload::Text(s) | Payload::Json(s) => s.len(),
+        }
+    }
+}
+
+/// Appends `s` as a JSON string literal (quotes and escapes included).
+pub fn push_json_str(out: &mut String, s: &str) {
+    out.reserve(s.len() + 2);
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1F => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if escape.is_empty() {
+            out.push_str(&format!("\\u{b:04x}"));
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text_of(frame: &[u8]) -> &str {
+        assert_eq!(frame[0], 0x81);
+        let (len, at) = match frame[1] {
+            126 => (u16::from_be_bytes([frame[2], frame[3]]) as usize, 4),
+            n => (n as usize, 2),
+        };
+        std::str::from_utf8(&frame[at..at + len]).unwrap()
+    }
+
+    #[test]
+    fn seed_text_broadcast_encodes_both_formats() {
+        let event = Event {
+            sender: "alice".into(),
+            route: Route::Broadcast,
+            payload: Payload::Text("hi \"there\"\n".into()),
+        };
+        let d = event.encode();
+        assert_eq!(text_of(&d.v1), r#"{"type":"broadcast","sender":"alice","data":"hi \"there\"\n"}"#);
+        assert_eq!(text_of(d.seed.as_ref().unwrap()), r#"{"sender":"alice","text":"hi \"there\"\n"}"#);
+    }
+
+    #[test]
+    fn v1_broadcast_of_string_and_object_data() {
+        let string =
+            Event { sender: "bob".into(), route: Route::Broadcast, payload: Payload::Text("plain é".into()) }
+                .encode();
+        assert_eq!(text_of(&string.v1), r#"{"type":"broadcast","sender":"bob","data":"plain é"}"#);
+        assert_eq!(text_of(string.seed.as_ref().unwrap()), r#"{"sender":"bob","text":"plain é"}"#);
+        let object = Event {
+            sender: "bob".into(),
+            route: Route::Broadcast,
+            payload: Payload::Json(r#"{"x":1}"#.into()),
+        }
+        .encode();
+        assert_eq!(text_of(&object.v1), r#"{"type":"broadcast","sender":"bob","data":{"x":1}}"#);
+        assert_eq!(text_of(object.seed.as_ref().unwrap()), r#"{"sender":"bob","text":"{\"x\":1}"}"#);
+    }
+
+    #[test]
+    fn topic_and_direct_have_no_seed_frame() {
+        let topic = Event {
+            sender: "c".into(),
+            route: Route::Topic("news".into()),
+            payload: Payload::Json("[1,2]".into()),
+        }
+        .encode();
+        assert_eq!(text_of(&topic.v1), r#"{"type":"message","topic":"news","sender":"c","data":[1,2]}"#);
+        assert!(topic.seed.is_none());
+        let direct =
+            Event { sender: "c".into(), route: Route::Direct("d".into()), payload: Payload::Json("null".into()) }
+                .encode();
+        assert_eq!(text_of(&direct.v1), r#"{"type":"direct","sender":"c","data":null}"#);
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let mut s = String::new();
+        push_json_str(&mut s, "a\u{1}b\\");
+        assert_eq!(s, r#""a\u0001b\\""#);
+    }
+}

@@ -1,0 +1,202 @@
+//! Process topology: limits, listeners, the bus, and one pinned shard per CPU.
+//!
+//! Runs on: the main thread (or a test's thread). Built in dependency order in one place:
+//! 1. check and raise process limits (open files, locked memory) and ignore SIGPIPE;
+//! 2. choose the CPUs (the process's affinity mask, which glommio's topology ignores);
+//! 3. bind one SO_REUSEPORT listener per shard (the first resolves port 0 for all);
+//! 4. create the shard inboxes and the bus;
+//! 5. start one glommio executor per shard, pinned, each owning its listener.
+//!
+//! Shutdown is two-phase inside each shard (`shard::run`): stop accepting and send Close
+//! 1001, then drain until `drain_timeout`; [`RunningServer::join`] returns when every shard
+//! has stopped.
+
+use std::{net::SocketAddr, os::fd::OwnedFd, sync::Arc};
+
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use socket2::{Domain, Protocol, Socket, Type};
+use tracing::info;
+
+use crate::{
+    bus::{Bus, embedded::EmbeddedBus},
+    config::{Config, ShardCount},
+    error::{Error, Result},
+    shard::{self, ShardParts},
+    sys,
+    xshard::{self, ConnectionBudget, NodeStats, ShardControl, ShardId},
+};
+
+/// File descriptors kept free for everything that is not a client socket (listeners,
+/// io_uring rings, eventfds, log files, the Redis connection).
+const RESERVED_FDS_BASE: u64 = 64;
+/// Extra descriptors per shard (listener, ring, eventfds, timers).
+const RESERVED_FDS_PER_SHARD: u64 = 16;
+/// glommio refuses to start below this locked-memory limit.
+const GLOMMIO_MIN_MEMLOCK: u64 = 512 << 10;
+
+/// A node that is running. Dropping it does not stop it: call [`shutdown`](Self::shutdown)
+/// then [`join`](Self::join).
+#[derive(Debug)]
+pub struct RunningServer {
+    addr: SocketAddr,
+    controls: Vec<flume::Sender<ShardControl>>,
+    shards: Vec<ExecutorJoinHandle<()>>,
+    stats: Arc<NodeStats>,
+    budget: Arc<ConnectionBudget>,
+}
+
+impl RunningServer {
+    /// The address the node listens on (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Node counters.
+    pub fn stats(&self) -> &Arc<NodeStats> {
+        &self.stats
+    }
+
+    /// Open WebSocket connections, node-wide.
+    pub fn connections(&self) -> usize {
+        self.budget.used()
+    }
+
+    /// Starts the graceful shutdown of every shard (returns at once).
+    pub fn shutdown(&self) {
+        for control in &self.controls {
+            let _ = control.try_send(ShardControl::Shutdown);
+        }
+    }
+
+    /// Waits until every shard has stopped.
+    ///
+    /// # Errors
+    /// [`Error::ShardPanicked`] when a shard thread panicked.
+    pub fn join(self) -> Result<()> {
+        let mut result = Ok(());
+        for (i, handle) in self.shards.into_iter().enumerate() {
+            if handle.join().is_err() && result.is_ok() {
+                result = Err(Error::ShardPanicked(i));
+            }
+        }
+        result
+    }
+}
+
+/// Starts a node with the embedded bus.
+///
+/// # Errors
+/// [`Error::System`] when the machine's limits cannot host the shards,
+/// [`Error::Bind`] when the address is unavailable, [`Error::ShardStart`] when an
+/// executor cannot start.
+pub fn start(cfg: Config) -> Result<RunningServer> {
+    cfg.validate()?;
+    sys::ignore_sigpipe();
+
+    let cpus = sys::allowed_cpus();
+    if cpus.is_empty() {
+        return Err(Error::System("cannot read the CPU affinity mask".into()));
+    }
+    let shard_count = match cfg.shards {
+        ShardCount::All => cpus.len(),
+        ShardCount::Exactly(n) if n <= cpus.len() => n,
+        ShardCount::Exactly(n) => {
+            return Err(Error::System(format!(
+                "shards = {n} but this process may only run on {} CPUs ({cpus:?}); lower --shards",
+                cpus.len()
+            )));
+        }
+    };
+
+    let (nofile, _) = sys::raise_nofile_limit()?;
+    let reserved = RESERVED_FDS_BASE + RESERVED_FDS_PER_SHARD * shard_count as u64;
+    let fd_capacity = nofile.saturating_sub(reserved) as usize;
+    if fd_capacity == 0 {
+        return Err(Error::System(format!("open-files limit {nofile} is too low (see tuning/)")));
+    }
+    let max_connections = cfg.max_connections.min(fd_capacity);
+    info!(
+        open_files_limit = nofile,
+        capacity = fd_capacity,
+        max_connections,
+        "connection capacity (open-files limit minus {reserved} reserved descriptors)"
+    );
+
+    let memlock = sys::memlock_limit()?;
+    // glommio registers its io_memory three times per executor (NOTES §8).
+    let needed = GLOMMIO_MIN_MEMLOCK.max(3 * cfg.io_memory.0 as u64 * shard_count as u64);
+    if memlock < needed {
+        return Err(Error::System(format!(
+            "locked-memory limit is {} KiB but {shard_count} shards with io_memory {} need {} KiB; \
+             raise `ulimit -l` / LimitMEMLOCK, or lower --io-memory or --shards (see tuning/)",
+            memlock >> 10,
+            cfg.io_memory,
+            needed >> 10
+        )));
+    }
+
+    let (addr, listeners) = bind_listeners(&cfg, shard_count)?;
+    let (inbox_txs, inbox_rxs) = xshard::shard_inboxes(shard_count, cfg.inbox_capacity);
+    let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::new(inbox_txs));
+    let stats = NodeStats::new(shard_count);
+    let budget = ConnectionBudget::new(max_connections);
+
+    let mut controls = Vec::with_capacity(shard_count);
+    let mut shards = Vec::with_capacity(shard_count);
+    for (i, (listener, inbox)) in listeners.into_iter().zip(inbox_rxs).enumerate() {
+        let (control_tx, control_rx) = flume::bounded(1);
+        controls.push(control_tx);
+        let parts = ShardParts {
+            id: ShardId(i as u16),
+            shard_count,
+            cfg: cfg.clone(),
+            listener,
+            inbox,
+            control: control_rx,
+            bus: bus.clone(),
+            stats: stats.clone(),
+            budget: budget.clone(),
+        };
+        let started = LocalExecutorBuilder::new(Placement::Fixed(cpus[i]))
+            .name(&format!("shard-{i}"))
+            .io_memory(cfg.io_memory.0)
+            .spawn(move || shard::run(parts));
+        match started {
+            Ok(handle) => shards.push(handle),
+            Err(e) => {
+                let partial = RunningServer { addr, controls, shards, stats, budget };
+                partial.shutdown();
+                let _ = partial.join();
+                return Err(Error::ShardStart { shard: i, message: e.to_string() });
+            }
+        }
+    }
+    info!(%addr, shards = shard_count, ?cpus, "corecast listening (embedded bus)");
+    Ok(RunningServer { addr, controls, shards, stats, budget })
+}
+
+/// Binds one SO_REUSEPORT listener per shard on the configured address. The first bind
+/// resolves port 0; the others bind the same port so the kernel balances between them.
+fn bind_listeners(cfg: &Config, shards: usize) -> Result<(SocketAddr, Vec<OwnedFd>)> {
+    let mut addr = cfg.listen.0;
+    let mut fds = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let socket = (|| {
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            socket.set_reuse_address(true)?;
+            socket.set_reuse_port(true)?;
+            socket.set_nonblocking(true)?;
+            socket.set_cloexec(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(cfg.backlog as i32)?;
+            Ok::<_, std::io::Error>(socket)
+        })()
+        .map_err(|source| Error::Bind { addr, source })?;
+        if addr.port() == 0 {
+            let bound = socket.local_addr().ok().and_then(|a| a.as_socket());
+            addr = bound.ok_or_else(|| Error::System("cannot read the bound address".into()))?;
+        }
+        fds.push(OwnedFd::from(socket));
+    }
+    Ok((addr, fds))
+}

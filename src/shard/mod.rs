@@ -1,0 +1,254 @@
+//! The shard: the per-core root object that owns every connection it accepted.
+//!
+//! Runs on: one glommio `LocalExecutor`, pinned to one CPU. `Shard` is `!Send`: it lives
+//! in an `Rc` shared by this executor's tasks and nowhere else. Its state is plain
+//! `RefCell`/`Cell` data; no borrow is ever held across an `.await`.
+//!
+//! Tasks of a shard:
+//! - `listener::run`: accept loop on this shard's SO_REUSEPORT socket → `conn::run`;
+//! - `conn::run`: one per socket;
+//! - `inbox::run`: drains deliveries from the bus and fans them out to local connections;
+//! - `heartbeat::run`: pings, pong deadlines and seed-mode application pings;
+//! - [`run`] itself: waits for the shutdown command and drains.
+//!
+//! Writes are batched per pass: producers (inbox, heartbeat, replies) queue frames and
+//! put the connection on the `dirty` list; [`Shard::flush_dirty`] then writes each dirty
+//! socket once, with all its queued frames in one `sendmsg`.
+
+mod heartbeat;
+mod inbox;
+mod listener;
+
+use std::{
+    cell::{Cell, RefCell},
+    os::fd::OwnedFd,
+    rc::Rc,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use glommio::timer::Timer;
+use slab::Slab;
+use tracing::{info, warn};
+
+use crate::{
+    bus::Bus,
+    config::Config,
+    conn::Conn,
+    frame::{self, FrameDecoder, SharedFrame, close_code},
+    hub::{ConnId, Hub},
+    sys,
+    xshard::{ConnectionBudget, NodeStats, ShardControl, ShardId, ShardInbox, ShardStats},
+};
+
+/// Size of the shard's read scratch buffer, shared by all its connections: one read
+/// never returns more than this. 64 KiB lets a max-size message arrive in one read.
+const SCRATCH_BYTES: usize = 64 << 10;
+
+/// simd-json's reusable parse buffers (a newtype only to give it `Debug`).
+pub struct JsonBuffers(pub simd_json::Buffers);
+
+impl std::fmt::Debug for JsonBuffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JsonBuffers")
+    }
+}
+
+/// Everything a shard thread is started with (all `Send`).
+#[derive(Debug)]
+pub struct ShardParts {
+    /// This shard's index.
+    pub id: ShardId,
+    /// How many shards the node has.
+    pub shard_count: usize,
+    /// Node configuration.
+    pub cfg: Config,
+    /// The bound, listening SO_REUSEPORT socket for this shard.
+    pub listener: OwnedFd,
+    /// Deliveries from the bus.
+    pub inbox: ShardInbox,
+    /// Shutdown command from the main thread.
+    pub control: flume::Receiver<ShardControl>,
+    /// The bus, for events published by this shard's clients.
+    pub bus: Arc<dyn Bus>,
+    /// Node counters.
+    pub stats: Arc<NodeStats>,
+    /// Node-wide connection count.
+    pub budget: Arc<ConnectionBudget>,
+}
+
+/// Per-core state. See the module docs.
+#[derive(Debug)]
+pub struct Shard {
+    /// This shard's index.
+    pub id: ShardId,
+    /// How many shards the node has.
+    pub shard_count: usize,
+    /// Node configuration (a copy).
+    pub cfg: Config,
+    /// Every registered connection, by id.
+    pub conns: RefCell<Slab<Rc<Conn>>>,
+    /// User and topic indexes.
+    pub hub: RefCell<Hub>,
+    /// Connections with queued frames that the next [`flush_dirty`](Self::flush_dirty) writes.
+    pub dirty: RefCell<Vec<Rc<Conn>>>,
+    /// Read buffer shared by every connection of the shard (borrowed only inside a poll).
+    pub scratch: RefCell<Box<[u8]>>,
+    /// simd-json's parse buffers, reused for every v1 command.
+    pub json_buffers: RefCell<JsonBuffers>,
+    /// Client frame decoder with the configured limit.
+    pub decoder: FrameDecoder,
+    /// Where this shard's clients publish.
+    pub bus: Arc<dyn Bus>,
+    /// Node counters (this shard writes its own slot).
+    node_stats: Arc<NodeStats>,
+    /// Node-wide connection count.
+    pub budget: Arc<ConnectionBudget>,
+    /// The WebSocket Ping frame, encoded once per shard.
+    pub ping_frame: Rc<SharedFrame>,
+    /// The seed-mode `{"type":"ping"}` text frame, encoded once per shard.
+    pub app_ping_frame: Rc<SharedFrame>,
+    /// Set once shutdown has begun: no new upgrades.
+    pub shutting_down: Cell<bool>,
+}
+
+impl Shard {
+    /// This shard's counters.
+    pub fn stats(&self) -> &ShardStats {
+        &self.node_stats.shards[self.id.0 as usize]
+    }
+
+    /// Adds a connection to the table and the user index.
+    pub fn register(&self, conn: &Rc<Conn>) {
+        let id = ConnId(self.conns.borrow_mut().insert(conn.clone()) as u32);
+        conn.id.set(id);
+        self.hub.borrow_mut().add_user_conn(&conn.user, id);
+        let stats = self.stats();
+        ShardStats::add(&stats.connections, 1);
+        ShardStats::add(&stats.upgrades, 1);
+    }
+
+    /// Removes a connection from every index and the table.
+    pub fn unregister(&self, conn: &Rc<Conn>) {
+        let id = conn.id.get();
+        {
+            let mut hub = self.hub.borrow_mut();
+            hub.remove_user_conn(&conn.user, id);
+            for topic in conn.topics.borrow_mut().drain(..) {
+                hub.unsubscribe(&topic, id);
+            }
+        }
+        self.conns.borrow_mut().try_remove(id.0 as usize);
+        self.stats().connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Writes every dirty connection once (all its queued frames in one `sendmsg`).
+    pub fn flush_dirty(&self) {
+        let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+        for conn in &dirty {
+            if conn.dirty.get() {
+                conn.flush_now();
+            }
+        }
+        // Give the (now empty) vector's capacity back for the next pass.
+        let mut list = self.dirty.borrow_mut();
+        if list.is_empty() {
+            let mut dirty = dirty;
+            dirty.clear();
+            *list = dirty;
+        }
+    }
+
+    /// The `/healthz` body: node-wide counters.
+    pub fn health_json(&self) -> String {
+        let s = &self.node_stats;
+        let per_shard: Vec<String> = s
+            .shards
+            .iter()
+            .map(|x| x.connections.load(std::sync::atomic::Ordering::Relaxed).to_string())
+            .collect();
+        format!(
+            concat!(
+                r#"{{"status":"{}","shard":{},"shards":{},"connections":{},"max_connections":{},"#,
+                r#""connections_per_shard":[{}],"upgrades":{},"rejected_handshakes":{},"messages_in":{},"#,
+                r#""deliveries":{},"slow_consumer_closes":{},"heartbeat_timeouts":{},"protocol_closes":{},"#,
+                r#""queued_bytes":{},"rss_bytes":{}}}"#
+            ),
+            if self.shutting_down.get() { "draining" } else { "ok" },
+            self.id,
+            self.shard_count,
+            self.budget.used(),
+            self.budget.max(),
+            per_shard.join(","),
+            s.total(|x| &x.upgrades),
+            s.total(|x| &x.rejected_handshakes),
+            s.total(|x| &x.messages_in),
+            s.total(|x| &x.deliveries),
+            s.total(|x| &x.slow_consumer_closes),
+            s.total(|x| &x.heartbeat_timeouts),
+            s.total(|x| &x.protocol_closes),
+            s.total(|x| &x.queued_bytes),
+            sys::process_rss_bytes().unwrap_or(0),
+        )
+    }
+}
+
+/// Runs a shard until it is told to shut down and has drained.
+pub async fn run(parts: ShardParts) {
+    let ShardParts { id, shard_count, cfg, listener, inbox, control, bus, stats, budget } = parts;
+    let listener = sys::glommio_listener(listener);
+    let shard = Rc::new(Shard {
+        id,
+        shard_count,
+        decoder: FrameDecoder { max_frame_payload: cfg.max_message_size.0 },
+        conns: RefCell::new(Slab::new()),
+        hub: RefCell::new(Hub::new()),
+        dirty: RefCell::new(Vec::new()),
+        scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
+        json_buffers: RefCell::new(JsonBuffers(simd_json::Buffers::new(SCRATCH_BYTES))),
+        bus,
+        node_stats: stats,
+        budget,
+        ping_frame: Rc::new(frame::encode_control(tungstenite::protocol::frame::coding::Control::Ping, b"")),
+        app_ping_frame: Rc::new(frame::encode_text(r#"{"type":"ping"}"#)),
+        shutting_down: Cell::new(false),
+        cfg,
+    });
+    let accept = glommio::spawn_local(listener::run(shard.clone(), listener));
+    let fanout = glommio::spawn_local(inbox::run(shard.clone(), inbox));
+    let heartbeat = glommio::spawn_local(heartbeat::run(shard.clone()));
+    info!(shard = %id, cpu = ?sys::current_cpu(), "shard started");
+
+    // Any message, or the main thread going away, means shut down.
+    let _ = control.recv_async().await;
+    shard.shutting_down.set(true);
+    drop(accept); // cancels the accept loop and closes this shard's listening socket
+    let drain = shard.cfg.drain_timeout.0;
+    let open: Vec<Rc<Conn>> = shard.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
+    info!(shard = %id, connections = open.len(), "shutting down: closing connections with 1001");
+    for conn in &open {
+        conn.begin_close_within(&shard, close_code::GOING_AWAY, "server shutting down", drain);
+    }
+    drop(open);
+    shard.flush_dirty();
+    let give_up = Instant::now() + drain + Duration::from_millis(100);
+    while !shard.conns.borrow().is_empty() && Instant::now() < give_up {
+        Timer::new(Duration::from_millis(10)).await;
+    }
+    let left: Vec<Rc<Conn>> = shard.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
+    if !left.is_empty() {
+        warn!(shard = %id, connections = left.len(), "drain deadline passed; dropping remaining sockets");
+        for conn in &left {
+            conn.abort();
+        }
+        drop(left);
+        // Let the aborted tasks run once so they unregister and close their sockets.
+        let until = Instant::now() + Duration::from_millis(500);
+        while !shard.conns.borrow().is_empty() && Instant::now() < until {
+            Timer::new(Duration::from_millis(5)).await;
+        }
+    }
+    drop(heartbeat);
+    drop(fanout);
+    info!(shard = %id, "shard stopped");
+}
