@@ -282,13 +282,14 @@ pub async fn run(shard: Rc<Shard>, mut stream: TcpStream) {
         let _ = write_and_close(&mut stream, &handshake::rejection_response(rejection)).await;
         return;
     }
-    if stream.write_all(&handshake::upgrade_response(&accept_key, v1, shard.id.0)).await.is_err() {
-        shard.budget.release();
-        return;
-    }
-
+    // Register first, then send the 101 through the connection's own queue: every event
+    // fanned out after this point is queued behind the 101, so a client that has its 101
+    // misses nothing published afterwards.
     let conn = Rc::new(Conn::new(stream.as_raw_fd(), user, v1, Instant::now(), &shard));
+    let response = handshake::upgrade_response(&accept_key, v1, shard.id.0);
+    conn.out.borrow_mut().push(Rc::new(SharedFrame::from(response)));
     shard.register(&conn);
+    conn.flush_now();
     trace!(shard = %shard.id, conn = conn.id.get().0, user = %conn.user, v1, "upgraded");
     if let Some(mut bytes) = leftover {
         reader::handle_input(&shard, &conn, &mut bytes);

@@ -1,0 +1,89 @@
+use std::collections::HashMap;
+
+use crate::support::*;
+
+/// 200 seed-mode clients spread over both shards; 20 of them each send 10 messages.
+/// Every client receives all 200 messages exactly once, each sender's in the order sent,
+/// as `{"sender": user_id, "text": ...}` (the Python design's wire format).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_broadcast_reaches_every_client_once_in_order() {
+    const CLIENTS: usize = 200;
+    const SENDERS: usize = 20;
+    const PER_SENDER: usize = 10;
+    let server = TestServer::start(|_| {});
+
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for i in 0..CLIENTS {
+        clients.push(connect(server.addr, &format!("user-{i}"), false).await);
+    }
+    let shards: std::collections::HashSet<u16> = clients.iter().map(|c| c.shard).collect();
+    assert_eq!(shards.len(), 2, "clients landed on both shards");
+    let health = server.health().await;
+    assert_eq!(health["connections"], CLIENTS);
+
+    // Senders keep their own connection for sending; receiving happens on all 200.
+    let mut readers = Vec::new();
+    let mut senders = Vec::new();
+    for (i, client) in clients.into_iter().enumerate() {
+        if i < SENDERS {
+            let (sink, stream) = futures_util::StreamExt::split(client.ws);
+            senders.push((client.user.clone(), sink));
+            readers.push(tokio::spawn(read_all(client.user, stream, SENDERS * PER_SENDER)));
+        } else {
+            let (_, stream) = futures_util::StreamExt::split(client.ws);
+            readers.push(tokio::spawn(read_all(client.user, stream, SENDERS * PER_SENDER)));
+        }
+    }
+    let mut sends = Vec::new();
+    for (user, mut sink) in senders {
+        sends.push(tokio::spawn(async move {
+            for n in 0..PER_SENDER {
+                let msg = tokio_tungstenite::tungstenite::Message::text(format!("{user}:{n}"));
+                within(WAIT, "send", futures_util::SinkExt::send(&mut sink, msg)).await.unwrap();
+            }
+            sink
+        }));
+    }
+    let mut sinks = Vec::new();
+    for s in sends {
+        sinks.push(s.await.unwrap());
+    }
+    for reader in readers {
+        let (user, got) = reader.await.unwrap();
+        let mut next_from: HashMap<String, usize> = HashMap::new();
+        for (sender, text) in got {
+            let (from, n) = text.split_once(':').unwrap();
+            assert_eq!(from, sender, "sender field matches the author");
+            let expected = next_from.entry(sender.clone()).or_insert(0);
+            assert_eq!(n.parse::<usize>().unwrap(), *expected, "{user}: {sender}'s messages in order, no duplicate");
+            *expected += 1;
+        }
+        assert_eq!(next_from.len(), SENDERS, "{user} heard every sender");
+        assert!(next_from.values().all(|&n| n == PER_SENDER), "{user} got every message");
+    }
+    drop(sinks);
+}
+
+async fn read_all(
+    user: String,
+    mut stream: impl futures_util::Stream<Item = Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>>
+    + Unpin,
+    count: usize,
+) -> (String, Vec<(String, String)>) {
+    let mut got = Vec::with_capacity(count);
+    within(WAIT, &format!("{user} receives {count}"), async {
+        while got.len() < count {
+            match futures_util::StreamExt::next(&mut stream).await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    assert_eq!(v.as_object().unwrap().len(), 2, "exactly sender and text: {v}");
+                    got.push((v["sender"].as_str().unwrap().to_owned(), v["text"].as_str().unwrap().to_owned()));
+                }
+                Some(Ok(_)) => {}
+                other => panic!("{user}: stream ended: {other:?}"),
+            }
+        }
+    })
+    .await;
+    (user, got)
+}

@@ -1,0 +1,16 @@
+//! The single integration-test binary. Every test starts a real node in-process on
+//! 127.0.0.1:0 with 2 shards (or the real binary, for signals) and talks to it with real
+//! WebSocket clients over loopback.
+
+mod support;
+
+/// Seed protocol fan-out: every client's text reaches every connection, once, in order.
+mod broadcast;
+/// The v1 protocol: topics, direct messages, broadcast across protocols, command errors.
+mod v1;
+/// Slow consumers are cut off with 1013 without slowing anyone else; memory stays bounded.
+mod backpressure;
+/// Limits and bad input: HTTP statuses, oversized messages, handshake deadline, heartbeats.
+mod limits;
+/// The binary as a process: SIGTERM closes clients with 1001 and exits 0.
+mod shutdown;

@@ -1,0 +1,313 @@
+//! Test harness: a real corecast node in-process on 127.0.0.1:0 with 2 shards, real
+//! WebSocket clients (tokio-tungstenite) and raw TCP clients. Every await goes through
+//! [`within`], so a hung test fails with a message instead of hanging CI.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use corecast::{Config, RunningServer, config::ShardCount};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{Message, client::IntoClientRequest, http::HeaderValue, protocol::CloseFrame},
+};
+
+/// Upper bound for any single wait in a test.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Awaits `fut` for at most `limit`, panicking with `what` on timeout.
+pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {limit:?}: {what}"),
+    }
+}
+
+/// A node running in this process; shut down and joined on drop.
+pub struct TestServer {
+    server: Option<RunningServer>,
+    pub addr: SocketAddr,
+}
+
+impl TestServer {
+    /// Starts a node with test defaults (port 0, 2 shards, no seed app pings), adjusted by `tweak`.
+    pub fn start(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut cfg = Config::default();
+        cfg.listen.0 = "127.0.0.1:0".parse().unwrap();
+        cfg.shards = ShardCount::Exactly(2);
+        cfg.app_ping_interval.0 = Duration::ZERO;
+        tweak(&mut cfg);
+        let server = corecast::start(cfg).expect("server starts");
+        let addr = server.local_addr();
+        TestServer { server: Some(server), addr }
+    }
+
+    /// `/healthz` as JSON.
+    pub async fn health(&self) -> Value {
+        let (status, body) = http_get(self.addr, "/healthz").await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("healthz is JSON")
+    }
+
+    /// Waits until `pred(healthz)` holds, polling the endpoint (bounded by [`WAIT`]).
+    pub async fn wait_health(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        within(WAIT, what, async {
+            loop {
+                let h = self.health().await;
+                if pred(&h) {
+                    return h;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+
+    /// Stops the node (close 1001 to clients) and waits for the shards to exit.
+    pub fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown();
+            server.join().expect("shards exit cleanly");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A WebSocket client.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The shard that accepted this connection (from `X-Corecast-Shard`).
+    pub shard: u16,
+    pub user: String,
+}
+
+/// Connects as `user`; `v1` offers the `corecast.v1` subprotocol.
+pub async fn connect(addr: SocketAddr, user: &str, v1: bool) -> Client {
+    let mut req = format!("ws://{addr}/ws/{user}").into_client_request().unwrap();
+    if v1 {
+        req.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("corecast.v1"));
+    }
+    let (ws, resp) = within(WAIT, "connect", tokio_tungstenite::connect_async(req)).await.expect("upgrade succeeds");
+    if v1 {
+        assert_eq!(resp.headers().get("sec-websocket-protocol").unwrap(), "corecast.v1");
+    }
+    let shard = resp.headers().get("x-corecast-shard").unwrap().to_str().unwrap().parse().unwrap();
+    Client { ws, shard, user: user.to_owned() }
+}
+
+impl Client {
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        within(WAIT, "send", self.ws.send(Message::text(text.into()))).await.expect("send");
+    }
+
+    pub async fn send_json(&mut self, v: Value) {
+        self.send_text(v.to_string()).await;
+    }
+
+    /// Next text message as JSON, skipping control frames.
+    pub async fn recv_json(&mut self) -> Value {
+        let user = self.user.clone();
+        within(WAIT, &format!("message for {user}"), async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).expect("server sends JSON"),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    other => panic!("{user}: expected a text message, got {other:?}"),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Reads until the server's Close frame; returns it.
+    pub async fn recv_close(&mut self) -> Option<CloseFrame> {
+        within(WAIT, "close frame", async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Close(frame))) => return frame,
+                    Some(Ok(_)) => continue,
+                    other => panic!("expected a close frame, got {other:?}"),
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// A plain HTTP GET; returns (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let raw = raw_request(addr, format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).await;
+    parse_http(&raw)
+}
+
+/// Sends `request` on a fresh TCP connection and returns everything until EOF.
+pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> String {
+    within(WAIT, "raw HTTP exchange", async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+}
+
+/// (status, body) of an HTTP response.
+pub fn parse_http(raw: &str) -> (u16, String) {
+    let status = raw.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("not HTTP: {raw:?}"));
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// A valid upgrade request for `/ws/{user}`.
+pub fn upgrade_request(user: &str) -> String {
+    format!(
+        "GET /ws/{user} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+/// A masked client frame.
+pub fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x5a, 0x13, 0xc7, 0x01];
+    let mut out = vec![opcode | if fin { 0x80 } else { 0 }];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xFFFF => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    out
+}
+
+/// A client speaking WebSocket by hand over a raw socket (to misbehave on purpose).
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// A server frame as the raw client sees it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ServerFrame {
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+impl ServerFrame {
+    /// The close code of a Close frame.
+    pub fn close_code(&self) -> Option<u16> {
+        (self.opcode == 0x8 && self.payload.len() >= 2).then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+}
+
+impl RawClient {
+    /// Connects and upgrades as `user`, with an optional receive buffer size.
+    pub async fn upgrade(addr: SocketAddr, user: &str, recv_buffer: Option<u32>) -> RawClient {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(size) = recv_buffer {
+            socket.set_recv_buffer_size(size).unwrap();
+        }
+        let mut stream = within(WAIT, "tcp connect", socket.connect(addr)).await.unwrap();
+        stream.write_all(upgrade_request(user).as_bytes()).await.unwrap();
+        let mut client = RawClient { stream, buf: Vec::new() };
+        within(WAIT, "101 response", async {
+            loop {
+                if let Some(end) = client.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&client.buf[..end]).into_owned();
+                    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+                    client.buf.drain(..end + 4);
+                    return;
+                }
+                client.fill().await.expect("response before EOF");
+            }
+        })
+        .await;
+        client
+    }
+
+    async fn fill(&mut self) -> Option<usize> {
+        let mut chunk = [0u8; 16384];
+        match self.stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Some(n)
+            }
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        within(WAIT, "raw send", self.stream.write_all(bytes)).await.expect("raw send");
+    }
+
+    /// Next frame, or `None` at EOF.
+    pub async fn next_frame(&mut self) -> Option<ServerFrame> {
+        within(WAIT, "raw frame", async {
+            loop {
+                if let Some((frame, used)) = parse_server_frame(&self.buf) {
+                    self.buf.drain(..used);
+                    return Some(frame);
+                }
+                self.fill().await?;
+            }
+        })
+        .await
+    }
+
+    /// Reads frames until a Close frame; returns its code. Panics at EOF without one.
+    pub async fn expect_close(&mut self) -> u16 {
+        loop {
+            match self.next_frame().await {
+                Some(f) if f.opcode == 0x8 => return f.close_code().expect("close frame has a code"),
+                Some(_) => continue,
+                None => panic!("EOF without a close frame"),
+            }
+        }
+    }
+
+    /// Waits for EOF after everything else.
+    pub async fn expect_eof(&mut self) {
+        while self.next_frame().await.is_some() {}
+    }
+}
+
+fn parse_server_frame(buf: &[u8]) -> Option<(ServerFrame, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    assert_eq!(buf[1] & 0x80, 0, "server frames are never masked");
+    let (len, at) = match buf[1] & 0x7F {
+        126 => (u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize, 4),
+        127 => {
+            let mut raw = [0u8; 8];
+            raw.copy_from_slice(buf.get(2..10)?);
+            (u64::from_be_bytes(raw) as usize, 10)
+        }
+        n => (n as usize, 2),
+    };
+    let payload = buf.get(at..at + len)?.to_vec();
+    Some((ServerFrame { opcode: buf[0] & 0x0F, payload }, at + len))
+}
+
+/// Resident set size of this process in bytes.
+pub fn rss_bytes() -> u64 {
+    corecast::sys::process_rss_bytes().expect("statm readable")
+}
