@@ -37,7 +37,8 @@ impl FromStr for HumanDuration {
         }
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration (e.g. 250ms, 25s, 5m)"))?;
+        let n: u64 =
+            num.parse().map_err(|_| format!("`{s}` is not a duration (e.g. 250ms, 25s, 5m)"))?;
         let d = match unit {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
@@ -54,7 +55,7 @@ impl fmt::Display for HumanDuration {
         let ms = self.0.as_millis();
         if ms == 0 {
             write!(f, "off")
-        } else if ms % 1000 != 0 {
+        } else if !ms.is_multiple_of(1000) {
             write!(f, "{ms}ms")
         } else {
             write!(f, "{}s", ms / 1000)
@@ -72,7 +73,8 @@ impl FromStr for ByteSize {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: usize = num.parse().map_err(|_| format!("`{s}` is not a size (e.g. 65536, 64KiB, 1MiB)"))?;
+        let n: usize =
+            num.parse().map_err(|_| format!("`{s}` is not a size (e.g. 65536, 64KiB, 1MiB)"))?;
         let mult = match unit.trim() {
             "" | "B" => 1,
             "KiB" | "K" | "KB" => 1 << 10,
@@ -87,9 +89,9 @@ impl FromStr for ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
-        if n != 0 && n % (1 << 20) == 0 {
+        if n != 0 && n.is_multiple_of(1 << 20) {
             write!(f, "{}MiB", n >> 20)
-        } else if n != 0 && n % (1 << 10) == 0 {
+        } else if n != 0 && n.is_multiple_of(1 << 10) {
             write!(f, "{}KiB", n >> 10)
         } else {
             write!(f, "{n}")
@@ -135,7 +137,9 @@ impl FromStr for ShardCount {
         if s.eq_ignore_ascii_case("all") {
             return Ok(ShardCount::All);
         }
-        s.parse().map(ShardCount::Exactly).map_err(|_| format!("`{s}`: shards is `all` or a number"))
+        s.parse()
+            .map(ShardCount::Exactly)
+            .map_err(|_| format!("`{s}`: shards is `all` or a number"))
     }
 }
 
@@ -155,7 +159,9 @@ pub struct ListenAddr(pub SocketAddr);
 impl FromStr for ListenAddr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        s.parse().map(ListenAddr).map_err(|_| format!("`{s}` is not an ADDR:PORT (e.g. 127.0.0.1:8080)"))
+        s.parse()
+            .map(ListenAddr)
+            .map_err(|_| format!("`{s}` is not an ADDR:PORT (e.g. 127.0.0.1:8080)"))
     }
 }
 impl fmt::Display for ListenAddr {
@@ -304,7 +310,9 @@ impl Config {
             return bad("max_connections must be at least 1".into());
         }
         if self.handshake_timeout.enabled().is_none() {
-            return bad("handshake_timeout cannot be off: a silent socket would stay forever".into());
+            return bad(
+                "handshake_timeout cannot be off: a silent socket would stay forever".into()
+            );
         }
         if self.max_request_size.0 < 256 {
             return bad("max_request_size must be at least 256 bytes".into());
@@ -338,7 +346,8 @@ impl Config {
     {
         let cmd = <ConfigArgs as clap::Args>::augment_args(clap::Command::new("corecast"));
         let matches = cmd.try_get_matches_from(args).map_err(|e| Error::Config(e.to_string()))?;
-        let args = ConfigArgs::from_arg_matches(&matches).map_err(|e| Error::Config(e.to_string()))?;
+        let args =
+            ConfigArgs::from_arg_matches(&matches).map_err(|e| Error::Config(e.to_string()))?;
         Config::from_args(&args, &matches)
     }
 }
@@ -365,7 +374,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("corecast-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("c.toml");
-        std::fs::write(&file, "backlog = 100\nping_interval = \"3s\"\nmax_message_size = 1000\n").unwrap();
+        std::fs::write(&file, "backlog = 100\nping_interval = \"3s\"\nmax_message_size = 1000\n")
+            .unwrap();
         let cfg = Config::from_arg_list([
             "corecast",
             "--config",
@@ -380,7 +390,8 @@ mod tests {
         assert_eq!(cfg.pong_timeout, Config::default().pong_timeout);
 
         std::fs::write(&file, "bogus_key = 1\n").unwrap();
-        let err = Config::from_arg_list(["corecast", "--config", file.to_str().unwrap()]).unwrap_err();
+        let err =
+            Config::from_arg_list(["corecast", "--config", file.to_str().unwrap()]).unwrap_err();
         assert!(err.to_string().contains("bogus_key"), "{err}");
     }
 

@@ -128,15 +128,24 @@ mod tests {
             payload: Payload::Text("hi \"there\"\n".into()),
         };
         let d = event.encode();
-        assert_eq!(text_of(&d.v1), r#"{"type":"broadcast","sender":"alice","data":"hi \"there\"\n"}"#);
-        assert_eq!(text_of(d.seed.as_ref().unwrap()), r#"{"sender":"alice","text":"hi \"there\"\n"}"#);
+        assert_eq!(
+            text_of(&d.v1),
+            r#"{"type":"broadcast","sender":"alice","data":"hi \"there\"\n"}"#
+        );
+        assert_eq!(
+            text_of(d.seed.as_ref().unwrap()),
+            r#"{"sender":"alice","text":"hi \"there\"\n"}"#
+        );
     }
 
     #[test]
     fn v1_broadcast_of_string_and_object_data() {
-        let string =
-            Event { sender: "bob".into(), route: Route::Broadcast, payload: Payload::Text("plain é".into()) }
-                .encode();
+        let string = Event {
+            sender: "bob".into(),
+            route: Route::Broadcast,
+            payload: Payload::Text("plain é".into()),
+        }
+        .encode();
         assert_eq!(text_of(&string.v1), r#"{"type":"broadcast","sender":"bob","data":"plain é"}"#);
         assert_eq!(text_of(string.seed.as_ref().unwrap()), r#"{"sender":"bob","text":"plain é"}"#);
         let object = Event {
@@ -146,7 +155,10 @@ mod tests {
         }
         .encode();
         assert_eq!(text_of(&object.v1), r#"{"type":"broadcast","sender":"bob","data":{"x":1}}"#);
-        assert_eq!(text_of(object.seed.as_ref().unwrap()), r#"{"sender":"bob","text":"{\"x\":1}"}"#);
+        assert_eq!(
+            text_of(object.seed.as_ref().unwrap()),
+            r#"{"sender":"bob","text":"{\"x\":1}"}"#
+        );
     }
 
     #[test]
@@ -157,11 +169,17 @@ mod tests {
             payload: Payload::Json("[1,2]".into()),
         }
         .encode();
-        assert_eq!(text_of(&topic.v1), r#"{"type":"message","topic":"news","sender":"c","data":[1,2]}"#);
+        assert_eq!(
+            text_of(&topic.v1),
+            r#"{"type":"message","topic":"news","sender":"c","data":[1,2]}"#
+        );
         assert!(topic.seed.is_none());
-        let direct =
-            Event { sender: "c".into(), route: Route::Direct("d".into()), payload: Payload::Json("null".into()) }
-                .encode();
+        let direct = Event {
+            sender: "c".into(),
+            route: Route::Direct("d".into()),
+            payload: Payload::Json("null".into()),
+        }
+        .encode();
         assert_eq!(text_of(&direct.v1), r#"{"type":"direct","sender":"c","data":null}"#);
     }
 

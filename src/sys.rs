@@ -24,7 +24,7 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
             lim = raised;
         }
     }
-    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+    Ok((lim.rlim_cur, lim.rlim_max))
 }
 
 /// The soft locked-memory limit in bytes (`u64::MAX` when unlimited).
@@ -37,7 +37,7 @@ pub fn memlock_limit() -> io::Result<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(if lim.rlim_cur == libc::RLIM_INFINITY { u64::MAX } else { lim.rlim_cur as u64 })
+    Ok(if lim.rlim_cur == libc::RLIM_INFINITY { u64::MAX } else { lim.rlim_cur })
 }
 
 /// Makes writes to a closed socket return `EPIPE` instead of killing the process.

@@ -55,7 +55,11 @@ async fn seed_broadcast_reaches_every_client_once_in_order() {
             let (from, n) = text.split_once(':').unwrap();
             assert_eq!(from, sender, "sender field matches the author");
             let expected = next_from.entry(sender.clone()).or_insert(0);
-            assert_eq!(n.parse::<usize>().unwrap(), *expected, "{user}: {sender}'s messages in order, no duplicate");
+            assert_eq!(
+                n.parse::<usize>().unwrap(),
+                *expected,
+                "{user}: {sender}'s messages in order, no duplicate"
+            );
             *expected += 1;
         }
         assert_eq!(next_from.len(), SENDERS, "{user} heard every sender");
@@ -66,8 +70,12 @@ async fn seed_broadcast_reaches_every_client_once_in_order() {
 
 async fn read_all(
     user: String,
-    mut stream: impl futures_util::Stream<Item = Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>>
-    + Unpin,
+    mut stream: impl futures_util::Stream<
+        Item = Result<
+            tokio_tungstenite::tungstenite::Message,
+            tokio_tungstenite::tungstenite::Error,
+        >,
+    > + Unpin,
     count: usize,
 ) -> (String, Vec<(String, String)>) {
     let mut got = Vec::with_capacity(count);
@@ -77,7 +85,10 @@ async fn read_all(
                 Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
                     let v: serde_json::Value = serde_json::from_str(&t).unwrap();
                     assert_eq!(v.as_object().unwrap().len(), 2, "exactly sender and text: {v}");
-                    got.push((v["sender"].as_str().unwrap().to_owned(), v["text"].as_str().unwrap().to_owned()));
+                    got.push((
+                        v["sender"].as_str().unwrap().to_owned(),
+                        v["text"].as_str().unwrap().to_owned(),
+                    ));
                 }
                 Some(Ok(_)) => {}
                 other => panic!("{user}: stream ended: {other:?}"),

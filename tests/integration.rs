@@ -4,13 +4,13 @@
 
 mod support;
 
-/// Seed protocol fan-out: every client's text reaches every connection, once, in order.
-mod broadcast;
-/// The v1 protocol: topics, direct messages, broadcast across protocols, command errors.
-mod v1;
 /// Slow consumers are cut off with 1013 without slowing anyone else; memory stays bounded.
 mod backpressure;
+/// Seed protocol fan-out: every client's text reaches every connection, once, in order.
+mod broadcast;
 /// Limits and bad input: HTTP statuses, oversized messages, handshake deadline, heartbeats.
 mod limits;
 /// The binary as a process: SIGTERM closes clients with 1001 and exits 0.
 mod shutdown;
+/// The v1 protocol: topics, direct messages, broadcast across protocols, command errors.
+mod v1;

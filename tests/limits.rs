@@ -12,11 +12,30 @@ use crate::support::*;
 async fn http_statuses_for_bad_requests() {
     let server = TestServer::start(|_| {});
     let status = |raw: String| parse_http(&raw).0;
-    assert_eq!(status(raw_request(server.addr, upgrade_request("alice").replace("/ws/alice", "/chat").as_bytes()).await), 404);
+    assert_eq!(
+        status(
+            raw_request(
+                server.addr,
+                upgrade_request("alice").replace("/ws/alice", "/chat").as_bytes()
+            )
+            .await
+        ),
+        404
+    );
     assert_eq!(status(raw_request(server.addr, upgrade_request("bad%20id").as_bytes()).await), 400);
-    assert_eq!(status(raw_request(server.addr, upgrade_request(&"u".repeat(65)).as_bytes()).await), 400);
-    assert_eq!(status(raw_request(server.addr, b"GET /ws/alice HTTP/1.1\r\nHost: x\r\n\r\n").await), 400);
-    let v8 = raw_request(server.addr, upgrade_request("alice").replace("Version: 13", "Version: 8").as_bytes()).await;
+    assert_eq!(
+        status(raw_request(server.addr, upgrade_request(&"u".repeat(65)).as_bytes()).await),
+        400
+    );
+    assert_eq!(
+        status(raw_request(server.addr, b"GET /ws/alice HTTP/1.1\r\nHost: x\r\n\r\n").await),
+        400
+    );
+    let v8 = raw_request(
+        server.addr,
+        upgrade_request("alice").replace("Version: 13", "Version: 8").as_bytes(),
+    )
+    .await;
     assert_eq!(status(v8.clone()), 426);
     assert!(v8.contains("Sec-WebSocket-Version: 13"), "{v8}");
     assert_eq!(status(raw_request(server.addr, b"\x16\x03\x01garbage\r\n\r\n").await), 400);
@@ -82,13 +101,17 @@ async fn silent_and_slow_handshakes_are_closed_at_the_deadline() {
     let server = TestServer::start(|cfg| cfg.handshake_timeout.0 = deadline);
     for partial in [&b""[..], b"GET /ws/slow HTTP/1.1\r\nHost: x\r\n"] {
         let started = Instant::now();
-        let mut s = within(WAIT, "connect", tokio::net::TcpStream::connect(server.addr)).await.unwrap();
+        let mut s =
+            within(WAIT, "connect", tokio::net::TcpStream::connect(server.addr)).await.unwrap();
         s.write_all(partial).await.unwrap();
         let mut buf = [0u8; 64];
         let n = within(WAIT, "server closes silent socket", s.read(&mut buf)).await.unwrap_or(0);
         assert_eq!(n, 0, "no response, just a close");
         let waited = started.elapsed();
-        assert!(waited >= deadline - Duration::from_millis(50), "closed after {waited:?}, before the deadline");
+        assert!(
+            waited >= deadline - Duration::from_millis(50),
+            "closed after {waited:?}, before the deadline"
+        );
         assert!(waited < deadline * 10, "closed after {waited:?}");
     }
 }
@@ -126,7 +149,11 @@ async fn client_ignoring_pings_is_closed() {
     assert_eq!(deaf.expect_close().await, 1008);
     deaf.expect_eof().await;
     drop(deaf);
-    server.wait_health("timeout counted, deaf socket gone", |h| h["heartbeat_timeouts"] == 1 && h["connections"] == 1).await;
+    server
+        .wait_health("timeout counted, deaf socket gone", |h| {
+            h["heartbeat_timeouts"] == 1 && h["connections"] == 1
+        })
+        .await;
 
     // Several ping rounds have passed; the good client answered them and is still served.
     assert!(pings.load(std::sync::atomic::Ordering::Relaxed) >= 2);

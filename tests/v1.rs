@@ -16,7 +16,9 @@ async fn topics_subscribe_publish_unsubscribe() {
         c.send_json(json!({"op":"subscribe","topic":"news"})).await;
         assert_eq!(c.recv_json().await, json!({"type":"subscribed","topic":"news"}));
     }
-    alice.send_json(json!({"op":"publish","topic":"news","data":{"headline":"hi","n":[1,2]}})).await;
+    alice
+        .send_json(json!({"op":"publish","topic":"news","data":{"headline":"hi","n":[1,2]}}))
+        .await;
     let expected = json!({"type":"message","topic":"news","sender":"alice","data":{"headline":"hi","n":[1,2]}});
     assert_eq!(alice.recv_json().await, expected);
     assert_eq!(bob.recv_json().await, expected);
@@ -28,7 +30,12 @@ async fn topics_subscribe_publish_unsubscribe() {
     alice.send_json(json!({"op":"broadcast","data":"marker"})).await;
     for c in [&mut alice, &mut bob, &mut carol] {
         let m = c.recv_json().await;
-        assert_eq!(m, json!({"type":"broadcast","sender":"alice","data":"marker"}), "{}: nothing before the marker", c.user);
+        assert_eq!(
+            m,
+            json!({"type":"broadcast","sender":"alice","data":"marker"}),
+            "{}: nothing before the marker",
+            c.user
+        );
     }
 }
 
@@ -39,7 +46,11 @@ async fn direct_reaches_all_connections_of_a_user_across_shards() {
     let server = TestServer::start(|_| {});
     // Connect until both shards are covered, then keep one per shard plus one more.
     let mut pool: Vec<Client> = Vec::new();
-    while pool.len() < 64 && !(pool.iter().any(|c| c.shard == 0) && pool.iter().any(|c| c.shard == 1) && pool.len() >= 3) {
+    while pool.len() < 64
+        && !(pool.iter().any(|c| c.shard == 0)
+            && pool.iter().any(|c| c.shard == 1)
+            && pool.len() >= 3)
+    {
         pool.push(connect(server.addr, "dora", true).await);
     }
     let first0 = pool.iter().position(|c| c.shard == 0).expect("a connection on shard 0");
@@ -59,7 +70,10 @@ async fn direct_reaches_all_connections_of_a_user_across_shards() {
     let mut eve = connect(server.addr, "eve", true).await;
     eve.send_json(json!({"op":"direct","to":"dora","data":{"secret":42}})).await;
     for c in &mut dora {
-        assert_eq!(c.recv_json().await, json!({"type":"direct","sender":"eve","data":{"secret":42}}));
+        assert_eq!(
+            c.recv_json().await,
+            json!({"type":"direct","sender":"eve","data":{"secret":42}})
+        );
     }
     eve.send_json(json!({"op":"broadcast","data":"after"})).await;
     assert_eq!(eve.recv_json().await["data"], "after", "the sender did not get the direct message");
@@ -87,7 +101,10 @@ async fn broadcast_reaches_seed_and_v1_clients() {
 
     seed.send_text("hello from seed").await;
     assert_eq!(seed.recv_json().await, json!({"sender":"sid","text":"hello from seed"}));
-    assert_eq!(v1.recv_json().await, json!({"type":"broadcast","sender":"sid","data":"hello from seed"}));
+    assert_eq!(
+        v1.recv_json().await,
+        json!({"type":"broadcast","sender":"sid","data":"hello from seed"})
+    );
 }
 
 /// Malformed and unknown commands get `{"type":"error","code":...}` and the connection

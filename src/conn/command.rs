@@ -71,7 +71,10 @@ pub fn parse(text: &mut [u8], buffers: &mut simd_json::Buffers) -> Result<Comman
     let value = simd_json::value::borrowed::to_value_with_buffers(text, buffers)
         .map_err(|e| CommandError::new("invalid_json", format!("not valid JSON: {e}")))?;
     if value.as_object().is_none() {
-        return Err(CommandError::new("invalid_command", "a command is a JSON object with an \"op\""));
+        return Err(CommandError::new(
+            "invalid_command",
+            "a command is a JSON object with an \"op\"",
+        ));
     }
     let op = value
         .get("op")
@@ -81,7 +84,9 @@ pub fn parse(text: &mut [u8], buffers: &mut simd_json::Buffers) -> Result<Comman
     match op {
         "subscribe" => Ok(Command::Subscribe(topic_field(&value)?)),
         "unsubscribe" => Ok(Command::Unsubscribe(topic_field(&value)?)),
-        "publish" => Ok(Command::Publish { topic: topic_field(&value)?, payload: data_field(&value)? }),
+        "publish" => {
+            Ok(Command::Publish { topic: topic_field(&value)?, payload: data_field(&value)? })
+        }
         "direct" => {
             let to = str_field(&value, "to")?;
             if !is_valid_user_id(to) {
@@ -123,7 +128,8 @@ fn topic_field(value: &BorrowedValue<'_>) -> Result<String, CommandError> {
 }
 
 fn data_field(value: &BorrowedValue<'_>) -> Result<Payload, CommandError> {
-    let data = value.get("data").ok_or_else(|| CommandError::new("missing_field", "missing \"data\""))?;
+    let data =
+        value.get("data").ok_or_else(|| CommandError::new("missing_field", "missing \"data\""))?;
     Ok(match data.as_str() {
         Some(s) => Payload::Text(s.to_owned()),
         None => Payload::Json(data.encode()),
@@ -140,7 +146,9 @@ pub fn is_valid_user_id(id: &str) -> bool {
 /// Topics: 1–[`MAX_TOPIC_LEN`] bytes of `[A-Za-z0-9_.:/-]`.
 pub fn is_valid_topic(topic: &str) -> bool {
     (1..=MAX_TOPIC_LEN).contains(&topic.len())
-        && topic.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'/' | b'-'))
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'/' | b'-'))
 }
 
 /// `{"type":"subscribed","topic":T}` or `{"type":"unsubscribed","topic":T}`.
@@ -164,17 +172,29 @@ mod tests {
 
     #[test]
     fn parses_every_op() {
-        assert_eq!(parse_str(r#"{"op":"subscribe","topic":"a/b"}"#), Ok(Command::Subscribe("a/b".into())));
-        assert_eq!(parse_str(r#"{"op":"unsubscribe","topic":"x"}"#), Ok(Command::Unsubscribe("x".into())));
+        assert_eq!(
+            parse_str(r#"{"op":"subscribe","topic":"a/b"}"#),
+            Ok(Command::Subscribe("a/b".into()))
+        );
+        assert_eq!(
+            parse_str(r#"{"op":"unsubscribe","topic":"x"}"#),
+            Ok(Command::Unsubscribe("x".into()))
+        );
         assert_eq!(
             parse_str(r#"{"op":"publish","topic":"t","data":{"k":[1,true,null]}}"#),
-            Ok(Command::Publish { topic: "t".into(), payload: Payload::Json(r#"{"k":[1,true,null]}"#.into()) })
+            Ok(Command::Publish {
+                topic: "t".into(),
+                payload: Payload::Json(r#"{"k":[1,true,null]}"#.into())
+            })
         );
         assert_eq!(
             parse_str(r#"{"op":"direct","to":"bob","data":"hé"}"#),
             Ok(Command::Direct { to: "bob".into(), payload: Payload::Text("hé".into()) })
         );
-        assert_eq!(parse_str(r#"{"op":"broadcast","data":3}"#), Ok(Command::Broadcast(Payload::Json("3".into()))));
+        assert_eq!(
+            parse_str(r#"{"op":"broadcast","data":3}"#),
+            Ok(Command::Broadcast(Payload::Json("3".into())))
+        );
     }
 
     #[test]
@@ -194,7 +214,10 @@ mod tests {
     #[test]
     fn error_json_escapes_message() {
         let e = CommandError::new("unknown_op", "unknown op \"x\"");
-        assert_eq!(e.to_json(), r#"{"type":"error","code":"unknown_op","message":"unknown op \"x\""}"#);
+        assert_eq!(
+            e.to_json(),
+            r#"{"type":"error","code":"unknown_op","message":"unknown op \"x\""}"#
+        );
     }
 
     #[test]

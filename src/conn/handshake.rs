@@ -68,7 +68,10 @@ fn decide(req: &httparse::Request<'_, '_>) -> Request {
     let Some(target) = req.path else { return reject(400, "missing request target") };
     let path = target.split_once('?').map_or(target, |(p, _)| p);
     let header = |name: &str| {
-        req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).and_then(|h| std::str::from_utf8(h.value).ok())
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
     };
     if req.method != Some("GET") {
         return reject(405, "only GET is supported");
@@ -76,14 +79,20 @@ fn decide(req: &httparse::Request<'_, '_>) -> Request {
     if path == "/healthz" {
         return Request::Health;
     }
-    let Some(user) = path.strip_prefix("/ws/") else { return reject(404, "no such endpoint; use /ws/{user_id}") };
+    let Some(user) = path.strip_prefix("/ws/") else {
+        return reject(404, "no such endpoint; use /ws/{user_id}");
+    };
     if !is_valid_user_id(user) {
         return reject(400, "invalid user id: 1-64 characters of A-Z a-z 0-9 _ . -");
     }
-    let has_token =
-        |value: Option<&str>, token: &str| value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)));
+    let has_token = |value: Option<&str>, token: &str| {
+        value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
     if !has_token(header("upgrade"), "websocket") || !has_token(header("connection"), "upgrade") {
-        return reject(400, "expected a WebSocket upgrade (Upgrade: websocket, Connection: Upgrade)");
+        return reject(
+            400,
+            "expected a WebSocket upgrade (Upgrade: websocket, Connection: Upgrade)",
+        );
     }
     if header("sec-websocket-version").map(str::trim) != Some("13") {
         return reject(426, "unsupported Sec-WebSocket-Version; 13 required");

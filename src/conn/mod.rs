@@ -133,7 +133,11 @@ impl Conn {
             heartbeat: Cell::new(Heartbeat {
                 awaiting_pong_since: None,
                 next_ping: cfg.ping_interval.enabled().map_or(far, |d| now + d),
-                next_app_ping: cfg.app_ping_interval.enabled().filter(|_| !v1).map_or(far, |d| now + d),
+                next_app_ping: cfg
+                    .app_ping_interval
+                    .enabled()
+                    .filter(|_| !v1)
+                    .map_or(far, |d| now + d),
             }),
             close_deadline: Cell::new(None),
             inbound: RefCell::default(),
@@ -167,7 +171,11 @@ impl Conn {
             drop(out);
             ShardStats::add(&shard.stats().slow_consumer_closes, 1);
             debug!(shard = %shard.id, conn = self.id.get().0, user = %self.user, "slow consumer cut off");
-            self.begin_close(shard, close_code::TRY_AGAIN_LATER, "slow consumer: outbound queue limit");
+            self.begin_close(
+                shard,
+                close_code::TRY_AGAIN_LATER,
+                "slow consumer: outbound queue limit",
+            );
             return false;
         }
         out.push(frame.clone());
@@ -189,7 +197,13 @@ impl Conn {
     }
 
     /// [`begin_close`](Self::begin_close) with an explicit grace period.
-    pub fn begin_close_within(self: &Rc<Self>, shard: &Shard, code: u16, reason: &str, grace: Duration) {
+    pub fn begin_close_within(
+        self: &Rc<Self>,
+        shard: &Shard,
+        code: u16,
+        reason: &str,
+        grace: Duration,
+    ) {
         if self.phase.get() != Phase::Open {
             return;
         }
@@ -258,7 +272,11 @@ pub async fn run(shard: Rc<Shard>, mut stream: TcpStream) {
         Request::Upgrade { user, v1, accept_key } => (user, v1, accept_key),
         Request::Health => {
             let body = shard.health_json();
-            let _ = write_and_close(&mut stream, &handshake::http_response(200, "application/json", &body)).await;
+            let _ = write_and_close(
+                &mut stream,
+                &handshake::http_response(200, "application/json", &body),
+            )
+            .await;
             return;
         }
         Request::Reject(rejection) => {
@@ -313,7 +331,10 @@ async fn read_request(
         if filled == buf.len() {
             if buf.len() >= max {
                 return Ok((
-                    Request::Reject(handshake::Rejection { status: 431, reason: "request head too large" }),
+                    Request::Reject(handshake::Rejection {
+                        status: 431,
+                        reason: "request head too large",
+                    }),
                     None,
                 ));
             }
@@ -348,7 +369,9 @@ async fn serve(shard: &Rc<Shard>, conn: &Rc<Conn>, stream: &mut TcpStream) {
     let mut close_timer: Option<Timer> = None;
     let mut half_closed = false;
     loop {
-        let step = poll_fn(|cx| poll_step(shard, conn, stream, cx, &mut close_timer, &mut half_closed)).await;
+        let step =
+            poll_fn(|cx| poll_step(shard, conn, stream, cx, &mut close_timer, &mut half_closed))
+                .await;
         match step {
             Step::Done => return,
             Step::Progress => {
@@ -399,7 +422,9 @@ fn poll_step(
             return Poll::Ready(Step::Done);
         }
         if let Some(deadline) = conn.close_deadline.get() {
-            let timer = close_timer.get_or_insert_with(|| Timer::new(deadline.saturating_duration_since(Instant::now())));
+            let timer = close_timer.get_or_insert_with(|| {
+                Timer::new(deadline.saturating_duration_since(Instant::now()))
+            });
             if Pin::new(timer).poll(cx).is_ready() {
                 return Poll::Ready(Step::Done);
             }
@@ -420,7 +445,11 @@ fn poll_step(
 
 /// Writes the queue through glommio, which registers for writability when the socket
 /// is full (the shard's non-blocking pass handed over to us).
-fn poll_write_queue(conn: &Conn, stream: &mut TcpStream, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+fn poll_write_queue(
+    conn: &Conn,
+    stream: &mut TcpStream,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<()>> {
     loop {
         let mut out = conn.out.borrow_mut();
         if out.is_empty() {

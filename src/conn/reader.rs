@@ -85,7 +85,12 @@ pub fn handle_input(shard: &Shard, conn: &Rc<Conn>, data: &mut [u8]) {
 }
 
 /// Decodes and handles every complete frame in `buf`; returns the bytes consumed.
-fn process_frames(shard: &Shard, conn: &Rc<Conn>, inbound: &mut Inbound, buf: &mut [u8]) -> Result<usize, Violation> {
+fn process_frames(
+    shard: &Shard,
+    conn: &Rc<Conn>,
+    inbound: &mut Inbound,
+    buf: &mut [u8],
+) -> Result<usize, Violation> {
     let mut at = 0;
     while at < buf.len() {
         // After a Close (either side's), nothing more is processed.
@@ -110,7 +115,10 @@ fn process_frames(shard: &Shard, conn: &Rc<Conn>, inbound: &mut Inbound, buf: &m
             OpCode::Data(_) if closing => {}
             OpCode::Data(Data::Continue) => {
                 let Some(opcode) = inbound.message_opcode else {
-                    return Err(Violation { code: close_code::PROTOCOL_ERROR, reason: "continuation without a message" });
+                    return Err(Violation {
+                        code: close_code::PROTOCOL_ERROR,
+                        reason: "continuation without a message",
+                    });
                 };
                 if inbound.message.len() + payload.len() > shard.cfg.max_message_size.0 {
                     return Err(FrameError::TooBig.into());
@@ -124,7 +132,10 @@ fn process_frames(shard: &Shard, conn: &Rc<Conn>, inbound: &mut Inbound, buf: &m
             }
             OpCode::Data(opcode) => {
                 if inbound.message_opcode.is_some() {
-                    return Err(Violation { code: close_code::PROTOCOL_ERROR, reason: "new message inside a fragmented one" });
+                    return Err(Violation {
+                        code: close_code::PROTOCOL_ERROR,
+                        reason: "new message inside a fragmented one",
+                    });
                 }
                 if f.fin {
                     handle_message(shard, conn, opcode, payload)?;
@@ -141,14 +152,25 @@ fn process_frames(shard: &Shard, conn: &Rc<Conn>, inbound: &mut Inbound, buf: &m
 fn handle_close(conn: &Rc<Conn>, payload: &[u8]) -> Result<(), Violation> {
     let reply_code = match payload.len() {
         0 => close_code::NORMAL,
-        1 => return Err(Violation { code: close_code::PROTOCOL_ERROR, reason: "close frame with a 1-byte payload" }),
+        1 => {
+            return Err(Violation {
+                code: close_code::PROTOCOL_ERROR,
+                reason: "close frame with a 1-byte payload",
+            });
+        }
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
             if !frame::is_valid_close_code(code) {
-                return Err(Violation { code: close_code::PROTOCOL_ERROR, reason: "invalid close code" });
+                return Err(Violation {
+                    code: close_code::PROTOCOL_ERROR,
+                    reason: "invalid close code",
+                });
             }
             if std::str::from_utf8(&payload[2..]).is_err() {
-                return Err(Violation { code: close_code::INVALID_PAYLOAD, reason: "close reason is not UTF-8" });
+                return Err(Violation {
+                    code: close_code::INVALID_PAYLOAD,
+                    reason: "close reason is not UTF-8",
+                });
             }
             code
         }
@@ -168,12 +190,23 @@ fn handle_close(conn: &Rc<Conn>, payload: &[u8]) -> Result<(), Violation> {
     Ok(())
 }
 
-fn handle_message(shard: &Shard, conn: &Rc<Conn>, opcode: Data, payload: &mut [u8]) -> Result<(), Violation> {
+fn handle_message(
+    shard: &Shard,
+    conn: &Rc<Conn>,
+    opcode: Data,
+    payload: &mut [u8],
+) -> Result<(), Violation> {
     if opcode != Data::Text {
-        return Err(Violation { code: close_code::UNSUPPORTED_DATA, reason: "binary messages are not supported" });
+        return Err(Violation {
+            code: close_code::UNSUPPORTED_DATA,
+            reason: "binary messages are not supported",
+        });
     }
     let Ok(text) = std::str::from_utf8(payload) else {
-        return Err(Violation { code: close_code::INVALID_PAYLOAD, reason: "text message is not UTF-8" });
+        return Err(Violation {
+            code: close_code::INVALID_PAYLOAD,
+            reason: "text message is not UTF-8",
+        });
     };
     ShardStats::add(&shard.stats().messages_in, 1);
     if !conn.v1 {

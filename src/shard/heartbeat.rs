@@ -14,11 +14,7 @@ use std::{rc::Rc, sync::atomic::Ordering, time::Duration};
 use glommio::timer::Timer;
 
 use super::Shard;
-use crate::{
-    conn::Phase,
-    frame::close_code,
-    xshard::ShardStats,
-};
+use crate::{conn::Phase, frame::close_code, xshard::ShardStats};
 
 /// Finest and coarsest sweep period.
 const MIN_TICK: Duration = Duration::from_millis(10);
@@ -48,7 +44,11 @@ pub(super) async fn run(shard: Rc<Shard>) {
                 match hb.awaiting_pong_since {
                     Some(since) if now.duration_since(since) >= pong_timeout => {
                         timeouts += 1;
-                        conn.begin_close(&shard, close_code::POLICY_VIOLATION, "heartbeat timeout: no pong");
+                        conn.begin_close(
+                            &shard,
+                            close_code::POLICY_VIOLATION,
+                            "heartbeat timeout: no pong",
+                        );
                         continue;
                     }
                     Some(_) => {}

@@ -29,7 +29,8 @@ pub(super) async fn run(shard: Rc<Shard>, listener: TcpListener) {
                 backoff = Duration::ZERO;
                 let _ = stream.set_nodelay(true);
                 if shard.cfg.socket_send_buffer.0 > 0 {
-                    let _ = sys::set_send_buffer(stream.as_raw_fd(), shard.cfg.socket_send_buffer.0);
+                    let _ =
+                        sys::set_send_buffer(stream.as_raw_fd(), shard.cfg.socket_send_buffer.0);
                 }
                 glommio::spawn_local(conn::run(shard.clone(), stream)).detach();
             }

@@ -209,7 +209,10 @@ pub async fn run(parts: ShardParts) {
         bus,
         node_stats: stats,
         budget,
-        ping_frame: Rc::new(frame::encode_control(tungstenite::protocol::frame::coding::Control::Ping, b"")),
+        ping_frame: Rc::new(frame::encode_control(
+            tungstenite::protocol::frame::coding::Control::Ping,
+            b"",
+        )),
         app_ping_frame: Rc::new(frame::encode_text(r#"{"type":"ping"}"#)),
         shutting_down: Cell::new(false),
         cfg,

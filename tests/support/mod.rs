@@ -98,7 +98,9 @@ pub async fn connect(addr: SocketAddr, user: &str, v1: bool) -> Client {
     if v1 {
         req.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("corecast.v1"));
     }
-    let (ws, resp) = within(WAIT, "connect", tokio_tungstenite::connect_async(req)).await.expect("upgrade succeeds");
+    let (ws, resp) = within(WAIT, "connect", tokio_tungstenite::connect_async(req))
+        .await
+        .expect("upgrade succeeds");
     if v1 {
         assert_eq!(resp.headers().get("sec-websocket-protocol").unwrap(), "corecast.v1");
     }
@@ -121,7 +123,9 @@ impl Client {
         within(WAIT, &format!("message for {user}"), async {
             loop {
                 match self.ws.next().await {
-                    Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).expect("server sends JSON"),
+                    Some(Ok(Message::Text(t))) => {
+                        return serde_json::from_str(&t).expect("server sends JSON");
+                    }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     other => panic!("{user}: expected a text message, got {other:?}"),
                 }
@@ -147,7 +151,8 @@ impl Client {
 
 /// A plain HTTP GET; returns (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let raw = raw_request(addr, format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).await;
+    let raw =
+        raw_request(addr, format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).await;
     parse_http(&raw)
 }
 
@@ -165,7 +170,11 @@ pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> String {
 
 /// (status, body) of an HTTP response.
 pub fn parse_http(raw: &str) -> (u16, String) {
-    let status = raw.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("not HTTP: {raw:?}"));
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not HTTP: {raw:?}"));
     let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
 }
@@ -214,7 +223,8 @@ pub struct ServerFrame {
 impl ServerFrame {
     /// The close code of a Close frame.
     pub fn close_code(&self) -> Option<u16> {
-        (self.opcode == 0x8 && self.payload.len() >= 2).then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+        (self.opcode == 0x8 && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
     }
 }
 
@@ -276,7 +286,9 @@ impl RawClient {
     pub async fn expect_close(&mut self) -> u16 {
         loop {
             match self.next_frame().await {
-                Some(f) if f.opcode == 0x8 => return f.close_code().expect("close frame has a code"),
+                Some(f) if f.opcode == 0x8 => {
+                    return f.close_code().expect("close frame has a code");
+                }
                 Some(_) => continue,
                 None => panic!("EOF without a close frame"),
             }
