@@ -244,7 +244,14 @@ macro_rules! config_options {
             /// Renders the configuration as TOML (for `--check-config`).
             pub fn to_toml(&self) -> String {
                 let mut out = String::new();
-                $( out.push_str(&format!("{} = \"{}\"\n", stringify!($name), self.$name)); )+
+                $(
+                    let value = self.$name.to_string();
+                    if value.bytes().all(|b| b.is_ascii_digit()) {
+                        out.push_str(&format!("{} = {}\n", stringify!($name), value));
+                    } else {
+                        out.push_str(&format!("{} = \"{}\"\n", stringify!($name), value));
+                    }
+                )+
                 out
             }
         }
@@ -393,6 +400,17 @@ mod tests {
         let err =
             Config::from_arg_list(["corecast", "--config", file.to_str().unwrap()]).unwrap_err();
         assert!(err.to_string().contains("bogus_key"), "{err}");
+    }
+
+    #[test]
+    fn check_config_output_loads_back() {
+        let cfg = Config::from_arg_list(["corecast", "--backlog", "12", "--ping-interval", "1500ms"]).unwrap();
+        let dir = std::env::temp_dir().join(format!("corecast-rt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("rt.toml");
+        std::fs::write(&file, cfg.to_toml()).unwrap();
+        let again = Config::from_arg_list(["corecast", "--config", file.to_str().unwrap()]).unwrap();
+        assert_eq!(again, cfg);
     }
 
     #[test]

@@ -254,9 +254,23 @@ impl Conn {
 /// Serves one accepted socket until it closes. Never returns an error: problems end
 /// this connection only, with an HTTP status or close code, and are logged at `debug`.
 pub async fn run(shard: Rc<Shard>, mut stream: TcpStream) {
+    // The upgrade's state (request buffer, deadline timer) lives in its own allocation,
+    // freed when the upgrade is done: this task lives as long as the connection, and its
+    // size is paid by every idle socket.
+    let Some(conn) = Box::pin(upgrade(&shard, &mut stream)).await else { return };
+    serve(&shard, &conn, &mut stream).await;
+    // Unregister before the socket (and its fd number) goes away.
+    shard.unregister(&conn);
+    shard.budget.release();
+    drop(stream);
+}
+
+/// Runs the HTTP exchange. Returns the registered connection after a 101, or `None` when
+/// the request was answered otherwise (or not at all) and the socket should be dropped.
+async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream) -> Option<Rc<Conn>> {
     let peer = stream.peer_addr().ok();
     let deadline = shard.cfg.handshake_timeout.0;
-    let handshake = read_request(&shard, &mut stream).or(async {
+    let handshake = read_request(shard, stream).or(async {
         Timer::new(deadline).await;
         Err("handshake timeout")
     });
@@ -265,25 +279,21 @@ pub async fn run(shard: Rc<Shard>, mut stream: TcpStream) {
         Err(why) => {
             ShardStats::add(&shard.stats().rejected_handshakes, 1);
             debug!(shard = %shard.id, ?peer, cause = why, "handshake failed");
-            return;
+            return None;
         }
     };
     let (user, v1, accept_key) = match request {
         Request::Upgrade { user, v1, accept_key } => (user, v1, accept_key),
         Request::Health => {
             let body = shard.health_json();
-            let _ = write_and_close(
-                &mut stream,
-                &handshake::http_response(200, "application/json", &body),
-            )
-            .await;
-            return;
+            let _ = write_and_close(stream, &handshake::http_response(200, "application/json", &body)).await;
+            return None;
         }
         Request::Reject(rejection) => {
             ShardStats::add(&shard.stats().rejected_handshakes, 1);
             debug!(shard = %shard.id, ?peer, status = rejection.status, cause = rejection.reason, "request rejected");
-            let _ = write_and_close(&mut stream, &handshake::rejection_response(rejection)).await;
-            return;
+            let _ = write_and_close(stream, &handshake::rejection_response(rejection)).await;
+            return None;
         }
     };
     let unavailable = if shard.shutting_down.get() {
@@ -297,26 +307,23 @@ pub async fn run(shard: Rc<Shard>, mut stream: TcpStream) {
         ShardStats::add(&shard.stats().rejected_handshakes, 1);
         debug!(shard = %shard.id, ?peer, cause = reason, "upgrade refused with 503");
         let rejection = handshake::Rejection { status: 503, reason };
-        let _ = write_and_close(&mut stream, &handshake::rejection_response(rejection)).await;
-        return;
+        let _ = write_and_close(stream, &handshake::rejection_response(rejection)).await;
+        return None;
     }
+
     // Register first, then send the 101 through the connection's own queue: every event
     // fanned out after this point is queued behind the 101, so a client that has its 101
     // misses nothing published afterwards.
-    let conn = Rc::new(Conn::new(stream.as_raw_fd(), user, v1, Instant::now(), &shard));
+    let conn = Rc::new(Conn::new(stream.as_raw_fd(), user, v1, Instant::now(), shard));
     let response = handshake::upgrade_response(&accept_key, v1, shard.id.0);
     conn.out.borrow_mut().push(Rc::new(SharedFrame::from(response)));
     shard.register(&conn);
     conn.flush_now();
     trace!(shard = %shard.id, conn = conn.id.get().0, user = %conn.user, v1, "upgraded");
     if let Some(mut bytes) = leftover {
-        reader::handle_input(&shard, &conn, &mut bytes);
+        reader::handle_input(shard, &conn, &mut bytes);
     }
-    serve(&shard, &conn, &mut stream).await;
-    // Unregister before the socket (and its fd number) goes away.
-    shard.unregister(&conn);
-    shard.budget.release();
-    drop(stream);
+    Some(conn)
 }
 
 /// Reads the HTTP request head. Returns the decision and any bytes after the head.

@@ -1,0 +1,461 @@
+//! `corecast-load`: a WebSocket load generator for the seed protocol (`/ws/{user_id}`,
+//! text in, `{"sender","text"}` out), so it measures any server with that endpoint.
+//!
+//! Runs on: one glommio executor (unpinned by default, or `--cpu N`), all connections
+//! as tasks of it. Phases:
+//! 1. read the server's RSS (given `--server-pid`), open `--connections` receivers and
+//!    `--publishers` publishers, wait `--settle`, read the RSS again → bytes per idle
+//!    connection;
+//! 2. publishers send `--rate` messages/s in total (open loop, each carrying its send
+//!    time) for `--duration`; every connection counts what it receives and records the
+//!    publish-to-receive latency in a log-linear histogram;
+//! 3. report deliveries/s, delivery ratio, latency percentiles, server CPU per delivery
+//!    (utime+stime from /proc) and this tool's own CPU (to show it was not the bottleneck).
+//!
+//! Client Pings from the server are answered, so runs may last longer than a ping period.
+
+use std::{
+    cell::{Cell, RefCell},
+    net::SocketAddr,
+    rc::Rc,
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::{LocalExecutorBuilder, Placement, net::TcpStream, timer::Timer};
+
+#[derive(Debug, Parser)]
+#[command(name = "corecast-load", about = "WebSocket fan-out load generator (seed protocol)")]
+struct Args {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Receiving connections.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// Publishing connections (they receive too).
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// Messages per second, all publishers together (0: idle-memory measurement only).
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Publishing time in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Text payload size in bytes (at least 24: it carries the send timestamp).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Server process id, for RSS and CPU figures.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Seconds to wait after connecting before reading the server's RSS.
+    #[arg(long, default_value_t = 2.0)]
+    settle: f64,
+    /// Connections being opened at once.
+    #[arg(long, default_value_t = 200)]
+    connect_concurrency: usize,
+    /// Pin the load generator to this CPU.
+    #[arg(long)]
+    cpu: Option<usize>,
+    /// Write the result as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+/// Log-linear latency histogram in microseconds: 16 sub-buckets per power of two (≤ 6.25% error).
+struct Histogram {
+    buckets: Vec<u64>,
+    count: u64,
+    max: u64,
+}
+
+impl Histogram {
+    fn new() -> Histogram {
+        Histogram { buckets: vec![0; 64 * 16], count: 0, max: 0 }
+    }
+    fn index(v: u64) -> usize {
+        if v < 16 {
+            return v as usize;
+        }
+        let e = 63 - v.leading_zeros() as usize;
+        (e - 3) * 16 + ((v >> (e - 4)) & 15) as usize
+    }
+    fn lower_bound(i: usize) -> u64 {
+        if i < 16 {
+            return i as u64;
+        }
+        let e = i / 16 + 3;
+        (16 + (i % 16) as u64) << (e - 4)
+    }
+    fn record(&mut self, v: u64) {
+        self.buckets[Self::index(v)] += 1;
+        self.count += 1;
+        self.max = self.max.max(v);
+    }
+    fn percentile(&self, p: f64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        let target = ((p / 100.0) * self.count as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= target {
+                return Self::lower_bound(i);
+            }
+        }
+        self.max
+    }
+}
+
+#[derive(Default)]
+struct Totals {
+    connected: Cell<usize>,
+    failed: Cell<usize>,
+    received: Cell<u64>,
+    sent: Cell<u64>,
+    closed_early: Cell<usize>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(args.payload >= 24, "--payload must be at least 24 bytes");
+    let placement = args.cpu.map_or(Placement::Unbound, Placement::Fixed);
+    let handle = LocalExecutorBuilder::new(placement)
+        .name("load")
+        .io_memory(64 << 10)
+        .spawn(move || async move { run(args).await })?;
+    handle.join().map_err(|e| anyhow::anyhow!("load executor: {e}"))?
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let totals = Rc::new(Totals::default());
+    let hist = Rc::new(RefCell::new(Histogram::new()));
+    let stop = Rc::new(Cell::new(false));
+    let rss_before = args.server_pid.and_then(proc_rss);
+    let total_conns = args.connections + args.publishers;
+
+    // Phase 1: connect.
+    let connect_started = Instant::now();
+    let gate = Rc::new(glommio::sync::Semaphore::new(args.connect_concurrency as u64));
+    let mut publishers = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..total_conns {
+        let publisher = i < args.publishers;
+        let user = if publisher { format!("pub-{i}") } else { format!("load-{i}") };
+        let (tx, rx) = flume::bounded::<Vec<u8>>(1024);
+        if publisher {
+            publishers.push(tx.clone());
+        }
+        let permit = gate.acquire_static_permit(1).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (totals, hist, stop, addr) = (totals.clone(), hist.clone(), stop.clone(), args.addr);
+        tasks.push(glommio::spawn_local(async move {
+            let stream = match connect(addr, &user).await {
+                Ok(s) => s,
+                Err(_) => {
+                    totals.failed.set(totals.failed.get() + 1);
+                    return;
+                }
+            };
+            totals.connected.set(totals.connected.get() + 1);
+            drop(permit);
+            receive(stream, rx, tx, start, &totals, &hist, &stop).await;
+        }));
+    }
+    while totals.connected.get() + totals.failed.get() < total_conns {
+        Timer::new(Duration::from_millis(10)).await;
+    }
+    let connect_secs = connect_started.elapsed().as_secs_f64();
+    eprintln!(
+        "connected {} of {} in {:.2}s ({:.0}/s), {} failed",
+        totals.connected.get(),
+        total_conns,
+        connect_secs,
+        totals.connected.get() as f64 / connect_secs,
+        totals.failed.get()
+    );
+    Timer::new(Duration::from_secs_f64(args.settle)).await;
+    let rss_idle = args.server_pid.and_then(proc_rss);
+    let per_conn = match (rss_before, rss_idle) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / totals.connected.get().max(1) as f64),
+        _ => None,
+    };
+    if let Some(pc) = per_conn {
+        eprintln!("server RSS {} → {} KiB: {:.0} bytes per idle connection", rss_before.unwrap_or(0) >> 10, rss_idle.unwrap_or(0) >> 10, pc);
+    }
+
+    // Phase 2: publish.
+    let server_cpu_before = args.server_pid.and_then(proc_cpu_ticks);
+    let self_cpu_before = proc_cpu_ticks(std::process::id());
+    let publish_started = Instant::now();
+    if args.rate > 0.0 && !publishers.is_empty() {
+        let per_pub = args.rate / publishers.len() as f64;
+        let mut due_sent = vec![0u64; publishers.len()];
+        let duration = Duration::from_secs_f64(args.duration);
+        let mut frame = Vec::with_capacity(args.payload + 14);
+        loop {
+            let elapsed = publish_started.elapsed();
+            if elapsed >= duration {
+                break;
+            }
+            for (p, tx) in publishers.iter().enumerate() {
+                let due = (elapsed.as_secs_f64() * per_pub) as u64 + 1;
+                while due_sent[p] < due {
+                    due_sent[p] += 1;
+                    let now = start.elapsed().as_nanos() as u64;
+                    let mut text = format!("{now} ");
+                    text.extend(std::iter::repeat_n('x', args.payload.saturating_sub(text.len())));
+                    frame.clear();
+                    client_frame(&mut frame, 0x1, text.as_bytes());
+                    if tx.try_send(frame.clone()).is_ok() {
+                        totals.sent.set(totals.sent.get() + 1);
+                    }
+                }
+            }
+            Timer::new(Duration::from_millis(1)).await;
+        }
+    }
+    let publish_secs = publish_started.elapsed().as_secs_f64();
+    // Drain: until everything expected arrived, or nothing arrived for 2 s.
+    let expected = totals.sent.get() * totals.connected.get() as u64;
+    let mut last = totals.received.get();
+    let mut quiet_since = Instant::now();
+    while totals.received.get() < expected && quiet_since.elapsed() < Duration::from_secs(2) {
+        Timer::new(Duration::from_millis(20)).await;
+        if totals.received.get() != last {
+            last = totals.received.get();
+            quiet_since = Instant::now();
+        }
+    }
+    let drained_secs = publish_started.elapsed().as_secs_f64();
+    let server_cpu = match (server_cpu_before, args.server_pid.and_then(proc_cpu_ticks)) {
+        (Some(b), Some(a)) => Some(ticks_to_secs(a - b)),
+        _ => None,
+    };
+    let self_cpu = match (self_cpu_before, proc_cpu_ticks(std::process::id())) {
+        (Some(b), Some(a)) => ticks_to_secs(a - b),
+        _ => 0.0,
+    };
+    stop.set(true);
+
+    let received = totals.received.get();
+    let h = hist.borrow();
+    let deliveries_per_sec = received as f64 / drained_secs.max(1e-9);
+    let ratio = if expected > 0 { received as f64 / expected as f64 } else { 1.0 };
+    let cpu_per_delivery_us = server_cpu.map(|s| s * 1e6 / received.max(1) as f64);
+    let report = format!(
+        concat!(
+            "{{\"connections\":{},\"failed\":{},\"connect_per_sec\":{:.0},\"server_rss_per_idle_conn_bytes\":{},",
+            "\"sent\":{},\"expected_deliveries\":{},\"received\":{},\"delivery_ratio\":{:.5},",
+            "\"publish_secs\":{:.2},\"drained_secs\":{:.2},\"deliveries_per_sec\":{:.0},",
+            "\"latency_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}},",
+            "\"server_cpu_secs\":{},\"server_cpu_per_delivery_us\":{},\"load_tool_cpu_secs\":{:.2},",
+            "\"load_tool_cpu_share\":{:.2},\"closed_early\":{}}}"
+        ),
+        totals.connected.get(),
+        totals.failed.get(),
+        totals.connected.get() as f64 / connect_secs,
+        per_conn.map_or("null".into(), |v| format!("{v:.0}")),
+        totals.sent.get(),
+        expected,
+        received,
+        ratio,
+        publish_secs,
+        drained_secs,
+        deliveries_per_sec,
+        h.percentile(50.0),
+        h.percentile(90.0),
+        h.percentile(99.0),
+        h.percentile(99.9),
+        h.max,
+        server_cpu.map_or("null".into(), |v| format!("{v:.2}")),
+        cpu_per_delivery_us.map_or("null".into(), |v| format!("{v:.3}")),
+        self_cpu,
+        self_cpu / drained_secs.max(1e-9),
+        totals.closed_early.get(),
+    );
+    println!("{report}");
+    if self_cpu / drained_secs.max(1e-9) > 0.9 {
+        eprintln!("warning: the load tool used {:.0}% of a core: it may be the bottleneck", 100.0 * self_cpu / drained_secs);
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, &report)?;
+    }
+    drop(h);
+    drop(publishers);
+    for t in tasks {
+        t.cancel().await;
+    }
+    Ok(())
+}
+
+async fn connect(addr: SocketAddr, user: &str) -> std::io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr).await.map_err(std::io::Error::other)?;
+    stream.set_nodelay(true).map_err(std::io::Error::other)?;
+    let request = format!(
+        "GET /ws/{user} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut head = Vec::with_capacity(256);
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await? == 0 || head.len() > 4096 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.push(byte[0]);
+    }
+    if !head.starts_with(b"HTTP/1.1 101") {
+        return Err(std::io::Error::other(String::from_utf8_lossy(&head).into_owned()));
+    }
+    Ok(stream)
+}
+
+/// Reads frames, answers pings, records latencies. Everything written (a publisher's
+/// messages, pongs) goes through `outbox`, so the socket has exactly one writer.
+async fn receive(
+    stream: TcpStream,
+    outbox: flume::Receiver<Vec<u8>>,
+    pongs: flume::Sender<Vec<u8>>,
+    start: Instant,
+    totals: &Totals,
+    hist: &RefCell<Histogram>,
+    stop: &Cell<bool>,
+) {
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let _sender = glommio::spawn_local(async move {
+        while let Ok(frame) = outbox.recv_async().await {
+            if writer.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 16 << 10];
+    let mut filled = 0;
+    loop {
+        if filled == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = match reader.read(&mut buf[filled..]).await {
+            Ok(0) | Err(_) => {
+                if !stop.get() {
+                    totals.closed_early.set(totals.closed_early.get() + 1);
+                }
+                return;
+            }
+            Ok(n) => n,
+        };
+        filled += n;
+        let mut at = 0;
+        while let Some((opcode, payload, used)) = parse_frame(&buf[at..filled]) {
+            match opcode {
+                0x1 => {
+                    if let Some(ts) = timestamp_of(payload) {
+                        let now = start.elapsed().as_nanos() as u64;
+                        hist.borrow_mut().record(now.saturating_sub(ts) / 1000);
+                        totals.received.set(totals.received.get() + 1);
+                    }
+                }
+                0x9 => {
+                    let mut pong = Vec::with_capacity(payload.len() + 6);
+                    client_frame(&mut pong, 0xA, payload);
+                    let _ = pongs.try_send(pong);
+                }
+                _ => {}
+            }
+            at += used;
+        }
+        buf.copy_within(at..filled, 0);
+        filled -= at;
+    }
+}
+
+/// The send timestamp at the start of a seed message's text: `{"sender":"..","text":"<ns> xxx"}`.
+fn timestamp_of(payload: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"text\":\"";
+    let at = payload.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let digits = payload[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&payload[at..at + digits]).ok()?.parse().ok()
+}
+
+fn parse_frame(buf: &[u8]) -> Option<(u8, &[u8], usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let (len, at) = match buf[1] & 0x7F {
+        126 => (u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize, 4),
+        127 => {
+            let mut raw = [0u8; 8];
+            raw.copy_from_slice(buf.get(2..10)?);
+            (u64::from_be_bytes(raw) as usize, 10)
+        }
+        n => (n as usize, 2),
+    };
+    let payload = buf.get(at..at + len)?;
+    Some((buf[0] & 0x0F, payload, at + len))
+}
+
+fn client_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    out.push(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xFFFF => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+}
+
+/// VmRSS of a process in bytes.
+fn proc_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// utime + stime of a process, in clock ticks.
+fn proc_cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Linux reports /proc CPU times in USER_HZ, which is 100 on every mainstream build.
+fn ticks_to_secs(ticks: u64) -> f64 {
+    ticks as f64 / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_percentiles_are_close() {
+        let mut h = Histogram::new();
+        for v in 1..=10_000u64 {
+            h.record(v);
+        }
+        let p50 = h.percentile(50.0) as f64;
+        assert!((p50 - 5000.0).abs() / 5000.0 < 0.07, "{p50}");
+        let p99 = h.percentile(99.0) as f64;
+        assert!((p99 - 9900.0).abs() / 9900.0 < 0.07, "{p99}");
+        assert_eq!(h.max, 10_000);
+    }
+
+    #[test]
+    fn timestamp_extraction() {
+        assert_eq!(timestamp_of(br#"{"sender":"p","text":"12345 xxxx"}"#), Some(12345));
+        assert_eq!(timestamp_of(br#"{"type":"ping"}"#), None);
+    }
+}
