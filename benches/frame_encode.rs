@@ -24,7 +24,9 @@ fn event() -> Event {
     Event {
         sender: "user-42".into(),
         route: Route::Broadcast,
-        payload: Payload::Text("the quick brown fox jumps over the lazy dog, 64 bytes of chat...".into()),
+        payload: Payload::Text(
+            "the quick brown fox jumps over the lazy dog, 64 bytes of chat...".into(),
+        ),
     }
 }
 
@@ -37,7 +39,9 @@ fn encode_per_connection(event: &Event) -> Vec<u8> {
     corecast::event::push_json_str(&mut json, text);
     json.push('}');
     let mut out = Vec::with_capacity(json.len() + 10);
-    Frame::message(json.into_bytes(), OpCode::Data(Data::Text), true).format(&mut out).expect("Vec write");
+    Frame::message(json.into_bytes(), OpCode::Data(Data::Text), true)
+        .format(&mut out)
+        .expect("Vec write");
     out
 }
 
@@ -45,7 +49,8 @@ fn fan_out(c: &mut Criterion) {
     let mut group = c.benchmark_group("broadcast_to_n_connections");
     for n in [1usize, 100, 10_000] {
         group.throughput(Throughput::Elements(n as u64));
-        let mut shared_queues: Vec<VecDeque<Rc<SharedFrame>>> = (0..n).map(|_| VecDeque::new()).collect();
+        let mut shared_queues: Vec<VecDeque<Rc<SharedFrame>>> =
+            (0..n).map(|_| VecDeque::new()).collect();
         group.bench_with_input(BenchmarkId::new("shared", n), &n, |b, _| {
             let ev = event();
             b.iter(|| {

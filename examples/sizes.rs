@@ -18,6 +18,12 @@ fn main() {
     println!("connection task future (conn::run): {} bytes", future_size(corecast::conn::run));
     println!("glommio TcpStream:                  {} bytes", size_of::<TcpStream>());
     println!("Conn (in an Rc):                    {} bytes", size_of::<Conn>());
-    println!("  OutQueue:                         {} bytes", size_of::<corecast::conn::writer::OutQueue>());
-    println!("  Inbound:                          {} bytes", size_of::<corecast::conn::reader::Inbound>());
+    println!(
+        "  OutQueue:                         {} bytes",
+        size_of::<corecast::conn::writer::OutQueue>()
+    );
+    println!(
+        "  Inbound:                          {} bytes",
+        size_of::<corecast::conn::reader::Inbound>()
+    );
 }

@@ -404,12 +404,15 @@ mod tests {
 
     #[test]
     fn check_config_output_loads_back() {
-        let cfg = Config::from_arg_list(["corecast", "--backlog", "12", "--ping-interval", "1500ms"]).unwrap();
+        let cfg =
+            Config::from_arg_list(["corecast", "--backlog", "12", "--ping-interval", "1500ms"])
+                .unwrap();
         let dir = std::env::temp_dir().join(format!("corecast-rt-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("rt.toml");
         std::fs::write(&file, cfg.to_toml()).unwrap();
-        let again = Config::from_arg_list(["corecast", "--config", file.to_str().unwrap()]).unwrap();
+        let again =
+            Config::from_arg_list(["corecast", "--config", file.to_str().unwrap()]).unwrap();
         assert_eq!(again, cfg);
     }
 

@@ -179,11 +179,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Timer::new(Duration::from_secs_f64(args.settle)).await;
     let rss_idle = args.server_pid.and_then(proc_rss);
     let per_conn = match (rss_before, rss_idle) {
-        (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / totals.connected.get().max(1) as f64),
+        (Some(b), Some(a)) => {
+            Some(a.saturating_sub(b) as f64 / totals.connected.get().max(1) as f64)
+        }
         _ => None,
     };
     if let Some(pc) = per_conn {
-        eprintln!("server RSS {} → {} KiB: {:.0} bytes per idle connection", rss_before.unwrap_or(0) >> 10, rss_idle.unwrap_or(0) >> 10, pc);
+        eprintln!(
+            "server RSS {} → {} KiB: {:.0} bytes per idle connection",
+            rss_before.unwrap_or(0) >> 10,
+            rss_idle.unwrap_or(0) >> 10,
+            pc
+        );
     }
 
     // Phase 2: publish.
@@ -278,7 +285,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("{report}");
     if self_cpu / drained_secs.max(1e-9) > 0.9 {
-        eprintln!("warning: the load tool used {:.0}% of a core: it may be the bottleneck", 100.0 * self_cpu / drained_secs);
+        eprintln!(
+            "warning: the load tool used {:.0}% of a core: it may be the bottleneck",
+            100.0 * self_cpu / drained_secs
+        );
     }
     if let Some(path) = &args.json {
         std::fs::write(path, &report)?;

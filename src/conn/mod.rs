@@ -286,7 +286,9 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream) -> Option<Rc<Conn>> 
         Request::Upgrade { user, v1, accept_key } => (user, v1, accept_key),
         Request::Health => {
             let body = shard.health_json();
-            let _ = write_and_close(stream, &handshake::http_response(200, "application/json", &body)).await;
+            let _ =
+                write_and_close(stream, &handshake::http_response(200, "application/json", &body))
+                    .await;
             return None;
         }
         Request::Reject(rejection) => {
