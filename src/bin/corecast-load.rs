@@ -248,7 +248,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     stop.set(true);
 
     let received = totals.received.get();
-    let h = hist.borrow();
+    let (p50, p90, p99, p999, max) = {
+        let h = hist.borrow();
+        (h.percentile(50.0), h.percentile(90.0), h.percentile(99.0), h.percentile(99.9), h.max)
+    };
     let deliveries_per_sec = received as f64 / drained_secs.max(1e-9);
     let ratio = if expected > 0 { received as f64 / expected as f64 } else { 1.0 };
     let cpu_per_delivery_us = server_cpu.map(|s| s * 1e6 / received.max(1) as f64);
@@ -272,11 +275,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         publish_secs,
         drained_secs,
         deliveries_per_sec,
-        h.percentile(50.0),
-        h.percentile(90.0),
-        h.percentile(99.0),
-        h.percentile(99.9),
-        h.max,
+        p50,
+        p90,
+        p99,
+        p999,
+        max,
         server_cpu.map_or("null".into(), |v| format!("{v:.2}")),
         cpu_per_delivery_us.map_or("null".into(), |v| format!("{v:.3}")),
         self_cpu,
@@ -293,7 +296,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         std::fs::write(path, &report)?;
     }
-    drop(h);
     drop(publishers);
     for t in tasks {
         t.cancel().await;
