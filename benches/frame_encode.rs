@@ -10,6 +10,9 @@
 //! measured by the end-to-end load tool), the cross-shard channel (one `Arc` clone per
 //! shard, independent of N). Throughput is reported in deliveries (elements) per second.
 
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
 use std::{collections::VecDeque, hint::black_box, rc::Rc};
 
 use corecast::{
