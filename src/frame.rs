@@ -249,6 +249,46 @@ pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
     }
 }
 
+/// Client side of the codec, for the load tool and tests: appends a final-or-not frame
+/// of `opcode` around `payload`, masked with `mask` as RFC 6455 requires of clients.
+pub fn encode_masked(out: &mut Vec<u8>, opcode: u8, fin: bool, payload: &[u8], mask: [u8; 4]) {
+    out.push(opcode | if fin { 0x80 } else { 0 });
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xFFFF => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    unmask(&mut out[start..], mask);
+}
+
+/// Client side of the codec: the server frame at the start of `buf` as
+/// `(opcode, payload range, bytes used)`, or `None` when it is incomplete.
+pub fn decode_unmasked(buf: &[u8]) -> Option<(u8, std::ops::Range<usize>, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let (len, at): (usize, usize) = match buf[1] & 0x7F {
+        126 => (u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize, 4),
+        127 => {
+            let mut raw = [0u8; 8];
+            raw.copy_from_slice(buf.get(2..10)?);
+            (usize::try_from(u64::from_be_bytes(raw)).ok()?, 10)
+        }
+        n => (n as usize, 2),
+    };
+    let end = at.checked_add(len)?;
+    (buf.len() >= end).then_some((buf[0] & 0x0F, at..end, end))
+}
+
 /// Whether `code` may appear in a Close frame sent by a peer (RFC 6455 §7.4).
 pub fn is_valid_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
@@ -259,22 +299,19 @@ mod tests {
     use super::*;
 
     fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
-        let mask = [0x11, 0x22, 0x33, 0x44];
-        let mut out = vec![opcode | if fin { 0x80 } else { 0 }];
-        match payload.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
-            n if n <= 0xFFFF => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        let mut out = Vec::new();
+        encode_masked(&mut out, opcode, fin, payload, [0x11, 0x22, 0x33, 0x44]);
         out
+    }
+
+    #[test]
+    fn client_codec_round_trips_server_frames() {
+        for len in [0usize, 125, 126, 65535, 65536] {
+            let frame = encode(OpCode::Data(Data::Text), &vec![b'z'; len]);
+            let (opcode, payload, used) = decode_unmasked(&frame).unwrap();
+            assert_eq!((opcode, payload.len(), used), (1, len, frame.len()));
+            assert_eq!(decode_unmasked(&frame[..frame.len() - 1]), None, "incomplete");
+        }
     }
 
     #[test]

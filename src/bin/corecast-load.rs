@@ -393,38 +393,12 @@ fn timestamp_of(payload: &[u8]) -> Option<u64> {
 }
 
 fn parse_frame(buf: &[u8]) -> Option<(u8, &[u8], usize)> {
-    if buf.len() < 2 {
-        return None;
-    }
-    let (len, at) = match buf[1] & 0x7F {
-        126 => (u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize, 4),
-        127 => {
-            let mut raw = [0u8; 8];
-            raw.copy_from_slice(buf.get(2..10)?);
-            (u64::from_be_bytes(raw) as usize, 10)
-        }
-        n => (n as usize, 2),
-    };
-    let payload = buf.get(at..at + len)?;
-    Some((buf[0] & 0x0F, payload, at + len))
+    let (opcode, payload, used) = corecast::frame::decode_unmasked(buf)?;
+    Some((opcode, &buf[payload], used))
 }
 
 fn client_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
-    let mask = [0x12u8, 0x34, 0x56, 0x78];
-    out.push(0x80 | opcode);
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xFFFF => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    corecast::frame::encode_masked(out, opcode, true, payload, [0x12, 0x34, 0x56, 0x78]);
 }
 
 /// VmRSS of a process in bytes.

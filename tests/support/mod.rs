@@ -189,21 +189,8 @@ pub fn upgrade_request(user: &str) -> String {
 
 /// A masked client frame.
 pub fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x5a, 0x13, 0xc7, 0x01];
-    let mut out = vec![opcode | if fin { 0x80 } else { 0 }];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xFFFF => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    let mut out = Vec::new();
+    corecast::frame::encode_masked(&mut out, opcode, fin, payload, [0x5a, 0x13, 0xc7, 0x01]);
     out
 }
 
@@ -302,21 +289,11 @@ impl RawClient {
 }
 
 fn parse_server_frame(buf: &[u8]) -> Option<(ServerFrame, usize)> {
-    if buf.len() < 2 {
-        return None;
+    if buf.len() >= 2 {
+        assert_eq!(buf[1] & 0x80, 0, "server frames are never masked");
     }
-    assert_eq!(buf[1] & 0x80, 0, "server frames are never masked");
-    let (len, at) = match buf[1] & 0x7F {
-        126 => (u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize, 4),
-        127 => {
-            let mut raw = [0u8; 8];
-            raw.copy_from_slice(buf.get(2..10)?);
-            (u64::from_be_bytes(raw) as usize, 10)
-        }
-        n => (n as usize, 2),
-    };
-    let payload = buf.get(at..at + len)?.to_vec();
-    Some((ServerFrame { opcode: buf[0] & 0x0F, payload }, at + len))
+    let (opcode, payload, used) = corecast::frame::decode_unmasked(buf)?;
+    Some((ServerFrame { opcode, payload: buf[payload].to_vec() }, used))
 }
 
 /// Resident set size of this process in bytes.
