@@ -175,8 +175,97 @@ impl<'de> Deserialize<'de> for ListenAddr {
     }
 }
 
-/// `Option<usize>` for TOML/CLI counts where `0` means "no limit".
+/// A plain count (connections, frames, events).
 pub type Count = usize;
+
+/// The conformance echo endpoint's path, or `off`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EchoPath(pub Option<String>);
+
+impl FromStr for EchoPath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() || s.eq_ignore_ascii_case("off") {
+            return Ok(EchoPath(None));
+        }
+        if !s.starts_with('/')
+            || s == "/healthz"
+            || s.starts_with("/ws/")
+            || s.contains(char::is_whitespace)
+        {
+            return Err(format!(
+                "echo_path `{s}` must be an absolute path other than /healthz and /ws/..."
+            ));
+        }
+        Ok(EchoPath(Some(s.to_owned())))
+    }
+}
+
+impl fmt::Display for EchoPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.as_deref().unwrap_or("off"))
+    }
+}
+
+impl<'de> Deserialize<'de> for EchoPath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Browser origins allowed to upgrade: comma-separated `scheme://host[:port]`, or `any`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Origins(pub Vec<String>);
+
+impl Origins {
+    /// Whether a request with this `Origin` header may upgrade. Requests without an
+    /// Origin (not from a browser) are not subject to the list.
+    pub fn allows(&self, origin: Option<&str>) -> bool {
+        match origin {
+            None => true,
+            Some(o) => self.0.is_empty() || self.0.iter().any(|a| a.eq_ignore_ascii_case(o.trim())),
+        }
+    }
+}
+
+impl FromStr for Origins {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().is_empty() || s.trim().eq_ignore_ascii_case("any") {
+            return Ok(Origins(Vec::new()));
+        }
+        let list: Vec<String> =
+            s.split(',').map(|o| o.trim().trim_end_matches('/').to_owned()).collect();
+        if let Some(bad) =
+            list.iter().find(|o| !(o.starts_with("http://") || o.starts_with("https://")))
+        {
+            return Err(format!("allowed origin `{bad}` must look like https://example.com"));
+        }
+        Ok(Origins(list))
+    }
+}
+
+impl fmt::Display for Origins {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() { f.write_str("any") } else { f.write_str(&self.0.join(",")) }
+    }
+}
+
+impl<'de> Deserialize<'de> for Origins {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum ListOrStr {
+            List(Vec<String>),
+            Str(String),
+        }
+        match ListOrStr::deserialize(d)? {
+            ListOrStr::List(l) => l.join(",").parse().map_err(serde::de::Error::custom),
+            ListOrStr::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
 
 /// Declares every option once: field, type, default, env name and doc.
 macro_rules! config_options {
@@ -271,8 +360,20 @@ config_options! {
     handshake_timeout: HumanDuration = HumanDuration(Duration::from_secs(5)), env = "CORECAST_HANDSHAKE_TIMEOUT";
     /// Largest HTTP upgrade request (request line + headers); larger gets HTTP 431.
     max_request_size: ByteSize = ByteSize(8 << 10), env = "CORECAST_MAX_REQUEST_SIZE";
+    /// Most connections of the node still in the HTTP handshake; beyond it new sockets get 503 and are closed.
+    max_pending_handshakes: Count = 4096, env = "CORECAST_MAX_PENDING_HANDSHAKES";
+    /// Most sockets from one IP address still in the HTTP handshake, per shard; beyond it 503.
+    max_pending_handshakes_per_ip: Count = 64, env = "CORECAST_MAX_PENDING_HANDSHAKES_PER_IP";
+    /// Browser origins allowed to upgrade (comma-separated, e.g. https://app.example.com), or `any`. A request with another Origin gets 403.
+    allowed_origins: Origins = Origins::default(), env = "CORECAST_ALLOWED_ORIGINS";
     /// Largest inbound WebSocket message (and frame); larger is closed with 1009.
     max_message_size: ByteSize = ByteSize(64 << 10), env = "CORECAST_MAX_MESSAGE_SIZE";
+    /// Most frames one inbound message may be split into; more is closed with 1008.
+    max_fragments: Count = 1024, env = "CORECAST_MAX_FRAGMENTS";
+    /// Most Ping/Pong frames a client may send per second; more is closed with 1008.
+    max_control_frames_per_sec: Count = 64, env = "CORECAST_MAX_CONTROL_FRAMES_PER_SEC";
+    /// Path of a conformance endpoint that echoes every message (for Autobahn|Testsuite). Never enable in production.
+    echo_path: EchoPath = EchoPath::default(), env = "CORECAST_ECHO_PATH";
     /// Per-connection cap on bytes queued for the socket; a client past it is cut off with 1013.
     outbound_queue_limit: ByteSize = ByteSize(1 << 20), env = "CORECAST_OUTBOUND_QUEUE_LIMIT";
     /// After the server queues a Close (slow consumer 1013, protocol error, heartbeat timeout), how long the client has to read it before the socket is closed.
@@ -332,6 +433,15 @@ impl Config {
         }
         if self.ping_interval.enabled().is_some() && self.pong_timeout.enabled().is_none() {
             return bad("pong_timeout cannot be off while ping_interval is on".into());
+        }
+        if self.max_pending_handshakes == 0 || self.max_pending_handshakes_per_ip == 0 {
+            return bad(
+                "max_pending_handshakes and max_pending_handshakes_per_ip must be at least 1"
+                    .into(),
+            );
+        }
+        if self.max_fragments == 0 || self.max_control_frames_per_sec == 0 {
+            return bad("max_fragments and max_control_frames_per_sec must be at least 1".into());
         }
         if self.inbox_capacity == 0 {
             return bad("inbox_capacity must be at least 1".into());

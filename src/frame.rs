@@ -135,16 +135,28 @@ pub struct FrameDecoder {
     pub max_frame_payload: usize,
 }
 
+/// A client frame header, decoded and checked before its payload has arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeaderInfo {
+    /// FIN bit.
+    pub fin: bool,
+    /// The frame's opcode.
+    pub opcode: OpCode,
+    /// Where the payload starts (header + mask key length).
+    pub payload_start: usize,
+    /// Declared payload length (already checked against the limit).
+    pub payload_len: usize,
+    /// The masking key.
+    pub mask: [u8; 4],
+}
+
 impl FrameDecoder {
-    /// Decodes the frame at the start of `buf`.
-    ///
-    /// Returns `Ok(None)` when `buf` does not yet hold a whole frame (read more),
-    /// `Ok(Some((frame, consumed)))` with the payload unmasked in place otherwise.
+    /// Decodes and checks the header at the start of `buf`, whether or not the payload
+    /// has arrived: so a hostile length or a bad opcode is refused at once.
     ///
     /// # Errors
-    /// [`FrameError`] for a frame the server must reject; the connection then closes
-    /// with [`FrameError::close_code`].
-    pub fn decode(&self, buf: &mut [u8]) -> Result<Option<(DecodedFrame, usize)>, FrameError> {
+    /// [`FrameError`] for a frame the server must reject.
+    pub fn decode_header(&self, buf: &[u8]) -> Result<Option<FrameHeaderInfo>, FrameError> {
         if buf.len() < 2 {
             return Ok(None);
         }
@@ -199,16 +211,48 @@ impl FrameDecoder {
         if len > self.max_frame_payload as u64 {
             return Err(FrameError::TooBig);
         }
-        let len = len as usize;
-        let mask_at = header_len;
-        let payload_start = mask_at + 4;
-        let payload_end = payload_start + len;
+        if buf.len() < header_len + 4 {
+            return Ok(None);
+        }
+        let mask = [buf[header_len], buf[header_len + 1], buf[header_len + 2], buf[header_len + 3]];
+        Ok(Some(FrameHeaderInfo {
+            fin,
+            opcode,
+            payload_start: header_len + 4,
+            payload_len: len as usize,
+            mask,
+        }))
+    }
+
+    /// Decodes the frame at the start of `buf`.
+    ///
+    /// Returns `Ok(None)` when `buf` does not yet hold a whole frame (read more),
+    /// `Ok(Some((frame, consumed)))` with the payload unmasked in place otherwise.
+    /// The first `already_unmasked` payload bytes were unmasked earlier (while the frame
+    /// was still arriving) and are left alone.
+    ///
+    /// # Errors
+    /// [`FrameError`] for a frame the server must reject; the connection then closes
+    /// with [`FrameError::close_code`].
+    pub fn decode(
+        &self,
+        buf: &mut [u8],
+        already_unmasked: usize,
+    ) -> Result<Option<(DecodedFrame, usize)>, FrameError> {
+        let Some(h) = self.decode_header(buf)? else { return Ok(None) };
+        let payload_end = h.payload_start + h.payload_len;
         if buf.len() < payload_end {
             return Ok(None);
         }
-        let mask = [buf[mask_at], buf[mask_at + 1], buf[mask_at + 2], buf[mask_at + 3]];
-        unmask(&mut buf[payload_start..payload_end], mask);
-        Ok(Some((DecodedFrame { fin, opcode, payload_start, payload_end }, payload_end)))
+        let skip = already_unmasked.min(h.payload_len);
+        unmask_at(&mut buf[h.payload_start + skip..payload_end], h.mask, skip);
+        let frame = DecodedFrame {
+            fin: h.fin,
+            opcode: h.opcode,
+            payload_start: h.payload_start,
+            payload_end,
+        };
+        Ok(Some((frame, payload_end)))
     }
 
     /// How many bytes the frame starting at `buf` will occupy in total, once its
@@ -230,6 +274,12 @@ impl FrameDecoder {
             n => Some(6 + n),
         }
     }
+}
+
+/// Unmasks `payload`, which starts `offset` bytes into a frame's payload.
+pub fn unmask_at(payload: &mut [u8], mask: [u8; 4], offset: usize) {
+    let r = offset % 4;
+    unmask(payload, [mask[r], mask[(r + 1) % 4], mask[(r + 2) % 4], mask[(r + 3) % 4]]);
 }
 
 /// XORs `payload` with the 4-byte client `mask`, eight bytes at a time.
@@ -319,9 +369,9 @@ mod tests {
         let decoder = FrameDecoder { max_frame_payload: 1 << 20 };
         let mut wire = masked(0x1, true, b"hello world, unmasked");
         for cut in 0..wire.len() {
-            assert_eq!(decoder.decode(&mut wire.clone()[..cut]), Ok(None), "cut at {cut}");
+            assert_eq!(decoder.decode(&mut wire.clone()[..cut], 0), Ok(None), "cut at {cut}");
         }
-        let (frame, used) = decoder.decode(&mut wire).unwrap().unwrap();
+        let (frame, used) = decoder.decode(&mut wire, 0).unwrap().unwrap();
         assert_eq!(used, wire.len());
         assert!(frame.fin);
         assert_eq!(&wire[frame.payload_start..frame.payload_end], b"hello world, unmasked");
@@ -334,7 +384,7 @@ mod tests {
             let payload = vec![b'x'; len];
             let mut wire = masked(0x1, true, &payload);
             assert_eq!(FrameDecoder::frame_len_hint(&wire), Some(wire.len()));
-            let (frame, _) = decoder.decode(&mut wire).unwrap().unwrap();
+            let (frame, _) = decoder.decode(&mut wire, 0).unwrap().unwrap();
             assert_eq!(frame.payload_end - frame.payload_start, len);
             assert!(wire[frame.payload_start..frame.payload_end].iter().all(|&b| b == b'x'));
         }
@@ -344,20 +394,20 @@ mod tests {
     fn rejects_what_a_server_must_reject() {
         let decoder = FrameDecoder { max_frame_payload: 1000 };
         let mut unmasked = vec![0x81, 0x01, b'a'];
-        assert!(matches!(decoder.decode(&mut unmasked), Err(FrameError::Protocol(_))));
+        assert!(matches!(decoder.decode(&mut unmasked, 0), Err(FrameError::Protocol(_))));
         let mut rsv = masked(0x1, true, b"a");
         rsv[0] |= 0x40;
-        assert!(matches!(decoder.decode(&mut rsv), Err(FrameError::Protocol(_))));
+        assert!(matches!(decoder.decode(&mut rsv, 0), Err(FrameError::Protocol(_))));
         let mut reserved_op = masked(0x3, true, b"a");
-        assert!(matches!(decoder.decode(&mut reserved_op), Err(FrameError::Protocol(_))));
+        assert!(matches!(decoder.decode(&mut reserved_op, 0), Err(FrameError::Protocol(_))));
         let mut fragmented_ping = masked(0x9, false, b"a");
-        assert!(matches!(decoder.decode(&mut fragmented_ping), Err(FrameError::Protocol(_))));
+        assert!(matches!(decoder.decode(&mut fragmented_ping, 0), Err(FrameError::Protocol(_))));
         let mut too_big = masked(0x1, true, &[b'a'; 1001]);
-        assert_eq!(decoder.decode(&mut too_big), Err(FrameError::TooBig));
+        assert_eq!(decoder.decode(&mut too_big, 0), Err(FrameError::TooBig));
         let mut top_bit = vec![0x81, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
-        assert!(matches!(decoder.decode(&mut top_bit), Err(FrameError::Protocol(_))));
+        assert!(matches!(decoder.decode(&mut top_bit, 0), Err(FrameError::Protocol(_))));
         let mut non_minimal = vec![0x81, 0xFE, 0x00, 0x05, 1, 2, 3, 4];
-        assert!(matches!(decoder.decode(&mut non_minimal), Err(FrameError::Protocol(_))));
+        assert!(matches!(decoder.decode(&mut non_minimal, 0), Err(FrameError::Protocol(_))));
     }
 
     #[test]
@@ -374,6 +424,19 @@ mod tests {
         let close = encode_close(1000, &long_reason);
         assert!(close.len() <= 2 + 125);
         assert!(std::str::from_utf8(&close[4..]).is_ok());
+    }
+
+    #[test]
+    fn unmasking_in_two_steps_matches_one() {
+        let decoder = FrameDecoder { max_frame_payload: 1 << 20 };
+        let text = b"split across reads, unmasked early";
+        let wire = masked(0x1, true, text);
+        let h = decoder.decode_header(&wire[..9]).unwrap().unwrap();
+        let mut buf = wire.clone();
+        let early = 7;
+        unmask_at(&mut buf[h.payload_start..h.payload_start + early], h.mask, 0);
+        let (frame, _) = decoder.decode(&mut buf, early).unwrap().unwrap();
+        assert_eq!(&buf[frame.payload_start..frame.payload_end], text);
     }
 
     #[test]

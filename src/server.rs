@@ -140,6 +140,7 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
     let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::new(inbox_txs));
     let stats = NodeStats::new(shard_count);
     let budget = ConnectionBudget::new(max_connections);
+    let pending_budget = ConnectionBudget::new(cfg.max_pending_handshakes);
 
     let mut controls = Vec::with_capacity(shard_count);
     let mut shards = Vec::with_capacity(shard_count);
@@ -156,6 +157,7 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
             bus: bus.clone(),
             stats: stats.clone(),
             budget: budget.clone(),
+            pending_budget: pending_budget.clone(),
         };
         let started = LocalExecutorBuilder::new(Placement::Fixed(cpus[i]))
             .name(&format!("shard-{i}"))

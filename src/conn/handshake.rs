@@ -4,7 +4,23 @@
 //! bytes (the task does the reading, with the handshake deadline), so that every
 //! decision is unit-tested and the parser can be fuzzed.
 
-use crate::conn::command::is_valid_user_id;
+use crate::{
+    config::{EchoPath, Origins},
+    conn::{Mode, command::is_valid_user_id},
+};
+
+/// What the configuration says about upgrades.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
+    /// The conformance echo endpoint, if enabled.
+    pub echo_path: &'a EchoPath,
+    /// Browser origins allowed to upgrade.
+    pub allowed_origins: &'a Origins,
+}
+
+/// The user id under which echo connections are registered: not a valid user id, so no
+/// direct message can ever reach them.
+pub const ECHO_USER: &str = "~echo";
 
 /// Most request headers accepted; more gets HTTP 431.
 pub const MAX_HEADERS: usize = 64;
@@ -19,8 +35,8 @@ pub enum Request {
     Upgrade {
         /// The validated user id from the path.
         user: String,
-        /// Client offered `corecast.v1`: the server selects it.
-        v1: bool,
+        /// Seed, v1 (client offered `corecast.v1`: the server selects it) or echo.
+        mode: Mode,
         /// `Sec-WebSocket-Accept` value.
         accept_key: String,
     },
@@ -47,7 +63,7 @@ const fn reject(status: u16, reason: &'static str) -> Request {
 ///
 /// Returns `None` while the request head is incomplete, otherwise the decision and the
 /// number of bytes the head used (bytes after it are the client's first frames).
-pub fn parse_request(buf: &[u8]) -> Option<(Request, usize)> {
+pub fn parse_request(buf: &[u8], policy: Policy<'_>) -> Option<(Request, usize)> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let used = match req.parse(buf) {
@@ -58,10 +74,10 @@ pub fn parse_request(buf: &[u8]) -> Option<(Request, usize)> {
         }
         Err(_) => return Some((reject(400, "malformed HTTP request"), buf.len())),
     };
-    Some((decide(&req), used))
+    Some((decide(&req, policy), used))
 }
 
-fn decide(req: &httparse::Request<'_, '_>) -> Request {
+fn decide(req: &httparse::Request<'_, '_>, policy: Policy<'_>) -> Request {
     if req.version != Some(1) {
         return reject(400, "HTTP/1.1 required");
     }
@@ -79,12 +95,18 @@ fn decide(req: &httparse::Request<'_, '_>) -> Request {
     if path == "/healthz" {
         return Request::Health;
     }
-    let Some(user) = path.strip_prefix("/ws/") else {
-        return reject(404, "no such endpoint; use /ws/{user_id}");
+    let echo = policy.echo_path.0.as_deref() == Some(path);
+    let user = if echo {
+        ECHO_USER
+    } else {
+        let Some(user) = path.strip_prefix("/ws/") else {
+            return reject(404, "no such endpoint; use /ws/{user_id}");
+        };
+        if !is_valid_user_id(user) {
+            return reject(400, "invalid user id: 1-64 characters of A-Z a-z 0-9 _ . -");
+        }
+        user
     };
-    if !is_valid_user_id(user) {
-        return reject(400, "invalid user id: 1-64 characters of A-Z a-z 0-9 _ . -");
-    }
     let has_token = |value: Option<&str>, token: &str| {
         value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     };
@@ -100,6 +122,9 @@ fn decide(req: &httparse::Request<'_, '_>) -> Request {
     let Some(key) = header("sec-websocket-key").map(str::trim).filter(|k| is_valid_key(k)) else {
         return reject(400, "missing or malformed Sec-WebSocket-Key");
     };
+    if !policy.allowed_origins.allows(header("origin")) {
+        return reject(403, "origin not allowed");
+    }
     let v1 = req
         .headers
         .iter()
@@ -107,9 +132,16 @@ fn decide(req: &httparse::Request<'_, '_>) -> Request {
         .filter_map(|h| std::str::from_utf8(h.value).ok())
         .flat_map(|v| v.split(','))
         .any(|p| p.trim() == V1_SUBPROTOCOL);
+    let mode = if echo {
+        Mode::Echo
+    } else if v1 {
+        Mode::V1
+    } else {
+        Mode::Seed
+    };
     Request::Upgrade {
         user: user.to_owned(),
-        v1,
+        mode,
         accept_key: tungstenite::handshake::derive_accept_key(key.as_bytes()),
     }
 }
@@ -123,8 +155,8 @@ fn is_valid_key(key: &str) -> bool {
 }
 
 /// The `101 Switching Protocols` response.
-pub fn upgrade_response(accept_key: &str, v1: bool, shard: u16) -> Vec<u8> {
-    let protocol = if v1 { "Sec-WebSocket-Protocol: corecast.v1\r\n" } else { "" };
+pub fn upgrade_response(accept_key: &str, mode: Mode, shard: u16) -> Vec<u8> {
+    let protocol = if mode == Mode::V1 { "Sec-WebSocket-Protocol: corecast.v1\r\n" } else { "" };
     format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {accept_key}\r\n{protocol}X-Corecast-Shard: {shard}\r\n\r\n"
@@ -169,9 +201,22 @@ pub fn rejection_response(rejection: Rejection) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn req(lines: &str) -> Request {
+    fn req_with(lines: &str, echo: &str, origins: &str) -> Request {
         let raw = format!("{lines}\r\n\r\n").replace('\n', "\r\n").replace("\r\r", "\r");
-        parse_request(raw.as_bytes()).expect("complete").0
+        let policy = Policy {
+            echo_path: &echo.parse().unwrap(),
+            allowed_origins: &origins.parse().unwrap(),
+        };
+        parse_request(raw.as_bytes(), policy).expect("complete").0
+    }
+
+    fn req(lines: &str) -> Request {
+        req_with(lines, "off", "any")
+    }
+
+    fn parse(raw: &[u8]) -> Option<(Request, usize)> {
+        let (echo, origins) = (EchoPath::default(), Origins::default());
+        parse_request(raw, Policy { echo_path: &echo, allowed_origins: &origins })
     }
 
     const GOOD: &str = "GET /ws/alice HTTP/1.1\nHost: x\nUpgrade: websocket\nConnection: keep-alive, Upgrade\n\
@@ -180,9 +225,9 @@ mod tests {
     #[test]
     fn rfc6455_accept_key_vector() {
         match req(GOOD) {
-            Request::Upgrade { user, v1, accept_key } => {
+            Request::Upgrade { user, mode, accept_key } => {
                 assert_eq!(user, "alice");
-                assert!(!v1);
+                assert_eq!(mode, Mode::Seed);
                 assert_eq!(accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
             }
             other => panic!("{other:?}"),
@@ -192,7 +237,7 @@ mod tests {
     #[test]
     fn selects_v1_from_a_list() {
         let r = req(&format!("{GOOD}\nSec-WebSocket-Protocol: chat, corecast.v1"));
-        assert!(matches!(r, Request::Upgrade { v1: true, .. }));
+        assert!(matches!(r, Request::Upgrade { mode: Mode::V1, .. }));
     }
 
     #[test]
@@ -212,18 +257,44 @@ mod tests {
         assert_eq!(status(req(&format!("{GOOD}{many}"))), 431);
         assert_eq!(req("GET /healthz HTTP/1.1\nHost: x"), Request::Health);
         assert_eq!(req("GET /healthz?x=1 HTTP/1.1\nHost: x"), Request::Health);
-        assert_eq!(status(parse_request(b"\x00\x01garbage\r\n\r\n").unwrap().0), 400);
+        assert_eq!(status(parse(b"\x00\x01garbage\r\n\r\n").unwrap().0), 400);
+    }
+
+    #[test]
+    fn origin_allow_list_and_echo_path() {
+        let with_origin = format!("{GOOD}\nOrigin: https://evil.example");
+        let status = |r: Request| match r {
+            Request::Reject(rej) => rej.status,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(status(req_with(&with_origin, "off", "https://app.example")), 403);
+        assert!(matches!(req_with(&with_origin, "off", "any"), Request::Upgrade { .. }));
+        assert!(
+            matches!(req_with(GOOD, "off", "https://app.example"), Request::Upgrade { .. }),
+            "no Origin: not a browser"
+        );
+        let ok_origin = format!("{GOOD}\nOrigin: https://app.example");
+        assert!(matches!(
+            req_with(&ok_origin, "off", "https://app.example"),
+            Request::Upgrade { .. }
+        ));
+        let echo = GOOD.replace("/ws/alice", "/echo");
+        assert!(matches!(
+            req_with(&echo, "/echo", "any"),
+            Request::Upgrade { mode: Mode::Echo, .. }
+        ));
+        assert_eq!(status(req(&echo)), 404, "echo is off by default");
     }
 
     #[test]
     fn incomplete_head_needs_more() {
-        assert!(parse_request(b"GET /ws/a HTTP/1.1\r\nHost:").is_none());
+        assert!(parse(b"GET /ws/a HTTP/1.1\r\nHost:").is_none());
     }
 
     #[test]
     fn leftover_bytes_are_not_consumed() {
         let raw = format!("{}\r\n\r\nFRAME", GOOD.replace('\n', "\r\n"));
-        let (_, used) = parse_request(raw.as_bytes()).unwrap();
+        let (_, used) = parse(raw.as_bytes()).unwrap();
         assert_eq!(&raw.as_bytes()[used..], b"FRAME");
     }
 }

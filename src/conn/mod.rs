@@ -70,6 +70,17 @@ impl std::fmt::Debug for WakerSlot {
     }
 }
 
+/// Which protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The seed protocol (no subprotocol): text in, `{"sender","text"}` out.
+    Seed,
+    /// `corecast.v1`: JSON commands.
+    V1,
+    /// The conformance echo endpoint (`--echo-path`): every message echoed, nothing else.
+    Echo,
+}
+
 /// Heartbeat bookkeeping (see `shard::heartbeat`).
 #[derive(Debug, Clone, Copy)]
 pub struct Heartbeat {
@@ -91,8 +102,8 @@ pub struct Conn {
     pub fd: RawFd,
     /// The user id from `/ws/{user_id}`.
     pub user: Box<str>,
-    /// Speaks the v1 JSON protocol (else the seed protocol).
-    pub v1: bool,
+    /// The protocol it speaks.
+    pub mode: Mode,
     /// Frames waiting for the socket.
     pub out: RefCell<OutQueue>,
     /// Close-handshake state.
@@ -109,6 +120,8 @@ pub struct Conn {
     pub close_deadline: Cell<Option<Instant>>,
     /// Partial frame and message reassembly.
     pub inbound: RefCell<Inbound>,
+    /// Start of the current one-second window and control frames received in it.
+    pub control_window: Cell<(Instant, u32)>,
     /// Topics this connection is subscribed to (to clean the hub on close).
     pub topics: RefCell<Vec<Box<str>>>,
     /// Events decoded from the client, waiting for the bus (published by the task, which
@@ -117,14 +130,14 @@ pub struct Conn {
 }
 
 impl Conn {
-    fn new(fd: RawFd, user: String, v1: bool, now: Instant, shard: &Shard) -> Conn {
+    fn new(fd: RawFd, user: String, mode: Mode, now: Instant, shard: &Shard) -> Conn {
         let cfg = &shard.cfg;
         let far = now + Duration::from_secs(365 * 24 * 3600);
         Conn {
             id: Cell::new(ConnId(u32::MAX)),
             fd,
             user: user.into_boxed_str(),
-            v1,
+            mode,
             out: RefCell::default(),
             phase: Cell::new(Phase::Open),
             dirty: Cell::new(false),
@@ -136,11 +149,12 @@ impl Conn {
                 next_app_ping: cfg
                     .app_ping_interval
                     .enabled()
-                    .filter(|_| !v1)
+                    .filter(|_| mode == Mode::Seed)
                     .map_or(far, |d| now + d),
             }),
             close_deadline: Cell::new(None),
             inbound: RefCell::default(),
+            control_window: Cell::new((now, 0)),
             topics: RefCell::default(),
             pending_events: RefCell::default(),
         }
@@ -257,7 +271,9 @@ pub async fn run(shard: Rc<Shard>, mut stream: TcpStream) {
     // The upgrade's state (request buffer, deadline timer) lives in its own allocation,
     // freed when the upgrade is done: this task lives as long as the connection, and its
     // size is paid by every idle socket.
-    let Some(conn) = Box::pin(upgrade(&shard, &mut stream)).await else { return };
+    let Some(conn) = Box::pin(upgrade(&shard, &mut stream)).await else {
+        return;
+    };
     serve(&shard, &conn, &mut stream).await;
     // Unregister before the socket (and its fd number) goes away.
     shard.unregister(&conn);
@@ -270,6 +286,13 @@ pub async fn run(shard: Rc<Shard>, mut stream: TcpStream) {
 async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream) -> Option<Rc<Conn>> {
     let peer = stream.peer_addr().ok();
     let deadline = shard.cfg.handshake_timeout.0;
+    let Some(_pending) = shard.try_begin_handshake(peer) else {
+        ShardStats::add(&shard.stats().rejected_handshakes, 1);
+        debug!(shard = %shard.id, ?peer, "too many pending handshakes: 503");
+        let rejection = handshake::Rejection { status: 503, reason: "too many pending handshakes" };
+        let _ = write_and_close(stream, &handshake::rejection_response(rejection)).await;
+        return None;
+    };
     let handshake = read_request(shard, stream).or(async {
         Timer::new(deadline).await;
         Err("handshake timeout")
@@ -282,8 +305,8 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream) -> Option<Rc<Conn>> 
             return None;
         }
     };
-    let (user, v1, accept_key) = match request {
-        Request::Upgrade { user, v1, accept_key } => (user, v1, accept_key),
+    let (user, mode, accept_key) = match request {
+        Request::Upgrade { user, mode, accept_key } => (user, mode, accept_key),
         Request::Health => {
             let body = shard.health_json();
             let _ =
@@ -316,12 +339,12 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream) -> Option<Rc<Conn>> 
     // Register first, then send the 101 through the connection's own queue: every event
     // fanned out after this point is queued behind the 101, so a client that has its 101
     // misses nothing published afterwards.
-    let conn = Rc::new(Conn::new(stream.as_raw_fd(), user, v1, Instant::now(), shard));
-    let response = handshake::upgrade_response(&accept_key, v1, shard.id.0);
+    let conn = Rc::new(Conn::new(stream.as_raw_fd(), user, mode, Instant::now(), shard));
+    let response = handshake::upgrade_response(&accept_key, mode, shard.id.0);
     conn.out.borrow_mut().push(Rc::new(SharedFrame::from(response)));
     shard.register(&conn);
     conn.flush_now();
-    trace!(shard = %shard.id, conn = conn.id.get().0, user = %conn.user, v1, "upgraded");
+    trace!(shard = %shard.id, conn = conn.id.get().0, user = %conn.user, ?mode, "upgraded");
     if let Some(mut bytes) = leftover {
         reader::handle_input(shard, &conn, &mut bytes);
     }
@@ -354,7 +377,11 @@ async fn read_request(
             return Err("peer closed during handshake");
         }
         filled += n;
-        if let Some((request, used)) = handshake::parse_request(&buf[..filled]) {
+        let policy = handshake::Policy {
+            echo_path: &shard.cfg.echo_path,
+            allowed_origins: &shard.cfg.allowed_origins,
+        };
+        if let Some((request, used)) = handshake::parse_request(&buf[..filled], policy) {
             let leftover = (used < filled).then(|| buf[used..filled].to_vec());
             return Ok((request, leftover));
         }

@@ -1,42 +1,41 @@
-//! The inbound side of one connection: frames → messages → commands and events.
+//! The inbound side of one connection: bytes → frames → messages → commands and events.
 //!
 //! Runs on: the connection's shard, synchronously inside the connection task's poll,
-//! on bytes that were just read into the shard's scratch buffer. Only an incomplete
-//! frame or a fragmented message is copied into the connection ([`Inbound`]); an idle
-//! connection holds no inbound buffer at all.
+//! on bytes that were just read into the shard's scratch buffer.
+//!
+//! Two layers:
+//! - [`Inbound`] is sans-I/O (fuzzed in `fuzz/`): it keeps only an incomplete frame and
+//!   a fragmented message (both empty, unallocated, between messages), enforces the
+//!   RFC 6455 rules a server must enforce, the size and fragment limits, and validates
+//!   text as UTF-8 **as it arrives** (fail fast, even inside a frame that is still
+//!   arriving), and hands complete messages and control frames to a callback.
+//! - [`handle_input`] is that callback for a live connection: replies, events for the
+//!   bus, the close handshake, and the control-frame rate limit.
 //!
 //! Protocol violations close the connection with the matching code (1002 protocol, 1003
-//! binary data, 1007 invalid UTF-8, 1009 too big); v1 command errors are answered with
-//! an error message and the connection stays open.
+//! binary data, 1007 invalid UTF-8, 1008 policy, 1009 too big); v1 command errors are
+//! answered with an error message and the connection stays open.
 
-use std::rc::Rc;
+use std::{rc::Rc, time::Instant};
 
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
-use super::{Conn, Phase, command};
+use super::{Conn, Mode, Phase, command};
 use crate::{
     config::MAX_TOPICS_PER_CONN,
     event::{Event, Payload},
-    frame::{self, FrameDecoder, FrameError, close_code},
+    frame::{self, FrameDecoder, FrameError, close_code, unmask_at},
     shard::Shard,
     xshard::{Route, ShardStats},
 };
 
-/// Inbound reassembly state. Both buffers are empty (unallocated) between messages.
-#[derive(Debug, Default)]
-pub struct Inbound {
-    /// Bytes of a frame that has not fully arrived.
-    partial: Vec<u8>,
-    /// Payload of a fragmented message so far.
-    message: Vec<u8>,
-    /// Opcode of the fragmented message in progress, if any.
-    message_opcode: Option<Data>,
-}
-
-/// Why the connection must close.
-struct Violation {
-    code: u16,
-    reason: &'static str,
+/// Why the connection must close: the close code and reason sent to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Violation {
+    /// Close code.
+    pub code: u16,
+    /// Close reason.
+    pub reason: &'static str,
 }
 
 impl From<FrameError> for Violation {
@@ -45,119 +44,300 @@ impl From<FrameError> for Violation {
     }
 }
 
-/// Handles bytes just read from the socket.
-pub fn handle_input(shard: &Shard, conn: &Rc<Conn>, data: &mut [u8]) {
-    let mut inbound = conn.inbound.borrow_mut();
-    let result = if inbound.partial.is_empty() {
-        match process_frames(shard, conn, &mut inbound, data) {
-            Ok(used) => {
-                if used < data.len() {
-                    let rest = &data[used..];
-                    let want = FrameDecoder::frame_len_hint(rest).unwrap_or(0).max(rest.len());
-                    inbound.partial.reserve_exact(want);
-                    inbound.partial.extend_from_slice(rest);
+const INVALID_UTF8: Violation =
+    Violation { code: close_code::INVALID_PAYLOAD, reason: "text is not valid UTF-8" };
+
+/// Limits applied while reassembling messages.
+#[derive(Debug, Clone, Copy)]
+pub struct InboundLimits {
+    /// Largest message after reassembly, in bytes.
+    pub max_message: usize,
+    /// Most frames one message may be split into.
+    pub max_fragments: usize,
+}
+
+/// What the reader hands to its caller.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InboundFrame<'a> {
+    /// A complete data message (text is valid UTF-8).
+    Message {
+        /// Text or binary.
+        opcode: Data,
+        /// The unmasked payload (reassembled if it was fragmented).
+        payload: &'a mut [u8],
+    },
+    /// A Ping with its payload.
+    Ping(&'a [u8]),
+    /// A Pong.
+    Pong,
+    /// A valid Close; the code to reply with (the client's, or 1000 when it sent none).
+    Close(u16),
+}
+
+/// Whether to keep reading frames from the same input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Go on.
+    Continue,
+    /// Stop: ignore the rest of the input (after a Close).
+    Stop,
+}
+
+/// Incremental UTF-8 validation across frames and reads: remembers the incomplete
+/// character at the end of what it has seen.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Utf8Check {
+    tail: [u8; 4],
+    tail_len: u8,
+}
+
+impl Utf8Check {
+    /// Checks the next bytes of the text. `Err` as soon as they cannot be UTF-8.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), ()> {
+        if self.tail_len > 0 {
+            let have = self.tail_len as usize;
+            let width = match self.tail[0] {
+                0xC2..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                0xF0..=0xF4 => 4,
+                _ => return Err(()),
+            };
+            let take = (width - have).min(bytes.len());
+            let mut buf = [0u8; 4];
+            buf[..have].copy_from_slice(&self.tail[..have]);
+            buf[have..have + take].copy_from_slice(&bytes[..take]);
+            match std::str::from_utf8(&buf[..have + take]) {
+                Ok(_) => {}
+                Err(e) if e.error_len().is_none() => {
+                    self.tail = buf;
+                    self.tail_len = (have + take) as u8;
+                    return Ok(());
                 }
+                Err(_) => return Err(()),
+            }
+            bytes = &bytes[take..];
+            self.tail_len = 0;
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error_len().is_none() => {
+                let rest = &bytes[e.valid_up_to()..];
+                self.tail[..rest.len()].copy_from_slice(rest);
+                self.tail_len = rest.len() as u8;
                 Ok(())
             }
-            Err(v) => Err(v),
+            Err(_) => Err(()),
         }
-    } else {
-        let mut partial = std::mem::take(&mut inbound.partial);
-        partial.extend_from_slice(data);
-        let result = process_frames(shard, conn, &mut inbound, &mut partial);
-        if let Ok(used) = result {
-            if used == partial.len() {
-                partial = Vec::new();
-            } else {
+    }
+
+    /// The text ended: `Err` when it ended inside a character. Resets the state.
+    pub fn finish(&mut self) -> Result<(), ()> {
+        let complete = self.tail_len == 0;
+        *self = Utf8Check::default();
+        if complete { Ok(()) } else { Err(()) }
+    }
+}
+
+/// Inbound reassembly state of one connection (sans-I/O).
+#[derive(Debug, Default)]
+pub struct Inbound {
+    /// Bytes of a frame that has not fully arrived.
+    partial: Vec<u8>,
+    /// Payload bytes of that frame already unmasked and UTF-8 checked (text frames).
+    partial_checked: usize,
+    /// Payload of a fragmented message so far.
+    message: Vec<u8>,
+    /// Opcode of the fragmented message in progress, if any.
+    message_opcode: Option<Data>,
+    /// Frames in the fragmented message so far.
+    fragments: usize,
+    /// UTF-8 state of the text message in progress.
+    utf8: Utf8Check,
+    /// A Close arrived: everything after it is ignored.
+    closed: bool,
+}
+
+/// Callback receiving each complete message or control frame.
+pub type OnFrame<'f> = dyn FnMut(InboundFrame<'_>) -> Result<Flow, Violation> + 'f;
+
+impl Inbound {
+    /// Handles bytes just read. Complete frames go to `on_frame`; an incomplete one is
+    /// kept (and, if it is text, its arrived part is checked for UTF-8 at once).
+    ///
+    /// # Errors
+    /// The [`Violation`] that must close the connection (the state is then undefined:
+    /// drop it).
+    pub fn feed(
+        &mut self,
+        decoder: &FrameDecoder,
+        limits: &InboundLimits,
+        data: &mut [u8],
+        on_frame: &mut OnFrame<'_>,
+    ) -> Result<(), Violation> {
+        if self.closed {
+            return Ok(());
+        }
+        if self.partial.is_empty() {
+            let (used, flow) = self.process(decoder, limits, data, 0, on_frame)?;
+            if flow == Flow::Stop {
+                return Ok(());
+            }
+            if used < data.len() {
+                let rest = &data[used..];
+                let want = FrameDecoder::frame_len_hint(rest).unwrap_or(0).max(rest.len());
+                self.partial.reserve_exact(want);
+                self.partial.extend_from_slice(rest);
+                self.partial_checked = 0;
+            }
+        } else {
+            let mut partial = std::mem::take(&mut self.partial);
+            partial.extend_from_slice(data);
+            let (used, flow) =
+                self.process(decoder, limits, &mut partial, self.partial_checked, on_frame)?;
+            if flow == Flow::Stop || used == partial.len() {
+                self.partial_checked = 0;
+                return Ok(());
+            }
+            if used > 0 {
                 partial.drain(..used);
+                self.partial_checked = 0;
             }
-            inbound.partial = partial;
+            self.partial = partial;
         }
-        result.map(|_| ())
-    };
-    drop(inbound);
-    if let Err(v) = result {
-        ShardStats::add(&shard.stats().protocol_closes, 1);
-        tracing::debug!(shard = %shard.id, conn = conn.id.get().0, code = v.code, cause = v.reason, "closing for protocol violation");
-        *conn.inbound.borrow_mut() = Inbound::default();
-        conn.begin_close(shard, v.code, v.reason);
+        self.check_partial(decoder)
+    }
+
+    /// Decodes every complete frame; returns the bytes consumed and whether to stop.
+    fn process(
+        &mut self,
+        decoder: &FrameDecoder,
+        limits: &InboundLimits,
+        buf: &mut [u8],
+        first_checked: usize,
+        on_frame: &mut OnFrame<'_>,
+    ) -> Result<(usize, Flow), Violation> {
+        let mut at = 0;
+        while at < buf.len() {
+            // Only the frame that was partly checked before this read skips bytes.
+            let checked = if at == 0 { first_checked } else { 0 };
+            let Some((f, used)) = decoder.decode(&mut buf[at..], checked)? else { break };
+            let payload = &mut buf[at + f.payload_start..at + f.payload_end];
+            at += used;
+            let flow = match f.opcode {
+                OpCode::Control(Control::Close) => {
+                    let reply = close_reply_code(payload)?;
+                    self.closed = true;
+                    on_frame(InboundFrame::Close(reply))?;
+                    return Ok((buf.len(), Flow::Stop));
+                }
+                OpCode::Control(Control::Ping) => on_frame(InboundFrame::Ping(payload))?,
+                OpCode::Control(Control::Pong) => on_frame(InboundFrame::Pong)?,
+                OpCode::Control(Control::Reserved(_)) => Flow::Continue,
+                OpCode::Data(Data::Continue) => {
+                    let Some(opcode) = self.message_opcode else {
+                        return Err(Violation {
+                            code: close_code::PROTOCOL_ERROR,
+                            reason: "continuation without a message",
+                        });
+                    };
+                    self.fragments += 1;
+                    if self.fragments > limits.max_fragments {
+                        return Err(Violation {
+                            code: close_code::POLICY_VIOLATION,
+                            reason: "too many fragments",
+                        });
+                    }
+                    if self.message.len() + payload.len() > limits.max_message {
+                        return Err(FrameError::TooBig.into());
+                    }
+                    if opcode == Data::Text {
+                        self.utf8
+                            .feed(&payload[checked.min(payload.len())..])
+                            .map_err(|_| INVALID_UTF8)?;
+                    }
+                    self.message.extend_from_slice(payload);
+                    if f.fin {
+                        if opcode == Data::Text {
+                            self.utf8.finish().map_err(|_| INVALID_UTF8)?;
+                        }
+                        let mut message = std::mem::take(&mut self.message);
+                        self.message_opcode = None;
+                        self.fragments = 0;
+                        on_frame(InboundFrame::Message { opcode, payload: &mut message })?
+                    } else {
+                        Flow::Continue
+                    }
+                }
+                OpCode::Data(opcode) => {
+                    if self.message_opcode.is_some() {
+                        return Err(Violation {
+                            code: close_code::PROTOCOL_ERROR,
+                            reason: "new message inside a fragmented one",
+                        });
+                    }
+                    if opcode == Data::Text {
+                        if checked == 0 {
+                            self.utf8 = Utf8Check::default();
+                        }
+                        self.utf8
+                            .feed(&payload[checked.min(payload.len())..])
+                            .map_err(|_| INVALID_UTF8)?;
+                        if f.fin {
+                            self.utf8.finish().map_err(|_| INVALID_UTF8)?;
+                        }
+                    }
+                    if f.fin {
+                        on_frame(InboundFrame::Message { opcode, payload })?
+                    } else {
+                        self.message_opcode = Some(opcode);
+                        self.fragments = 1;
+                        self.message.extend_from_slice(payload);
+                        Flow::Continue
+                    }
+                }
+            };
+            if flow == Flow::Stop {
+                return Ok((at, Flow::Stop));
+            }
+        }
+        Ok((at, Flow::Continue))
+    }
+
+    /// Fail fast on the frame still arriving: its header is checked as soon as it is
+    /// complete, and the arrived part of a text payload is unmasked and UTF-8 checked.
+    fn check_partial(&mut self, decoder: &FrameDecoder) -> Result<(), Violation> {
+        let Some(h) = decoder.decode_header(&self.partial)? else { return Ok(()) };
+        let text = match h.opcode {
+            OpCode::Data(Data::Text) => true,
+            OpCode::Data(Data::Continue) => self.message_opcode == Some(Data::Text),
+            _ => false,
+        };
+        if !text {
+            return Ok(());
+        }
+        let arrived_end = self.partial.len().min(h.payload_start + h.payload_len);
+        let from = h.payload_start + self.partial_checked;
+        if arrived_end <= from {
+            return Ok(());
+        }
+        if self.partial_checked == 0 && h.opcode == OpCode::Data(Data::Text) {
+            self.utf8 = Utf8Check::default();
+        }
+        unmask_at(&mut self.partial[from..arrived_end], h.mask, self.partial_checked);
+        self.utf8.feed(&self.partial[from..arrived_end]).map_err(|_| INVALID_UTF8)?;
+        self.partial_checked = arrived_end - h.payload_start;
+        Ok(())
     }
 }
 
-/// Decodes and handles every complete frame in `buf`; returns the bytes consumed.
-fn process_frames(
-    shard: &Shard,
-    conn: &Rc<Conn>,
-    inbound: &mut Inbound,
-    buf: &mut [u8],
-) -> Result<usize, Violation> {
-    let mut at = 0;
-    while at < buf.len() {
-        // After a Close (either side's), nothing more is processed.
-        if matches!(conn.phase.get(), Phase::PeerClosed | Phase::Abort) {
-            return Ok(buf.len());
-        }
-        let Some((f, used)) = shard.decoder.decode(&mut buf[at..])? else { break };
-        let payload = &mut buf[at + f.payload_start..at + f.payload_end];
-        at += used;
-        let closing = conn.phase.get() == Phase::Closing;
-        match f.opcode {
-            OpCode::Control(Control::Close) => handle_close(conn, payload)?,
-            OpCode::Control(Control::Ping) if !closing => {
-                conn.enqueue(shard, &Rc::new(frame::encode_control(Control::Pong, payload)));
-            }
-            OpCode::Control(Control::Pong) => {
-                let mut hb = conn.heartbeat.get();
-                hb.awaiting_pong_since = None;
-                conn.heartbeat.set(hb);
-            }
-            OpCode::Control(_) => {}
-            OpCode::Data(_) if closing => {}
-            OpCode::Data(Data::Continue) => {
-                let Some(opcode) = inbound.message_opcode else {
-                    return Err(Violation {
-                        code: close_code::PROTOCOL_ERROR,
-                        reason: "continuation without a message",
-                    });
-                };
-                if inbound.message.len() + payload.len() > shard.cfg.max_message_size.0 {
-                    return Err(FrameError::TooBig.into());
-                }
-                inbound.message.extend_from_slice(payload);
-                if f.fin {
-                    let mut message = std::mem::take(&mut inbound.message);
-                    inbound.message_opcode = None;
-                    handle_message(shard, conn, opcode, &mut message)?;
-                }
-            }
-            OpCode::Data(opcode) => {
-                if inbound.message_opcode.is_some() {
-                    return Err(Violation {
-                        code: close_code::PROTOCOL_ERROR,
-                        reason: "new message inside a fragmented one",
-                    });
-                }
-                if f.fin {
-                    handle_message(shard, conn, opcode, payload)?;
-                } else {
-                    inbound.message_opcode = Some(opcode);
-                    inbound.message.extend_from_slice(payload);
-                }
-            }
-        }
-    }
-    Ok(at)
-}
-
-fn handle_close(conn: &Rc<Conn>, payload: &[u8]) -> Result<(), Violation> {
-    let reply_code = match payload.len() {
-        0 => close_code::NORMAL,
-        1 => {
-            return Err(Violation {
-                code: close_code::PROTOCOL_ERROR,
-                reason: "close frame with a 1-byte payload",
-            });
-        }
+/// Validates a Close payload; returns the code to reply with.
+fn close_reply_code(payload: &[u8]) -> Result<u16, Violation> {
+    match payload.len() {
+        0 => Ok(close_code::NORMAL),
+        1 => Err(Violation {
+            code: close_code::PROTOCOL_ERROR,
+            reason: "close frame with a 1-byte payload",
+        }),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
             if !frame::is_valid_close_code(code) {
@@ -172,21 +352,82 @@ fn handle_close(conn: &Rc<Conn>, payload: &[u8]) -> Result<(), Violation> {
                     reason: "close reason is not UTF-8",
                 });
             }
-            code
+            Ok(code)
         }
-    };
-    if conn.phase.get() == Phase::Open {
-        // Reply with the client's code; nothing queued before it still matters.
-        let mut out = conn.out.borrow_mut();
-        out.drop_unstarted();
-        out.push(Rc::new(frame::encode_close(reply_code, "")));
-        drop(out);
-        conn.phase.set(Phase::PeerClosed);
-        conn.flush_now();
-    } else {
-        conn.phase.set(Phase::PeerClosed);
     }
-    conn.wake();
+}
+
+/// Handles bytes just read from a live connection's socket.
+pub fn handle_input(shard: &Shard, conn: &Rc<Conn>, data: &mut [u8]) {
+    let mut inbound = conn.inbound.borrow_mut();
+    let result = inbound.feed(&shard.decoder, &shard.inbound_limits, data, &mut |frame| {
+        handle_frame(shard, conn, frame)
+    });
+    drop(inbound);
+    if let Err(v) = result {
+        ShardStats::add(&shard.stats().protocol_closes, 1);
+        tracing::debug!(shard = %shard.id, conn = conn.id.get().0, code = v.code, cause = v.reason, "closing for protocol violation");
+        *conn.inbound.borrow_mut() = Inbound::default();
+        conn.begin_close(shard, v.code, v.reason);
+    }
+}
+
+fn handle_frame(
+    shard: &Shard,
+    conn: &Rc<Conn>,
+    frame: InboundFrame<'_>,
+) -> Result<Flow, Violation> {
+    let phase = conn.phase.get();
+    if matches!(phase, Phase::PeerClosed | Phase::Abort) {
+        return Ok(Flow::Stop);
+    }
+    match frame {
+        InboundFrame::Close(reply_code) => {
+            if phase == Phase::Open {
+                // Reply with the client's code; nothing queued before it still matters.
+                let mut out = conn.out.borrow_mut();
+                out.drop_unstarted();
+                out.push(Rc::new(frame::encode_close(reply_code, "")));
+                drop(out);
+                conn.phase.set(Phase::PeerClosed);
+                conn.flush_now();
+            } else {
+                conn.phase.set(Phase::PeerClosed);
+            }
+            conn.wake();
+            return Ok(Flow::Stop);
+        }
+        // After our Close, only the client's Close matters.
+        _ if phase == Phase::Closing => {}
+        InboundFrame::Ping(payload) => {
+            check_control_rate(shard, conn)?;
+            conn.enqueue(shard, &Rc::new(frame::encode_control(Control::Pong, payload)));
+        }
+        InboundFrame::Pong => {
+            check_control_rate(shard, conn)?;
+            let mut hb = conn.heartbeat.get();
+            hb.awaiting_pong_since = None;
+            conn.heartbeat.set(hb);
+        }
+        InboundFrame::Message { opcode, payload } => handle_message(shard, conn, opcode, payload)?,
+    }
+    Ok(Flow::Continue)
+}
+
+/// Control frames (Ping/Pong) from a client: at most `max_control_frames_per_sec` in any
+/// one-second window, so a ping flood cannot make us answer forever.
+fn check_control_rate(shard: &Shard, conn: &Conn) -> Result<(), Violation> {
+    let now = Instant::now();
+    let (start, count) = conn.control_window.get();
+    let (start, count) =
+        if now.duration_since(start).as_secs() >= 1 { (now, 1) } else { (start, count + 1) };
+    conn.control_window.set((start, count));
+    if count as usize > shard.cfg.max_control_frames_per_sec {
+        return Err(Violation {
+            code: close_code::POLICY_VIOLATION,
+            reason: "control frame rate limit",
+        });
+    }
     Ok(())
 }
 
@@ -196,20 +437,21 @@ fn handle_message(
     opcode: Data,
     payload: &mut [u8],
 ) -> Result<(), Violation> {
+    if conn.mode == Mode::Echo {
+        // Conformance endpoint (`--echo-path`): same opcode, same payload.
+        conn.enqueue(shard, &Rc::new(frame::encode(OpCode::Data(opcode), payload)));
+        return Ok(());
+    }
     if opcode != Data::Text {
         return Err(Violation {
             code: close_code::UNSUPPORTED_DATA,
             reason: "binary messages are not supported",
         });
     }
-    let Ok(text) = std::str::from_utf8(payload) else {
-        return Err(Violation {
-            code: close_code::INVALID_PAYLOAD,
-            reason: "text message is not UTF-8",
-        });
-    };
+    // The reader already validated the text; this only converts.
+    let Ok(text) = std::str::from_utf8(payload) else { return Err(INVALID_UTF8) };
     ShardStats::add(&shard.stats().messages_in, 1);
-    if !conn.v1 {
+    if conn.mode == Mode::Seed {
         conn.pending_events.borrow_mut().push(Event {
             sender: conn.user.to_string(),
             route: Route::Broadcast,
@@ -261,4 +503,125 @@ fn handle_message(
         conn.enqueue(shard, &Rc::new(frame::encode_text(&json)));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        frame::encode_masked(&mut out, opcode, fin, payload, [9, 8, 7, 6]);
+        out
+    }
+
+    const LIMITS: InboundLimits = InboundLimits { max_message: 1 << 16, max_fragments: 8 };
+    const DECODER: FrameDecoder = FrameDecoder { max_frame_payload: 1 << 16 };
+
+    /// Feeds `wire` in chunks of `chunk` bytes; collects (opcode, payload) of messages.
+    fn run(wire: &[u8], chunk: usize) -> Result<Vec<(u8, Vec<u8>)>, Violation> {
+        let mut inbound = Inbound::default();
+        let mut got = Vec::new();
+        for piece in wire.chunks(chunk.max(1)) {
+            let mut piece = piece.to_vec();
+            inbound.feed(&DECODER, &LIMITS, &mut piece, &mut |f| {
+                match f {
+                    InboundFrame::Message { opcode, payload } => {
+                        got.push((u8::from(OpCode::Data(opcode)), payload.to_vec()))
+                    }
+                    InboundFrame::Ping(p) => got.push((9, p.to_vec())),
+                    InboundFrame::Pong => got.push((10, vec![])),
+                    InboundFrame::Close(code) => {
+                        got.push((8, code.to_be_bytes().to_vec()));
+                        return Ok(Flow::Stop);
+                    }
+                }
+                Ok(Flow::Continue)
+            })?;
+        }
+        Ok(got)
+    }
+
+    #[test]
+    fn any_chunking_gives_the_same_messages() {
+        let mut wire = masked(0x1, true, "héllo wörld".as_bytes());
+        wire.extend(masked(0x1, false, "frag".as_bytes()));
+        wire.extend(masked(0x9, true, b"p"));
+        wire.extend(masked(0x0, true, "mented ✓".as_bytes()));
+        wire.extend(masked(0x8, true, &1000u16.to_be_bytes()));
+        wire.extend(masked(0x1, true, b"after close: ignored"));
+        let expected = vec![
+            (1, "héllo wörld".as_bytes().to_vec()),
+            (9, b"p".to_vec()),
+            (1, "fragmented ✓".as_bytes().to_vec()),
+            (8, 1000u16.to_be_bytes().to_vec()),
+        ];
+        for chunk in 1..wire.len() {
+            assert_eq!(run(&wire, chunk).unwrap(), expected, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_fails_before_the_frame_is_complete() {
+        // A 100-byte text frame whose 3rd byte is invalid: rejected from the first 9 bytes.
+        let mut payload = b"ab\xffcdefgh".to_vec();
+        payload.resize(100, b'x');
+        let wire = masked(0x1, true, &payload);
+        let mut inbound = Inbound::default();
+        let mut first = wire[..9].to_vec();
+        let r = inbound.feed(&DECODER, &LIMITS, &mut first, &mut |_| Ok(Flow::Continue));
+        assert_eq!(r, Err(INVALID_UTF8));
+        // Split characters across frames and reads are fine.
+        let mut wire = masked(0x1, false, &"€".as_bytes()[..1]);
+        wire.extend(masked(0x0, true, &"€".as_bytes()[1..]));
+        for chunk in 1..wire.len() {
+            assert_eq!(run(&wire, chunk).unwrap(), vec![(1, "€".as_bytes().to_vec())]);
+        }
+        // A message that ends inside a character is invalid.
+        assert_eq!(run(&masked(0x1, true, &"€".as_bytes()[..2]), 100), Err(INVALID_UTF8));
+    }
+
+    #[test]
+    fn limits_and_sequence_errors() {
+        let mut many = masked(0x1, false, b"a");
+        for _ in 0..8 {
+            many.extend(masked(0x0, false, b"a"));
+        }
+        assert_eq!(run(&many, 1000).unwrap_err().code, close_code::POLICY_VIOLATION);
+        assert_eq!(
+            run(&masked(0x0, true, b"x"), 100).unwrap_err().code,
+            close_code::PROTOCOL_ERROR
+        );
+        let mut nested = masked(0x1, false, b"a");
+        nested.extend(masked(0x1, true, b"b"));
+        assert_eq!(run(&nested, 100).unwrap_err().code, close_code::PROTOCOL_ERROR);
+        assert_eq!(
+            run(&masked(0x8, true, &999u16.to_be_bytes()), 100).unwrap_err().code,
+            close_code::PROTOCOL_ERROR
+        );
+        let mut bad_reason = 1000u16.to_be_bytes().to_vec();
+        bad_reason.push(0xff);
+        assert_eq!(
+            run(&masked(0x8, true, &bad_reason), 100).unwrap_err().code,
+            close_code::INVALID_PAYLOAD
+        );
+        // A hostile declared length is refused from the header alone.
+        let huge = [0x81u8, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
+        assert_eq!(run(&huge, 100).unwrap_err().code, close_code::MESSAGE_TOO_BIG);
+    }
+
+    #[test]
+    fn utf8_check_matches_std_on_every_split() {
+        let samples: [&[u8]; 5] =
+            [b"plain", "€uro ✓ 𝄞".as_bytes(), b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xc3"];
+        for s in samples {
+            let valid = std::str::from_utf8(s).is_ok();
+            for cut in 0..=s.len() {
+                let mut c = Utf8Check::default();
+                let ok =
+                    c.feed(&s[..cut]).is_ok() && c.feed(&s[cut..]).is_ok() && c.finish().is_ok();
+                assert_eq!(ok, valid, "{s:?} cut at {cut}");
+            }
+        }
+    }
 }

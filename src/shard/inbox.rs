@@ -11,6 +11,7 @@
 use std::rc::Rc;
 
 use super::Shard;
+use crate::conn::Mode;
 use crate::xshard::{Delivery, Route, ShardInbox, ShardStats};
 
 /// Most deliveries taken from the inbox before a flush pass: large enough for corking
@@ -43,7 +44,11 @@ pub(super) fn fan_out(shard: &Shard, delivery: &Delivery) -> u64 {
     match &delivery.route {
         Route::Broadcast => {
             for (_, conn) in conns.iter() {
-                let frame = if conn.v1 { &v1 } else { seed.as_ref().unwrap_or(&v1) };
+                let frame = match conn.mode {
+                    Mode::V1 => &v1,
+                    Mode::Seed => seed.as_ref().unwrap_or(&v1),
+                    Mode::Echo => continue,
+                };
                 delivered += u64::from(conn.enqueue(shard, frame));
             }
         }

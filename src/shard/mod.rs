@@ -21,6 +21,8 @@ mod listener;
 
 use std::{
     cell::{Cell, RefCell},
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
     os::fd::OwnedFd,
     rc::Rc,
     sync::Arc,
@@ -34,7 +36,7 @@ use tracing::{info, warn};
 use crate::{
     bus::Bus,
     config::Config,
-    conn::Conn,
+    conn::{Conn, reader::InboundLimits},
     frame::{self, FrameDecoder, SharedFrame, close_code},
     hub::{ConnId, Hub},
     sys,
@@ -75,6 +77,8 @@ pub struct ShardParts {
     pub stats: Arc<NodeStats>,
     /// Node-wide connection count.
     pub budget: Arc<ConnectionBudget>,
+    /// Node-wide count of sockets in the HTTP handshake.
+    pub pending_budget: Arc<ConnectionBudget>,
 }
 
 /// Per-core state. See the module docs.
@@ -98,6 +102,12 @@ pub struct Shard {
     pub json_buffers: RefCell<JsonBuffers>,
     /// Client frame decoder with the configured limit.
     pub decoder: FrameDecoder,
+    /// Message reassembly limits.
+    pub inbound_limits: InboundLimits,
+    /// Sockets of this shard still in the HTTP handshake, per source IP.
+    pending_by_ip: RefCell<HashMap<IpAddr, usize>>,
+    /// Node-wide count of sockets in the HTTP handshake.
+    pending_budget: Arc<ConnectionBudget>,
     /// Where this shard's clients publish.
     pub bus: Arc<dyn Bus>,
     /// Node counters (this shard writes its own slot).
@@ -116,6 +126,29 @@ impl Shard {
     /// This shard's counters.
     pub fn stats(&self) -> &ShardStats {
         &self.node_stats.shards[self.id.0 as usize]
+    }
+
+    /// Admits a socket into the HTTP handshake, within the per-IP (this shard) and node-wide
+    /// caps. The returned guard releases both when the handshake ends, however it ends.
+    pub fn try_begin_handshake(
+        self: &Rc<Self>,
+        peer: Option<SocketAddr>,
+    ) -> Option<PendingHandshake> {
+        let ip = peer.map(|p| p.ip());
+        if let Some(ip) = ip {
+            let mut pending = self.pending_by_ip.borrow_mut();
+            let n = pending.entry(ip).or_insert(0);
+            if *n >= self.cfg.max_pending_handshakes_per_ip {
+                return None;
+            }
+            *n += 1;
+        }
+        let mut guard = PendingHandshake { shard: self.clone(), ip, counted: false };
+        if !self.pending_budget.try_acquire() {
+            return None; // the guard gives the per-IP slot back
+        }
+        guard.counted = true;
+        Some(guard)
     }
 
     /// Adds a connection to the table and the user index.
@@ -193,14 +226,57 @@ impl Shard {
     }
 }
 
+/// A socket in the HTTP handshake, counted against the pending-handshake caps.
+#[derive(Debug)]
+pub struct PendingHandshake {
+    shard: Rc<Shard>,
+    ip: Option<IpAddr>,
+    /// Holds a slot of the node-wide budget.
+    counted: bool,
+}
+
+impl Drop for PendingHandshake {
+    fn drop(&mut self) {
+        if let Some(ip) = self.ip {
+            let mut pending = self.shard.pending_by_ip.borrow_mut();
+            if let Some(n) = pending.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    pending.remove(&ip);
+                }
+            }
+        }
+        if self.counted {
+            self.shard.pending_budget.release();
+        }
+    }
+}
+
 /// Runs a shard until it is told to shut down and has drained.
 pub async fn run(parts: ShardParts) {
-    let ShardParts { id, shard_count, cfg, listener, inbox, control, bus, stats, budget } = parts;
+    let ShardParts {
+        id,
+        shard_count,
+        cfg,
+        listener,
+        inbox,
+        control,
+        bus,
+        stats,
+        budget,
+        pending_budget,
+    } = parts;
     let listener = sys::glommio_listener(listener);
     let shard = Rc::new(Shard {
         id,
         shard_count,
         decoder: FrameDecoder { max_frame_payload: cfg.max_message_size.0 },
+        inbound_limits: InboundLimits {
+            max_message: cfg.max_message_size.0,
+            max_fragments: cfg.max_fragments,
+        },
+        pending_by_ip: RefCell::new(HashMap::new()),
+        pending_budget,
         conns: RefCell::new(Slab::new()),
         hub: RefCell::new(Hub::new()),
         dirty: RefCell::new(Vec::new()),
