@@ -83,6 +83,10 @@ pub enum Flow {
     Stop,
 }
 
+/// The bytes fed to a [`Utf8Check`] are not UTF-8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidUtf8;
+
 /// Incremental UTF-8 validation across frames and reads: remembers the incomplete
 /// character at the end of what it has seen.
 #[derive(Debug, Default, Clone, Copy)]
@@ -93,14 +97,14 @@ pub struct Utf8Check {
 
 impl Utf8Check {
     /// Checks the next bytes of the text. `Err` as soon as they cannot be UTF-8.
-    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), ()> {
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), InvalidUtf8> {
         if self.tail_len > 0 {
             let have = self.tail_len as usize;
             let width = match self.tail[0] {
                 0xC2..=0xDF => 2,
                 0xE0..=0xEF => 3,
                 0xF0..=0xF4 => 4,
-                _ => return Err(()),
+                _ => return Err(InvalidUtf8),
             };
             let take = (width - have).min(bytes.len());
             let mut buf = [0u8; 4];
@@ -113,7 +117,7 @@ impl Utf8Check {
                     self.tail_len = (have + take) as u8;
                     return Ok(());
                 }
-                Err(_) => return Err(()),
+                Err(_) => return Err(InvalidUtf8),
             }
             bytes = &bytes[take..];
             self.tail_len = 0;
@@ -126,15 +130,15 @@ impl Utf8Check {
                 self.tail_len = rest.len() as u8;
                 Ok(())
             }
-            Err(_) => Err(()),
+            Err(_) => Err(InvalidUtf8),
         }
     }
 
     /// The text ended: `Err` when it ended inside a character. Resets the state.
-    pub fn finish(&mut self) -> Result<(), ()> {
+    pub fn finish(&mut self) -> Result<(), InvalidUtf8> {
         let complete = self.tail_len == 0;
         *self = Utf8Check::default();
-        if complete { Ok(()) } else { Err(()) }
+        if complete { Ok(()) } else { Err(InvalidUtf8) }
     }
 }
 
