@@ -185,11 +185,7 @@ impl Conn {
             drop(out);
             ShardStats::add(&shard.stats().slow_consumer_closes, 1);
             debug!(shard = %shard.id, conn = self.id.get().0, user = %self.user, "slow consumer cut off");
-            self.begin_close(
-                shard,
-                close_code::TRY_AGAIN_LATER,
-                "slow consumer: outbound queue limit",
-            );
+            self.cut_off(shard);
             return false;
         }
         out.push(frame.clone());
@@ -204,10 +200,11 @@ impl Conn {
         }
     }
 
-    /// Starts a server-initiated close: queued frames not yet started are dropped, a
-    /// Close frame is queued, and the client has `close_grace` to read it and answer.
+    /// Starts a server-initiated close: a Close frame is queued after whatever is already
+    /// queued (nothing accepted for this client is dropped), and the client has
+    /// `close_grace` to read it and answer.
     pub fn begin_close(self: &Rc<Self>, shard: &Shard, code: u16, reason: &str) {
-        self.begin_close_within(shard, code, reason, shard.cfg.close_grace.0);
+        self.start_close(shard, code, reason, shard.cfg.close_grace.0, false);
     }
 
     /// [`begin_close`](Self::begin_close) with an explicit grace period.
@@ -218,13 +215,39 @@ impl Conn {
         reason: &str,
         grace: Duration,
     ) {
+        self.start_close(shard, code, reason, grace, false);
+    }
+
+    /// Cuts off a slow consumer: the frames not yet started are dropped (that backlog is
+    /// the problem), Close 1013 is queued, and the client has `close_grace` to read it.
+    pub fn cut_off(self: &Rc<Self>, shard: &Shard) {
+        let grace = shard.cfg.close_grace.0;
+        self.start_close(
+            shard,
+            close_code::TRY_AGAIN_LATER,
+            "slow consumer: outbound queue limit",
+            grace,
+            true,
+        );
+    }
+
+    fn start_close(
+        self: &Rc<Self>,
+        shard: &Shard,
+        code: u16,
+        reason: &str,
+        grace: Duration,
+        discard_queued: bool,
+    ) {
         if self.phase.get() != Phase::Open {
             return;
         }
         self.phase.set(Phase::Closing);
         {
             let mut out = self.out.borrow_mut();
-            out.drop_unstarted();
+            if discard_queued {
+                out.drop_unstarted();
+            }
             out.push(Rc::new(frame::encode_close(code, reason)));
         }
         self.close_deadline.set(Some(Instant::now() + grace));

@@ -388,11 +388,10 @@ fn handle_frame(
     match frame {
         InboundFrame::Close(reply_code) => {
             if phase == Phase::Open {
-                // Reply with the client's code; nothing queued before it still matters.
-                let mut out = conn.out.borrow_mut();
-                out.drop_unstarted();
-                out.push(Rc::new(frame::encode_close(reply_code, "")));
-                drop(out);
+                // Reply after what is already queued; then the task closes the socket once
+                // the reply is written, or at the close deadline if the client stops reading.
+                conn.out.borrow_mut().push(Rc::new(frame::encode_close(reply_code, "")));
+                conn.close_deadline.set(Some(Instant::now() + shard.cfg.close_grace.0));
                 conn.phase.set(Phase::PeerClosed);
                 conn.flush_now();
             } else {
