@@ -362,8 +362,8 @@ config_options! {
     max_request_size: ByteSize = ByteSize(8 << 10), env = "CORECAST_MAX_REQUEST_SIZE";
     /// Most connections of the node still in the HTTP handshake; beyond it new sockets get 503 and are closed.
     max_pending_handshakes: Count = 4096, env = "CORECAST_MAX_PENDING_HANDSHAKES";
-    /// Most sockets from one IP address still in the HTTP handshake, per shard; beyond it 503.
-    max_pending_handshakes_per_ip: Count = 64, env = "CORECAST_MAX_PENDING_HANDSHAKES_PER_IP";
+    /// Most sockets from one IP address still in the HTTP handshake, per shard; beyond it 503. Generous: many users share an address behind NAT.
+    max_pending_handshakes_per_ip: Count = 256, env = "CORECAST_MAX_PENDING_HANDSHAKES_PER_IP";
     /// Browser origins allowed to upgrade (comma-separated, e.g. https://app.example.com), or `any`. A request with another Origin gets 403.
     allowed_origins: Origins = Origins::default(), env = "CORECAST_ALLOWED_ORIGINS";
     /// Largest inbound WebSocket message (and frame); larger is closed with 1009.

@@ -8,6 +8,8 @@ mod support;
 mod backpressure;
 /// Seed protocol fan-out: every client's text reaches every connection, once, in order.
 mod broadcast;
+/// Hostile input, class by class: the right status or close code, and a bystander unaffected.
+mod hostile;
 /// Limits and bad input: HTTP statuses, oversized messages, handshake deadline, heartbeats.
 mod limits;
 /// The binary as a process: SIGTERM closes clients with 1001 and exits 0.
