@@ -361,7 +361,7 @@ async fn tcp_reset_mid_frame() {
         let mut c = RawClient::upgrade(server.addr, "resetter", None).await;
         let frame = client_frame(0x1, true, &[b'x'; 1000]);
         c.send(&frame[..500]).await;
-        c.stream.set_linger(Some(Duration::ZERO)).unwrap();
+        socket2::SockRef::from(&c.stream).set_linger(Some(Duration::ZERO)).unwrap();
         drop(c); // RST
     }
     server.wait_health("reset sockets unregistered", |h| h["connections"] == 1).await;
