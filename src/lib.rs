@@ -32,6 +32,7 @@
 //! - [`frame`]: server frame encoding and the client frame decoder.
 //! - [`xshard`]: everything that crosses threads (`Send` types, channels, counters).
 //! - [`sys`]: OS calls; the only module with `unsafe`.
+//! - [`fuzz_harness`]: fuzz target bodies, shared with the corpus regression test.
 //! - [`error`]: the crate error type.
 
 pub mod bus;
@@ -40,6 +41,7 @@ pub mod conn;
 pub mod error;
 pub mod event;
 pub mod frame;
+pub mod fuzz_harness;
 pub mod hub;
 pub mod server;
 pub mod shard;

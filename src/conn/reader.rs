@@ -208,7 +208,7 @@ impl Inbound {
             }
             self.partial = partial;
         }
-        self.check_partial(decoder)
+        self.check_partial(decoder, limits)
     }
 
     /// Decodes every complete frame; returns the bytes consumed and whether to stop.
@@ -238,22 +238,8 @@ impl Inbound {
                 OpCode::Control(Control::Pong) => on_frame(InboundFrame::Pong)?,
                 OpCode::Control(Control::Reserved(_)) => Flow::Continue,
                 OpCode::Data(Data::Continue) => {
-                    let Some(opcode) = self.message_opcode else {
-                        return Err(Violation {
-                            code: close_code::PROTOCOL_ERROR,
-                            reason: "continuation without a message",
-                        });
-                    };
+                    let opcode = self.check_data_frame(f.opcode, payload.len(), limits)?;
                     self.fragments += 1;
-                    if self.fragments > limits.max_fragments {
-                        return Err(Violation {
-                            code: close_code::POLICY_VIOLATION,
-                            reason: "too many fragments",
-                        });
-                    }
-                    if self.message.len() + payload.len() > limits.max_message {
-                        return Err(FrameError::TooBig.into());
-                    }
                     if opcode == Data::Text {
                         self.utf8
                             .feed(&payload[checked.min(payload.len())..])
@@ -273,12 +259,7 @@ impl Inbound {
                     }
                 }
                 OpCode::Data(opcode) => {
-                    if self.message_opcode.is_some() {
-                        return Err(Violation {
-                            code: close_code::PROTOCOL_ERROR,
-                            reason: "new message inside a fragmented one",
-                        });
-                    }
+                    self.check_data_frame(f.opcode, payload.len(), limits)?;
                     if opcode == Data::Text {
                         if checked == 0 {
                             self.utf8 = Utf8Check::default();
@@ -307,16 +288,54 @@ impl Inbound {
         Ok((at, Flow::Continue))
     }
 
+    /// The checks a data frame must pass before its payload is looked at, in the one
+    /// order used both for complete frames and for frames still arriving (so reading in
+    /// pieces never changes the verdict): sequencing, fragment count, reassembled size.
+    /// Returns the opcode of the message the frame belongs to.
+    fn check_data_frame(
+        &self,
+        opcode: OpCode,
+        payload_len: usize,
+        limits: &InboundLimits,
+    ) -> Result<Data, Violation> {
+        match (opcode, self.message_opcode) {
+            (OpCode::Data(Data::Continue), None) => Err(Violation {
+                code: close_code::PROTOCOL_ERROR,
+                reason: "continuation without a message",
+            }),
+            (OpCode::Data(Data::Continue), Some(message)) => {
+                if self.fragments + 1 > limits.max_fragments {
+                    return Err(Violation {
+                        code: close_code::POLICY_VIOLATION,
+                        reason: "too many fragments",
+                    });
+                }
+                if self.message.len() + payload_len > limits.max_message {
+                    return Err(FrameError::TooBig.into());
+                }
+                Ok(message)
+            }
+            (OpCode::Data(_), Some(_)) => Err(Violation {
+                code: close_code::PROTOCOL_ERROR,
+                reason: "new message inside a fragmented one",
+            }),
+            (OpCode::Data(data), None) => Ok(data),
+            (OpCode::Control(_), _) => Ok(Data::Binary),
+        }
+    }
+
     /// Fail fast on the frame still arriving: its header is checked as soon as it is
     /// complete, and the arrived part of a text payload is unmasked and UTF-8 checked.
-    fn check_partial(&mut self, decoder: &FrameDecoder) -> Result<(), Violation> {
+    fn check_partial(
+        &mut self,
+        decoder: &FrameDecoder,
+        limits: &InboundLimits,
+    ) -> Result<(), Violation> {
         let Some(h) = decoder.decode_header(&self.partial)? else { return Ok(()) };
-        let text = match h.opcode {
-            OpCode::Data(Data::Text) => true,
-            OpCode::Data(Data::Continue) => self.message_opcode == Some(Data::Text),
-            _ => false,
-        };
-        if !text {
+        if !matches!(h.opcode, OpCode::Data(_)) {
+            return Ok(());
+        }
+        if self.check_data_frame(h.opcode, h.payload_len, limits)? != Data::Text {
             return Ok(());
         }
         let arrived_end = self.partial.len().min(h.payload_start + h.payload_len);
@@ -611,6 +630,37 @@ mod tests {
         // A hostile declared length is refused from the header alone.
         let huge = [0x81u8, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
         assert_eq!(run(&huge, 100).unwrap_err().code, close_code::MESSAGE_TOO_BIG);
+    }
+
+    /// Found by the `inbound` fuzzer: a new text frame with invalid UTF-8 inside a
+    /// fragmented message is a sequencing error (1002) however the bytes are split.
+    #[test]
+    fn split_reads_do_not_change_the_verdict() {
+        let mut wire = masked(0x1, false, b"first part");
+        wire.extend(masked(0x1, true, b"\xff\xfe new message"));
+        for chunk in 1..=wire.len() {
+            assert_eq!(
+                run(&wire, chunk).unwrap_err().code,
+                close_code::PROTOCOL_ERROR,
+                "chunk {chunk}"
+            );
+        }
+        let mut wire = masked(0x1, false, b"a");
+        wire.extend(masked(0x0, false, b"b"));
+        wire.extend(masked(0x0, false, &[b'c'; 10]));
+        let tight = InboundLimits { max_message: 1 << 16, max_fragments: 2 };
+        for chunk in 1..=wire.len() {
+            let mut inbound = Inbound::default();
+            let mut verdict = Ok(());
+            for piece in wire.chunks(chunk) {
+                verdict = inbound
+                    .feed(&DECODER, &tight, &mut piece.to_vec(), &mut |_| Ok(Flow::Continue));
+                if verdict.is_err() {
+                    break;
+                }
+            }
+            assert_eq!(verdict.unwrap_err().code, close_code::POLICY_VIOLATION, "chunk {chunk}");
+        }
     }
 
     #[test]
