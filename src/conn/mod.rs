@@ -119,9 +119,10 @@ pub struct Conn {
     /// When an ongoing close gives up waiting for the client.
     pub close_deadline: Cell<Option<Instant>>,
     /// Partial frame and message reassembly.
-    pub inbound: RefCell<Inbound>,
-    /// Start of the current one-second window and control frames received in it.
-    pub control_window: Cell<(Instant, u32)>,
+    pub inbound: RefCell<Option<Box<Inbound>>>,
+    /// The second (since the shard started) of the current control-frame window, and the
+    /// Pings/Pongs received in it.
+    pub control_window: Cell<(u32, u32)>,
     /// Topics this connection is subscribed to (to clean the hub on close).
     pub topics: RefCell<Vec<Box<str>>>,
     /// Events decoded from the client, waiting for the bus (published by the task, which
@@ -154,7 +155,7 @@ impl Conn {
             }),
             close_deadline: Cell::new(None),
             inbound: RefCell::default(),
-            control_window: Cell::new((now, 0)),
+            control_window: Cell::new((0, 0)),
             topics: RefCell::default(),
             pending_events: RefCell::default(),
         }

@@ -165,6 +165,12 @@ pub struct Inbound {
 pub type OnFrame<'f> = dyn FnMut(InboundFrame<'_>) -> Result<Flow, Violation> + 'f;
 
 impl Inbound {
+    /// Nothing in flight: no partial frame, no fragmented message, no Close seen. Such
+    /// a state owns no memory and need not be kept.
+    pub fn is_idle(&self) -> bool {
+        self.partial.is_empty() && self.message_opcode.is_none() && !self.closed
+    }
+
     /// Handles bytes just read. Complete frames go to `on_frame`; an incomplete one is
     /// kept (and, if it is text, its arrived part is checked for UTF-8 at once).
     ///
@@ -382,16 +388,21 @@ fn close_reply_code(payload: &[u8]) -> Result<u16, Violation> {
 
 /// Handles bytes just read from a live connection's socket.
 pub fn handle_input(shard: &Shard, conn: &Rc<Conn>, data: &mut [u8]) {
-    let mut inbound = conn.inbound.borrow_mut();
+    // An idle connection keeps no reader state: it is taken out of its box (or made
+    // fresh) for this read, and boxed again only while a frame or message is in flight.
+    let taken = conn.inbound.borrow_mut().take();
+    let mut inbound = taken.map_or_else(Inbound::default, |b| *b);
     let result = inbound.feed(&shard.decoder, &shard.inbound_limits, data, &mut |frame| {
         handle_frame(shard, conn, frame)
     });
-    drop(inbound);
-    if let Err(v) = result {
-        ShardStats::add(&shard.stats().protocol_closes, 1);
-        tracing::debug!(shard = %shard.id, conn = conn.id.get().0, code = v.code, cause = v.reason, "closing for protocol violation");
-        *conn.inbound.borrow_mut() = Inbound::default();
-        conn.begin_close(shard, v.code, v.reason);
+    match result {
+        Ok(()) if inbound.is_idle() => {}
+        Ok(()) => *conn.inbound.borrow_mut() = Some(Box::new(inbound)),
+        Err(v) => {
+            ShardStats::add(&shard.stats().protocol_closes, 1);
+            tracing::debug!(shard = %shard.id, conn = conn.id.get().0, code = v.code, cause = v.reason, "closing for protocol violation");
+            conn.begin_close(shard, v.code, v.reason);
+        }
     }
 }
 
@@ -439,11 +450,10 @@ fn handle_frame(
 /// Control frames (Ping/Pong) from a client: at most `max_control_frames_per_sec` in any
 /// one-second window, so a ping flood cannot make us answer forever.
 fn check_control_rate(shard: &Shard, conn: &Conn) -> Result<(), Violation> {
-    let now = Instant::now();
-    let (start, count) = conn.control_window.get();
-    let (start, count) =
-        if now.duration_since(start).as_secs() >= 1 { (now, 1) } else { (start, count + 1) };
-    conn.control_window.set((start, count));
+    let second = shard.epoch.elapsed().as_secs() as u32;
+    let (window, count) = conn.control_window.get();
+    let count = if window == second { count.saturating_add(1) } else { 1 };
+    conn.control_window.set((second, count));
     if count as usize > shard.cfg.max_control_frames_per_sec {
         return Err(Violation {
             code: close_code::POLICY_VIOLATION,

@@ -120,6 +120,8 @@ pub struct Shard {
     pub app_ping_frame: Rc<SharedFrame>,
     /// Set once shutdown has begun: no new upgrades.
     pub shutting_down: Cell<bool>,
+    /// When the shard started: the origin of coarse per-connection clocks.
+    pub epoch: Instant,
 }
 
 impl Shard {
@@ -291,6 +293,7 @@ pub async fn run(parts: ShardParts) {
         )),
         app_ping_frame: Rc::new(frame::encode_text(r#"{"type":"ping"}"#)),
         shutting_down: Cell::new(false),
+        epoch: Instant::now(),
         cfg,
     });
     let accept = glommio::spawn_local(listener::run(shard.clone(), listener));
