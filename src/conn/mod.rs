@@ -161,6 +161,14 @@ impl Conn {
         }
     }
 
+    /// A connection with no socket (fd −1) registered on a detached shard, for
+    /// benchmarks of the fan-out path. Never flush it: there is nothing to write to.
+    pub fn detached(shard: &Shard, user: &str, mode: Mode) -> Rc<Conn> {
+        let conn = Rc::new(Conn::new(-1, user.to_owned(), mode, Instant::now(), shard));
+        shard.register(&conn);
+        conn
+    }
+
     /// Wakes the connection's task.
     pub fn wake(&self) {
         if let Some(w) = self.waker.0.take() {

@@ -228,6 +228,70 @@ impl Shard {
     }
 }
 
+impl Shard {
+    /// Builds the per-core state. No I/O: sockets and tasks are attached by [`run`].
+    fn new(
+        id: ShardId,
+        shard_count: usize,
+        cfg: Config,
+        bus: Arc<dyn Bus>,
+        stats: Arc<NodeStats>,
+        budget: Arc<ConnectionBudget>,
+        pending_budget: Arc<ConnectionBudget>,
+    ) -> Rc<Shard> {
+        Rc::new(Shard {
+            id,
+            shard_count,
+            decoder: FrameDecoder { max_frame_payload: cfg.max_message_size.0 },
+            inbound_limits: InboundLimits {
+                max_message: cfg.max_message_size.0,
+                max_fragments: cfg.max_fragments,
+            },
+            pending_by_ip: RefCell::new(HashMap::new()),
+            pending_budget,
+            conns: RefCell::new(Slab::new()),
+            hub: RefCell::new(Hub::new()),
+            dirty: RefCell::new(Vec::new()),
+            scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
+            json_buffers: RefCell::new(JsonBuffers(simd_json::Buffers::new(SCRATCH_BYTES))),
+            bus,
+            node_stats: stats,
+            budget,
+            ping_frame: Rc::new(frame::encode_control(
+                tungstenite::protocol::frame::coding::Control::Ping,
+                b"",
+            )),
+            app_ping_frame: Rc::new(frame::encode_text(r#"{"type":"ping"}"#)),
+            shutting_down: Cell::new(false),
+            epoch: Instant::now(),
+            cfg,
+        })
+    }
+
+    /// A shard with no executor, no listener and no bus peers, for benchmarks and tests of
+    /// the fan-out path without sockets: connections are added with
+    /// [`Conn::detached`](crate::conn::Conn::detached) and never flushed.
+    pub fn detached(cfg: Config) -> Rc<Shard> {
+        let bus: Arc<dyn Bus> = Arc::new(crate::bus::embedded::EmbeddedBus::new(Arc::from([])));
+        let budget = ConnectionBudget::new(usize::MAX);
+        Shard::new(ShardId(0), 1, cfg, bus, NodeStats::new(1), budget.clone(), budget)
+    }
+
+    /// Queues one delivery on every local connection it is for (no write); returns how many
+    /// connections took it. The inbox task calls this, then [`flush_dirty`](Self::flush_dirty).
+    pub fn fan_out(&self, delivery: &crate::xshard::Delivery) -> u64 {
+        inbox::fan_out(self, delivery)
+    }
+
+    /// Forgets every queued frame and the dirty list (benchmarks of a detached shard).
+    pub fn discard_queued(&self) {
+        for conn in self.dirty.borrow_mut().drain(..) {
+            conn.dirty.set(false);
+            conn.out.borrow_mut().drop_unstarted();
+        }
+    }
+}
+
 /// A socket in the HTTP handshake, counted against the pending-handshake caps.
 #[derive(Debug)]
 pub struct PendingHandshake {
@@ -269,33 +333,7 @@ pub async fn run(parts: ShardParts) {
         pending_budget,
     } = parts;
     let listener = sys::glommio_listener(listener);
-    let shard = Rc::new(Shard {
-        id,
-        shard_count,
-        decoder: FrameDecoder { max_frame_payload: cfg.max_message_size.0 },
-        inbound_limits: InboundLimits {
-            max_message: cfg.max_message_size.0,
-            max_fragments: cfg.max_fragments,
-        },
-        pending_by_ip: RefCell::new(HashMap::new()),
-        pending_budget,
-        conns: RefCell::new(Slab::new()),
-        hub: RefCell::new(Hub::new()),
-        dirty: RefCell::new(Vec::new()),
-        scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
-        json_buffers: RefCell::new(JsonBuffers(simd_json::Buffers::new(SCRATCH_BYTES))),
-        bus,
-        node_stats: stats,
-        budget,
-        ping_frame: Rc::new(frame::encode_control(
-            tungstenite::protocol::frame::coding::Control::Ping,
-            b"",
-        )),
-        app_ping_frame: Rc::new(frame::encode_text(r#"{"type":"ping"}"#)),
-        shutting_down: Cell::new(false),
-        epoch: Instant::now(),
-        cfg,
-    });
+    let shard = Shard::new(id, shard_count, cfg, bus, stats, budget, pending_budget);
     let accept = glommio::spawn_local(listener::run(shard.clone(), listener));
     let fanout = glommio::spawn_local(inbox::run(shard.clone(), inbox));
     let heartbeat = glommio::spawn_local(heartbeat::run(shard.clone()));
