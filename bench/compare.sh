@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# Side-by-side: corecast vs Bun (uWebSockets) on the seed protocol, same tool, same run.
+# Side-by-side on the seed protocol, same tool, same run: corecast vs Bun (uWebSockets),
+# Node.js + ws, and the FastAPI design corecast replaces.
 #
-# Each server runs pinned to CPU 0 (corecast with --shards 1; also corecast --shards 2
-# unpinned as a separate row), the load tool (corecast-load) pinned to CPU 1. For every
-# server: idle RSS per connection at N connections, then broadcast fan-out at each rate.
-# Results: target/compare/<server>-<rate>.json and a summary with ratios against Bun.
+# Each server runs pinned to CPU 0 (corecast with --shards 1; corecast --shards 2 on both
+# CPUs is an extra row), the load tool (corecast-load) pinned to CPU 1. For every server
+# and every N: idle RSS per connection, then broadcast fan-out at each rate (open loop).
+# Results: target/compare/<server>-<N>-<rate>.json and a summary with ratios against Bun.
 #
-# Usage: N=10000 RATES="20 100 300" DURATION=5 bench/compare.sh
-# Needs: cargo, npm (Bun is installed from the npm registry into target/bun).
+# Usage: NS="1000 10000" RATES="20 100 300" DURATION=5 SERVERS="bun corecast-1 corecast-2 node fastapi" bench/compare.sh
+# Needs: cargo, npm, python3 (Bun and ws from the npm registry into target/, FastAPI and
+# uvicorn from PyPI into target/fastapi-venv).
 set -euo pipefail
-N=${N:-10000}
+NS=${NS:-${N:-10000}}
 RATES=${RATES:-"20 100 300"}
 DURATION=${DURATION:-5}
+SERVERS=${SERVERS:-"bun corecast-1 corecast-2 node fastapi"}
 root=$(cd "$(dirname "$0")/.." && pwd)
 out="$root/target/compare"
 mkdir -p "$out"
@@ -23,6 +26,16 @@ bun="$bun_dir/node_modules/bun/bin/bun.exe"
 if [ ! -x "$bun" ]; then
   mkdir -p "$bun_dir"
   (cd "$bun_dir" && npm install --no-audit --no-fund --silent bun@1 >/dev/null)
+fi
+node_dir="$root/target/node-ws"
+if [[ " $SERVERS " == *" node "* ]] && [ ! -d "$node_dir/node_modules/ws" ]; then
+  mkdir -p "$node_dir"
+  (cd "$node_dir" && npm install --no-audit --no-fund --silent ws@8 >/dev/null)
+fi
+fastapi_venv="$root/target/fastapi-venv"
+if [[ " $SERVERS " == *" fastapi "* ]] && [ ! -x "$fastapi_venv/bin/uvicorn" ]; then
+  python3 -m venv "$fastapi_venv"
+  "$fastapi_venv/bin/pip" install -q fastapi 'uvicorn[standard]'
 fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -43,47 +56,55 @@ start_server() { # name port
     corecast-1) taskset -c 0 "$root/target/release/corecast" --listen "127.0.0.1:$2" --shards 1 >/dev/null 2>&1 & ;;
     corecast-2) "$root/target/release/corecast" --listen "127.0.0.1:$2" --shards 2 >/dev/null 2>&1 & ;;
     bun) PORT=$2 taskset -c 0 "$bun" run "$root/bench/servers/bun-seed.ts" >/dev/null 2>&1 & ;;
+    node) PORT=$2 NODE_PATH="$node_dir/node_modules" taskset -c 0 node "$root/bench/servers/node-ws-seed.js" >/dev/null 2>&1 & ;;
+    fastapi) (cd "$root/bench/servers" && exec taskset -c 0 "$fastapi_venv/bin/uvicorn" fastapi_seed:app \
+        --host 127.0.0.1 --port "$2" --log-level warning --ws-ping-interval 0) >/dev/null 2>&1 & ;;
   esac
   server_pid=$!
   wait_port "$2"
 }
 
-for server in bun corecast-1 corecast-2; do
-  for rate in 0 $RATES; do
-    port=$(free_port)
-    start_server "$server" "$port"
-    taskset -c 1 "$root/target/release/corecast-load" --addr "127.0.0.1:$port" --connections "$N" \
-      --publishers 1 --rate "$rate" --duration "$DURATION" --settle 2 --cpu 1 \
-      --server-pid "$server_pid" --json "$out/$server-$rate.json" >/dev/null 2>"$out/$server-$rate.log" || true
-    stop_server
+for n in $NS; do
+  for server in $SERVERS; do
+    for rate in 0 $RATES; do
+      port=$(free_port)
+      start_server "$server" "$port"
+      taskset -c 1 "$root/target/release/corecast-load" --addr "127.0.0.1:$port" --connections "$n" \
+        --publishers 1 --rate "$rate" --duration "$DURATION" --settle 2 --cpu 1 --max-drain 10 \
+        --server-pid "$server_pid" --json "$out/$server-$n-$rate.json" >/dev/null 2>"$out/$server-$n-$rate.log" || true
+      stop_server
+    done
   done
 done
 
-python3 - "$out" "$N" $RATES <<'PY'
+python3 - "$out" "$NS" "$SERVERS" $RATES <<'PY'
 import json, sys, os
-out, n, rates = sys.argv[1], sys.argv[2], sys.argv[3:]
-def load(s, r):
-    p = os.path.join(out, f"{s}-{r}.json")
+out, ns, servers, rates = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4:]
+def load(s, n, r):
+    p = os.path.join(out, f"{s}-{n}-{r}.json")
     return json.load(open(p)) if os.path.exists(p) else None
-servers = ["bun", "corecast-1", "corecast-2"]
-print(f"N = {n} connections; load tool on CPU 1; bun and corecast-1 pinned to CPU 0")
-print("idle RSS per connection (bytes):")
-base = load("bun", 0)
-for s in servers:
-    r = load(s, 0)
-    if r:
-        ratio = r["server_rss_per_idle_conn_bytes"] / base["server_rss_per_idle_conn_bytes"] if base else float("nan")
-        print(f"  {s:12} {r['server_rss_per_idle_conn_bytes']:>8}   x{ratio:.2f} vs bun")
-for rate in rates:
-    print(f"broadcast at {rate} msg/s (offered {int(rate)*(int(n)+1):,} deliveries/s):")
-    b = load("bun", rate)
+def ratio(a, b):
+    return f"x{a / b:.2f}" if a is not None and b else "  -  "
+print("load tool pinned to CPU 1; every server but corecast-2 pinned to CPU 0")
+for n in ns:
+    print(f"\n== N = {n} connections")
+    print("idle RSS per connection (bytes):")
+    base = load("bun", n, 0)
     for s in servers:
-        r = load(s, rate)
-        if not r: continue
-        cpu = r["server_cpu_per_delivery_us"]; bcpu = b and b["server_cpu_per_delivery_us"]
-        l = r["latency_us"]; bl = b and b["latency_us"]
-        print(f"  {s:12} {r['deliveries_per_sec']:>10,.0f}/s ratio {r['delivery_ratio']:.4f}  "
-              f"cpu/delivery {cpu} us (x{(cpu/bcpu if bcpu else float('nan')):.2f})  "
-              f"p50 {l['p50']/1000:.1f} ms p99 {l['p99']/1000:.1f} ms (x{(l['p99']/bl['p99'] if bl and bl['p99'] else float('nan')):.2f})  "
-              f"tool cpu {r['load_tool_cpu_share']:.2f}")
+        r = load(s, n, 0)
+        if r and r["server_rss_per_idle_conn_bytes"] is not None:
+            v = r["server_rss_per_idle_conn_bytes"]
+            print(f"  {s:12} {v:>8}  {ratio(v, base and base['server_rss_per_idle_conn_bytes'])} vs bun")
+    for rate in rates:
+        print(f"broadcast at {rate} msg/s (offered {int(rate) * (int(n) + 1):,} deliveries/s):")
+        b = load("bun", n, rate)
+        for s in servers:
+            r = load(s, n, rate)
+            if not r:
+                continue
+            cpu, l = r["server_cpu_per_delivery_us"], r["latency_us"]
+            print(f"  {s:12} {r['deliveries_per_sec']:>10,.0f}/s ({ratio(r['deliveries_per_sec'], b and b['deliveries_per_sec'])})"
+                  f"  delivered {r['delivery_ratio']:.4f}  cpu/delivery {cpu} us ({ratio(cpu, b and b['server_cpu_per_delivery_us'])})"
+                  f"  p50 {l['p50'] / 1000:.1f} ms  p99 {l['p99'] / 1000:.1f} ms ({ratio(l['p99'], b and b['latency_us']['p99'])})"
+                  f"  tool cpu {r['load_tool_cpu_share']:.2f}")
 PY

@@ -58,6 +58,9 @@ struct Args {
     /// Pin the load generator to this CPU.
     #[arg(long)]
     cpu: Option<usize>,
+    /// Longest wait, in seconds, for deliveries still in flight after publishing stops.
+    #[arg(long, default_value_t = 10.0)]
+    max_drain: f64,
     /// Write the result as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -225,11 +228,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let publish_secs = publish_started.elapsed().as_secs_f64();
-    // Drain: until everything expected arrived, or nothing arrived for 2 s.
+    // Drain: until everything expected arrived, nothing arrived for 2 s, or --max-drain.
     let expected = totals.sent.get() * totals.connected.get() as u64;
     let mut last = totals.received.get();
     let mut quiet_since = Instant::now();
-    while totals.received.get() < expected && quiet_since.elapsed() < Duration::from_secs(2) {
+    let drain_started = Instant::now();
+    while totals.received.get() < expected
+        && quiet_since.elapsed() < Duration::from_secs(2)
+        && drain_started.elapsed() < Duration::from_secs_f64(args.max_drain)
+    {
         Timer::new(Duration::from_millis(20)).await;
         if totals.received.get() != last {
             last = totals.received.get();
@@ -384,10 +391,14 @@ async fn receive(
     }
 }
 
-/// The send timestamp at the start of a seed message's text: `{"sender":"..","text":"<ns> xxx"}`.
+/// The send timestamp at the start of a seed message's text: `{"sender":"..","text":"<ns> xxx"}`
+/// (with or without white space around the colon, as servers' JSON encoders differ).
 fn timestamp_of(payload: &[u8]) -> Option<u64> {
-    const KEY: &[u8] = b"\"text\":\"";
-    let at = payload.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    const KEY: &[u8] = b"\"text\"";
+    let mut at = payload.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    while at < payload.len() && matches!(payload[at], b' ' | b':' | b'"') {
+        at += 1;
+    }
     let digits = payload[at..].iter().take_while(|b| b.is_ascii_digit()).count();
     std::str::from_utf8(&payload[at..at + digits]).ok()?.parse().ok()
 }
@@ -442,6 +453,7 @@ mod tests {
     #[test]
     fn timestamp_extraction() {
         assert_eq!(timestamp_of(br#"{"sender":"p","text":"12345 xxxx"}"#), Some(12345));
+        assert_eq!(timestamp_of(br#"{"sender": "p", "text": "678 xx"}"#), Some(678));
         assert_eq!(timestamp_of(br#"{"type":"ping"}"#), None);
     }
 }
