@@ -61,59 +61,24 @@ struct Args {
     /// Longest wait, in seconds, for deliveries still in flight after publishing stops.
     #[arg(long, default_value_t = 10.0)]
     max_drain: f64,
+    /// Write a latency-percentile chart (SVG) to this file.
+    #[arg(long)]
+    svg: Option<std::path::PathBuf>,
     /// Write the result as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
 }
 
-/// Log-linear latency histogram in microseconds: 16 sub-buckets per power of two (≤ 6.25% error).
-struct Histogram {
-    buckets: Vec<u64>,
-    count: u64,
-    max: u64,
-}
+/// Publish-to-receive latencies in microseconds (HDR, 3 significant digits, up to 1 hour).
+type Histogram = hdrhistogram::Histogram<u64>;
 
-impl Histogram {
-    fn new() -> Histogram {
-        Histogram { buckets: vec![0; 64 * 16], count: 0, max: 0 }
-    }
-    fn index(v: u64) -> usize {
-        if v < 16 {
-            return v as usize;
-        }
-        let e = 63 - v.leading_zeros() as usize;
-        (e - 3) * 16 + ((v >> (e - 4)) & 15) as usize
-    }
-    fn lower_bound(i: usize) -> u64 {
-        if i < 16 {
-            return i as u64;
-        }
-        let e = i / 16 + 3;
-        (16 + (i % 16) as u64) << (e - 4)
-    }
-    fn record(&mut self, v: u64) {
-        self.buckets[Self::index(v)] += 1;
-        self.count += 1;
-        self.max = self.max.max(v);
-    }
-    fn percentile(&self, p: f64) -> u64 {
-        if self.count == 0 {
-            return 0;
-        }
-        let target = ((p / 100.0) * self.count as f64).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, n) in self.buckets.iter().enumerate() {
-            seen += n;
-            if seen >= target {
-                return Self::lower_bound(i);
-            }
-        }
-        self.max
-    }
+fn new_histogram() -> Histogram {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid HDR bounds")
 }
 
 #[derive(Default)]
 struct Totals {
+    phase: Cell<&'static str>,
     connected: Cell<usize>,
     failed: Cell<usize>,
     received: Cell<u64>,
@@ -135,12 +100,37 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let start = Instant::now();
     let totals = Rc::new(Totals::default());
-    let hist = Rc::new(RefCell::new(Histogram::new()));
+    let hist = Rc::new(RefCell::new(new_histogram()));
     let stop = Rc::new(Cell::new(false));
     let rss_before = args.server_pid.and_then(proc_rss);
     let total_conns = args.connections + args.publishers;
 
+    // A progress line on the terminal (nothing when stderr is a file or a pipe).
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let totals = totals.clone();
+        glommio::spawn_local(async move {
+            let mut last = (Instant::now(), 0u64);
+            loop {
+                Timer::new(Duration::from_millis(500)).await;
+                let received = totals.received.get();
+                let rate = (received - last.1) as f64 / last.0.elapsed().as_secs_f64();
+                last = (Instant::now(), received);
+                eprint!(
+                    "\r\x1b[K[{}] connected {}/{}  failed {}  sent {}  received {}  ({:.0}/s)",
+                    totals.phase.get(),
+                    totals.connected.get(),
+                    total_conns,
+                    totals.failed.get(),
+                    totals.sent.get(),
+                    received,
+                    rate
+                );
+            }
+        })
+    });
+
     // Phase 1: connect.
+    totals.phase.set("connect");
     let connect_started = Instant::now();
     let gate = Rc::new(glommio::sync::Semaphore::new(args.connect_concurrency as u64));
     let mut publishers = Vec::new();
@@ -197,6 +187,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     // Phase 2: publish.
+    totals.phase.set("publish");
     let server_cpu_before = args.server_pid.and_then(proc_cpu_ticks);
     let self_cpu_before = proc_cpu_ticks(std::process::id());
     let publish_started = Instant::now();
@@ -244,6 +235,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let drained_secs = publish_started.elapsed().as_secs_f64();
+    drop(progress);
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!();
+    }
     let server_cpu = match (server_cpu_before, args.server_pid.and_then(proc_cpu_ticks)) {
         (Some(b), Some(a)) => Some(ticks_to_secs(a - b)),
         _ => None,
@@ -257,7 +252,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let received = totals.received.get();
     let (p50, p90, p99, p999, max) = {
         let h = hist.borrow();
-        (h.percentile(50.0), h.percentile(90.0), h.percentile(99.0), h.percentile(99.9), h.max)
+        let q = |p: f64| h.value_at_quantile(p);
+        (q(0.5), q(0.9), q(0.99), q(0.999), h.max())
     };
     let deliveries_per_sec = received as f64 / drained_secs.max(1e-9);
     let ratio = if expected > 0 { received as f64 / expected as f64 } else { 1.0 };
@@ -303,11 +299,88 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         std::fs::write(path, &report)?;
     }
+    if let Some(path) = &args.svg {
+        let title = format!(
+            "{} connections, {} msg/s offered: publish-to-receive latency ({} deliveries)",
+            totals.connected.get(),
+            args.rate,
+            received
+        );
+        std::fs::write(path, percentile_svg(&hist.borrow(), &title))?;
+    }
     drop(publishers);
     for t in tasks {
         t.cancel().await;
     }
     Ok(())
+}
+
+/// A latency-by-percentile chart: x is the percentile on a "nines" scale, y the latency
+/// in milliseconds (linear), in the style of HdrHistogram's plots.
+fn percentile_svg(h: &Histogram, title: &str) -> String {
+    const W: f64 = 720.0;
+    const H: f64 = 400.0;
+    const PAD: f64 = 60.0;
+    let nines = [0.0, 0.5, 0.75, 0.9, 0.99, 0.999, 0.9999];
+    // x position of quantile q: log10(1 / (1 - q)), 0 at the median's left edge.
+    let x_of = |q: f64| (1.0 / (1.0 - q.min(0.99999))).log10();
+    let x_max = x_of(0.9999);
+    let points: Vec<(f64, f64)> = (0..=400)
+        .map(|i| {
+            let q = 1.0 - 10f64.powf(-(i as f64) / 100.0);
+            (x_of(q), h.value_at_quantile(q) as f64 / 1000.0)
+        })
+        .filter(|(x, _)| *x <= x_max)
+        .collect();
+    let y_max = points.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+    let sx = |x: f64| PAD + x / x_max * (W - 2.0 * PAD);
+    let sy = |y: f64| H - PAD - y / y_max * (H - 2.0 * PAD);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"14\">{title}</text>\n",
+        W / 2.0
+    );
+    svg.push_str(&format!(
+        "<line x1=\"{PAD}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{PAD}\" y1=\"{PAD}\" x2=\"{PAD}\" y2=\"{}\" stroke=\"black\"/>\n",
+        H - PAD,
+        W - PAD,
+        H - PAD,
+        H - PAD
+    ));
+    for q in nines {
+        let x = sx(x_of(q));
+        let label = if q == 0.0 { "0%".to_string() } else { format!("{}%", q * 100.0) };
+        svg.push_str(&format!(
+            "<line x1=\"{x:.1}\" y1=\"{PAD}\" x2=\"{x:.1}\" y2=\"{}\" stroke=\"#ddd\"/><text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{label}</text>\n",
+            H - PAD,
+            H - PAD + 18.0
+        ));
+    }
+    for i in 0..=5 {
+        let v = y_max * i as f64 / 5.0;
+        let y = sy(v);
+        svg.push_str(&format!(
+            "<line x1=\"{PAD}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.1}</text>\n",
+            W - PAD,
+            PAD - 6.0,
+            y + 4.0
+        ));
+    }
+    let path: Vec<String> =
+        points.iter().map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y))).collect();
+    svg.push_str(&format!(
+        "<polyline fill=\"none\" stroke=\"#1f6feb\" stroke-width=\"2\" points=\"{}\"/>\n",
+        path.join(" ")
+    ));
+    svg.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">percentile</text><text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">latency (ms)</text>\n</svg>\n",
+        W / 2.0,
+        H - 12.0,
+        H / 2.0,
+        H / 2.0
+    ));
+    svg
 }
 
 async fn connect(addr: SocketAddr, user: &str) -> std::io::Result<TcpStream> {
@@ -373,7 +446,7 @@ async fn receive(
                 0x1 => {
                     if let Some(ts) = timestamp_of(payload) {
                         let now = start.elapsed().as_nanos() as u64;
-                        hist.borrow_mut().record(now.saturating_sub(ts) / 1000);
+                        hist.borrow_mut().saturating_record((now.saturating_sub(ts) / 1000).max(1));
                         totals.received.set(totals.received.get() + 1);
                     }
                 }
@@ -438,16 +511,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_percentiles_are_close() {
-        let mut h = Histogram::new();
+    fn svg_chart_is_well_formed() {
+        let mut h = new_histogram();
         for v in 1..=10_000u64 {
-            h.record(v);
+            h.record(v).unwrap();
         }
-        let p50 = h.percentile(50.0) as f64;
-        assert!((p50 - 5000.0).abs() / 5000.0 < 0.07, "{p50}");
-        let p99 = h.percentile(99.0) as f64;
-        assert!((p99 - 9900.0).abs() / 9900.0 < 0.07, "{p99}");
-        assert_eq!(h.max, 10_000);
+        let svg = percentile_svg(&h, "test");
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("<polyline") && svg.contains("99.9%"));
     }
 
     #[test]
