@@ -126,3 +126,14 @@ pub fn current_cpu() -> Option<usize> {
     let cpu = unsafe { libc::sched_getcpu() };
     usize::try_from(cpu).ok()
 }
+
+/// Hands a connected std `TcpStream` to the current glommio executor (the load tool binds
+/// source addresses with socket2, which glommio's own `connect` cannot). Must run inside
+/// a glommio executor.
+pub fn glommio_stream(stream: std::net::TcpStream) -> std::io::Result<glommio::net::TcpStream> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    stream.set_nonblocking(true)?;
+    // SAFETY: `stream` is an owned, open, connected TCP socket; `into_raw_fd` gives up
+    // ownership, which the glommio stream takes over (it closes the fd on drop).
+    Ok(unsafe { glommio::net::TcpStream::from_raw_fd(stream.into_raw_fd()) })
+}

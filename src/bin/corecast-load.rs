@@ -55,6 +55,10 @@ struct Args {
     /// Connections being opened at once.
     #[arg(long, default_value_t = 200)]
     connect_concurrency: usize,
+    /// Source addresses to cycle through: 127.0.0.1 … 127.0.0.N (loopback servers only).
+    /// Each (source, destination) pair has ~28k ephemeral ports.
+    #[arg(long, default_value_t = 1)]
+    sources: u8,
     /// Pin the load generator to this CPU.
     #[arg(long)]
     cpu: Option<usize>,
@@ -89,6 +93,10 @@ struct Totals {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(args.payload >= 24, "--payload must be at least 24 bytes");
+    anyhow::ensure!(
+        args.sources <= 1 || args.addr.ip().is_loopback(),
+        "--sources cycles 127.0.0.x addresses: the server must be on loopback"
+    );
     let placement = args.cpu.map_or(Placement::Unbound, Placement::Fixed);
     let handle = LocalExecutorBuilder::new(placement)
         .name("load")
@@ -144,8 +152,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         let permit = gate.acquire_static_permit(1).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         let (totals, hist, stop, addr) = (totals.clone(), hist.clone(), stop.clone(), args.addr);
+        let source = (args.sources > 1).then(|| {
+            std::net::IpAddr::from([127, 0, 0, 1 + (i % usize::from(args.sources)) as u8])
+        });
         tasks.push(glommio::spawn_local(async move {
-            let stream = match connect(addr, &user).await {
+            let stream = match connect(addr, source, &user).await {
                 Ok(s) => s,
                 Err(_) => {
                     totals.failed.set(totals.failed.get() + 1);
@@ -383,8 +394,21 @@ fn percentile_svg(h: &Histogram, title: &str) -> String {
     svg
 }
 
-async fn connect(addr: SocketAddr, user: &str) -> std::io::Result<TcpStream> {
-    let mut stream = TcpStream::connect(addr).await.map_err(std::io::Error::other)?;
+async fn connect(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    user: &str,
+) -> std::io::Result<TcpStream> {
+    let mut stream = match source {
+        None => TcpStream::connect(addr).await.map_err(std::io::Error::other)?,
+        Some(ip) => {
+            // A blocking connect: on loopback it completes in the kernel at once.
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            socket.bind(&SocketAddr::new(ip, 0).into())?;
+            socket.connect(&addr.into())?;
+            corecast::sys::glommio_stream(socket.into())?
+        }
+    };
     stream.set_nodelay(true).map_err(std::io::Error::other)?;
     let request = format!(
         "GET /ws/{user} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
