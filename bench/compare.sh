@@ -15,6 +15,9 @@ NS=${NS:-${N:-10000}}
 RATES=${RATES:-"20 100 300"}
 DURATION=${DURATION:-5}
 SERVERS=${SERVERS:-"bun corecast-1 corecast-2 node fastapi"}
+# Idle memory only, at these N: 19800 is just under this machine's per-process
+# open-files limit (20000) for the server; the load tool spreads it over 2 processes.
+NS_IDLE=${NS_IDLE:-"19800"}
 root=$(cd "$(dirname "$0")/.." && pwd)
 out="$root/target/compare"
 mkdir -p "$out"
@@ -77,7 +80,18 @@ for n in $NS; do
   done
 done
 
-python3 - "$out" "$NS" "$SERVERS" $RATES <<'PY'
+for n in $NS_IDLE; do
+  for server in $SERVERS; do
+    port=$(free_port)
+    start_server "$server" "$port"
+    taskset -c 1 "$root/target/release/corecast-load" --addr "127.0.0.1:$port" --connections "$n" \
+      --publishers 1 --rate 0 --settle 3 --sources 4 --server-pid "$server_pid" \
+      --json "$out/$server-$n-0.json" >/dev/null 2>"$out/$server-$n-0.log" || true
+    stop_server
+  done
+done
+
+python3 - "$out" "$NS $NS_IDLE" "$SERVERS" $RATES <<'PY'
 import json, sys, os
 out, ns, servers, rates = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4:]
 def load(s, n, r):
@@ -96,6 +110,8 @@ for n in ns:
             v = r["server_rss_per_idle_conn_bytes"]
             print(f"  {s:12} {v:>8}  {ratio(v, base and base['server_rss_per_idle_conn_bytes'])} vs bun")
     for rate in rates:
+        if load(servers[0], n, rate) is None and load("corecast-1", n, rate) is None:
+            continue
         print(f"broadcast at {rate} msg/s (offered {int(rate) * (int(n) + 1):,} deliveries/s):")
         b = load("bun", n, rate)
         for s in servers:

@@ -59,6 +59,13 @@ struct Args {
     /// Each (source, destination) pair has ~28k ephemeral ports.
     #[arg(long, default_value_t = 1)]
     sources: u8,
+    /// Processes to spread the connections over (0: one per 18,000 connections, because
+    /// each process is capped by the open-files limit).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// Internal: this process is worker K of a multi-process run (driven over stdin/stdout).
+    #[arg(long, hide = true)]
+    worker_index: Option<usize>,
     /// Pin the load generator to this CPU.
     #[arg(long)]
     cpu: Option<usize>,
@@ -106,12 +113,26 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let start = Instant::now();
     let totals = Rc::new(Totals::default());
     let hist = Rc::new(RefCell::new(new_histogram()));
     let stop = Rc::new(Cell::new(false));
     let rss_before = args.server_pid.and_then(proc_rss);
-    let total_conns = args.connections + args.publishers;
+    let worker_count = match (args.worker_index, args.workers) {
+        (Some(_), _) => 1,
+        (None, 0) => (args.connections + args.publishers).div_ceil(18_000).max(1),
+        (None, w) => w,
+    };
+    let me = args.worker_index.unwrap_or(0);
+    // This process's receivers: an equal share, the remainder on the parent (worker 0).
+    let share = args.connections / worker_count;
+    let my_receivers = if me == 0 && args.worker_index.is_none() {
+        args.connections - share * (worker_count - 1)
+    } else {
+        args.connections
+    };
+    let total_conns = my_receivers + args.publishers;
+    let mut workers =
+        if worker_count > 1 { Some(Workers::spawn(&args, worker_count, share)?) } else { None };
 
     // A progress line on the terminal (nothing when stderr is a file or a pipe).
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
@@ -145,7 +166,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for i in 0..total_conns {
         let publisher = i < args.publishers;
-        let user = if publisher { format!("pub-{i}") } else { format!("load-{i}") };
+        let user = if publisher { format!("pub-{me}-{i}") } else { format!("load-{me}-{i}") };
         let (tx, rx) = flume::bounded::<Vec<u8>>(1024);
         if publisher {
             publishers.push(tx.clone());
@@ -153,7 +174,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let permit = gate.acquire_static_permit(1).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         let (totals, hist, stop, addr) = (totals.clone(), hist.clone(), stop.clone(), args.addr);
         let source = (args.sources > 1).then(|| {
-            std::net::IpAddr::from([127, 0, 0, 1 + (i % usize::from(args.sources)) as u8])
+            std::net::IpAddr::from([
+                127,
+                0,
+                0,
+                1 + ((me * 7919 + i) % usize::from(args.sources)) as u8,
+            ])
         });
         tasks.push(glommio::spawn_local(async move {
             let stream = match connect(addr, source, &user).await {
@@ -165,12 +191,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
             };
             totals.connected.set(totals.connected.get() + 1);
             drop(permit);
-            receive(stream, rx, tx, start, &totals, &hist, &stop).await;
+            receive(stream, rx, tx, &totals, &hist, &stop).await;
         }));
     }
     while totals.connected.get() + totals.failed.get() < total_conns {
         Timer::new(Duration::from_millis(10)).await;
     }
+    if args.worker_index.is_some() {
+        return run_as_worker(&totals, &hist, &stop, &args).await;
+    }
+    let local_connected = totals.connected.get() as u64;
+    if let Some(w) = workers.as_mut() {
+        let (connected, failed) = w.wait_ready().await?;
+        totals.connected.set(totals.connected.get() + connected);
+        totals.failed.set(totals.failed.get() + failed);
+    }
+    let total_conns = args.connections + args.publishers;
     let connect_secs = connect_started.elapsed().as_secs_f64();
     eprintln!(
         "connected {} of {} in {:.2}s ({:.0}/s), {} failed",
@@ -201,6 +237,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     totals.phase.set("publish");
     let server_cpu_before = args.server_pid.and_then(proc_cpu_ticks);
     let self_cpu_before = proc_cpu_ticks(std::process::id());
+    if let Some(w) = workers.as_mut() {
+        w.mark_cpu();
+    }
+    let mut workers_cpu_ticks = 0u64;
     let publish_started = Instant::now();
     if args.rate > 0.0 && !publishers.is_empty() {
         let per_pub = args.rate / publishers.len() as f64;
@@ -216,7 +256,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 let due = (elapsed.as_secs_f64() * per_pub) as u64 + 1;
                 while due_sent[p] < due {
                     due_sent[p] += 1;
-                    let now = start.elapsed().as_nanos() as u64;
+                    let now = unix_nanos();
                     let mut text = format!("{now} ");
                     text.extend(std::iter::repeat_n('x', args.payload.saturating_sub(text.len())));
                     frame.clear();
@@ -230,32 +270,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let publish_secs = publish_started.elapsed().as_secs_f64();
-    // Drain: until everything expected arrived, nothing arrived for 2 s, or --max-drain.
-    let expected = totals.sent.get() * totals.connected.get() as u64;
-    let mut last = totals.received.get();
-    let mut quiet_since = Instant::now();
-    let drain_started = Instant::now();
-    while totals.received.get() < expected
-        && quiet_since.elapsed() < Duration::from_secs(2)
-        && drain_started.elapsed() < Duration::from_secs_f64(args.max_drain)
-    {
-        Timer::new(Duration::from_millis(20)).await;
-        if totals.received.get() != last {
-            last = totals.received.get();
-            quiet_since = Instant::now();
+    drain(&totals, totals.sent.get() * local_connected, args.max_drain).await;
+    if let Some(w) = workers.as_mut() {
+        let ticks_at_start = w.ticks_at_start.clone();
+        for (r, start) in w.stop(totals.sent.get()).await?.into_iter().zip(ticks_at_start) {
+            workers_cpu_ticks += r.cpu_ticks.saturating_sub(start);
+            totals.received.set(totals.received.get() + r.received);
+            totals.closed_early.set(totals.closed_early.get() + r.closed_early);
+            let mut h = hist.borrow_mut();
+            for (value, count) in r.latencies {
+                h.saturating_record_n(value, count);
+            }
         }
     }
+    let expected = totals.sent.get() * totals.connected.get() as u64;
     let drained_secs = publish_started.elapsed().as_secs_f64();
     drop(progress);
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         eprintln!();
     }
     let server_cpu = match (server_cpu_before, args.server_pid.and_then(proc_cpu_ticks)) {
-        (Some(b), Some(a)) => Some(ticks_to_secs(a - b)),
+        (Some(b), Some(a)) => Some(ticks_to_secs(a.saturating_sub(b))),
         _ => None,
     };
     let self_cpu = match (self_cpu_before, proc_cpu_ticks(std::process::id())) {
-        (Some(b), Some(a)) => ticks_to_secs(a - b),
+        (Some(b), Some(a)) => ticks_to_secs(a.saturating_sub(b) + workers_cpu_ticks),
         _ => 0.0,
     };
     stop.set(true);
@@ -394,6 +433,165 @@ fn percentile_svg(h: &Histogram, title: &str) -> String {
     svg
 }
 
+/// Waits until `expected` messages arrived here, nothing arrived for 2 s, or `max_drain` s.
+async fn drain(totals: &Totals, expected: u64, max_drain: f64) {
+    let mut last = totals.received.get();
+    let mut quiet_since = Instant::now();
+    let started = Instant::now();
+    while totals.received.get() < expected
+        && quiet_since.elapsed() < Duration::from_secs(2)
+        && started.elapsed() < Duration::from_secs_f64(max_drain)
+    {
+        Timer::new(Duration::from_millis(20)).await;
+        if totals.received.get() != last {
+            last = totals.received.get();
+            quiet_since = Instant::now();
+        }
+    }
+}
+
+/// What a worker process reports at the end.
+struct WorkerResult {
+    /// utime + stime of the worker when it finished, in clock ticks.
+    cpu_ticks: u64,
+    received: u64,
+    closed_early: usize,
+    /// (latency µs, count) pairs of its histogram.
+    latencies: Vec<(u64, u64)>,
+}
+
+/// The other processes of a multi-process run, seen from the parent. Protocol, one line
+/// each way: the worker prints `READY <connected> <failed>`; the parent sends
+/// `STOP <sent>`; the worker drains and prints
+/// `RESULT <cpu_ticks> <received> <closed_early> v:c,v:c…`.
+struct Workers {
+    children: Vec<std::process::Child>,
+    stdins: Vec<std::process::ChildStdin>,
+    /// Lines the workers print, read by one thread per worker.
+    lines: flume::Receiver<String>,
+    /// The workers' CPU ticks when publishing started.
+    ticks_at_start: Vec<u64>,
+}
+
+impl Workers {
+    fn spawn(args: &Args, count: usize, share: usize) -> anyhow::Result<Workers> {
+        let exe = std::env::current_exe()?;
+        let (tx, lines) = flume::unbounded();
+        let mut children = Vec::new();
+        let mut stdins = Vec::new();
+        for k in 1..count {
+            let mut child = std::process::Command::new(&exe)
+                .args(["--addr", &args.addr.to_string(), "--connections", &share.to_string()])
+                .args(["--publishers", "0", "--sources", &args.sources.to_string()])
+                .args([
+                    "--worker-index",
+                    &k.to_string(),
+                    "--max-drain",
+                    &args.max_drain.to_string(),
+                ])
+                .args(["--connect-concurrency", &args.connect_concurrency.to_string()])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()?;
+            stdins.push(child.stdin.take().ok_or_else(|| anyhow::anyhow!("worker stdin"))?);
+            let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("worker stdout"))?;
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+                for line in lines.map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+            children.push(child);
+        }
+        Ok(Workers { children, stdins, lines, ticks_at_start: Vec::new() })
+    }
+
+    /// Records the workers' CPU time at the start of the measured phase.
+    fn mark_cpu(&mut self) {
+        self.ticks_at_start =
+            self.children.iter().map(|c| proc_cpu_ticks(c.id()).unwrap_or(0)).collect();
+    }
+
+    async fn next_line(&self) -> anyhow::Result<String> {
+        self.lines.recv_async().await.map_err(|_| anyhow::anyhow!("a worker exited early"))
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<(usize, usize)> {
+        let (mut connected, mut failed) = (0, 0);
+        for _ in 0..self.children.len() {
+            let line = self.next_line().await?;
+            let mut f = line.split_whitespace().skip(1).map(|x| x.parse::<usize>().unwrap_or(0));
+            connected += f.next().unwrap_or(0);
+            failed += f.next().unwrap_or(0);
+        }
+        Ok((connected, failed))
+    }
+
+    async fn stop(&mut self, sent: u64) -> anyhow::Result<Vec<WorkerResult>> {
+        for stdin in &mut self.stdins {
+            std::io::Write::write_all(stdin, format!("STOP {sent}\n").as_bytes())?;
+        }
+        let mut results = Vec::new();
+        for _ in 0..self.children.len() {
+            let line = self.next_line().await?;
+            let mut f = line.split_whitespace().skip(1);
+            let cpu_ticks = f.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+            let received = f.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+            let closed_early = f.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+            let latencies = f
+                .next()
+                .unwrap_or("")
+                .split(',')
+                .filter_map(|pair| pair.split_once(':'))
+                .filter_map(|(v, c)| Some((v.parse().ok()?, c.parse().ok()?)))
+                .collect();
+            results.push(WorkerResult { cpu_ticks, received, closed_early, latencies });
+        }
+        for child in &mut self.children {
+            let _ = child.wait();
+        }
+        Ok(results)
+    }
+}
+
+/// A worker process: its connections are up; report, wait for `STOP <sent>`, drain, report.
+async fn run_as_worker(
+    totals: &Totals,
+    hist: &RefCell<Histogram>,
+    stop: &Cell<bool>,
+    args: &Args,
+) -> anyhow::Result<()> {
+    println!("READY {} {}", totals.connected.get(), totals.failed.get());
+    let (tx, rx) = flume::bounded::<String>(1);
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        if std::io::stdin().read_line(&mut line).is_ok() {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx.recv_async().await.unwrap_or_default();
+    let sent: u64 = line.split_whitespace().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+    drain(totals, sent * totals.connected.get() as u64, args.max_drain).await;
+    stop.set(true);
+    let pairs: Vec<String> = {
+        let h = hist.borrow();
+        h.iter_recorded()
+            .map(|v| format!("{}:{}", v.value_iterated_to(), v.count_at_value()))
+            .collect()
+    };
+    let cpu_ticks = proc_cpu_ticks(std::process::id()).unwrap_or(0);
+    println!(
+        "RESULT {cpu_ticks} {} {} {}",
+        totals.received.get(),
+        totals.closed_early.get(),
+        pairs.join(",")
+    );
+    Ok(())
+}
+
 async fn connect(
     addr: SocketAddr,
     source: Option<std::net::IpAddr>,
@@ -435,7 +633,6 @@ async fn receive(
     stream: TcpStream,
     outbox: flume::Receiver<Vec<u8>>,
     pongs: flume::Sender<Vec<u8>>,
-    start: Instant,
     totals: &Totals,
     hist: &RefCell<Histogram>,
     stop: &Cell<bool>,
@@ -469,7 +666,7 @@ async fn receive(
             match opcode {
                 0x1 => {
                     if let Some(ts) = timestamp_of(payload) {
-                        let now = start.elapsed().as_nanos() as u64;
+                        let now = unix_nanos();
                         hist.borrow_mut().saturating_record((now.saturating_sub(ts) / 1000).max(1));
                         totals.received.set(totals.received.get() + 1);
                     }
@@ -507,6 +704,13 @@ fn parse_frame(buf: &[u8]) -> Option<(u8, &[u8], usize)> {
 
 fn client_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
     corecast::frame::encode_masked(out, opcode, true, payload, [0x12, 0x34, 0x56, 0x78]);
+}
+
+/// Wall-clock nanoseconds: send times cross process boundaries in a multi-process run.
+fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// VmRSS of a process in bytes.
