@@ -443,18 +443,28 @@ async fn serve(shard: &Rc<Shard>, conn: &Rc<Conn>, stream: &mut TcpStream) {
         match step {
             Step::Done => return,
             Step::Progress => {
-                let events = std::mem::take(&mut *conn.pending_events.borrow_mut());
-                for event in events {
-                    if shard.bus.publish(event).await.is_err() {
-                        conn.begin_close(shard, close_code::GOING_AWAY, "server shutting down");
-                        break;
-                    }
+                if !conn.pending_events.borrow().is_empty() {
+                    // Boxed: its state exists only while events are on their way, not in
+                    // every idle connection's task.
+                    Box::pin(publish_pending(shard, conn)).await;
                 }
                 if conn.dirty.get() {
                     conn.flush_now();
                 }
                 glommio::yield_if_needed().await;
             }
+        }
+    }
+}
+
+/// Publishes the events the reader decoded, in order; waits when a shard inbox is full
+/// (this client's reads pause meanwhile, nobody else's).
+async fn publish_pending(shard: &Shard, conn: &Rc<Conn>) {
+    let events = std::mem::take(&mut *conn.pending_events.borrow_mut());
+    for event in events {
+        if shard.bus.publish(event).await.is_err() {
+            conn.begin_close(shard, close_code::GOING_AWAY, "server shutting down");
+            return;
         }
     }
 }
