@@ -41,27 +41,28 @@ fn throughput(c: &mut Criterion) {
     group.bench_function("flume_bounded", |b| {
         let (tx, rx) = flume::bounded::<Arc<Delivery>>(8192);
         let consumer = std::thread::spawn(move || while rx.recv().is_ok() {});
-        b.iter(|| {
-            for _ in 0..BATCH {
-                tx.send(d.clone()).expect("consumer alive");
-            }
-        });
+        send_batches(b, &d, |x| tx.send(x).expect("consumer alive"));
         drop(tx);
         consumer.join().expect("consumer thread");
     });
     group.bench_function("std_sync_channel", |b| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<Delivery>>(8192);
         let consumer = std::thread::spawn(move || while rx.recv().is_ok() {});
-        b.iter(|| {
-            for _ in 0..BATCH {
-                tx.send(d.clone()).expect("consumer alive");
-            }
-        });
+        send_batches(b, &d, |x| tx.send(x).expect("consumer alive"));
         drop(tx);
         consumer.join().expect("consumer thread");
     });
     group.finish();
     latency_histogram();
+}
+
+/// Times `BATCH` sends per iteration (a consumer thread drains the other end).
+fn send_batches(b: &mut criterion::Bencher<'_>, d: &Arc<Delivery>, send: impl Fn(Arc<Delivery>)) {
+    b.iter(|| {
+        for _ in 0..BATCH {
+            send(d.clone());
+        }
+    });
 }
 
 /// One hop at a time (the receiver is parked between messages): p50/p99/p99.9.
