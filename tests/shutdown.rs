@@ -1,7 +1,6 @@
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
-    time::Duration,
 };
 
 use crate::support::*;
@@ -58,14 +57,10 @@ async fn sigterm_closes_clients_with_1001_and_exits_0() {
         assert_eq!(u16::from(frame.code), 1001, "{}", c.user);
     }
     drop(clients);
-    let exit = within(WAIT, "process exits", async {
-        loop {
-            if let Some(status) = child.0.try_wait().unwrap() {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let mut process = std::mem::replace(&mut child.0, Command::new("true").spawn().unwrap());
+    let exit = within(WAIT, "process exits", tokio::task::spawn_blocking(move || process.wait()))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(exit.code(), Some(0), "clean exit");
 }
