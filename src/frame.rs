@@ -254,26 +254,6 @@ impl FrameDecoder {
         };
         Ok(Some((frame, payload_end)))
     }
-
-    /// How many bytes the frame starting at `buf` will occupy in total, once its
-    /// header is complete; `None` while the header itself is incomplete. Used to
-    /// reserve the per-connection partial buffer exactly once.
-    pub fn frame_len_hint(buf: &[u8]) -> Option<usize> {
-        if buf.len() < 2 {
-            return None;
-        }
-        let short_len = (buf[1] & 0x7F) as usize;
-        match short_len {
-            126 if buf.len() >= 4 => Some(8 + u16::from_be_bytes([buf[2], buf[3]]) as usize),
-            127 if buf.len() >= 10 => {
-                let mut raw = [0u8; 8];
-                raw.copy_from_slice(&buf[2..10]);
-                usize::try_from(u64::from_be_bytes(raw)).ok().map(|n| n.saturating_add(14))
-            }
-            126 | 127 => None,
-            n => Some(6 + n),
-        }
-    }
 }
 
 /// Unmasks `payload`, which starts `offset` bytes into a frame's payload.
@@ -383,7 +363,8 @@ mod tests {
         for len in [126usize, 65535, 65536, 100_000] {
             let payload = vec![b'x'; len];
             let mut wire = masked(0x1, true, &payload);
-            assert_eq!(FrameDecoder::frame_len_hint(&wire), Some(wire.len()));
+            let h = decoder.decode_header(&wire).unwrap().unwrap();
+            assert_eq!(h.payload_start + h.payload_len, wire.len());
             let (frame, _) = decoder.decode(&mut wire, 0).unwrap().unwrap();
             assert_eq!(frame.payload_end - frame.payload_start, len);
             assert!(wire[frame.payload_start..frame.payload_end].iter().all(|&b| b == b'x'));

@@ -194,7 +194,12 @@ impl Inbound {
             }
             if used < data.len() {
                 let rest = &data[used..];
-                let want = FrameDecoder::frame_len_hint(rest).unwrap_or(0).max(rest.len());
+                // Reserve the whole frame once; its header (when complete) passed the limits.
+                let frame_len = match decoder.decode_header(rest) {
+                    Ok(Some(h)) => h.payload_start + h.payload_len,
+                    _ => 0,
+                };
+                let want = frame_len.max(rest.len());
                 self.partial.reserve_exact(want);
                 self.partial.extend_from_slice(rest);
                 self.partial_checked = 0;
