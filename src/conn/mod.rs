@@ -319,10 +319,8 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream) -> Option<Rc<Conn>> 
     let peer = stream.peer_addr().ok();
     let deadline = shard.cfg.handshake_timeout.0;
     let Some(_pending) = shard.try_begin_handshake(peer) else {
-        ShardStats::add(&shard.stats().rejected_handshakes, 1);
-        debug!(shard = %shard.id, ?peer, "too many pending handshakes: 503");
         let rejection = handshake::Rejection { status: 503, reason: "too many pending handshakes" };
-        let _ = write_and_close(stream, &handshake::rejection_response(rejection)).await;
+        refuse(shard, stream, peer, rejection).await;
         return None;
     };
     let handshake = read_request(shard, stream).or(async {
@@ -347,9 +345,7 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream) -> Option<Rc<Conn>> 
             return None;
         }
         Request::Reject(rejection) => {
-            ShardStats::add(&shard.stats().rejected_handshakes, 1);
-            debug!(shard = %shard.id, ?peer, status = rejection.status, cause = rejection.reason, "request rejected");
-            let _ = write_and_close(stream, &handshake::rejection_response(rejection)).await;
+            refuse(shard, stream, peer, rejection).await;
             return None;
         }
     };
@@ -361,10 +357,7 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream) -> Option<Rc<Conn>> 
         None
     };
     if let Some(reason) = unavailable {
-        ShardStats::add(&shard.stats().rejected_handshakes, 1);
-        debug!(shard = %shard.id, ?peer, cause = reason, "upgrade refused with 503");
-        let rejection = handshake::Rejection { status: 503, reason };
-        let _ = write_and_close(stream, &handshake::rejection_response(rejection)).await;
+        refuse(shard, stream, peer, handshake::Rejection { status: 503, reason }).await;
         return None;
     }
 
@@ -418,6 +411,18 @@ async fn read_request(
             return Ok((request, leftover));
         }
     }
+}
+
+/// Answers a request that will not be upgraded with an HTTP error status, and counts it.
+async fn refuse(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    peer: Option<std::net::SocketAddr>,
+    rejection: handshake::Rejection,
+) {
+    ShardStats::add(&shard.stats().rejected_handshakes, 1);
+    debug!(shard = %shard.id, ?peer, status = rejection.status, cause = rejection.reason, "request refused");
+    let _ = write_and_close(stream, &handshake::rejection_response(rejection)).await;
 }
 
 async fn write_and_close(stream: &mut TcpStream, response: &[u8]) -> std::io::Result<()> {
