@@ -125,12 +125,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let me = args.worker_index.unwrap_or(0);
     // This process's receivers: an equal share, the remainder on the parent (worker 0).
     let share = args.connections / worker_count;
-    let my_receivers = if me == 0 && args.worker_index.is_none() {
+    let my_receivers = if args.worker_index.is_none() {
         args.connections - share * (worker_count - 1)
     } else {
         args.connections
     };
-    let total_conns = my_receivers + args.publishers;
+    let local_conns = my_receivers + args.publishers;
+    // Every process's connections together.
+    let total_conns = args.connections + args.publishers;
     let mut workers =
         if worker_count > 1 { Some(Workers::spawn(&args, worker_count, share)?) } else { None };
 
@@ -164,7 +166,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let gate = Rc::new(glommio::sync::Semaphore::new(args.connect_concurrency as u64));
     let mut publishers = Vec::new();
     let mut tasks = Vec::new();
-    for i in 0..total_conns {
+    for i in 0..local_conns {
         let publisher = i < args.publishers;
         let user = if publisher { format!("pub-{me}-{i}") } else { format!("load-{me}-{i}") };
         let (tx, rx) = flume::bounded::<Vec<u8>>(1024);
@@ -194,7 +196,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             receive(stream, rx, tx, &totals, &hist, &stop).await;
         }));
     }
-    while totals.connected.get() + totals.failed.get() < total_conns {
+    while totals.connected.get() + totals.failed.get() < local_conns {
         Timer::new(Duration::from_millis(10)).await;
     }
     if args.worker_index.is_some() {
@@ -206,7 +208,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         totals.connected.set(totals.connected.get() + connected);
         totals.failed.set(totals.failed.get() + failed);
     }
-    let total_conns = args.connections + args.publishers;
     let connect_secs = connect_started.elapsed().as_secs_f64();
     eprintln!(
         "connected {} of {} in {:.2}s ({:.0}/s), {} failed",
