@@ -390,6 +390,8 @@ config_options! {
     socket_send_buffer: ByteSize = ByteSize(0), env = "CORECAST_SOCKET_SEND_BUFFER";
     /// Capacity, in events, of each shard's inbox from the bus. A full inbox makes publishers wait.
     inbox_capacity: Count = 8192, env = "CORECAST_INBOX_CAPACITY";
+    /// Most sockets written per io_uring submission when a shard flushes (one `io_uring_enter` carries that many non-blocking sends; rounded up to a power of two, at most 4096); 0 = one sendmsg(2) syscall per socket. Falls back to sendmsg if io_uring is unavailable.
+    send_batch: Count = 256, env = "CORECAST_SEND_BATCH";
     /// io_uring registered memory per shard. Sockets never use it; keep small (locked memory, tuning/).
     io_memory: ByteSize = ByteSize(64 << 10), env = "CORECAST_IO_MEMORY";
 }

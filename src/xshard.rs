@@ -94,6 +94,11 @@ pub struct ShardStats {
     pub protocol_closes: AtomicU64,
     /// Bytes queued for sockets but not yet written, sampled every heartbeat tick.
     pub queued_bytes: AtomicU64,
+    /// Socket writes submitted through the shard's io_uring (0 when sends are plain
+    /// `sendmsg` calls).
+    pub batched_sends: AtomicU64,
+    /// `io_uring_enter` calls that carried those writes.
+    pub send_batches: AtomicU64,
 }
 
 impl ShardStats {

@@ -2,15 +2,33 @@ use std::collections::HashMap;
 
 use crate::support::*;
 
+/// Through io_uring batches of 8 sends (so a flush pass spans many submissions and
+/// chunk boundaries fall inside it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_broadcast_through_io_uring_batches() {
+    let health = seed_broadcast_reaches_every_client_once_in_order(8).await;
+    let batched = health["batched_sends"].as_u64().unwrap();
+    let batches = health["send_batches"].as_u64().unwrap();
+    assert!(batched >= 200, "writes went through io_uring ({batched})");
+    assert!(batches * 8 >= batched && batches > 1, "{batched} sends in {batches} batches");
+}
+
+/// With io_uring off: one `sendmsg` per socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_broadcast_with_one_sendmsg_per_socket() {
+    let health = seed_broadcast_reaches_every_client_once_in_order(0).await;
+    assert_eq!(health["batched_sends"], 0);
+}
+
 /// 200 seed-mode clients spread over both shards; 20 of them each send 10 messages.
 /// Every client receives all 200 messages exactly once, each sender's in the order sent,
 /// as `{"sender": user_id, "text": ...}` (the Python design's wire format).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed_broadcast_reaches_every_client_once_in_order() {
+/// Returns the node's `/healthz` afterwards.
+async fn seed_broadcast_reaches_every_client_once_in_order(send_batch: usize) -> serde_json::Value {
     const CLIENTS: usize = 200;
     const SENDERS: usize = 20;
     const PER_SENDER: usize = 10;
-    let server = TestServer::start(|_| {});
+    let server = TestServer::start(|c| c.send_batch = send_batch);
 
     let mut clients = Vec::with_capacity(CLIENTS);
     for i in 0..CLIENTS {
@@ -66,6 +84,7 @@ async fn seed_broadcast_reaches_every_client_once_in_order() {
         assert!(next_from.values().all(|&n| n == PER_SENDER), "{user} got every message");
     }
     drop(sinks);
+    server.health().await
 }
 
 async fn read_all(

@@ -271,6 +271,15 @@ impl Conn {
         self.wake();
     }
 
+    /// Whether a flush pass may write this connection's queue now (it is dirty, has
+    /// bytes, and its task is not itself waiting for the socket).
+    pub fn batch_writable(&self) -> bool {
+        self.dirty.get()
+            && !self.write_blocked.get()
+            && self.phase.get() != Phase::Abort
+            && !self.out.borrow().is_empty()
+    }
+
     /// Writes what the socket takes now; on a full socket hands over to the task.
     pub fn flush_now(&self) {
         self.dirty.set(false);

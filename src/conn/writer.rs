@@ -77,6 +77,27 @@ impl OutQueue {
         n
     }
 
+    /// Frames queued (the first may be partly written).
+    pub fn frame_count(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Appends a copy of the unwritten bytes (at most [`MAX_IOVECS`] frames) to `out`.
+    pub fn copy_into(&self, out: &mut Vec<u8>) {
+        for (i, frame) in self.frames.iter().take(MAX_IOVECS).enumerate() {
+            let start = if i == 0 { self.head_written } else { 0 };
+            out.extend_from_slice(&frame[start..]);
+        }
+    }
+
+    /// Appends the unwritten bytes to `out` as slices, in order (at most [`MAX_IOVECS`]).
+    pub fn extend_iovecs<'a>(&'a self, out: &mut Vec<IoSlice<'a>>) {
+        for (i, frame) in self.frames.iter().take(MAX_IOVECS).enumerate() {
+            let start = if i == 0 { self.head_written } else { 0 };
+            out.push(IoSlice::new(&frame[start..]));
+        }
+    }
+
     /// Records that `written` bytes went out.
     pub fn advance(&mut self, mut written: usize) {
         self.bytes -= written;

@@ -96,6 +96,11 @@ pub struct Shard {
     pub hub: RefCell<Hub>,
     /// Connections with queued frames that the next [`flush_dirty`](Self::flush_dirty) writes.
     pub dirty: RefCell<Vec<Rc<Conn>>>,
+    /// The io_uring that carries a flush pass's sends in batches (`None`: one `sendmsg`
+    /// per socket, by configuration or because io_uring could not be set up).
+    send_ring: RefCell<Option<sys::SendRing>>,
+    /// Where a flush pass coalesces each socket's small frames into one buffer.
+    send_staging: RefCell<Vec<u8>>,
     /// Read buffer shared by every connection of the shard (borrowed only inside a poll).
     pub scratch: RefCell<Box<[u8]>>,
     /// simd-json's parse buffers, reused for every v1 command.
@@ -177,9 +182,22 @@ impl Shard {
         self.stats().connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Writes every dirty connection once (all its queued frames in one `sendmsg`).
+    /// Writes every dirty connection once (all its queued frames in one send): through
+    /// the shard's io_uring, [`send_batch`](Config::send_batch) sockets per
+    /// `io_uring_enter`, or with one `sendmsg` each.
     pub fn flush_dirty(&self) {
         let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+        let mut ring = self.send_ring.borrow_mut();
+        if let Some(r) = ring.as_mut()
+            && let Err(e) =
+                flush_batched(r, &mut self.send_staging.borrow_mut(), &dirty, self.stats())
+        {
+            // Entries a failed ring still holds could point at released frames: the ring
+            // is never submitted to again.
+            warn!(shard = %self.id, cause = %e, "io_uring send batch failed; using sendmsg from now on");
+            *ring = None;
+        }
+        drop(ring);
         for conn in &dirty {
             if conn.dirty.get() {
                 conn.flush_now();
@@ -207,7 +225,7 @@ impl Shard {
                 r#"{{"status":"{}","shard":{},"shards":{},"connections":{},"max_connections":{},"#,
                 r#""connections_per_shard":[{}],"upgrades":{},"rejected_handshakes":{},"messages_in":{},"#,
                 r#""deliveries":{},"slow_consumer_closes":{},"heartbeat_timeouts":{},"protocol_closes":{},"#,
-                r#""queued_bytes":{},"rss_bytes":{}}}"#
+                r#""queued_bytes":{},"batched_sends":{},"send_batches":{},"rss_bytes":{}}}"#
             ),
             if self.shutting_down.get() { "draining" } else { "ok" },
             self.id,
@@ -223,9 +241,88 @@ impl Shard {
             s.total(|x| &x.heartbeat_timeouts),
             s.total(|x| &x.protocol_closes),
             s.total(|x| &x.queued_bytes),
+            s.total(|x| &x.batched_sends),
+            s.total(|x| &x.send_batches),
             sys::process_rss_bytes().unwrap_or(0),
         )
     }
+}
+
+/// Largest queue that [`flush_batched`] copies into one contiguous buffer: a few small
+/// frames are cheaper to copy once and hand the kernel as one `send` than as a
+/// `sendmsg` with an iovec per frame (the kernel copies the bytes either way).
+const COALESCE_MAX_BYTES: usize = 16 << 10;
+
+/// Writes the dirty connections' queues through `ring` in batches and records what each
+/// send wrote; [`Conn::flush_now`] then finishes each one's job. Connections the batch
+/// skips (their task waits for the socket) stay marked dirty.
+///
+/// A queue of several frames, up to [`COALESCE_MAX_BYTES`], is copied into `staging` so
+/// that every socket gets a single-buffer send, as uWebSockets' cork buffer does.
+fn flush_batched(
+    ring: &mut sys::SendRing,
+    staging: &mut Vec<u8>,
+    dirty: &[Rc<Conn>],
+    stats: &ShardStats,
+) -> std::io::Result<()> {
+    let mut results = Vec::new();
+    for chunk in dirty.chunks(ring.capacity()) {
+        // A connection can be on the list twice (flushed by its task, then dirtied
+        // again): clearing `dirty` as it is picked keeps it to one send per pass.
+        let ready: Vec<&Rc<Conn>> =
+            chunk.iter().filter(|c| c.batch_writable()).inspect(|c| c.dirty.set(false)).collect();
+        if ready.is_empty() {
+            continue;
+        }
+        let queues: Vec<_> = ready.iter().map(|c| c.out.borrow()).collect();
+        // First every copy (the staging buffer must not move once slices point into it).
+        staging.clear();
+        let staged: Vec<Option<std::ops::Range<usize>>> = queues
+            .iter()
+            .map(|q| {
+                (q.frame_count() > 1 && q.bytes() <= COALESCE_MAX_BYTES).then(|| {
+                    let start = staging.len();
+                    q.copy_into(staging);
+                    start..staging.len()
+                })
+            })
+            .collect();
+        let mut slices = Vec::with_capacity(queues.len());
+        let mut spans = Vec::with_capacity(queues.len());
+        for (q, staged) in queues.iter().zip(&staged) {
+            let start = slices.len();
+            match staged {
+                Some(range) => slices.push(std::io::IoSlice::new(&staging[range.clone()])),
+                None => q.extend_iovecs(&mut slices),
+            }
+            spans.push(start..slices.len());
+        }
+        let jobs: Vec<sys::SendJob<'_>> =
+            ready.iter().zip(&spans).map(|(c, span)| (c.fd, &slices[span.clone()])).collect();
+        let outcome = ring.send_all(&jobs, &mut results);
+        ShardStats::add(&stats.batched_sends, jobs.len() as u64);
+        ShardStats::add(&stats.send_batches, jobs.len().div_ceil(ring.capacity()) as u64);
+        drop(jobs);
+        drop(slices);
+        drop(queues);
+        for (conn, result) in ready.iter().zip(&results) {
+            if let Ok(written) = result {
+                conn.out.borrow_mut().advance(*written);
+            }
+        }
+        // What the batch did not finish: a closing connection whose queue is now empty,
+        // a short write, `EAGAIN` or an error; `flush_now` handles each (a syscall only
+        // where bytes remain).
+        for conn in &ready {
+            conn.flush_now();
+        }
+        outcome?;
+    }
+    // A burst of large queues must not pin a large buffer for the shard's lifetime.
+    if staging.capacity() > 4 << 20 {
+        *staging = Vec::new();
+    }
+    Ok(())
 }
 
 impl Shard {
@@ -252,6 +349,8 @@ impl Shard {
             conns: RefCell::new(Slab::new()),
             hub: RefCell::new(Hub::new()),
             dirty: RefCell::new(Vec::new()),
+            send_ring: RefCell::new(None),
+            send_staging: RefCell::new(Vec::new()),
             scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
             json_buffers: RefCell::new(JsonBuffers(simd_json::Buffers::new(SCRATCH_BYTES))),
             bus,
@@ -334,6 +433,15 @@ pub async fn run(parts: ShardParts) {
     } = parts;
     let listener = sys::glommio_listener(listener);
     let shard = Shard::new(id, shard_count, cfg, bus, stats, budget, pending_budget);
+    // The ring is set up on this thread: it is its only submitter.
+    if shard.cfg.send_batch > 0 {
+        match sys::SendRing::new(shard.cfg.send_batch.min(4096) as u32) {
+            Ok(ring) => *shard.send_ring.borrow_mut() = Some(ring),
+            Err(e) => {
+                warn!(shard = %id, cause = %e, "io_uring unavailable; one sendmsg per socket")
+            }
+        }
+    }
     let accept = glommio::spawn_local(listener::run(shard.clone(), listener));
     let fanout = glommio::spawn_local(inbox::run(shard.clone(), inbox));
     let heartbeat = glommio::spawn_local(heartbeat::run(shard.clone()));
