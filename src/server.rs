@@ -162,6 +162,7 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
         let started = LocalExecutorBuilder::new(Placement::Fixed(cpus[i]))
             .name(&format!("shard-{i}"))
             .io_memory(cfg.io_memory.0)
+            .preempt_timer(shard::PREEMPT_TIMER)
             .spawn(move || shard::run(parts));
         match started {
             Ok(handle) => shards.push(handle),

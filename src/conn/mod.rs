@@ -205,7 +205,7 @@ impl Conn {
 
     fn mark_dirty(self: &Rc<Self>, shard: &Shard) {
         if !self.dirty.replace(true) {
-            shard.dirty.borrow_mut().push(self.clone());
+            shard.dirty.borrow_mut().push_back(self.clone());
         }
     }
 

@@ -1,8 +1,15 @@
 //! The shard end of the bus: drains deliveries and fans them out to local connections.
 //!
 //! Runs on: its shard. Upstream: the bus (any thread) via the shard's bounded inbox.
-//! Downstream: connection queues, then one [`Shard::flush_dirty`] pass per batch, so
-//! that frames arriving together for one socket leave in one write.
+//! Downstream: connection queues, then a flush pass over the dirty connections, so that
+//! frames arriving together for one socket leave in one write.
+//!
+//! A pass over 10,000 sockets takes milliseconds, so it goes a slice at a time
+//! ([`FLUSH_SLICE`] sockets). Between slices the task lets the executor run (when its
+//! preemption timer says so: a publisher's read, the reactor), then takes in what arrived
+//! meanwhile: a new event joins the queues of the sockets this pass has not reached yet
+//! instead of waiting for the whole pass to end. Sockets already written go to the back
+//! of the list, so every event reaches every socket within about one pass.
 //!
 //! Each delivery's frames (`Bytes`, atomic refcount) are wrapped in one `Rc` here and
 //! every local connection clones that `Rc` (non-atomic): no payload copy, no encoding,
@@ -18,21 +25,34 @@ use crate::xshard::{Delivery, Route, ShardInbox, ShardStats};
 /// under load, small enough to bound the latency of the first delivery of the batch.
 const MAX_BATCH: usize = 1024;
 
+/// Sockets written between two looks at the inbox.
+pub(super) const FLUSH_SLICE: usize = 256;
+
 /// Runs until the bus side of the inbox is gone.
 pub(super) async fn run(shard: Rc<Shard>, inbox: ShardInbox) {
     while let Ok(first) = inbox.recv_async().await {
-        let mut delivered = fan_out(&shard, &first);
+        let delivered = fan_out(&shard, &first);
         drop(first);
-        for _ in 1..MAX_BATCH {
-            match inbox.try_recv() {
-                Ok(next) => delivered += fan_out(&shard, &next),
-                Err(_) => break,
-            }
+        ShardStats::add(&shard.stats().deliveries, delivered + take_in(&shard, &inbox));
+        while shard.flush_some(FLUSH_SLICE) {
+            glommio::yield_if_needed().await;
+            ShardStats::add(&shard.stats().deliveries, take_in(&shard, &inbox));
         }
-        shard.flush_dirty();
-        ShardStats::add(&shard.stats().deliveries, delivered);
         glommio::yield_if_needed().await;
     }
+}
+
+/// Fans out what is waiting in the inbox, at most [`MAX_BATCH`] deliveries; returns how
+/// many connections took them.
+fn take_in(shard: &Shard, inbox: &ShardInbox) -> u64 {
+    let mut delivered = 0;
+    for _ in 0..MAX_BATCH {
+        match inbox.try_recv() {
+            Ok(next) => delivered += fan_out(shard, &next),
+            Err(_) => break,
+        }
+    }
+    delivered
 }
 
 /// Queues one delivery on every local connection it is for; returns how many took it.

@@ -21,7 +21,7 @@ mod listener;
 
 use std::{
     cell::{Cell, RefCell},
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
     os::fd::OwnedFd,
     rc::Rc,
@@ -81,6 +81,11 @@ pub struct ShardParts {
     pub pending_budget: Arc<ConnectionBudget>,
 }
 
+/// How long a shard's tasks run before the executor polls for I/O again. The inbox
+/// task's flush pass yields at this rate, so a publisher's message read mid-pass joins
+/// the pass (glommio's default, 100 ms, would make it wait for the next one).
+pub const PREEMPT_TIMER: Duration = Duration::from_millis(2);
+
 /// Per-core state. See the module docs.
 #[derive(Debug)]
 pub struct Shard {
@@ -95,7 +100,7 @@ pub struct Shard {
     /// User and topic indexes.
     pub hub: RefCell<Hub>,
     /// Connections with queued frames that the next [`flush_dirty`](Self::flush_dirty) writes.
-    pub dirty: RefCell<Vec<Rc<Conn>>>,
+    pub dirty: RefCell<VecDeque<Rc<Conn>>>,
     /// The io_uring that carries a flush pass's sends in batches (`None`: one `sendmsg`
     /// per socket, by configuration or because io_uring could not be set up).
     send_ring: RefCell<Option<sys::SendRing>>,
@@ -182,15 +187,25 @@ impl Shard {
         self.stats().connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Writes every dirty connection once (all its queued frames in one send): through
-    /// the shard's io_uring, [`send_batch`](Config::send_batch) sockets per
-    /// `io_uring_enter`, or with one `sendmsg` each.
+    /// Writes every dirty connection once (all its queued frames in one send).
     pub fn flush_dirty(&self) {
-        let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+        while self.flush_some(usize::MAX) {}
+    }
+
+    /// Writes the first `max` connections of the dirty list (all queued frames of each in
+    /// one send): through the shard's io_uring, [`send_batch`](Config::send_batch)
+    /// sockets per `io_uring_enter`, or with one `sendmsg` each. Returns whether
+    /// connections are still waiting.
+    pub fn flush_some(&self, max: usize) -> bool {
+        let slice: Vec<Rc<Conn>> = {
+            let mut list = self.dirty.borrow_mut();
+            let n = max.min(list.len());
+            list.drain(..n).collect()
+        };
         let mut ring = self.send_ring.borrow_mut();
         if let Some(r) = ring.as_mut()
             && let Err(e) =
-                flush_batched(r, &mut self.send_staging.borrow_mut(), &dirty, self.stats())
+                flush_batched(r, &mut self.send_staging.borrow_mut(), &slice, self.stats())
         {
             // Entries a failed ring still holds could point at released frames: the ring
             // is never submitted to again.
@@ -198,18 +213,17 @@ impl Shard {
             *ring = None;
         }
         drop(ring);
-        for conn in &dirty {
+        for conn in &slice {
             if conn.dirty.get() {
                 conn.flush_now();
             }
         }
-        // Give the (now empty) vector's capacity back for the next pass.
         let mut list = self.dirty.borrow_mut();
-        if list.is_empty() {
-            let mut dirty = dirty;
-            dirty.clear();
-            *list = dirty;
+        if list.is_empty() && list.capacity() > 1 << 16 {
+            // A one-off burst must not pin a large list for the shard's lifetime.
+            *list = VecDeque::new();
         }
+        !list.is_empty()
     }
 
     /// The `/healthz` body: node-wide counters.
@@ -348,7 +362,7 @@ impl Shard {
             pending_budget,
             conns: RefCell::new(Slab::new()),
             hub: RefCell::new(Hub::new()),
-            dirty: RefCell::new(Vec::new()),
+            dirty: RefCell::new(VecDeque::new()),
             send_ring: RefCell::new(None),
             send_staging: RefCell::new(Vec::new()),
             scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
@@ -384,7 +398,8 @@ impl Shard {
 
     /// Forgets every queued frame and the dirty list (benchmarks of a detached shard).
     pub fn discard_queued(&self) {
-        for conn in self.dirty.borrow_mut().drain(..) {
+        let drained: Vec<Rc<Conn>> = self.dirty.borrow_mut().drain(..).collect();
+        for conn in drained {
             conn.dirty.set(false);
             conn.out.borrow_mut().drop_unstarted();
         }
