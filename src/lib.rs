@@ -16,7 +16,9 @@
 //!       ▼ shard 0 inbox (flume, bounded)            ▼ shard 1 inbox …
 //!  shard::inbox: Rc<frame> per shard → hub lookup → conn::writer queues (Rc clones)
 //!       │
-//!       ▼ Shard::flush_dirty: one sendmsg per socket per pass, all queued frames in it
+//!       ▼ flush pass (shard::inbox + Shard::flush_some): one send per socket with all its
+//!         queued frames, 256 sockets per io_uring_enter (sys::SendRing), new events
+//!         taken in between slices
 //!  listener (SO_REUSEPORT, per shard) → conn::run: handshake → serve → close
 //! ```
 //!

@@ -163,6 +163,7 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
             .name(&format!("shard-{i}"))
             .io_memory(cfg.io_memory.0)
             .preempt_timer(shard::PREEMPT_TIMER)
+            .ring_depth(shard::RING_DEPTH)
             .spawn(move || shard::run(parts));
         match started {
             Ok(handle) => shards.push(handle),

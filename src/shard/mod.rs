@@ -86,6 +86,15 @@ pub struct ShardParts {
 /// the pass (glommio's default, 100 ms, would make it wait for the next one).
 pub const PREEMPT_TIMER: Duration = Duration::from_millis(2);
 
+/// Entries of each of the shard executor's io_uring rings (glommio's default is 128).
+/// Every idle connection keeps a readiness poll in the main ring, and glommio cancels
+/// and re-arms a timer there on every turn of its loop; the kernel finds the request to
+/// cancel by walking one bucket of a hash table whose size grows with the ring (up to
+/// 256 buckets). With 128 entries, 10,000 sockets meant ~200 µs per cancel (measured:
+/// 1.7% of the core at 20 k deliveries/s); with 4,096, the table has its full size.
+/// Costs about 1 MiB of kernel memory per shard.
+pub const RING_DEPTH: usize = 4096;
+
 /// Per-core state. See the module docs.
 #[derive(Debug)]
 pub struct Shard {
