@@ -1,6 +1,7 @@
 //! The last hop: a flush pass writing one 66-byte frame to each of N loopback TCP sockets,
 //! with one `sendmsg(2)` per socket vs one `io_uring_enter` per 256 sends
-//! ([`corecast::sys::SendRing`], what a shard does with `--send-batch 256`).
+//! ([`corecast::sys::SendRing`] with the sockets in its registered-file table, what a
+//! shard does with `--send-batch 256`).
 //!
 //! Measures the sender's CPU for N = 100 and 1,000 sockets, which on loopback includes
 //! the receiver's TCP processing (it runs in the sender's softirq). Leaves out: the
@@ -66,7 +67,10 @@ fn flush_pass(c: &mut Criterion) {
                 timed
             })
         });
-        let mut ring = SendRing::new(256).expect("io_uring");
+        let mut ring = SendRing::new(256, u32::MAX).expect("io_uring");
+        for &fd in &fds {
+            ring.register_socket(fd);
+        }
         let jobs: Vec<sys::SendJob<'_>> = fds.iter().map(|&fd| (fd, &slice[..])).collect();
         let mut results = Vec::with_capacity(n);
         group.bench_with_input(BenchmarkId::new("io_uring_256", n), &n, |b, _| {

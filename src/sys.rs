@@ -86,6 +86,10 @@ pub struct SendRing {
     /// One `msghdr` per multi-slice job of the current batch; never reallocated while
     /// the kernel may read it.
     headers: Vec<libc::msghdr>,
+    /// Which fds are in the ring's registered-file table, at the slot of the same
+    /// number (empty when the kernel refused the table): their sends skip the per-call
+    /// file lookup and reference count.
+    registered: Vec<bool>,
 }
 
 impl std::fmt::Debug for SendRing {
@@ -100,13 +104,48 @@ impl SendRing {
     ///
     /// # Errors
     /// `io_uring_setup` failed (old kernel, `kernel.io_uring_disabled`, seccomp).
-    pub fn new(entries: u32) -> io::Result<SendRing> {
+    ///
+    /// `files` slots are reserved for [`register_socket`](Self::register_socket) (fds
+    /// below that number; capped by the open-files limit). 0, or a kernel that refuses
+    /// the table, means every send looks its fd up.
+    pub fn new(entries: u32, files: u32) -> io::Result<SendRing> {
         let ring = io_uring::IoUring::builder()
             .setup_single_issuer()
             .setup_coop_taskrun()
             .setup_submit_all()
             .build(entries.max(1))?;
-        Ok(SendRing { ring, headers: Vec::new() })
+        let files = u64::from(files).min(open_files_limit()) as u32;
+        let registered = if files > 0 && ring.submitter().register_files_sparse(files).is_ok() {
+            vec![false; files as usize]
+        } else {
+            Vec::new()
+        };
+        Ok(SendRing { ring, headers: Vec::new(), registered })
+    }
+
+    /// Puts a socket in the registered-file table (slot = its fd number). Returns false
+    /// when it stays a plain fd (no table, fd beyond it, or the kernel refused). The
+    /// table holds a reference to the socket: [`unregister_socket`](Self::unregister_socket)
+    /// must run before the fd is closed, or the socket outlives its close.
+    pub fn register_socket(&mut self, fd: RawFd) -> bool {
+        let Some(slot) = usize::try_from(fd).ok().filter(|&i| i < self.registered.len()) else {
+            return false;
+        };
+        if !self.registered[slot] {
+            self.registered[slot] =
+                self.ring.submitter().register_files_update(slot as u32, &[fd]).is_ok();
+        }
+        self.registered[slot]
+    }
+
+    /// Takes a socket out of the registered-file table (before its fd is closed).
+    pub fn unregister_socket(&mut self, fd: RawFd) {
+        if is_registered(&self.registered, fd) {
+            // On failure the slot keeps its reference until the ring is dropped; it is
+            // not used for sends again.
+            let _ = self.ring.submitter().register_files_update(fd as u32, &[-1]);
+            self.registered[fd as usize] = false;
+        }
     }
 
     /// Sends per submission.
@@ -137,25 +176,36 @@ impl SendRing {
             {
                 let mut sq = self.ring.submission();
                 for (i, (fd, bufs)) in chunk.iter().enumerate() {
-                    let entry = if let [one] = bufs {
-                        io_uring::opcode::Send::new(
-                            io_uring::types::Fd(*fd),
-                            one.as_ptr(),
-                            one.len().min(u32::MAX as usize) as u32,
-                        )
-                        .flags(flags)
-                        .build()
+                    // One entry shape for a registered slot and for a plain fd (two types).
+                    macro_rules! entry_for {
+                        ($target:expr) => {
+                            if let [one] = bufs {
+                                io_uring::opcode::Send::new(
+                                    $target,
+                                    one.as_ptr(),
+                                    one.len().min(u32::MAX as usize) as u32,
+                                )
+                                .flags(flags)
+                                .build()
+                            } else {
+                                // SAFETY: all-zero is a valid `msghdr` (null name, no
+                                // control data).
+                                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                                msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+                                msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
+                                self.headers.push(msg);
+                                let header =
+                                    self.headers.last().map_or(std::ptr::null(), |h| h as *const _);
+                                io_uring::opcode::SendMsg::new($target, header)
+                                    .flags(flags as u32)
+                                    .build()
+                            }
+                        };
+                    }
+                    let entry = if is_registered(&self.registered, *fd) {
+                        entry_for!(io_uring::types::Fixed(*fd as u32))
                     } else {
-                        // SAFETY: all-zero is a valid `msghdr` (null name, no control data).
-                        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-                        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-                        msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
-                        self.headers.push(msg);
-                        let header =
-                            self.headers.last().map_or(std::ptr::null(), |h| h as *const _);
-                        io_uring::opcode::SendMsg::new(io_uring::types::Fd(*fd), header)
-                            .flags(flags as u32)
-                            .build()
+                        entry_for!(io_uring::types::Fd(*fd))
                     };
                     // SAFETY: the entry points at `bufs` (IoSlice is ABI-compatible with
                     // iovec) and at `self.headers`, which was reserved for the whole chunk
@@ -189,6 +239,21 @@ impl SendRing {
         }
         Ok(())
     }
+}
+
+/// Whether `fd` has a slot in a [`SendRing`]'s registered-file table.
+fn is_registered(registered: &[bool], fd: RawFd) -> bool {
+    usize::try_from(fd).ok().and_then(|i| registered.get(i)).copied().unwrap_or(false)
+}
+
+/// The soft open-files limit (file descriptors are below it).
+pub fn open_files_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid, writable `rlimit` for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    lim.rlim_cur
 }
 
 /// Sets `SO_SNDBUF` on an accepted socket (the kernel doubles the value).
@@ -266,9 +331,10 @@ mod tests {
 
     #[test]
     fn send_ring_reports_each_job_in_order() {
-        let mut ring = SendRing::new(2).unwrap();
+        let mut ring = SendRing::new(2, 1 << 14).unwrap();
         let (a, mut a_peer) = UnixStream::pair().unwrap();
         let (b, mut b_peer) = UnixStream::pair().unwrap();
+        assert!(ring.register_socket(b.as_raw_fd()), "one of them sends through a fixed slot");
         let (gone, gone_peer) = UnixStream::pair().unwrap();
         drop(gone_peer);
         let (full, _full_peer) = UnixStream::pair().unwrap();
@@ -297,5 +363,11 @@ mod tests {
         assert_eq!(&got[..5], b"hello");
         b_peer.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"abcdef");
+
+        // Unregistered before it is closed, the socket really closes: the peer sees EOF.
+        ring.unregister_socket(b.as_raw_fd());
+        drop(b);
+        b_peer.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        assert_eq!(b_peer.read(&mut got).unwrap(), 0, "EOF after unregister + close");
     }
 }

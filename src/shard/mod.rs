@@ -174,6 +174,9 @@ impl Shard {
 
     /// Adds a connection to the table and the user index.
     pub fn register(&self, conn: &Rc<Conn>) {
+        if let Some(ring) = self.send_ring.borrow_mut().as_mut() {
+            ring.register_socket(conn.fd);
+        }
         let id = ConnId(self.conns.borrow_mut().insert(conn.clone()) as u32);
         conn.id.set(id);
         self.hub.borrow_mut().add_user_conn(&conn.user, id);
@@ -193,6 +196,10 @@ impl Shard {
             }
         }
         self.conns.borrow_mut().try_remove(id.0 as usize);
+        // Before the socket closes: the ring's file table holds a reference to it.
+        if let Some(ring) = self.send_ring.borrow_mut().as_mut() {
+            ring.unregister_socket(conn.fd);
+        }
         self.stats().connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -459,7 +466,8 @@ pub async fn run(parts: ShardParts) {
     let shard = Shard::new(id, shard_count, cfg, bus, stats, budget, pending_budget);
     // The ring is set up on this thread: it is its only submitter.
     if shard.cfg.send_batch > 0 {
-        match sys::SendRing::new(shard.cfg.send_batch.min(4096) as u32) {
+        // Every fd below the open-files limit gets a registered-file slot.
+        match sys::SendRing::new(shard.cfg.send_batch.min(4096) as u32, u32::MAX) {
             Ok(ring) => *shard.send_ring.borrow_mut() = Some(ring),
             Err(e) => {
                 warn!(shard = %id, cause = %e, "io_uring unavailable; one sendmsg per socket")
