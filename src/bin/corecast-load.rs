@@ -124,6 +124,20 @@ struct Stats {
     hist: Histogram,
 }
 
+impl Stats {
+    fn new() -> Stats {
+        Stats {
+            connected: 0,
+            failed: 0,
+            first_error: None,
+            received: 0,
+            sent: 0,
+            closed_early: 0,
+            hist: new_histogram(),
+        }
+    }
+}
+
 /// This process's sockets and the loop that serves them.
 struct Load {
     poll: Poll,
@@ -339,15 +353,7 @@ impl Load {
             conns: Vec::new(),
             pending_out: Vec::new(),
             scratch: vec![0; SCRATCH],
-            stats: Stats {
-                connected: 0,
-                failed: 0,
-                first_error: None,
-                received: 0,
-                sent: 0,
-                closed_early: 0,
-                hist: new_histogram(),
-            },
+            stats: Stats::new(),
             stopping: false,
             total_conns,
             progress,
@@ -1015,15 +1021,7 @@ mod tests {
             b"hb",
         ));
         for cut in 0..wire.len() {
-            let mut stats = Stats {
-                connected: 0,
-                failed: 0,
-                first_error: None,
-                received: 0,
-                sent: 0,
-                closed_early: 0,
-                hist: new_histogram(),
-            };
+            let mut stats = Stats::new();
             let (mut out, mut partial) = (Vec::new(), Vec::new());
             let used = consume_frames(&wire[..cut], 5_000_000, &mut stats, &mut out);
             partial.extend_from_slice(&wire[used..cut]);
