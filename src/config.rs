@@ -390,7 +390,7 @@ config_options! {
     socket_send_buffer: ByteSize = ByteSize(0), env = "CORECAST_SOCKET_SEND_BUFFER";
     /// Capacity, in events, of each shard's inbox from the bus. A full inbox makes publishers wait.
     inbox_capacity: Count = 8192, env = "CORECAST_INBOX_CAPACITY";
-    /// Most sockets written per io_uring submission when a shard flushes (one `io_uring_enter` carries that many non-blocking sends; rounded up to a power of two, at most 4096); 0 = one sendmsg(2) syscall per socket. Falls back to sendmsg if io_uring is unavailable.
+    /// Most sockets written per io_uring submission when a shard flushes (one `io_uring_enter` carries that many non-blocking sends; rounded up to a power of two; at most 4096); 0 = one sendmsg(2) syscall per socket. Falls back to sendmsg if io_uring is unavailable.
     send_batch: Count = 256, env = "CORECAST_SEND_BATCH";
     /// io_uring registered memory per shard. Sockets never use it; keep small (locked memory, tuning/).
     io_memory: ByteSize = ByteSize(64 << 10), env = "CORECAST_IO_MEMORY";
@@ -432,6 +432,9 @@ impl Config {
         }
         if self.outbound_queue_limit.0 < 4096 {
             return bad("outbound_queue_limit must be at least 4KiB".into());
+        }
+        if self.send_batch > 4096 {
+            return bad("send_batch must be at most 4096 (0 turns io_uring sends off)".into());
         }
         if self.ping_interval.enabled().is_some() && self.pong_timeout.enabled().is_none() {
             return bad("pong_timeout cannot be off while ping_interval is on".into());
@@ -536,5 +539,7 @@ mod tests {
         assert!(err.to_string().contains("pong_timeout"), "{err}");
         let err = Config::from_arg_list(["corecast", "--listen", "nope"]).unwrap_err();
         assert!(err.to_string().contains("ADDR:PORT"), "{err}");
+        let err = Config::from_arg_list(["corecast", "--send-batch", "5000"]).unwrap_err();
+        assert!(err.to_string().contains("send_batch"), "{err}");
     }
 }

@@ -467,7 +467,7 @@ pub async fn run(parts: ShardParts) {
     // The ring is set up on this thread: it is its only submitter.
     if shard.cfg.send_batch > 0 {
         // Every fd below the open-files limit gets a registered-file slot.
-        match sys::SendRing::new(shard.cfg.send_batch.min(4096) as u32, u32::MAX) {
+        match sys::SendRing::new(shard.cfg.send_batch as u32, u32::MAX) {
             Ok(ring) => *shard.send_ring.borrow_mut() = Some(ring),
             Err(e) => {
                 warn!(shard = %id, cause = %e, "io_uring unavailable; one sendmsg per socket")
