@@ -66,12 +66,20 @@ impl OutQueue {
         self.release_if_idle();
     }
 
+    /// The unwritten bytes of the first [`MAX_IOVECS`] frames, in order (the head frame
+    /// without what already went out).
+    fn unwritten(&self) -> impl Iterator<Item = &[u8]> {
+        self.frames.iter().take(MAX_IOVECS).enumerate().map(|(i, frame)| {
+            let start = if i == 0 { self.head_written } else { 0 };
+            &frame[start..]
+        })
+    }
+
     /// Fills `iov` with the unwritten bytes, in order; returns how many slices it used.
     pub fn iovecs<'a>(&'a self, iov: &mut [IoSlice<'a>; MAX_IOVECS]) -> usize {
         let mut n = 0;
-        for (i, frame) in self.frames.iter().take(MAX_IOVECS).enumerate() {
-            let start = if i == 0 { self.head_written } else { 0 };
-            iov[i] = IoSlice::new(&frame[start..]);
+        for (slot, bytes) in iov.iter_mut().zip(self.unwritten()) {
+            *slot = IoSlice::new(bytes);
             n += 1;
         }
         n
@@ -84,18 +92,12 @@ impl OutQueue {
 
     /// Appends a copy of the unwritten bytes (at most [`MAX_IOVECS`] frames) to `out`.
     pub fn copy_into(&self, out: &mut Vec<u8>) {
-        for (i, frame) in self.frames.iter().take(MAX_IOVECS).enumerate() {
-            let start = if i == 0 { self.head_written } else { 0 };
-            out.extend_from_slice(&frame[start..]);
-        }
+        self.unwritten().for_each(|bytes| out.extend_from_slice(bytes));
     }
 
     /// Appends the unwritten bytes to `out` as slices, in order (at most [`MAX_IOVECS`]).
     pub fn extend_iovecs<'a>(&'a self, out: &mut Vec<IoSlice<'a>>) {
-        for (i, frame) in self.frames.iter().take(MAX_IOVECS).enumerate() {
-            let start = if i == 0 { self.head_written } else { 0 };
-            out.push(IoSlice::new(&frame[start..]));
-        }
+        out.extend(self.unwritten().map(IoSlice::new));
     }
 
     /// Records that `written` bytes went out.
