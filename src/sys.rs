@@ -13,11 +13,7 @@ use std::{io, io::IoSlice, os::fd::RawFd};
 /// # Errors
 /// The `getrlimit`/`setrlimit` error.
 pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: `lim` is a valid, writable `rlimit` for the duration of the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let mut lim = get_rlimit(libc::RLIMIT_NOFILE)?;
     if lim.rlim_cur < lim.rlim_max {
         let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
         // SAFETY: `raised` is a valid `rlimit`; raising the soft limit up to the hard limit
@@ -34,11 +30,7 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
 /// # Errors
 /// The `getrlimit` error.
 pub fn memlock_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: `lim` is a valid, writable `rlimit` for the duration of the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let lim = get_rlimit(libc::RLIMIT_MEMLOCK)?;
     Ok(if lim.rlim_cur == libc::RLIM_INFINITY { u64::MAX } else { lim.rlim_cur })
 }
 
@@ -246,14 +238,19 @@ fn is_registered(registered: &[bool], fd: RawFd) -> bool {
     usize::try_from(fd).ok().and_then(|i| registered.get(i)).copied().unwrap_or(false)
 }
 
-/// The soft open-files limit (file descriptors are below it).
-pub fn open_files_limit() -> u64 {
+/// The soft open-files limit (file descriptors are below it); 1024 if it cannot be read.
+fn open_files_limit() -> u64 {
+    get_rlimit(libc::RLIMIT_NOFILE).map_or(1024, |lim| lim.rlim_cur)
+}
+
+/// One resource limit of this process.
+fn get_rlimit(resource: libc::__rlimit_resource_t) -> io::Result<libc::rlimit> {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `lim` is a valid, writable `rlimit` for the duration of the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return 1024;
+    if unsafe { libc::getrlimit(resource, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
     }
-    lim.rlim_cur
+    Ok(lim)
 }
 
 /// Sets `SO_SNDBUF` on an accepted socket (the kernel doubles the value).
