@@ -3,7 +3,7 @@
 //! Runs on: the main thread, which only waits for signals; the shards run on their own
 //! pinned threads.
 
-use std::process::ExitCode;
+use std::{io::IsTerminal, process::ExitCode};
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 use corecast::config::{Config, ConfigArgs};
@@ -32,7 +32,11 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // Logs go to stderr; colour only when a person reads them (a terminal), never into a
+    // file or a journal.
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -82,6 +82,9 @@ pub struct SendRing {
     /// number (empty when the kernel refused the table): their sends skip the per-call
     /// file lookup and reference count.
     registered: Vec<bool>,
+    /// A submission failed part-way: entries may still point at buffers the caller has
+    /// since released, so the ring refuses every further [`send_all`](Self::send_all).
+    poisoned: bool,
 }
 
 impl std::fmt::Debug for SendRing {
@@ -112,7 +115,7 @@ impl SendRing {
         } else {
             Vec::new()
         };
-        Ok(SendRing { ring, headers: Vec::new(), registered })
+        Ok(SendRing { ring, headers: Vec::new(), registered, poisoned: false })
     }
 
     /// Puts a socket in the registered-file table (slot = its fd number). Returns false
@@ -151,13 +154,32 @@ impl SendRing {
     /// (`WouldBlock` when the socket is full).
     ///
     /// # Errors
-    /// `io_uring_enter` itself failed; `results` then holds what completed.
+    /// `io_uring_enter` itself failed; `results` then holds what completed. The ring is
+    /// then unusable: every later call fails at once without touching the kernel (entries
+    /// left in it could point at buffers released since), so the caller falls back to
+    /// plain `sendmsg`.
     pub fn send_all(
         &mut self,
         jobs: &[SendJob<'_>],
         results: &mut Vec<io::Result<usize>>,
     ) -> io::Result<()> {
         results.clear();
+        if self.poisoned {
+            return Err(io::Error::other("io_uring send ring unusable after an earlier failure"));
+        }
+        // Cleared only when every chunk completed.
+        self.poisoned = true;
+        self.submit_chunks(jobs, results)?;
+        self.poisoned = false;
+        Ok(())
+    }
+
+    /// The body of [`send_all`](Self::send_all).
+    fn submit_chunks(
+        &mut self,
+        jobs: &[SendJob<'_>],
+        results: &mut Vec<io::Result<usize>>,
+    ) -> io::Result<()> {
         let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
         let capacity = self.capacity();
         for (chunk_no, chunk) in jobs.chunks(capacity).enumerate() {
@@ -310,17 +332,6 @@ pub fn current_cpu() -> Option<usize> {
     usize::try_from(cpu).ok()
 }
 
-/// Hands a connected std `TcpStream` to the current glommio executor (the load tool binds
-/// source addresses with socket2, which glommio's own `connect` cannot). Must run inside
-/// a glommio executor.
-pub fn glommio_stream(stream: std::net::TcpStream) -> std::io::Result<glommio::net::TcpStream> {
-    use std::os::fd::{FromRawFd, IntoRawFd};
-    stream.set_nonblocking(true)?;
-    // SAFETY: `stream` is an owned, open, connected TCP socket; `into_raw_fd` gives up
-    // ownership, which the glommio stream takes over (it closes the fd on drop).
-    Ok(unsafe { glommio::net::TcpStream::from_raw_fd(stream.into_raw_fd()) })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,5 +377,26 @@ mod tests {
         drop(b);
         b_peer.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
         assert_eq!(b_peer.read(&mut got).unwrap(), 0, "EOF after unregister + close");
+    }
+
+    /// After `io_uring_enter` fails, the ring refuses to be used again (its queue may
+    /// still hold entries pointing at buffers the caller released).
+    #[test]
+    fn a_failed_ring_refuses_further_batches() {
+        use std::os::fd::AsRawFd as _;
+        let mut ring = SendRing::new(2, 0).unwrap();
+        let (a, _a_peer) = UnixStream::pair().unwrap();
+        let one = [IoSlice::new(b"x")];
+        let jobs: [SendJob<'_>; 1] = [(a.as_raw_fd(), &one)];
+        // Point the ring's descriptor at /dev/null: io_uring_enter then fails.
+        let null = std::fs::File::open("/dev/null").unwrap();
+        // SAFETY: both descriptors are open and owned by this test; dup2 atomically makes
+        // the ring's number refer to /dev/null (the ring's mappings stay valid).
+        assert!(unsafe { libc::dup2(null.as_raw_fd(), ring.ring.as_raw_fd()) } >= 0);
+        let mut results = Vec::new();
+        assert!(ring.send_all(&jobs, &mut results).is_err(), "enter on /dev/null fails");
+        let again = ring.send_all(&jobs, &mut results).unwrap_err();
+        assert!(again.to_string().contains("unusable"), "{again}");
+        assert!(results.is_empty(), "nothing was attempted");
     }
 }

@@ -117,3 +117,18 @@ async fn read_all(
     .await;
     (user, got)
 }
+
+/// A client that sends its first frame in the same TCP write as its upgrade request gets
+/// that frame handled: bytes after the request head belong to the WebSocket stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_frame_in_the_upgrade_write_is_delivered() {
+    let server = TestServer::start(|_| {});
+    let mut bystander = connect(server.addr, "bystander", false).await;
+    let frame = client_frame(0x1, true, b"sent with the request");
+    let mut early = RawClient::upgrade_sending(server.addr, "early", None, &frame).await;
+    let got = early.next_frame().await.expect("a frame before EOF");
+    assert_eq!(got.opcode, 0x1);
+    let json: serde_json::Value = serde_json::from_slice(&got.payload).unwrap();
+    assert_eq!(json, serde_json::json!({"sender": "early", "text": "sent with the request"}));
+    assert_eq!(bystander.recv_json().await["text"], "sent with the request");
+}

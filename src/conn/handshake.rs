@@ -92,6 +92,14 @@ fn decide(req: &httparse::Request<'_, '_>, policy: Policy<'_>) -> Request {
     if req.method != Some("GET") {
         return reject(405, "only GET is supported");
     }
+    // RFC 7230 §5.4 (and RFC 6455 §4.2.1, item 2): exactly one Host header.
+    let count =
+        |name: &str| req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).count();
+    match count("host") {
+        1 => {}
+        0 => return reject(400, "missing Host header"),
+        _ => return reject(400, "more than one Host header"),
+    }
     if path == "/healthz" {
         return Request::Health;
     }
@@ -118,6 +126,10 @@ fn decide(req: &httparse::Request<'_, '_>, policy: Policy<'_>) -> Request {
     }
     if header("sec-websocket-version").map(str::trim) != Some("13") {
         return reject(426, "unsupported Sec-WebSocket-Version; 13 required");
+    }
+    // RFC 6455 §4.2.1, item 5: one key; two keys are two answers the client cannot tell apart.
+    if count("sec-websocket-key") > 1 {
+        return reject(400, "more than one Sec-WebSocket-Key header");
     }
     let Some(key) = header("sec-websocket-key").map(str::trim).filter(|k| is_valid_key(k)) else {
         return reject(400, "missing or malformed Sec-WebSocket-Key");
@@ -255,6 +267,13 @@ mod tests {
         assert_eq!(status(req(&GOOD.replace("GET", "POST"))), 405);
         let many: String = (0..MAX_HEADERS + 1).map(|i| format!("\nX-{i}: y")).collect();
         assert_eq!(status(req(&format!("{GOOD}{many}"))), 431);
+        assert_eq!(status(req(&GOOD.replace("Host: x\n", ""))), 400, "no Host");
+        assert_eq!(status(req(&format!("{GOOD}\nHost: y"))), 400, "two Hosts");
+        assert_eq!(
+            status(req(&format!("{GOOD}\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA=="))),
+            400,
+            "two keys"
+        );
         assert_eq!(req("GET /healthz HTTP/1.1\nHost: x"), Request::Health);
         assert_eq!(req("GET /healthz?x=1 HTTP/1.1\nHost: x"), Request::Health);
         assert_eq!(status(parse(b"\x00\x01garbage\r\n\r\n").unwrap().0), 400);

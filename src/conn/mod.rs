@@ -445,15 +445,23 @@ enum Step {
     Progress,
     /// The connection is finished.
     Done,
+    /// Nothing handled yet: poll the socket.
+    Poll,
 }
 
 async fn serve(shard: &Rc<Shard>, conn: &Rc<Conn>, stream: &mut TcpStream) {
     let mut close_timer: Option<Timer> = None;
     let mut half_closed = false;
+    // The first step handles what the upgrade left: frames that came in the same read as
+    // the request head were decoded already, and their events must not wait for more input.
+    let mut step = Step::Progress;
     loop {
-        let step =
-            poll_fn(|cx| poll_step(shard, conn, stream, cx, &mut close_timer, &mut half_closed))
-                .await;
+        if !matches!(step, Step::Progress) || conn.phase.get() == Phase::Abort {
+            step = poll_fn(|cx| {
+                poll_step(shard, conn, stream, cx, &mut close_timer, &mut half_closed)
+            })
+            .await;
+        }
         match step {
             Step::Done => return,
             Step::Progress => {
@@ -466,7 +474,9 @@ async fn serve(shard: &Rc<Shard>, conn: &Rc<Conn>, stream: &mut TcpStream) {
                     conn.flush_now();
                 }
                 glommio::yield_if_needed().await;
+                step = Step::Poll;
             }
+            Step::Poll => {}
         }
     }
 }

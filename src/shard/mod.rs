@@ -15,6 +15,7 @@
 //! put the connection on the `dirty` list; [`Shard::flush_dirty`] then writes each dirty
 //! socket once, with all its queued frames in one `sendmsg`.
 
+mod health;
 mod heartbeat;
 mod inbox;
 mod listener;
@@ -244,37 +245,8 @@ impl Shard {
 
     /// The `/healthz` body: node-wide counters.
     pub fn health_json(&self) -> String {
-        let s = &self.node_stats;
-        let per_shard: Vec<String> = s
-            .shards
-            .iter()
-            .map(|x| x.connections.load(std::sync::atomic::Ordering::Relaxed).to_string())
-            .collect();
-        format!(
-            concat!(
-                r#"{{"status":"{}","shard":{},"shards":{},"connections":{},"max_connections":{},"#,
-                r#""connections_per_shard":[{}],"upgrades":{},"rejected_handshakes":{},"messages_in":{},"#,
-                r#""deliveries":{},"slow_consumer_closes":{},"heartbeat_timeouts":{},"protocol_closes":{},"#,
-                r#""queued_bytes":{},"batched_sends":{},"send_batches":{},"rss_bytes":{}}}"#
-            ),
-            if self.shutting_down.get() { "draining" } else { "ok" },
-            self.id,
-            self.shard_count,
-            self.budget.used(),
-            self.budget.max(),
-            per_shard.join(","),
-            s.total(|x| &x.upgrades),
-            s.total(|x| &x.rejected_handshakes),
-            s.total(|x| &x.messages_in),
-            s.total(|x| &x.deliveries),
-            s.total(|x| &x.slow_consumer_closes),
-            s.total(|x| &x.heartbeat_timeouts),
-            s.total(|x| &x.protocol_closes),
-            s.total(|x| &x.queued_bytes),
-            s.total(|x| &x.batched_sends),
-            s.total(|x| &x.send_batches),
-            sys::process_rss_bytes().unwrap_or(0),
-        )
+        health::Health::read(self.id, self.shutting_down.get(), &self.node_stats, &self.budget)
+            .to_json()
     }
 }
 

@@ -218,12 +218,25 @@ impl ServerFrame {
 impl RawClient {
     /// Connects and upgrades as `user`, with an optional receive buffer size.
     pub async fn upgrade(addr: SocketAddr, user: &str, recv_buffer: Option<u32>) -> RawClient {
+        RawClient::upgrade_sending(addr, user, recv_buffer, b"").await
+    }
+
+    /// Like [`upgrade`](Self::upgrade), with `first_bytes` (frames) in the same TCP write
+    /// as the request.
+    pub async fn upgrade_sending(
+        addr: SocketAddr,
+        user: &str,
+        recv_buffer: Option<u32>,
+        first_bytes: &[u8],
+    ) -> RawClient {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         if let Some(size) = recv_buffer {
             socket.set_recv_buffer_size(size).unwrap();
         }
         let mut stream = within(WAIT, "tcp connect", socket.connect(addr)).await.unwrap();
-        stream.write_all(upgrade_request(user).as_bytes()).await.unwrap();
+        let mut request = upgrade_request(user).into_bytes();
+        request.extend_from_slice(first_bytes);
+        stream.write_all(&request).await.unwrap();
         let mut client = RawClient { stream, buf: Vec::new() };
         within(WAIT, "101 response", async {
             loop {

@@ -1,0 +1,106 @@
+//! The `/healthz` document: node-wide counters as one JSON object.
+//!
+//! Runs on: whichever shard accepted the HTTP request; it reads every shard's counters
+//! (relaxed atomics in `xshard::NodeStats`), so the answer is the node's, not the
+//! shard's. The document is a struct serialized by serde: its fields are the wire format,
+//! and a test checks them against PROTOCOL.md.
+
+use serde::Serialize;
+
+use crate::{
+    sys,
+    xshard::{ConnectionBudget, NodeStats, ShardId},
+};
+
+/// The `/healthz` body (PROTOCOL.md, "`/healthz`", documents every field).
+#[derive(Debug, Serialize)]
+pub(crate) struct Health {
+    status: &'static str,
+    shard: u16,
+    shards: usize,
+    connections: usize,
+    max_connections: usize,
+    connections_per_shard: Vec<u64>,
+    upgrades: u64,
+    rejected_handshakes: u64,
+    messages_in: u64,
+    deliveries: u64,
+    slow_consumer_closes: u64,
+    heartbeat_timeouts: u64,
+    protocol_closes: u64,
+    queued_bytes: u64,
+    batched_sends: u64,
+    send_batches: u64,
+    rss_bytes: u64,
+}
+
+impl Health {
+    /// Reads the node's counters now; `shard` is the shard answering.
+    pub(crate) fn read(
+        shard: ShardId,
+        draining: bool,
+        stats: &NodeStats,
+        budget: &ConnectionBudget,
+    ) -> Health {
+        use std::sync::atomic::Ordering::Relaxed;
+        Health {
+            status: if draining { "draining" } else { "ok" },
+            shard: shard.0,
+            shards: stats.shards.len(),
+            connections: budget.used(),
+            max_connections: budget.max(),
+            connections_per_shard: stats
+                .shards
+                .iter()
+                .map(|s| s.connections.load(Relaxed))
+                .collect(),
+            upgrades: stats.total(|s| &s.upgrades),
+            rejected_handshakes: stats.total(|s| &s.rejected_handshakes),
+            messages_in: stats.total(|s| &s.messages_in),
+            deliveries: stats.total(|s| &s.deliveries),
+            slow_consumer_closes: stats.total(|s| &s.slow_consumer_closes),
+            heartbeat_timeouts: stats.total(|s| &s.heartbeat_timeouts),
+            protocol_closes: stats.total(|s| &s.protocol_closes),
+            queued_bytes: stats.total(|s| &s.queued_bytes),
+            batched_sends: stats.total(|s| &s.batched_sends),
+            send_batches: stats.total(|s| &s.send_batches),
+            rss_bytes: sys::process_rss_bytes().unwrap_or(0),
+        }
+    }
+
+    /// The JSON text.
+    pub(crate) fn to_json(&self) -> String {
+        // Serializing plain integers and strings into a String cannot fail.
+        serde_json::to_string(self).expect("health document serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fields PROTOCOL.md documents under "`/healthz`" are exactly the fields emitted.
+    #[test]
+    fn protocol_md_documents_exactly_the_emitted_fields() {
+        let stats = NodeStats::new(2);
+        let budget = ConnectionBudget::new(10);
+        let json: serde_json::Value =
+            serde_json::from_str(&Health::read(ShardId(1), false, &stats, &budget).to_json())
+                .expect("valid JSON");
+        let mut emitted: Vec<String> =
+            json.as_object().expect("an object").keys().cloned().collect();
+        emitted.sort();
+        let doc = include_str!("../../PROTOCOL.md");
+        let section = doc
+            .split("\n## ")
+            .find(|s| s.starts_with("`/healthz`"))
+            .expect("PROTOCOL.md has a section \"## `/healthz`\"");
+        let mut documented: Vec<String> = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split_once('`').map(|(name, _)| name.to_owned()))
+            .collect();
+        documented.sort();
+        assert_eq!(documented, emitted);
+    }
+}
