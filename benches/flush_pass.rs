@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use corecast::sys::{self, SendRing};
+use corecast::testing::{self as sys, SendRing};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 /// N connected pairs: (server side we write to, client side we drain).
@@ -45,7 +45,7 @@ fn drain(pairs: &mut [(TcpStream, TcpStream)]) {
 }
 
 fn flush_pass(c: &mut Criterion) {
-    let frame = corecast::frame::encode_text(&"x".repeat(64));
+    let frame = corecast::testing::encode_text(&"x".repeat(64));
     let mut group = c.benchmark_group("flush_pass");
     group.measurement_time(Duration::from_secs(4));
     for n in [100usize, 1000] {

@@ -15,11 +15,7 @@
 
 use std::{collections::VecDeque, hint::black_box, rc::Rc};
 
-use corecast::{
-    event::{Event, Payload},
-    frame::SharedFrame,
-    xshard::Route,
-};
+use corecast::testing::{Event, NodeId, Payload, Route, SharedFrame};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tungstenite::protocol::frame::{Frame, coding::Data, coding::OpCode};
 
@@ -37,9 +33,9 @@ fn encode_per_connection(event: &Event) -> Vec<u8> {
     let Payload::Text(text) = &event.payload else { unreachable!() };
     let mut json = String::with_capacity(96);
     json.push_str(r#"{"sender":"#);
-    corecast::event::push_json_str(&mut json, &event.sender);
+    corecast::testing::push_json_str(&mut json, &event.sender);
     json.push_str(r#","text":"#);
-    corecast::event::push_json_str(&mut json, text);
+    corecast::testing::push_json_str(&mut json, text);
     json.push('}');
     let mut out = Vec::with_capacity(json.len() + 10);
     Frame::message(json.into_bytes(), OpCode::Data(Data::Text), true)
@@ -57,7 +53,7 @@ fn fan_out(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("shared", n), &n, |b, _| {
             let ev = event();
             b.iter(|| {
-                let delivery = ev.encode();
+                let delivery = ev.encode(&NodeId("bench".into()));
                 let frame = Rc::new(delivery.seed.clone().expect("broadcast has a seed frame"));
                 for q in shared_queues.iter_mut() {
                     q.push_back(frame.clone());

@@ -15,10 +15,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use corecast::{
-    event::{Event, Payload},
-    xshard::{Delivery, Route},
-};
+use corecast::testing::{Delivery, Event, NodeId, Payload, Route};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const BATCH: usize = 10_000;
@@ -30,7 +27,7 @@ fn delivery() -> Arc<Delivery> {
             route: Route::Broadcast,
             payload: Payload::Text("x".repeat(64)),
         }
-        .encode(),
+        .encode(&NodeId("bench".into())),
     )
 }
 

@@ -11,7 +11,7 @@
 
 use crate::{
     frame,
-    xshard::{Delivery, Route},
+    xshard::{Delivery, NodeId, Route},
 };
 
 /// The body of an event.
@@ -37,8 +37,8 @@ pub struct Event {
 
 impl Event {
     /// Encodes the frames every receiver needs: the v1 frame always, the seed frame for
-    /// broadcasts. Each is built exactly once here.
-    pub fn encode(&self) -> Delivery {
+    /// broadcasts. Each is built exactly once here. `origin` is the publishing node.
+    pub fn encode(&self, origin: &NodeId) -> Delivery {
         let mut json = String::with_capacity(64 + self.payload_len());
         match &self.route {
             Route::Broadcast => json.push_str(r#"{"type":"broadcast","sender":"#),
@@ -70,7 +70,7 @@ impl Event {
             json.push('}');
             frame::encode_text(&json)
         });
-        Delivery { route: self.route.clone(), v1, seed }
+        Delivery { route: self.route.clone(), id: None, origin: origin.clone(), v1, seed }
     }
 
     fn payload_len(&self) -> usize {
@@ -111,6 +111,10 @@ pub fn push_json_str(out: &mut String, s: &str) {
 mod tests {
     use super::*;
 
+    fn node() -> NodeId {
+        NodeId("test".into())
+    }
+
     fn text_of(frame: &[u8]) -> &str {
         assert_eq!(frame[0], 0x81);
         let (len, at) = match frame[1] {
@@ -127,7 +131,7 @@ mod tests {
             route: Route::Broadcast,
             payload: Payload::Text("hi \"there\"\n".into()),
         };
-        let d = event.encode();
+        let d = event.encode(&node());
         assert_eq!(
             text_of(&d.v1),
             r#"{"type":"broadcast","sender":"alice","data":"hi \"there\"\n"}"#
@@ -145,7 +149,7 @@ mod tests {
             route: Route::Broadcast,
             payload: Payload::Text("plain é".into()),
         }
-        .encode();
+        .encode(&node());
         assert_eq!(text_of(&string.v1), r#"{"type":"broadcast","sender":"bob","data":"plain é"}"#);
         assert_eq!(text_of(string.seed.as_ref().unwrap()), r#"{"sender":"bob","text":"plain é"}"#);
         let object = Event {
@@ -153,7 +157,7 @@ mod tests {
             route: Route::Broadcast,
             payload: Payload::Json(r#"{"x":1}"#.into()),
         }
-        .encode();
+        .encode(&node());
         assert_eq!(text_of(&object.v1), r#"{"type":"broadcast","sender":"bob","data":{"x":1}}"#);
         assert_eq!(
             text_of(object.seed.as_ref().unwrap()),
@@ -168,7 +172,7 @@ mod tests {
             route: Route::Topic("news".into()),
             payload: Payload::Json("[1,2]".into()),
         }
-        .encode();
+        .encode(&node());
         assert_eq!(
             text_of(&topic.v1),
             r#"{"type":"message","topic":"news","sender":"c","data":[1,2]}"#
@@ -179,7 +183,7 @@ mod tests {
             route: Route::Direct("d".into()),
             payload: Payload::Json("null".into()),
         }
-        .encode();
+        .encode(&node());
         assert_eq!(text_of(&direct.v1), r#"{"type":"direct","sender":"c","data":null}"#);
     }
 

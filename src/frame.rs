@@ -32,7 +32,7 @@ const MAX_SERVER_HEADER: usize = 10;
 ///
 /// # Panics
 /// Never: tungstenite's header formatting writes into a `Vec`, which cannot fail.
-pub fn encode(opcode: OpCode, payload: &[u8]) -> SharedFrame {
+pub(crate) fn encode(opcode: OpCode, payload: &[u8]) -> SharedFrame {
     let mut out = Vec::with_capacity(MAX_SERVER_HEADER + payload.len());
     let header = FrameHeader { opcode, ..FrameHeader::default() };
     header.format(payload.len() as u64, &mut out).expect("writing into a Vec cannot fail");
@@ -47,7 +47,7 @@ pub fn encode_text(payload: &str) -> SharedFrame {
 
 /// Encodes a Close frame with `code` and a short `reason` (truncated to fit the
 /// 125-byte control-frame limit at a character boundary).
-pub fn encode_close(code: u16, reason: &str) -> SharedFrame {
+pub(crate) fn encode_close(code: u16, reason: &str) -> SharedFrame {
     let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {
         end -= 1;
@@ -59,31 +59,30 @@ pub fn encode_close(code: u16, reason: &str) -> SharedFrame {
 }
 
 /// Encodes a Ping or Pong control frame (payload at most 125 bytes).
-pub fn encode_control(control: Control, payload: &[u8]) -> SharedFrame {
+pub(crate) fn encode_control(control: Control, payload: &[u8]) -> SharedFrame {
     debug_assert!(payload.len() <= 125);
     encode(OpCode::Control(control), payload)
 }
 
 /// WebSocket close codes that corecast sends. Documented in `PROTOCOL.md`.
-pub mod close_code {
+pub(crate) mod close_code {
     /// Normal closure (reply to a client's close without a code).
-    pub const NORMAL: u16 = 1000;
+    pub(crate) const NORMAL: u16 = 1000;
     /// Server shutting down.
-    pub const GOING_AWAY: u16 = 1001;
+    pub(crate) const GOING_AWAY: u16 = 1001;
     /// Protocol error: unmasked frame, reserved bits/opcodes, bad fragmentation, bad close frame.
-    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub(crate) const PROTOCOL_ERROR: u16 = 1002;
     /// Binary messages are not part of either protocol.
-    pub const UNSUPPORTED_DATA: u16 = 1003;
+    pub(crate) const UNSUPPORTED_DATA: u16 = 1003;
     /// Text message that is not UTF-8.
-    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub(crate) const INVALID_PAYLOAD: u16 = 1007;
     /// Policy violation: the client did not answer heartbeats in time.
-    pub const POLICY_VIOLATION: u16 = 1008;
+    pub(crate) const POLICY_VIOLATION: u16 = 1008;
     /// Message larger than `max_message_size`.
-    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    pub(crate) const MESSAGE_TOO_BIG: u16 = 1009;
     /// Internal error on our side.
-    pub const INTERNAL_ERROR: u16 = 1011;
     /// Try again later: the client did not read its messages fast enough (slow consumer).
-    pub const TRY_AGAIN_LATER: u16 = 1013;
+    pub(crate) const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// One decoded client frame. The payload is a range into the buffer handed to
@@ -257,13 +256,13 @@ impl FrameDecoder {
 }
 
 /// Unmasks `payload`, which starts `offset` bytes into a frame's payload.
-pub fn unmask_at(payload: &mut [u8], mask: [u8; 4], offset: usize) {
+pub(crate) fn unmask_at(payload: &mut [u8], mask: [u8; 4], offset: usize) {
     let r = offset % 4;
     unmask(payload, [mask[r], mask[(r + 1) % 4], mask[(r + 2) % 4], mask[(r + 3) % 4]]);
 }
 
 /// XORs `payload` with the 4-byte client `mask`, eight bytes at a time.
-pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+pub(crate) fn unmask(payload: &mut [u8], mask: [u8; 4]) {
     let mask8 = u64::from_ne_bytes([
         mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
     ]);
@@ -320,7 +319,7 @@ pub fn decode_unmasked(buf: &[u8]) -> Option<(u8, std::ops::Range<usize>, usize)
 }
 
 /// Whether `code` may appear in a Close frame sent by a peer (RFC 6455 §7.4).
-pub fn is_valid_close_code(code: u16) -> bool {
+pub(crate) fn is_valid_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 

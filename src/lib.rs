@@ -37,19 +37,22 @@
 //! - [`fuzz_harness`]: fuzz target bodies, shared with the corpus regression test.
 //! - [`error`]: the crate error type.
 
-pub mod bus;
 pub mod config;
-pub mod conn;
 pub mod error;
-pub mod event;
-pub mod frame;
 pub mod fuzz_harness;
-pub mod hub;
-pub mod server;
-pub mod shard;
+#[doc(hidden)]
+pub mod testing;
+
+mod bus;
+mod conn;
+mod event;
+mod frame;
+mod hub;
+mod server;
+mod shard;
 #[allow(unsafe_code)]
-pub mod sys;
-pub mod xshard;
+mod sys;
+mod xshard;
 
 pub use config::Config;
 pub use error::{Error, Result};

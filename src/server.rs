@@ -4,8 +4,10 @@
 //! 1. check and raise process limits (open files, locked memory) and ignore SIGPIPE;
 //! 2. choose the CPUs (the process's affinity mask, which glommio's topology ignores);
 //! 3. bind one SO_REUSEPORT listener per shard (the first resolves port 0 for all);
-//! 4. create the shard inboxes and the bus;
-//! 5. start one glommio executor per shard, pinned, each owning its listener.
+//! 4. create the shard inboxes and start the bus thread (pinned to the last CPU), which
+//!    sequences every stream and feeds the inboxes;
+//! 5. start one glommio executor per shard, pinned, each owning its listener and its end
+//!    of the bus.
 //!
 //! Shutdown is two-phase inside each shard (`shard::run`): stop accepting and send Close
 //! 1001, then drain until `drain_timeout`; [`RunningServer::join`] returns when every shard
@@ -18,12 +20,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tracing::info;
 
 use crate::{
-    bus::{Bus, embedded::EmbeddedBus},
+    bus::{self, embedded},
     config::{Config, ShardCount},
     error::{Error, Result},
     shard::{self, ShardParts},
     sys,
-    xshard::{self, ConnectionBudget, NodeStats, ShardControl, ShardId},
+    xshard::{self, ConnectionBudget, NodeId, NodeStats, ShardControl, ShardId},
 };
 
 /// File descriptors kept free for everything that is not a client socket (listeners,
@@ -41,6 +43,8 @@ pub struct RunningServer {
     addr: SocketAddr,
     controls: Vec<flume::Sender<ShardControl>>,
     shards: Vec<ExecutorJoinHandle<()>>,
+    /// The bus thread; it ends once every shard has stopped.
+    bus: Option<std::thread::JoinHandle<()>>,
     stats: Arc<NodeStats>,
     budget: Arc<ConnectionBudget>,
 }
@@ -71,13 +75,21 @@ impl RunningServer {
     /// Waits until every shard has stopped.
     ///
     /// # Errors
-    /// [`Error::ShardPanicked`] when a shard thread panicked.
+    /// [`Error::ShardPanicked`] when a shard thread panicked, [`Error::BusPanicked`] when
+    /// the bus thread did.
     pub fn join(self) -> Result<()> {
         let mut result = Ok(());
         for (i, handle) in self.shards.into_iter().enumerate() {
             if handle.join().is_err() && result.is_ok() {
                 result = Err(Error::ShardPanicked(i));
             }
+        }
+        // Every shard has closed its bus handle: the bus thread ends.
+        if let Some(bus) = self.bus
+            && bus.join().is_err()
+            && result.is_ok()
+        {
+            result = Err(Error::BusPanicked);
         }
         result
     }
@@ -123,7 +135,8 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
     );
 
     let memlock = sys::memlock_limit()?;
-    // glommio registers its io_memory three times per executor (NOTES §8).
+    // glommio registers its io_memory three times per executor and refuses to start
+    // below 512 KiB of locked memory.
     let needed = GLOMMIO_MIN_MEMLOCK.max(3 * cfg.io_memory.0 as u64 * shard_count as u64);
     if memlock < needed {
         return Err(Error::System(format!(
@@ -137,7 +150,12 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
 
     let (addr, listeners) = bind_listeners(&cfg, shard_count)?;
     let (inbox_txs, inbox_rxs) = xshard::shard_inboxes(shard_count, cfg.inbox_capacity);
-    let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::new(inbox_txs));
+    let (bus_tx, bus_rx) = bus::command_channel(cfg.inbox_capacity);
+    // The bus thread goes on the last allowed CPU, and is spawned before the shards so it
+    // does not inherit a shard's single-CPU mask.
+    let bus_cpu = cpus.last().copied();
+    let bus_thread = embedded::spawn(bus_rx, inbox_txs, NodeId::for_this_process(), bus_cpu)
+        .map_err(|e| Error::System(format!("cannot start the bus thread: {e}")))?;
     let stats = NodeStats::new(shard_count);
     let budget = ConnectionBudget::new(max_connections);
     let pending_budget = ConnectionBudget::new(cfg.max_pending_handshakes);
@@ -149,12 +167,11 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
         controls.push(control_tx);
         let parts = ShardParts {
             id: ShardId(i as u16),
-            shard_count,
             cfg: cfg.clone(),
             listener,
             inbox,
             control: control_rx,
-            bus: bus.clone(),
+            bus: bus_tx.clone(),
             stats: stats.clone(),
             budget: budget.clone(),
             pending_budget: pending_budget.clone(),
@@ -168,15 +185,19 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
         match started {
             Ok(handle) => shards.push(handle),
             Err(e) => {
-                let partial = RunningServer { addr, controls, shards, stats, budget };
+                drop(bus_tx);
+                let bus = Some(bus_thread);
+                let partial = RunningServer { addr, controls, shards, bus, stats, budget };
                 partial.shutdown();
                 let _ = partial.join();
                 return Err(Error::ShardStart { shard: i, message: e.to_string() });
             }
         }
     }
-    info!(%addr, shards = shard_count, ?cpus, "corecast listening (embedded bus)");
-    Ok(RunningServer { addr, controls, shards, stats, budget })
+    // Only the shards hold senders now: the bus thread ends when they are gone.
+    drop(bus_tx);
+    info!(%addr, shards = shard_count, ?cpus, ?bus_cpu, "corecast listening (embedded bus)");
+    Ok(RunningServer { addr, controls, shards, bus: Some(bus_thread), stats, budget })
 }
 
 /// Binds one SO_REUSEPORT listener per shard on the configured address. The first bind

@@ -12,7 +12,7 @@ use std::{io, io::IoSlice, os::fd::RawFd};
 ///
 /// # Errors
 /// The `getrlimit`/`setrlimit` error.
-pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
+pub(crate) fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     let mut lim = get_rlimit(libc::RLIMIT_NOFILE)?;
     if lim.rlim_cur < lim.rlim_max {
         let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
@@ -29,14 +29,14 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
 ///
 /// # Errors
 /// The `getrlimit` error.
-pub fn memlock_limit() -> io::Result<u64> {
+pub(crate) fn memlock_limit() -> io::Result<u64> {
     let lim = get_rlimit(libc::RLIMIT_MEMLOCK)?;
     Ok(if lim.rlim_cur == libc::RLIM_INFINITY { u64::MAX } else { lim.rlim_cur })
 }
 
 /// Makes writes to a closed socket return `EPIPE` instead of killing the process.
 /// glommio's own `send` does not pass `MSG_NOSIGNAL`, so this must be process-wide.
-pub fn ignore_sigpipe() {
+pub(crate) fn ignore_sigpipe() {
     // SAFETY: installing SIG_IGN for SIGPIPE has no preconditions and no handler code runs.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
@@ -279,7 +279,7 @@ fn get_rlimit(resource: libc::__rlimit_resource_t) -> io::Result<libc::rlimit> {
 ///
 /// # Errors
 /// The `setsockopt` error.
-pub fn set_send_buffer(fd: RawFd, bytes: usize) -> io::Result<()> {
+pub(crate) fn set_send_buffer(fd: RawFd, bytes: usize) -> io::Result<()> {
     let value: libc::c_int = bytes.min(i32::MAX as usize) as libc::c_int;
     // SAFETY: `value` is a live c_int and its size is passed; `fd` is an open socket.
     let rc = unsafe {
@@ -309,7 +309,7 @@ fn page_size() -> u64 {
 
 /// The CPUs this process may run on, in order (respects cpusets and `taskset`,
 /// which glommio's own topology ignores).
-pub fn allowed_cpus() -> Vec<usize> {
+pub(crate) fn allowed_cpus() -> Vec<usize> {
     let mut ids: Vec<usize> =
         core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
     ids.sort_unstable();
@@ -318,7 +318,7 @@ pub fn allowed_cpus() -> Vec<usize> {
 
 /// Wraps a bound, listening socket in a glommio listener. Must run inside the shard's
 /// executor (glommio attaches it to the current reactor).
-pub fn glommio_listener(fd: std::os::fd::OwnedFd) -> glommio::net::TcpListener {
+pub(crate) fn glommio_listener(fd: std::os::fd::OwnedFd) -> glommio::net::TcpListener {
     use std::os::fd::{FromRawFd, IntoRawFd};
     // SAFETY: `fd` is an owned, open, listening TCP socket (built by `server`); ownership
     // moves into the listener, which closes it on drop. Nothing else holds the number.
@@ -326,7 +326,7 @@ pub fn glommio_listener(fd: std::os::fd::OwnedFd) -> glommio::net::TcpListener {
 }
 
 /// The CPU this thread is running on right now.
-pub fn current_cpu() -> Option<usize> {
+pub(crate) fn current_cpu() -> Option<usize> {
     // SAFETY: sched_getcpu has no preconditions.
     let cpu = unsafe { libc::sched_getcpu() };
     usize::try_from(cpu).ok()

@@ -3,11 +3,16 @@
 //! Runs on: any thread. Shard code is otherwise `Rc`/`RefCell` only; the types in this
 //! module are the exceptions, each with a reason:
 //!
-//! - [`Delivery`] (in an `Arc`) carries one event's pre-encoded frames from whoever
-//!   encoded them (a shard for the embedded bus, the Redis thread later) to every shard's
-//!   inbox. One `Arc` per event; the frames inside are [`SharedFrame`]s (`Bytes`).
-//! - [`ShardInboxes`] are bounded flume channels (lock-free on the fast path, wake a
-//!   glommio executor from a foreign thread without busy polling; NOTES §1).
+//! - [`Delivery`] (in an `Arc`, inside a [`ShardMessage`]) carries one event's
+//!   pre-encoded frames from the bus thread that sequenced and encoded it to the inbox of
+//!   every shard that wants it. One `Arc` per event; the frames inside are
+//!   [`SharedFrame`]s (`Bytes`).
+//! - [`InterestChange`]s go the other way, from a shard to the bus (inside
+//!   `bus::BusCommand`).
+//! - [`ShardInboxes`] are bounded flume channels: lock-free on the fast path, and a send
+//!   from a foreign thread wakes the glommio executor without busy polling
+//!   (`glommio::channels::shared_channel` cannot be fed from a non-glommio thread: it
+//!   panics).
 //! - [`NodeStats`] are relaxed atomics, each written by one shard only, read by
 //!   `/healthz` on any shard.
 //! - [`ConnectionBudget`] is the node-wide connection count (one atomic).
@@ -29,8 +34,9 @@ impl std::fmt::Display for ShardId {
     }
 }
 
-/// Who receives a delivery on each shard.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who receives a delivery on each shard. Each route is also one **stream**: the bus
+/// puts every stream's events in one order, which every receiver sees.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Route {
     /// Every connection of the node.
     Broadcast,
@@ -40,33 +46,90 @@ pub enum Route {
     Direct(Box<str>),
 }
 
-/// One event, encoded once per wire format, on its way to every shard.
+/// Which node published an event (stamped by the bus that sequenced it). With the
+/// embedded bus it is this node; the Redis bridge will read it from the payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeId(pub Arc<str>);
+
+impl NodeId {
+    /// An id for this process, unique across restarts on one host: process id and start
+    /// time.
+    pub fn for_this_process() -> NodeId {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        NodeId(format!("{:x}-{:x}", std::process::id(), nanos & 0xffff_ffff_ffff).into())
+    }
+}
+
+/// The position of an event in its stream: `<epoch>:<offset>`. Assigned by the bus that
+/// sequences the stream; `None` on a [`Delivery`] until a bus keeps history (recovery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EventId {
+    /// Changes whenever the stream's history was lost.
+    pub epoch: u64,
+    /// Grows by one per event of the stream.
+    pub offset: u64,
+}
+
+/// One event, encoded once per wire format, on its way to the shards that want it.
 #[derive(Debug)]
 pub struct Delivery {
     /// Which local connections get it.
     pub route: Route,
+    /// Its position in its stream, when the bus assigns one.
+    pub id: Option<EventId>,
+    /// The node whose client published it.
+    pub origin: NodeId,
     /// The frame for v1 connections (and for seed connections on a direct route).
     pub v1: SharedFrame,
     /// The seed-format frame (`{"sender","text"}`), for broadcasts only.
     pub seed: Option<SharedFrame>,
 }
 
+/// What a shard's inbox carries. Deliveries today; notices (a bus degraded or restored)
+/// and replays (recovery) join as variants, so the inbox keeps one order for all of them.
+#[derive(Debug, Clone)]
+pub(crate) enum ShardMessage {
+    /// An event for the local connections its route names.
+    Deliver(Arc<Delivery>),
+}
+
+/// Something a shard wants from the bus, or stops wanting. Sent when the first local
+/// connection needs it and when the last one leaves: per shard, never per connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Interest {
+    /// The events of a topic.
+    Topic(Box<str>),
+    /// The direct messages of a user.
+    User(Box<str>),
+}
+
+/// A change in one shard's interest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InterestChange {
+    /// The first local subscriber of a topic, or the first local connection of a user.
+    Gained(Interest),
+    /// The last one left.
+    Lost(Interest),
+}
+
 /// Sending halves of every shard's inbox, indexed by [`ShardId`]. Held by the bus.
-pub type ShardInboxes = Arc<[flume::Sender<Arc<Delivery>>]>;
+pub(crate) type ShardInboxes = Arc<[flume::Sender<ShardMessage>]>;
 
 /// Receiving half of one shard's inbox. Held by that shard's inbox task; dropping it makes
 /// the bus's sends to this shard fail with `Disconnected` (only during shutdown).
-pub type ShardInbox = flume::Receiver<Arc<Delivery>>;
+pub(crate) type ShardInbox = flume::Receiver<ShardMessage>;
 
 /// Creates one bounded inbox per shard.
-pub fn shard_inboxes(shards: usize, capacity: usize) -> (ShardInboxes, Vec<ShardInbox>) {
+pub(crate) fn shard_inboxes(shards: usize, capacity: usize) -> (ShardInboxes, Vec<ShardInbox>) {
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(capacity)).unzip();
     (txs.into(), rxs)
 }
 
 /// Commands from the main thread to a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShardControl {
+pub(crate) enum ShardControl {
     /// Stop accepting, send Close 1001 to every client, drain, then stop the executor.
     Shutdown,
 }
@@ -129,37 +192,45 @@ impl NodeStats {
 
 /// Node-wide count of WebSocket connections against `max_connections`.
 #[derive(Debug)]
-pub struct ConnectionBudget {
+pub(crate) struct ConnectionBudget {
     used: AtomicUsize,
     max: usize,
 }
 
 impl ConnectionBudget {
     /// A budget of `max` connections.
-    pub fn new(max: usize) -> Arc<ConnectionBudget> {
+    pub(crate) fn new(max: usize) -> Arc<ConnectionBudget> {
         Arc::new(ConnectionBudget { used: AtomicUsize::new(0), max })
     }
 
-    /// Takes one slot; `false` when the node is full (the caller answers 503).
-    pub fn try_acquire(&self) -> bool {
+    /// Takes one slot; `None` when the node is full (the caller answers 503). The slot
+    /// is given back when the returned guard drops.
+    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<BudgetSlot> {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1))
-            .is_ok()
-    }
-
-    /// Gives back a slot taken by [`try_acquire`](Self::try_acquire).
-    pub fn release(&self) {
-        self.used.fetch_sub(1, Ordering::AcqRel);
+            .ok()
+            .map(|_| BudgetSlot(self.clone()))
     }
 
     /// Connections currently counted.
-    pub fn used(&self) -> usize {
+    pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
     }
 
     /// The configured maximum.
-    pub fn max(&self) -> usize {
+    pub(crate) fn max(&self) -> usize {
         self.max
+    }
+}
+
+/// One slot of a [`ConnectionBudget`]; dropping it gives the slot back, so no path can
+/// forget to.
+#[derive(Debug)]
+pub struct BudgetSlot(Arc<ConnectionBudget>);
+
+impl Drop for BudgetSlot {
+    fn drop(&mut self) {
+        self.0.used.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -169,6 +240,8 @@ mod tests {
 
     const fn assert_send_sync<T: Send + Sync>() {}
     const _: () = assert_send_sync::<Delivery>();
+    const _: () = assert_send_sync::<ShardMessage>();
+    const _: () = assert_send_sync::<InterestChange>();
     const _: () = assert_send_sync::<NodeStats>();
     const _: () = assert_send_sync::<ConnectionBudget>();
     const _: () = assert_send_sync::<SharedFrame>();
@@ -176,11 +249,11 @@ mod tests {
     #[test]
     fn budget_refuses_past_max() {
         let budget = ConnectionBudget::new(2);
-        assert!(budget.try_acquire());
-        assert!(budget.try_acquire());
-        assert!(!budget.try_acquire());
-        budget.release();
-        assert!(budget.try_acquire());
+        let a = budget.try_acquire().expect("first");
+        let _b = budget.try_acquire().expect("second");
+        assert!(budget.try_acquire().is_none());
+        drop(a);
+        let _c = budget.try_acquire().expect("a dropped slot is free again");
         assert_eq!(budget.used(), 2);
     }
 }

@@ -1,44 +1,165 @@
-//! The embedded bus: single node, no Redis. An event is encoded once on the publishing
-//! shard and the resulting `Arc<Delivery>` is pushed into every shard's inbox (the
-//! publishing shard's own included, so every connection sees one order per publisher).
+//! The embedded bus: single node, no Redis. One thread sequences every stream.
 //!
-//! Runs on: the publishing shard's thread. Holds only the inbox senders (`Send + Sync`).
+//! Runs on: its own OS thread ("bus"), spawned by `server` before the shards and pinned
+//! to the last CPU the process may use (shared with a shard when there are few CPUs: it
+//! sleeps in `recv` when nothing is published). It is the single place where streams are
+//! put in order, as Redis will be for the bridge: commands from all shards arrive on one
+//! channel, and each event is encoded once and pushed, in arrival order, into the inbox
+//! of every shard that wants it. A shard's inbox is FIFO, so every shard sees every
+//! stream in the bus's order.
+//!
+//! Blocking here is the design: when a shard's inbox is full, the thread waits for that
+//! shard (which drains its inbox without ever waiting on anything), and the command
+//! channel fills up behind it, which makes publishing clients wait on their shards.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc, thread::JoinHandle};
 
-use super::{Bus, BusError, PublishFuture};
-use crate::{event::Event, xshard::ShardInboxes};
+use tracing::debug;
 
-/// In-process bus over bounded flume channels, one per shard.
-#[derive(Debug, Clone)]
-pub struct EmbeddedBus {
-    /// Every shard's inbox; the shards hold the receivers.
+use super::{BusCommand, BusCommands};
+use crate::xshard::{
+    Delivery, Interest, InterestChange, NodeId, Route, ShardId, ShardInboxes, ShardMessage,
+};
+
+/// Starts the bus thread. It ends when every shard has closed its `BusHandle`.
+///
+/// # Errors
+/// The OS refused to start a thread.
+pub(crate) fn spawn(
+    commands: BusCommands,
     inboxes: ShardInboxes,
+    node: NodeId,
+    cpu: Option<usize>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("bus".into()).spawn(move || {
+        if let Some(id) = cpu {
+            core_affinity::set_for_current(core_affinity::CoreId { id });
+        }
+        let mut bus = Sequencer::new(inboxes, node);
+        while let Ok(command) = commands.recv() {
+            bus.handle(command);
+        }
+        debug!("embedded bus stopped");
+    })
 }
 
-impl EmbeddedBus {
-    /// A bus delivering into `inboxes`.
-    pub fn new(inboxes: ShardInboxes) -> EmbeddedBus {
-        EmbeddedBus { inboxes }
+/// The bus thread's state: who wants what, and where to send it.
+#[derive(Debug)]
+struct Sequencer {
+    /// Every shard's inbox, by [`ShardId`].
+    inboxes: ShardInboxes,
+    /// Topic → shards with a subscriber.
+    topics: HashMap<Box<str>, ShardSet>,
+    /// User → shards with a connection of that user.
+    users: HashMap<Box<str>, ShardSet>,
+    /// Stamped on every delivery as its origin.
+    node: NodeId,
+}
+
+/// A small set of shards (a node has a few dozen at most).
+#[derive(Debug, Default)]
+struct ShardSet(Vec<ShardId>);
+
+impl Sequencer {
+    fn new(inboxes: ShardInboxes, node: NodeId) -> Sequencer {
+        Sequencer { inboxes, topics: HashMap::new(), users: HashMap::new(), node }
+    }
+
+    fn handle(&mut self, command: BusCommand) {
+        match command {
+            BusCommand::Interest { shard, change } => self.change_interest(shard, change),
+            BusCommand::Publish(event) => {
+                let delivery: Arc<Delivery> = Arc::new(event.encode(&self.node));
+                let targets = match &delivery.route {
+                    Route::Broadcast => None,
+                    Route::Topic(topic) => Some(self.topics.get(topic)),
+                    Route::Direct(user) => Some(self.users.get(user)),
+                };
+                let message = ShardMessage::Deliver(delivery.clone());
+                match targets {
+                    None => {
+                        for inbox in self.inboxes.iter() {
+                            // Disconnected: that shard has stopped (shutdown).
+                            let _ = inbox.send(message.clone());
+                        }
+                    }
+                    Some(None) => {} // nobody on this node wants it
+                    Some(Some(shards)) => {
+                        for shard in &shards.0 {
+                            if let Some(inbox) = self.inboxes.get(shard.0 as usize) {
+                                let _ = inbox.send(message.clone());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn change_interest(&mut self, shard: ShardId, change: InterestChange) {
+        let (gained, interest) = match change {
+            InterestChange::Gained(i) => (true, i),
+            InterestChange::Lost(i) => (false, i),
+        };
+        let (map, key) = match interest {
+            Interest::Topic(t) => (&mut self.topics, t),
+            Interest::User(u) => (&mut self.users, u),
+        };
+        if gained {
+            let set = map.entry(key).or_default();
+            if !set.0.contains(&shard) {
+                set.0.push(shard);
+            }
+        } else if let Some(set) = map.get_mut(&key) {
+            set.0.retain(|s| *s != shard);
+            if set.0.is_empty() {
+                map.remove(&key);
+            }
+        }
     }
 }
 
-impl Bus for EmbeddedBus {
-    fn publish(&self, event: Event) -> PublishFuture<'_> {
-        let delivery = Arc::new(event.encode());
-        Box::pin(async move {
-            for inbox in self.inboxes.iter() {
-                match inbox.try_send(delivery.clone()) {
-                    Ok(()) => {}
-                    // Full: wait for room (this connection only); the receiving shard drains
-                    // its inbox without ever waiting on a connection, so this always ends.
-                    Err(flume::TrySendError::Full(d)) => {
-                        inbox.send_async(d).await.map_err(|_| BusError::Closed)?
-                    }
-                    Err(flume::TrySendError::Disconnected(_)) => return Err(BusError::Closed),
-                }
-            }
-            Ok(())
-        })
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, Payload};
+
+    fn publish(route: Route) -> BusCommand {
+        BusCommand::Publish(Event { sender: "s".into(), route, payload: Payload::Text("x".into()) })
+    }
+
+    fn gained(shard: u16, interest: Interest) -> BusCommand {
+        BusCommand::Interest { shard: ShardId(shard), change: InterestChange::Gained(interest) }
+    }
+
+    fn lost(shard: u16, interest: Interest) -> BusCommand {
+        BusCommand::Interest { shard: ShardId(shard), change: InterestChange::Lost(interest) }
+    }
+
+    /// Topics and direct messages go only to the shards that want them; broadcasts to all.
+    #[test]
+    fn interest_decides_which_shards_receive() {
+        let (txs, rxs) = crate::xshard::shard_inboxes(3, 16);
+        let mut bus = Sequencer::new(txs, NodeId("n".into()));
+        let topic = || Interest::Topic("t".into());
+        bus.handle(gained(1, topic()));
+        bus.handle(gained(2, Interest::User("u".into())));
+        bus.handle(publish(Route::Topic("t".into())));
+        bus.handle(publish(Route::Topic("other".into())));
+        bus.handle(publish(Route::Direct("u".into())));
+        bus.handle(publish(Route::Broadcast));
+        bus.handle(lost(1, topic()));
+        bus.handle(publish(Route::Topic("t".into())));
+        let routes = |rx: &crate::xshard::ShardInbox| -> Vec<Route> {
+            rx.try_iter()
+                .map(|ShardMessage::Deliver(d)| {
+                    assert_eq!(d.origin, NodeId("n".into()));
+                    d.route.clone()
+                })
+                .collect()
+        };
+        assert_eq!(routes(&rxs[0]), [Route::Broadcast]);
+        assert_eq!(routes(&rxs[1]), [Route::Topic("t".into()), Route::Broadcast]);
+        assert_eq!(routes(&rxs[2]), [Route::Direct("u".into()), Route::Broadcast]);
     }
 }

@@ -12,7 +12,7 @@ use crate::{
 
 /// A parsed v1 command.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
+pub(crate) enum Command {
     /// `{"op":"subscribe","topic":T}`
     Subscribe(String),
     /// `{"op":"unsubscribe","topic":T}`
@@ -37,7 +37,7 @@ pub enum Command {
 
 /// A command the server refuses; answered with `{"type":"error",...}`, connection stays open.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommandError {
+pub(crate) struct CommandError {
     /// Stable machine-readable code (PROTOCOL.md lists them).
     pub code: &'static str,
     /// Human-readable detail.
@@ -50,7 +50,7 @@ impl CommandError {
     }
 
     /// The error reply as JSON text.
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         let mut out = String::with_capacity(48 + self.message.len());
         out.push_str(r#"{"type":"error","code":"#);
         push_json_str(&mut out, self.code);
@@ -67,7 +67,10 @@ impl CommandError {
 /// # Errors
 /// [`CommandError`] with one of the codes `invalid_json`, `invalid_command`,
 /// `unknown_op`, `missing_field`, `invalid_topic`, `invalid_user`.
-pub fn parse(text: &mut [u8], buffers: &mut simd_json::Buffers) -> Result<Command, CommandError> {
+pub(crate) fn parse(
+    text: &mut [u8],
+    buffers: &mut simd_json::Buffers,
+) -> Result<Command, CommandError> {
     let value = simd_json::value::borrowed::to_value_with_buffers(text, buffers)
         .map_err(|e| CommandError::new("invalid_json", format!("not valid JSON: {e}")))?;
     if value.as_object().is_none() {
@@ -138,13 +141,13 @@ fn data_field(value: &BorrowedValue<'_>) -> Result<Payload, CommandError> {
 
 /// User ids: 1–[`MAX_USER_ID_LEN`] bytes of `[A-Za-z0-9_.-]` (so they never need escaping
 /// in JSON or a URL).
-pub fn is_valid_user_id(id: &str) -> bool {
+pub(crate) fn is_valid_user_id(id: &str) -> bool {
     (1..=MAX_USER_ID_LEN).contains(&id.len())
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// Topics: 1–[`MAX_TOPIC_LEN`] bytes of `[A-Za-z0-9_.:/-]`.
-pub fn is_valid_topic(topic: &str) -> bool {
+pub(crate) fn is_valid_topic(topic: &str) -> bool {
     (1..=MAX_TOPIC_LEN).contains(&topic.len())
         && topic
             .bytes()
@@ -152,7 +155,7 @@ pub fn is_valid_topic(topic: &str) -> bool {
 }
 
 /// `{"type":"subscribed","topic":T}` or `{"type":"unsubscribed","topic":T}`.
-pub fn ack_json(kind: &str, topic: &str) -> String {
+pub(crate) fn ack_json(kind: &str, topic: &str) -> String {
     let mut out = String::with_capacity(40 + topic.len());
     out.push_str(r#"{"type":"#);
     push_json_str(&mut out, kind);

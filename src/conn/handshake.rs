@@ -11,7 +11,7 @@ use crate::{
 
 /// What the configuration says about upgrades.
 #[derive(Debug, Clone, Copy)]
-pub struct Policy<'a> {
+pub(crate) struct Policy<'a> {
     /// The conformance echo endpoint, if enabled.
     pub echo_path: &'a EchoPath,
     /// Browser origins allowed to upgrade.
@@ -20,17 +20,17 @@ pub struct Policy<'a> {
 
 /// The user id under which echo connections are registered: not a valid user id, so no
 /// direct message can ever reach them.
-pub const ECHO_USER: &str = "~echo";
+pub(crate) const ECHO_USER: &str = "~echo";
 
 /// Most request headers accepted; more gets HTTP 431.
-pub const MAX_HEADERS: usize = 64;
+pub(crate) const MAX_HEADERS: usize = 64;
 
 /// The subprotocol that selects the v1 JSON protocol.
-pub const V1_SUBPROTOCOL: &str = "corecast.v1";
+pub(crate) const V1_SUBPROTOCOL: &str = "corecast.v1";
 
 /// What the client asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
+pub(crate) enum Request {
     /// A valid WebSocket upgrade on `/ws/{user}`.
     Upgrade {
         /// The validated user id from the path.
@@ -48,7 +48,7 @@ pub enum Request {
 
 /// An HTTP error answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rejection {
+pub(crate) struct Rejection {
     /// HTTP status code.
     pub status: u16,
     /// Short plain-text body saying why.
@@ -63,7 +63,7 @@ const fn reject(status: u16, reason: &'static str) -> Request {
 ///
 /// Returns `None` while the request head is incomplete, otherwise the decision and the
 /// number of bytes the head used (bytes after it are the client's first frames).
-pub fn parse_request(buf: &[u8], policy: Policy<'_>) -> Option<(Request, usize)> {
+pub(crate) fn parse_request(buf: &[u8], policy: Policy<'_>) -> Option<(Request, usize)> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let used = match req.parse(buf) {
@@ -167,7 +167,7 @@ fn is_valid_key(key: &str) -> bool {
 }
 
 /// The `101 Switching Protocols` response.
-pub fn upgrade_response(accept_key: &str, mode: Mode, shard: u16) -> Vec<u8> {
+pub(crate) fn upgrade_response(accept_key: &str, mode: Mode, shard: u16) -> Vec<u8> {
     let protocol = if mode == Mode::V1 { "Sec-WebSocket-Protocol: corecast.v1\r\n" } else { "" };
     format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -177,7 +177,7 @@ pub fn upgrade_response(accept_key: &str, mode: Mode, shard: u16) -> Vec<u8> {
 }
 
 /// A complete HTTP response with a body, after which the connection closes.
-pub fn http_response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
+pub(crate) fn http_response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -203,7 +203,7 @@ pub fn http_response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
 }
 
 /// The error response for `rejection`.
-pub fn rejection_response(rejection: Rejection) -> Vec<u8> {
+pub(crate) fn rejection_response(rejection: Rejection) -> Vec<u8> {
     let mut body = rejection.reason.to_owned();
     body.push('\n');
     http_response(rejection.status, "text/plain; charset=utf-8", &body)

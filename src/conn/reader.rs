@@ -20,18 +20,21 @@ use std::{rc::Rc, time::Instant};
 
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
-use super::{Conn, Mode, Phase, command};
+use super::{
+    Conn, Mode, ShardContext, Subscriptions, command,
+    state::{Close, Phase},
+};
 use crate::{
     config::MAX_TOPICS_PER_CONN,
     event::{Event, Payload},
     frame::{self, FrameDecoder, FrameError, close_code, unmask_at},
-    shard::Shard,
+    hub::Subscribed,
     xshard::{Route, ShardStats},
 };
 
 /// Why the connection must close: the close code and reason sent to the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Violation {
+pub(crate) struct Violation {
     /// Close code.
     pub code: u16,
     /// Close reason.
@@ -58,7 +61,7 @@ pub struct InboundLimits {
 
 /// What the reader hands to its caller.
 #[derive(Debug, PartialEq, Eq)]
-pub enum InboundFrame<'a> {
+pub(crate) enum InboundFrame<'a> {
     /// A complete data message (text is valid UTF-8).
     Message {
         /// Text or binary.
@@ -76,7 +79,7 @@ pub enum InboundFrame<'a> {
 
 /// Whether to keep reading frames from the same input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flow {
+pub(crate) enum Flow {
     /// Go on.
     Continue,
     /// Stop: ignore the rest of the input (after a Close).
@@ -85,19 +88,19 @@ pub enum Flow {
 
 /// The bytes fed to a [`Utf8Check`] are not UTF-8.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InvalidUtf8;
+pub(crate) struct InvalidUtf8;
 
 /// Incremental UTF-8 validation across frames and reads: remembers the incomplete
 /// character at the end of what it has seen.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Utf8Check {
+pub(crate) struct Utf8Check {
     tail: [u8; 4],
     tail_len: u8,
 }
 
 impl Utf8Check {
     /// Checks the next bytes of the text. `Err` as soon as they cannot be UTF-8.
-    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), InvalidUtf8> {
+    pub(crate) fn feed(&mut self, mut bytes: &[u8]) -> Result<(), InvalidUtf8> {
         if self.tail_len > 0 {
             let have = self.tail_len as usize;
             let width = match self.tail[0] {
@@ -135,7 +138,7 @@ impl Utf8Check {
     }
 
     /// The text ended: `Err` when it ended inside a character. Resets the state.
-    pub fn finish(&mut self) -> Result<(), InvalidUtf8> {
+    pub(crate) fn finish(&mut self) -> Result<(), InvalidUtf8> {
         let complete = self.tail_len == 0;
         *self = Utf8Check::default();
         if complete { Ok(()) } else { Err(InvalidUtf8) }
@@ -162,12 +165,12 @@ pub struct Inbound {
 }
 
 /// Callback receiving each complete message or control frame.
-pub type OnFrame<'f> = dyn FnMut(InboundFrame<'_>) -> Result<Flow, Violation> + 'f;
+pub(crate) type OnFrame<'f> = dyn FnMut(InboundFrame<'_>) -> Result<Flow, Violation> + 'f;
 
 impl Inbound {
     /// Nothing in flight: no partial frame, no fragmented message, no Close seen. Such
     /// a state owns no memory and need not be kept.
-    pub fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         self.partial.is_empty() && self.message_opcode.is_none() && !self.closed
     }
 
@@ -177,7 +180,7 @@ impl Inbound {
     /// # Errors
     /// The [`Violation`] that must close the connection (the state is then undefined:
     /// drop it).
-    pub fn feed(
+    pub(crate) fn feed(
         &mut self,
         decoder: &FrameDecoder,
         limits: &InboundLimits,
@@ -392,45 +395,53 @@ fn close_reply_code(payload: &[u8]) -> Result<u16, Violation> {
 }
 
 /// Handles bytes just read from a live connection's socket.
-pub fn handle_input(shard: &Shard, conn: &Rc<Conn>, data: &mut [u8]) {
+pub(crate) fn handle_input(
+    ctx: &ShardContext,
+    conn: &Rc<Conn>,
+    subs: &dyn Subscriptions,
+    data: &mut [u8],
+) {
     // An idle connection keeps no reader state: it is taken out of its box (or made
     // fresh) for this read, and boxed again only while a frame or message is in flight.
     let taken = conn.inbound.borrow_mut().take();
     let mut inbound = taken.map_or_else(Inbound::default, |b| *b);
-    let result = inbound.feed(&shard.decoder, &shard.inbound_limits, data, &mut |frame| {
-        handle_frame(shard, conn, frame)
+    let result = inbound.feed(&ctx.decoder, &ctx.inbound_limits, data, &mut |frame| {
+        handle_frame(ctx, conn, subs, frame)
     });
     match result {
         Ok(()) if inbound.is_idle() => {}
         Ok(()) => *conn.inbound.borrow_mut() = Some(Box::new(inbound)),
         Err(v) => {
-            ShardStats::add(&shard.stats().protocol_closes, 1);
-            tracing::debug!(shard = %shard.id, conn = conn.id.get().0, code = v.code, cause = v.reason, "closing for protocol violation");
-            conn.begin_close(shard, v.code, v.reason);
+            ShardStats::add(&ctx.stats().protocol_closes, 1);
+            tracing::debug!(shard = %ctx.id, conn = conn.id().0, code = v.code, cause = v.reason, "closing for protocol violation");
+            let close = Close { code: v.code, reason: v.reason, discard_queued: false };
+            conn.begin_close(ctx, close, ctx.timing.close_grace);
         }
     }
 }
 
 fn handle_frame(
-    shard: &Shard,
+    ctx: &ShardContext,
     conn: &Rc<Conn>,
+    subs: &dyn Subscriptions,
     frame: InboundFrame<'_>,
 ) -> Result<Flow, Violation> {
-    let phase = conn.phase.get();
+    let phase = conn.phase();
     if matches!(phase, Phase::PeerClosed | Phase::Abort) {
         return Ok(Flow::Stop);
     }
     match frame {
         InboundFrame::Close(reply_code) => {
-            if phase == Phase::Open {
-                // Reply after what is already queued; then the task closes the socket once
-                // the reply is written, or at the close deadline if the client stops reading.
-                conn.out.borrow_mut().push(Rc::new(frame::encode_close(reply_code, "")));
-                conn.close_deadline.set(Some(Instant::now() + shard.cfg.close_grace.0));
-                conn.phase.set(Phase::PeerClosed);
+            // While open, the reply goes after what is already queued; the task closes
+            // the socket once it is written, or at the close deadline if the client
+            // stops reading. After our own Close this completes the handshake.
+            let replied = conn.state.borrow_mut().handle_peer_close(
+                reply_code,
+                Instant::now(),
+                ctx.timing.close_grace,
+            );
+            if replied {
                 conn.flush_now();
-            } else {
-                conn.phase.set(Phase::PeerClosed);
             }
             conn.wake();
             return Ok(Flow::Stop);
@@ -438,45 +449,40 @@ fn handle_frame(
         // After our Close, only the client's Close matters.
         _ if phase == Phase::Closing => {}
         InboundFrame::Ping(payload) => {
-            check_control_rate(shard, conn)?;
-            conn.enqueue(shard, &Rc::new(frame::encode_control(Control::Pong, payload)));
+            check_control_rate(ctx, conn)?;
+            conn.enqueue(ctx, &Rc::new(frame::encode_control(Control::Pong, payload)));
         }
         InboundFrame::Pong => {
-            check_control_rate(shard, conn)?;
-            let mut hb = conn.heartbeat.get();
-            hb.awaiting_pong_since = None;
-            conn.heartbeat.set(hb);
+            check_control_rate(ctx, conn)?;
+            conn.state.borrow_mut().handle_pong();
         }
-        InboundFrame::Message { opcode, payload } => handle_message(shard, conn, opcode, payload)?,
+        InboundFrame::Message { opcode, payload } => {
+            handle_message(ctx, conn, subs, opcode, payload)?
+        }
     }
     Ok(Flow::Continue)
 }
 
 /// Control frames (Ping/Pong) from a client: at most `max_control_frames_per_sec` in any
 /// one-second window, so a ping flood cannot make us answer forever.
-fn check_control_rate(shard: &Shard, conn: &Conn) -> Result<(), Violation> {
-    let second = shard.epoch.elapsed().as_secs() as u32;
-    let (window, count) = conn.control_window.get();
-    let count = if window == second { count.saturating_add(1) } else { 1 };
-    conn.control_window.set((second, count));
-    if count as usize > shard.cfg.max_control_frames_per_sec {
-        return Err(Violation {
-            code: close_code::POLICY_VIOLATION,
-            reason: "control frame rate limit",
-        });
-    }
-    Ok(())
+fn check_control_rate(ctx: &ShardContext, conn: &Conn) -> Result<(), Violation> {
+    let second = ctx.epoch.elapsed().as_secs();
+    conn.state.borrow_mut().count_control_frame(second, &ctx.timing).map_err(|_| Violation {
+        code: close_code::POLICY_VIOLATION,
+        reason: "control frame rate limit",
+    })
 }
 
 fn handle_message(
-    shard: &Shard,
+    ctx: &ShardContext,
     conn: &Rc<Conn>,
+    subs: &dyn Subscriptions,
     opcode: Data,
     payload: &mut [u8],
 ) -> Result<(), Violation> {
     if conn.mode == Mode::Echo {
         // Conformance endpoint (`--echo-path`): same opcode, same payload.
-        conn.enqueue(shard, &Rc::new(frame::encode(OpCode::Data(opcode), payload)));
+        conn.enqueue(ctx, &Rc::new(frame::encode(OpCode::Data(opcode), payload)));
         return Ok(());
     }
     if opcode != Data::Text {
@@ -487,7 +493,7 @@ fn handle_message(
     }
     // The reader already validated the text; this only converts.
     let Ok(text) = std::str::from_utf8(payload) else { return Err(INVALID_UTF8) };
-    ShardStats::add(&shard.stats().messages_in, 1);
+    ShardStats::add(&ctx.stats().messages_in, 1);
     if conn.mode == Mode::Seed {
         conn.pending_events.borrow_mut().push(Event {
             sender: conn.user.to_string(),
@@ -496,30 +502,23 @@ fn handle_message(
         });
         return Ok(());
     }
-    let parsed = command::parse(payload, &mut shard.json_buffers.borrow_mut().0);
+    let parsed = command::parse(payload, &mut ctx.json_buffers.borrow_mut().0);
     let event = |route, payload| Event { sender: conn.user.to_string(), route, payload };
     let reply = match parsed {
-        Ok(command::Command::Subscribe(topic)) => {
-            let mut topics = conn.topics.borrow_mut();
-            if topics.iter().any(|t| **t == *topic) {
-                Some(command::ack_json("subscribed", &topic))
-            } else if topics.len() >= MAX_TOPICS_PER_CONN {
-                Some(
-                    command::CommandError {
-                        code: "too_many_topics",
-                        message: format!("at most {MAX_TOPICS_PER_CONN} topics per connection"),
-                    }
-                    .to_json(),
-                )
-            } else {
-                shard.hub.borrow_mut().subscribe(&topic, conn.id.get());
-                topics.push(topic.as_str().into());
+        Ok(command::Command::Subscribe(topic)) => match subs.subscribe(conn.id(), &topic) {
+            Subscribed::Added(_) | Subscribed::Already => {
                 Some(command::ack_json("subscribed", &topic))
             }
-        }
+            Subscribed::TooManyTopics => Some(
+                command::CommandError {
+                    code: "too_many_topics",
+                    message: format!("at most {MAX_TOPICS_PER_CONN} topics per connection"),
+                }
+                .to_json(),
+            ),
+        },
         Ok(command::Command::Unsubscribe(topic)) => {
-            conn.topics.borrow_mut().retain(|t| **t != *topic);
-            shard.hub.borrow_mut().unsubscribe(&topic, conn.id.get());
+            subs.unsubscribe(conn.id(), &topic);
             Some(command::ack_json("unsubscribed", &topic))
         }
         Ok(command::Command::Publish { topic, payload }) => {
@@ -537,7 +536,7 @@ fn handle_message(
         Err(e) => Some(e.to_json()),
     };
     if let Some(json) = reply {
-        conn.enqueue(shard, &Rc::new(frame::encode_text(&json)));
+        conn.enqueue(ctx, &Rc::new(frame::encode_text(&json)));
     }
     Ok(())
 }

@@ -24,7 +24,7 @@ use crate::{frame::SharedFrame, sys};
 
 /// Most iovecs handed to one `sendmsg` (far below `UIO_MAXIOV`; enough to carry a
 /// whole burst, small enough to live on the stack).
-pub const MAX_IOVECS: usize = 64;
+pub(crate) const MAX_IOVECS: usize = 64;
 
 /// Frames waiting to be written to one socket.
 #[derive(Debug, Default)]

@@ -14,7 +14,7 @@ use std::{rc::Rc, sync::atomic::Ordering, time::Duration};
 use glommio::timer::Timer;
 
 use super::Shard;
-use crate::{conn::Phase, frame::close_code, xshard::ShardStats};
+use crate::xshard::ShardStats;
 
 /// Finest and coarsest sweep period.
 const MIN_TICK: Duration = Duration::from_millis(10);
@@ -22,11 +22,12 @@ const MAX_TICK: Duration = Duration::from_secs(1);
 
 /// Sweeps forever (until the task is dropped at shutdown).
 pub(super) async fn run(shard: Rc<Shard>) {
-    let cfg = &shard.cfg;
-    let ping = cfg.ping_interval.enabled();
-    let pong_timeout = cfg.pong_timeout.0;
-    let app_ping = cfg.app_ping_interval.enabled();
-    let shortest = [ping, ping.map(|_| pong_timeout), app_ping].into_iter().flatten().min();
+    let timing = shard.ctx.timing;
+    let ping = timing.ping_interval;
+    let shortest = [ping, ping.map(|_| timing.pong_timeout), timing.app_ping_interval]
+        .into_iter()
+        .flatten()
+        .min();
     // The tick also samples queued bytes for /healthz, so it runs even with heartbeats off.
     let tick = shortest.map_or(MAX_TICK, |d| (d / 4).clamp(MIN_TICK, MAX_TICK));
     loop {
@@ -34,42 +35,12 @@ pub(super) async fn run(shard: Rc<Shard>) {
         let now = std::time::Instant::now();
         let mut queued = 0u64;
         let mut timeouts = 0u64;
-        for (_, conn) in shard.conns.borrow().iter() {
-            queued += conn.out.borrow().bytes() as u64;
-            if conn.phase.get() != Phase::Open {
-                continue;
-            }
-            let mut hb = conn.heartbeat.get();
-            if let Some(interval) = ping {
-                match hb.awaiting_pong_since {
-                    Some(since) if now.duration_since(since) >= pong_timeout => {
-                        timeouts += 1;
-                        conn.begin_close(
-                            &shard,
-                            close_code::POLICY_VIOLATION,
-                            "heartbeat timeout: no pong",
-                        );
-                        continue;
-                    }
-                    Some(_) => {}
-                    None if now >= hb.next_ping => {
-                        conn.enqueue(&shard, &shard.ping_frame);
-                        hb.awaiting_pong_since = Some(now);
-                        hb.next_ping = now + interval;
-                    }
-                    None => {}
-                }
-            }
-            if let Some(interval) = app_ping
-                && now >= hb.next_app_ping
-            {
-                conn.enqueue(&shard, &shard.app_ping_frame);
-                hb.next_app_ping = now + interval;
-            }
-            conn.heartbeat.set(hb);
-        }
+        shard.table.for_each(|conn| {
+            queued += conn.state().out().bytes() as u64;
+            timeouts += u64::from(conn.handle_heartbeat(&shard.ctx, now));
+        });
         shard.flush_dirty();
-        let stats = shard.stats();
+        let stats = shard.ctx.stats();
         stats.queued_bytes.store(queued, Ordering::Relaxed);
         ShardStats::add(&stats.heartbeat_timeouts, timeouts);
     }

@@ -1,4 +1,5 @@
-//! The shard end of the bus: drains deliveries and fans them out to local connections.
+//! The shard end of the bus: drains the bus's messages and fans deliveries out to local
+//! connections.
 //!
 //! Runs on: its shard. Upstream: the bus (any thread) via the shard's bounded inbox.
 //! Downstream: connection queues, then a flush pass over the dirty connections, so that
@@ -19,36 +20,43 @@ use std::rc::Rc;
 
 use super::Shard;
 use crate::conn::Mode;
-use crate::xshard::{Delivery, Route, ShardInbox, ShardStats};
+use crate::xshard::{Delivery, Route, ShardInbox, ShardMessage, ShardStats};
 
-/// Most deliveries taken from the inbox before a flush pass: large enough for corking
+/// Most messages taken from the inbox before a flush pass: large enough for corking
 /// under load, small enough to bound the latency of the first delivery of the batch.
 const MAX_BATCH: usize = 1024;
 
 /// Sockets written between two looks at the inbox.
-pub(super) const FLUSH_SLICE: usize = 256;
+const FLUSH_SLICE: usize = 256;
 
 /// Runs until the bus side of the inbox is gone.
 pub(super) async fn run(shard: Rc<Shard>, inbox: ShardInbox) {
     while let Ok(first) = inbox.recv_async().await {
-        let delivered = fan_out(&shard, &first);
-        drop(first);
-        ShardStats::add(&shard.stats().deliveries, delivered + take_in(&shard, &inbox));
-        while shard.flush_some(FLUSH_SLICE) {
+        let delivered = handle(&shard, first);
+        let stats = shard.ctx.stats();
+        ShardStats::add(&stats.deliveries, delivered + take_in(&shard, &inbox));
+        while shard.flusher.flush_some(&shard.ctx, FLUSH_SLICE) {
             glommio::yield_if_needed().await;
-            ShardStats::add(&shard.stats().deliveries, take_in(&shard, &inbox));
+            ShardStats::add(&stats.deliveries, take_in(&shard, &inbox));
         }
         glommio::yield_if_needed().await;
     }
 }
 
-/// Fans out what is waiting in the inbox, at most [`MAX_BATCH`] deliveries; returns how
-/// many connections took them.
+/// Acts on one message from the bus; returns how many connections took a frame.
+fn handle(shard: &Shard, message: ShardMessage) -> u64 {
+    match message {
+        ShardMessage::Deliver(delivery) => fan_out(shard, &delivery),
+    }
+}
+
+/// Takes in what is waiting in the inbox, at most [`MAX_BATCH`] messages; returns how
+/// many connections took frames.
 fn take_in(shard: &Shard, inbox: &ShardInbox) -> u64 {
     let mut delivered = 0;
     for _ in 0..MAX_BATCH {
         match inbox.try_recv() {
-            Ok(next) => delivered += fan_out(shard, &next),
+            Ok(next) => delivered += handle(shard, next),
             Err(_) => break,
         }
     }
@@ -57,26 +65,27 @@ fn take_in(shard: &Shard, inbox: &ShardInbox) -> u64 {
 
 /// Queues one delivery on every local connection it is for; returns how many took it.
 pub(super) fn fan_out(shard: &Shard, delivery: &Delivery) -> u64 {
+    let ctx = &shard.ctx;
     let v1 = Rc::new(delivery.v1.clone());
     let seed = delivery.seed.as_ref().map(|f| Rc::new(f.clone()));
-    let conns = shard.conns.borrow();
+    let conns = shard.table.borrow();
     let mut delivered = 0;
     match &delivery.route {
         Route::Broadcast => {
             for (_, conn) in conns.iter() {
-                let frame = match conn.mode {
+                let frame = match conn.mode() {
                     Mode::V1 => &v1,
                     Mode::Seed => seed.as_ref().unwrap_or(&v1),
                     Mode::Echo => continue,
                 };
-                delivered += u64::from(conn.enqueue(shard, frame));
+                delivered += u64::from(conn.enqueue(ctx, frame));
             }
         }
         Route::Topic(topic) => {
             let hub = shard.hub.borrow();
             for id in hub.topic_conns(topic) {
                 if let Some(conn) = conns.get(id.0 as usize) {
-                    delivered += u64::from(conn.enqueue(shard, &v1));
+                    delivered += u64::from(conn.enqueue(ctx, &v1));
                 }
             }
         }
@@ -84,7 +93,7 @@ pub(super) fn fan_out(shard: &Shard, delivery: &Delivery) -> u64 {
             let hub = shard.hub.borrow();
             for id in hub.user_conns(user) {
                 if let Some(conn) = conns.get(id.0 as usize) {
-                    delivered += u64::from(conn.enqueue(shard, &v1));
+                    delivered += u64::from(conn.enqueue(ctx, &v1));
                 }
             }
         }

@@ -190,7 +190,7 @@ pub fn upgrade_request(user: &str) -> String {
 /// A masked client frame.
 pub fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    corecast::frame::encode_masked(&mut out, opcode, fin, payload, [0x5a, 0x13, 0xc7, 0x01]);
+    corecast::testing::encode_masked(&mut out, opcode, fin, payload, [0x5a, 0x13, 0xc7, 0x01]);
     out
 }
 
@@ -305,11 +305,11 @@ fn parse_server_frame(buf: &[u8]) -> Option<(ServerFrame, usize)> {
     if buf.len() >= 2 {
         assert_eq!(buf[1] & 0x80, 0, "server frames are never masked");
     }
-    let (opcode, payload, used) = corecast::frame::decode_unmasked(buf)?;
+    let (opcode, payload, used) = corecast::testing::decode_unmasked(buf)?;
     Some((ServerFrame { opcode, payload: buf[payload].to_vec() }, used))
 }
 
 /// Resident set size of this process in bytes.
 pub fn rss_bytes() -> u64 {
-    corecast::sys::process_rss_bytes().expect("statm readable")
+    corecast::testing::process_rss_bytes().expect("statm readable")
 }

@@ -1,0 +1,103 @@
+//! What connection code may see of its shard: configuration, counters, codec limits and
+//! scratch buffers, and the list of connections waiting for the next flush pass.
+//!
+//! Runs on: one shard. `!Send` (`RefCell`s, `Rc` frames). Owned by the shard, lent to
+//! connection code by shared reference: connections read it and use its scratch space,
+//! and their only write is to put themselves on the dirty list. Connection code never
+//! names the shard itself (dependencies run shard → conn).
+
+use std::{cell::RefCell, collections::VecDeque, rc::Rc, sync::Arc, time::Instant};
+
+use super::{Conn, reader::InboundLimits, state::Timing};
+use crate::{
+    config::Config,
+    frame::{self, FrameDecoder, SharedFrame},
+    xshard::{NodeStats, ShardId, ShardStats},
+};
+
+/// Size of the shard's read scratch buffer, shared by all its connections: one read
+/// never returns more than this. 64 KiB lets a max-size message arrive in one read.
+const SCRATCH_BYTES: usize = 64 << 10;
+
+/// simd-json's reusable parse buffers (a newtype only to give it `Debug`).
+pub struct JsonBuffers(pub simd_json::Buffers);
+
+impl std::fmt::Debug for JsonBuffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JsonBuffers")
+    }
+}
+
+/// The shard as its connections see it.
+#[derive(Debug)]
+pub struct ShardContext {
+    /// The shard's index.
+    pub id: ShardId,
+    /// Node configuration (the shard's copy).
+    pub cfg: Config,
+    /// The connection rules derived from `cfg`.
+    pub timing: Timing,
+    /// Node counters; this shard writes its own slot.
+    node_stats: Arc<NodeStats>,
+    /// Client frame decoder with the configured limit.
+    pub decoder: FrameDecoder,
+    /// Message reassembly limits.
+    pub inbound_limits: InboundLimits,
+    /// Read buffer shared by every connection (borrowed only inside a poll).
+    pub scratch: RefCell<Box<[u8]>>,
+    /// simd-json's parse buffers, reused for every v1 command.
+    pub json_buffers: RefCell<JsonBuffers>,
+    /// The WebSocket Ping frame, encoded once per shard.
+    pub ping_frame: Rc<SharedFrame>,
+    /// The seed-mode `{"type":"ping"}` text frame, encoded once per shard.
+    pub app_ping_frame: Rc<SharedFrame>,
+    /// When the shard started: the origin of the control-frame rate windows.
+    pub epoch: Instant,
+    /// Connections with queued frames that the next flush pass writes. A connection is
+    /// on it at most once (its `dirty` flag); the shard's flush pass drains it.
+    pub dirty: RefCell<VecDeque<Rc<Conn>>>,
+}
+
+impl ShardContext {
+    /// The context of shard `id`.
+    pub fn new(id: ShardId, cfg: Config, node_stats: Arc<NodeStats>) -> ShardContext {
+        let timing = Timing {
+            ping_interval: cfg.ping_interval.enabled(),
+            pong_timeout: cfg.pong_timeout.0,
+            app_ping_interval: cfg.app_ping_interval.enabled(),
+            close_grace: cfg.close_grace.0,
+            queue_limit: cfg.outbound_queue_limit.0,
+            max_control_frames_per_sec: cfg.max_control_frames_per_sec,
+        };
+        ShardContext {
+            id,
+            timing,
+            decoder: FrameDecoder { max_frame_payload: cfg.max_message_size.0 },
+            inbound_limits: InboundLimits {
+                max_message: cfg.max_message_size.0,
+                max_fragments: cfg.max_fragments,
+            },
+            node_stats,
+            scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
+            json_buffers: RefCell::new(JsonBuffers(simd_json::Buffers::new(SCRATCH_BYTES))),
+            ping_frame: Rc::new(frame::encode_control(
+                tungstenite::protocol::frame::coding::Control::Ping,
+                b"",
+            )),
+            app_ping_frame: Rc::new(frame::encode_text(r#"{"type":"ping"}"#)),
+            epoch: Instant::now(),
+            dirty: RefCell::new(VecDeque::new()),
+            cfg,
+        }
+    }
+
+    /// This shard's counters.
+    pub fn stats(&self) -> &ShardStats {
+        &self.node_stats.shards[self.id.0 as usize]
+    }
+
+    /// Every shard's counters.
+    pub fn node_stats(&self) -> &NodeStats {
+        &self.node_stats
+    }
+}

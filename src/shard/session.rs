@@ -1,0 +1,218 @@
+//! The life of one accepted socket, driven from the shard: upgrade → register → serve →
+//! close.
+//!
+//! Runs on: its shard, as one task per socket (spawned by `listener`).
+//!
+//! 1. **upgrade**: read the HTTP request (bounded by `handshake_timeout` and
+//!    `max_request_size`, counted against the pending-handshake caps), answer `/healthz`
+//!    or an error status, or upgrade;
+//! 2. **register**: a [`Registered`] guard puts the connection in the table, the hub, the
+//!    send ring's file table and the counters, and owns the socket and the connection's
+//!    budget slot;
+//! 3. **serve**: `conn::io` steps until the connection is done; events the client
+//!    published go to the bus in order (the task waits when the bus is full: this
+//!    client's reads pause, nobody else's);
+//! 4. **close**: the guard drops — unregistered everywhere, slot released, then the
+//!    socket closed.
+
+use std::{net::SocketAddr, rc::Rc, time::Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use glommio::{net::TcpStream, timer::Timer};
+use tracing::{debug, trace};
+
+use super::{Shard, table::Registered};
+use crate::{
+    conn::{
+        Conn,
+        handshake::{self, Request},
+        io::{self, IoState, Step},
+        reader,
+        state::Close,
+    },
+    frame::{SharedFrame, close_code},
+    xshard::ShardStats,
+};
+
+/// Serves one accepted socket until it closes. Never returns an error: problems end
+/// this connection only, with an HTTP status or close code, and are logged at `debug`.
+pub(super) async fn run(shard: Rc<Shard>, stream: TcpStream) {
+    // The upgrade's state (request buffer, deadline timer) lives in its own allocation,
+    // freed when the upgrade is done: this task lives as long as the connection, and its
+    // size is paid by every idle socket.
+    let Some((registered, leftover)) = Box::pin(upgrade(&shard, stream)).await else {
+        return;
+    };
+    serve(&shard, registered, leftover).await;
+}
+
+/// Runs the HTTP exchange. After a 101, returns the registered connection and any bytes
+/// that followed the request head (the client's first frames); otherwise `None` (the
+/// socket was answered, or not, and is dropped).
+async fn upgrade(
+    shard: &Rc<Shard>,
+    mut stream: TcpStream,
+) -> Option<(Registered, Option<Vec<u8>>)> {
+    let peer = stream.peer_addr().ok();
+    let ctx = &shard.ctx;
+    let Some(_pending) = shard.try_begin_handshake(peer) else {
+        let rejection = handshake::Rejection { status: 503, reason: "too many pending handshakes" };
+        refuse(shard, &mut stream, peer, rejection).await;
+        return None;
+    };
+    let deadline = ctx.cfg.handshake_timeout.0;
+    let handshake = read_request(shard, &mut stream).or(async {
+        Timer::new(deadline).await;
+        Err("handshake timeout")
+    });
+    let (request, leftover) = match handshake.await {
+        Ok(parsed) => parsed,
+        Err(why) => {
+            ShardStats::add(&ctx.stats().rejected_handshakes, 1);
+            debug!(shard = %ctx.id, ?peer, cause = why, "handshake failed");
+            return None;
+        }
+    };
+    let (user, mode, accept_key) = match request {
+        Request::Upgrade { user, mode, accept_key } => (user, mode, accept_key),
+        Request::Health => {
+            let body = super::health::Health::read(
+                ctx.id,
+                shard.shutting_down.get(),
+                ctx.node_stats(),
+                &shard.budget,
+            )
+            .to_json();
+            let response = handshake::http_response(200, "application/json", &body);
+            let _ = write_and_close(&mut stream, &response).await;
+            return None;
+        }
+        Request::Reject(rejection) => {
+            refuse(shard, &mut stream, peer, rejection).await;
+            return None;
+        }
+    };
+    let slot = if shard.shutting_down.get() {
+        Err("server shutting down")
+    } else {
+        shard.budget.try_acquire().ok_or("connection limit reached")
+    };
+    let slot = match slot {
+        Ok(slot) => slot,
+        Err(reason) => {
+            refuse(shard, &mut stream, peer, handshake::Rejection { status: 503, reason }).await;
+            return None;
+        }
+    };
+
+    // Register first, then send the 101 through the connection's own queue: every event
+    // fanned out after this point is queued behind the 101, so a client that has its 101
+    // misses nothing published afterwards.
+    use std::os::fd::AsRawFd;
+    let conn = Rc::new(Conn::new(stream.as_raw_fd(), user, mode, ctx, Instant::now()));
+    let response = handshake::upgrade_response(&accept_key, mode, ctx.id.0);
+    conn.push_handshake_response(Rc::new(SharedFrame::from(response)));
+    let registered = Registered::new(shard, conn, Some(stream), slot);
+    registered.conn().flush_now();
+    trace!(shard = %ctx.id, conn = registered.conn().id().0, user = registered.conn().user(), ?mode, "upgraded");
+    Some((registered, leftover))
+}
+
+/// Reads the HTTP request head. Returns the decision and any bytes after the head.
+async fn read_request(
+    shard: &Shard,
+    stream: &mut TcpStream,
+) -> Result<(Request, Option<Vec<u8>>), &'static str> {
+    let cfg = &shard.ctx.cfg;
+    let max = cfg.max_request_size.0;
+    let mut buf = vec![0u8; 1024.min(max)];
+    let mut filled = 0;
+    loop {
+        if filled == buf.len() {
+            if buf.len() >= max {
+                let rejection =
+                    handshake::Rejection { status: 431, reason: "request head too large" };
+                return Ok((Request::Reject(rejection), None));
+            }
+            buf.resize((buf.len() * 2).min(max), 0);
+        }
+        let n = stream.read(&mut buf[filled..]).await.map_err(|_| "read error")?;
+        if n == 0 {
+            return Err("peer closed during handshake");
+        }
+        filled += n;
+        let policy =
+            handshake::Policy { echo_path: &cfg.echo_path, allowed_origins: &cfg.allowed_origins };
+        if let Some((request, used)) = handshake::parse_request(&buf[..filled], policy) {
+            let leftover = (used < filled).then(|| buf[used..filled].to_vec());
+            return Ok((request, leftover));
+        }
+    }
+}
+
+/// Answers a request that will not be upgraded with an HTTP error status, and counts it.
+async fn refuse(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    peer: Option<SocketAddr>,
+    rejection: handshake::Rejection,
+) {
+    ShardStats::add(&shard.ctx.stats().rejected_handshakes, 1);
+    debug!(shard = %shard.ctx.id, ?peer, status = rejection.status, cause = rejection.reason, "request refused");
+    let _ = write_and_close(stream, &handshake::rejection_response(rejection)).await;
+}
+
+async fn write_and_close(stream: &mut TcpStream, response: &[u8]) -> std::io::Result<()> {
+    stream.write_all(response).await?;
+    stream.close().await
+}
+
+/// Serves a registered connection until it is done; dropping `registered` at the end
+/// unregisters it and closes the socket.
+async fn serve(shard: &Rc<Shard>, mut registered: Registered, leftover: Option<Vec<u8>>) {
+    let ctx = &shard.ctx;
+    let conn = registered.conn().clone();
+    // Frames that came in the same read as the request head are the client's first: they
+    // are handled now, and their events published, before waiting for more input.
+    if let Some(mut bytes) = leftover {
+        reader::handle_input(ctx, &conn, &**shard, &mut bytes);
+        after_progress(shard, &conn).await;
+    }
+    let mut io_state = IoState::default();
+    loop {
+        let Some(stream) = registered.stream() else { return };
+        match io::next_step(ctx, &conn, &**shard, stream, &mut io_state).await {
+            Step::Done => return,
+            Step::Progress => after_progress(shard, &conn).await,
+        }
+    }
+}
+
+/// After input was handled: publish its events, write the replies, let others run.
+async fn after_progress(shard: &Rc<Shard>, conn: &Rc<Conn>) {
+    if conn.has_events() {
+        // Boxed: its state exists only while events are on their way, not in every idle
+        // connection's task.
+        Box::pin(publish_pending(shard, conn)).await;
+    }
+    if conn.is_dirty() {
+        conn.flush_now();
+    }
+    glommio::yield_if_needed().await;
+}
+
+/// Publishes the events the reader decoded, in order; waits when the bus is full (this
+/// client's reads pause meanwhile, nobody else's).
+async fn publish_pending(shard: &Rc<Shard>, conn: &Rc<Conn>) {
+    for event in conn.take_events() {
+        if shard.bus.publish(event).await.is_err() {
+            let close = Close {
+                code: close_code::GOING_AWAY,
+                reason: "server shutting down",
+                discard_queued: false,
+            };
+            conn.begin_close(&shard.ctx, close, shard.ctx.timing.close_grace);
+            return;
+        }
+    }
+}

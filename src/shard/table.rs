@@ -1,0 +1,136 @@
+//! The shard's connection table and the registration guard.
+//!
+//! Runs on: its shard. `!Send`.
+//!
+//! A connection enters the table, the hub, the send ring's file table and the counters
+//! in one place ([`Registered::new`]) and leaves all of them in one place (its `Drop`),
+//! together with its connection-budget slot and, last, its socket: no path can forget
+//! one, and the socket's fd number is never reused while anything still refers to it.
+
+use std::{
+    cell::RefCell,
+    future::poll_fn,
+    rc::Rc,
+    sync::atomic::Ordering,
+    task::{Poll, Waker},
+};
+
+use glommio::net::TcpStream;
+use slab::Slab;
+
+use super::Shard;
+use crate::{
+    conn::Conn,
+    hub::ConnId,
+    xshard::{BudgetSlot, ShardStats},
+};
+
+/// Every registered connection of a shard, by [`ConnId`].
+#[derive(Debug, Default)]
+pub(super) struct ConnTable {
+    conns: RefCell<Slab<Rc<Conn>>>,
+    /// Tasks waiting for the table to become empty (shutdown).
+    empty_waiters: RefCell<Vec<Waker>>,
+}
+
+impl ConnTable {
+    /// Runs `f` on every registered connection.
+    pub(super) fn for_each(&self, mut f: impl FnMut(&Rc<Conn>)) {
+        for (_, conn) in self.conns.borrow().iter() {
+            f(conn);
+        }
+    }
+
+    /// A snapshot of every registered connection.
+    pub(super) fn all(&self) -> Vec<Rc<Conn>> {
+        self.conns.borrow().iter().map(|(_, c)| c.clone()).collect()
+    }
+
+    /// Borrows the table for a fan-out pass (no registration can happen meanwhile: the
+    /// pass does not await).
+    pub(super) fn borrow(&self) -> std::cell::Ref<'_, Slab<Rc<Conn>>> {
+        self.conns.borrow()
+    }
+
+    /// Resolves once no connection is registered.
+    pub(super) async fn wait_empty(&self) {
+        poll_fn(|cx| {
+            if self.conns.borrow().is_empty() {
+                Poll::Ready(())
+            } else {
+                self.empty_waiters.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// A registered connection and its socket. Dropping it unregisters the connection from
+/// everything, gives its budget slot back, and then closes the socket.
+#[derive(Debug)]
+pub struct Registered {
+    shard: Rc<Shard>,
+    conn: Rc<Conn>,
+    /// The socket; dropped (closed) after the unregistration in `Drop`. `None` for a
+    /// detached connection (benchmarks).
+    stream: Option<TcpStream>,
+    /// The connection's slot of the node-wide budget; released when this drops.
+    _slot: BudgetSlot,
+}
+
+impl Registered {
+    /// Registers `conn` (and its socket) on `shard`.
+    pub fn new(
+        shard: &Rc<Shard>,
+        conn: Rc<Conn>,
+        stream: Option<TcpStream>,
+        slot: BudgetSlot,
+    ) -> Registered {
+        shard.flusher.register_socket(conn.fd());
+        let id = ConnId(shard.table.conns.borrow_mut().insert(conn.clone()) as u32);
+        conn.set_id(id);
+        if let Some(change) = shard.hub.borrow_mut().add_conn(conn.user(), id) {
+            shard.bus.change_interest(change);
+        }
+        let stats = shard.ctx.stats();
+        ShardStats::add(&stats.connections, 1);
+        ShardStats::add(&stats.upgrades, 1);
+        Registered { shard: shard.clone(), conn, stream, _slot: slot }
+    }
+
+    /// The connection.
+    pub fn conn(&self) -> &Rc<Conn> {
+        &self.conn
+    }
+
+    /// The socket.
+    pub fn stream(&mut self) -> Option<&mut TcpStream> {
+        self.stream.as_mut()
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let (shard, conn) = (&self.shard, &self.conn);
+        // A flush pass may still hold it on its dirty list: it must never write to this
+        // fd number again (it is about to be closed and reused).
+        conn.abort();
+        let id = conn.id();
+        let mut lost = Vec::new();
+        shard.hub.borrow_mut().remove_conn(conn.user(), id, &mut lost);
+        for change in lost {
+            shard.bus.change_interest(change);
+        }
+        shard.table.conns.borrow_mut().try_remove(id.0 as usize);
+        // Before the socket closes: the ring's file table holds a reference to it.
+        shard.flusher.unregister_socket(conn.fd());
+        shard.ctx.stats().connections.fetch_sub(1, Ordering::Relaxed);
+        if shard.table.conns.borrow().is_empty() {
+            for waker in shard.table.empty_waiters.borrow_mut().drain(..) {
+                waker.wake();
+            }
+        }
+        // Then the fields drop: the socket closes, the budget slot is given back.
+    }
+}
