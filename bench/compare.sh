@@ -14,6 +14,10 @@
 #
 # Usage: NS="1000 10000" RATES="20 100 300" DURATION=5 ROUNDS=1 \
 #        SERVERS="bun corecast-1 corecast-2 node fastapi" bench/compare.sh
+# Before/after a change, in one campaign: build the old commit's binary elsewhere and
+#   BEFORE_BIN=/path/to/old/corecast SERVERS="corecast-before corecast-1" BASE=corecast-before \
+#   NS=10000 RATES="2 50" NS_IDLE= ROUNDS=5 DURATION=10 bench/compare.sh
+# (corecast-before is that binary with --shards 1; ratios are against BASE, default bun).
 # Needs: cargo, npm, python3 (Bun and ws from the npm registry into target/, FastAPI and
 # uvicorn from PyPI into target/fastapi-venv).
 set -euo pipefail
@@ -24,16 +28,17 @@ ROUNDS=${ROUNDS:-1}
 SERVERS=${SERVERS:-"bun corecast-1 corecast-2 node fastapi"}
 # Idle memory only, at these N: 19800 is just under this machine's per-process
 # open-files limit (20000) for the server; the load tool spreads it over 2 processes.
-NS_IDLE=${NS_IDLE:-"19800"}
+NS_IDLE=${NS_IDLE-"19800"}
+BASE=${BASE:-bun}
 root=$(cd "$(dirname "$0")/.." && pwd)
-out="$root/target/compare"
+out=${OUT:-"$root/target/compare"}
 mkdir -p "$out"
 cd "$root"
-cargo build --release --bins -q
+cargo build --release --workspace --bins -q
 
 bun_dir="$root/target/bun"
 bun="$bun_dir/node_modules/bun/bin/bun.exe"
-if [ ! -x "$bun" ]; then
+if [[ " $SERVERS " == *" bun "* ]] && [ ! -x "$bun" ]; then
   mkdir -p "$bun_dir"
   (cd "$bun_dir" && npm install --no-audit --no-fund --silent bun@1 >/dev/null)
 fi
@@ -64,6 +69,8 @@ trap stop_server EXIT
 start_server() { # name port
   case "$1" in
     corecast-1) taskset -c 0 "$root/target/release/corecast" --listen "127.0.0.1:$2" --shards 1 >/dev/null 2>&1 & ;;
+    corecast-before) taskset -c 0 "${BEFORE_BIN:?set BEFORE_BIN to the baseline binary}" --listen "127.0.0.1:$2" \
+        --shards 1 >/dev/null 2>&1 & ;;
     corecast-1-sendmsg) taskset -c 0 "$root/target/release/corecast" --listen "127.0.0.1:$2" --shards 1 \
         --send-batch 0 >/dev/null 2>&1 & ;;
     corecast-2) "$root/target/release/corecast" --listen "127.0.0.1:$2" --shards 2 >/dev/null 2>&1 & ;;
@@ -104,9 +111,9 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$out" "$NS $NS_IDLE" "$SERVERS" "$ROUNDS" $RATES <<'PY'
+python3 - "$out" "$NS $NS_IDLE" "$SERVERS" "$ROUNDS" "$BASE" $RATES <<'PY'
 import json, sys, os, statistics
-out, ns, servers, rounds, rates = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), int(sys.argv[4]), sys.argv[5:]
+out, ns, servers, rounds, base_name, rates = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), int(sys.argv[4]), sys.argv[5], sys.argv[6:]
 def runs(s, n, r):
     found = []
     for k in range(1, rounds + 1):
@@ -119,21 +126,21 @@ def med(rs, get):
     return statistics.median(vals) if vals else None
 def ratio(a, b):
     return f"x{a / b:.2f}" if a is not None and b else "  -  "
-print(f"load tool pinned to CPU 1; every server but corecast-2 pinned to CPU 0; median of {rounds} round(s)")
+print(f"load tool pinned to CPU 1; every server but corecast-2 pinned to CPU 0; median of {rounds} round(s); ratios vs {base_name}")
 for n in ns:
     print(f"\n== N = {n} connections")
     print("idle RSS per connection (bytes):")
     rss = lambda r: r["server_rss_per_idle_conn_bytes"]
-    base = med(runs("bun", n, 0), rss)
+    base = med(runs(base_name, n, 0), rss)
     for s in servers:
         v = med(runs(s, n, 0), rss)
         if v is not None:
-            print(f"  {s:19} {v:>8.0f}  {ratio(v, base)} vs bun")
+            print(f"  {s:19} {v:>8.0f}  {ratio(v, base)} vs {base_name}")
     for rate in rates:
         if not any(runs(s, n, rate) for s in servers):
             continue
         print(f"broadcast at {rate} msg/s (offered {int(rate) * (int(n) + 1):,} deliveries/s):")
-        b = runs("bun", n, rate)
+        b = runs(base_name, n, rate)
         fields = {
             "dps": lambda r: r["deliveries_per_sec"],
             "delivered": lambda r: r["delivery_ratio"],

@@ -8,6 +8,8 @@ mod support;
 mod backpressure;
 /// Seed protocol fan-out: every client's text reaches every connection, once, in order.
 mod broadcast;
+/// The bus contract: one order per stream across shards, exactly once, interest.
+mod bus_contract;
 /// Hostile input, class by class: the right status or close code, and a bystander unaffected.
 mod hostile;
 /// Limits and bad input: HTTP statuses, oversized messages, handshake deadline, heartbeats.

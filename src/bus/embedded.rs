@@ -56,9 +56,51 @@ struct Sequencer {
     node: NodeId,
 }
 
-/// A small set of shards (a node has a few dozen at most).
-#[derive(Debug, Default)]
-struct ShardSet(Vec<ShardId>);
+/// The shards that want one stream. Most users have their connections on one shard, so
+/// that case needs no allocation (the bus keeps one entry per user of the node).
+#[derive(Debug)]
+enum ShardSet {
+    /// One shard.
+    One(ShardId),
+    /// Several (a node has a few dozen shards at most).
+    Many(Vec<ShardId>),
+}
+
+impl ShardSet {
+    fn insert(&mut self, shard: ShardId) {
+        match self {
+            ShardSet::One(s) if *s == shard => {}
+            ShardSet::One(s) => *self = ShardSet::Many(vec![*s, shard]),
+            ShardSet::Many(v) if v.contains(&shard) => {}
+            ShardSet::Many(v) => v.push(shard),
+        }
+    }
+
+    /// Removes `shard`; `true` when the set is now empty.
+    fn remove(&mut self, shard: ShardId) -> bool {
+        match self {
+            ShardSet::One(s) => *s == shard,
+            ShardSet::Many(v) => {
+                v.retain(|s| *s != shard);
+                match v.as_slice() {
+                    [] => true,
+                    [only] => {
+                        *self = ShardSet::One(*only);
+                        false
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+
+    fn as_slice(&self) -> &[ShardId] {
+        match self {
+            ShardSet::One(s) => std::slice::from_ref(s),
+            ShardSet::Many(v) => v,
+        }
+    }
+}
 
 impl Sequencer {
     fn new(inboxes: ShardInboxes, node: NodeId) -> Sequencer {
@@ -85,7 +127,7 @@ impl Sequencer {
                     }
                     Some(None) => {} // nobody on this node wants it
                     Some(Some(shards)) => {
-                        for shard in &shards.0 {
+                        for shard in shards.as_slice() {
                             if let Some(inbox) = self.inboxes.get(shard.0 as usize) {
                                 let _ = inbox.send(message.clone());
                             }
@@ -106,15 +148,16 @@ impl Sequencer {
             Interest::User(u) => (&mut self.users, u),
         };
         if gained {
-            let set = map.entry(key).or_default();
-            if !set.0.contains(&shard) {
-                set.0.push(shard);
+            match map.get_mut(&key) {
+                Some(set) => set.insert(shard),
+                None => {
+                    map.insert(key, ShardSet::One(shard));
+                }
             }
-        } else if let Some(set) = map.get_mut(&key) {
-            set.0.retain(|s| *s != shard);
-            if set.0.is_empty() {
-                map.remove(&key);
-            }
+        } else if let Some(set) = map.get_mut(&key)
+            && set.remove(shard)
+        {
+            map.remove(&key);
         }
     }
 }
@@ -148,7 +191,10 @@ mod tests {
         bus.handle(publish(Route::Topic("other".into())));
         bus.handle(publish(Route::Direct("u".into())));
         bus.handle(publish(Route::Broadcast));
+        bus.handle(gained(2, topic()));
         bus.handle(lost(1, topic()));
+        bus.handle(publish(Route::Topic("t".into())));
+        bus.handle(lost(2, topic()));
         bus.handle(publish(Route::Topic("t".into())));
         let routes = |rx: &crate::xshard::ShardInbox| -> Vec<Route> {
             rx.try_iter()
@@ -160,6 +206,10 @@ mod tests {
         };
         assert_eq!(routes(&rxs[0]), [Route::Broadcast]);
         assert_eq!(routes(&rxs[1]), [Route::Topic("t".into()), Route::Broadcast]);
-        assert_eq!(routes(&rxs[2]), [Route::Direct("u".into()), Route::Broadcast]);
+        assert_eq!(
+            routes(&rxs[2]),
+            [Route::Direct("u".into()), Route::Broadcast, Route::Topic("t".into())]
+        );
+        assert!(bus.topics.is_empty(), "the last shard leaving removes the topic");
     }
 }

@@ -186,7 +186,7 @@ impl Shard {
     pub fn add_detached(self: &Rc<Self>, user: &str, mode: Mode) -> table::Registered {
         let conn = Rc::new(Conn::new(-1, user.to_owned(), mode, &self.ctx, Instant::now()));
         let slot = self.budget.try_acquire().expect("a detached shard's budget is unlimited");
-        table::Registered::new(self, conn, None, slot)
+        table::Registered::new(self, conn, slot)
     }
 
     /// Forgets every queued frame and the dirty list (benchmarks of a detached shard).

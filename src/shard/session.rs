@@ -7,15 +7,14 @@
 //!    `max_request_size`, counted against the pending-handshake caps), answer `/healthz`
 //!    or an error status, or upgrade;
 //! 2. **register**: a [`Registered`] guard puts the connection in the table, the hub, the
-//!    send ring's file table and the counters, and owns the socket and the connection's
-//!    budget slot;
+//!    send ring's file table and the counters, and holds the connection's budget slot;
 //! 3. **serve**: `conn::io` steps until the connection is done; events the client
 //!    published go to the bus in order (the task waits when the bus is full: this
 //!    client's reads pause, nobody else's);
-//! 4. **close**: the guard drops — unregistered everywhere, slot released, then the
-//!    socket closed.
+//! 4. **close**: the guard drops — unregistered everywhere, slot released — and then the
+//!    socket (the task's argument, so it always outlives the guard) is closed.
 
-use std::{net::SocketAddr, rc::Rc, time::Instant};
+use std::{future::Future, net::SocketAddr, rc::Rc, time::Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use glommio::{net::TcpStream, timer::Timer};
@@ -36,14 +35,31 @@ use crate::{
 
 /// Serves one accepted socket until it closes. Never returns an error: problems end
 /// this connection only, with an HTTP status or close code, and are logged at `debug`.
-pub(super) async fn run(shard: Rc<Shard>, stream: TcpStream) {
-    // The upgrade's state (request buffer, deadline timer) lives in its own allocation,
-    // freed when the upgrade is done: this task lives as long as the connection, and its
-    // size is paid by every idle socket.
-    let Some((registered, leftover)) = Box::pin(upgrade(&shard, stream)).await else {
-        return;
-    };
-    serve(&shard, registered, leftover).await;
+///
+/// The socket is captured by the task and the registration is a local inside it, so the
+/// registration always drops first: the connection is unregistered everywhere before its
+/// fd is closed (fd numbers are reused at once).
+///
+/// A plain function returning the task (an `async fn` would store its arguments, the
+/// 144-byte socket included, twice in every idle connection's task).
+#[allow(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
+pub(super) fn run(shard: Rc<Shard>, mut stream: TcpStream) -> impl Future<Output = ()> {
+    async move {
+        // The upgrade's state (request buffer, deadline timer) lives in its own
+        // allocation, freed when the upgrade is done: this task lives as long as the
+        // connection, and its size is paid by every idle socket.
+        let Some((registered, leftover)) = Box::pin(upgrade(&shard, &mut stream)).await else {
+            return;
+        };
+        let conn = registered.conn();
+        // Frames that came in the same read as the request head are the client's first:
+        // they are handled now, and their events published, before waiting for input.
+        if let Some(bytes) = leftover {
+            Box::pin(handle_first_frames(&shard, conn, bytes)).await;
+        }
+        serve(&shard, conn, &mut stream).await;
+        // `registered` drops here, before the captured `stream`: unregistered, then closed.
+    }
 }
 
 /// Runs the HTTP exchange. After a 101, returns the registered connection and any bytes
@@ -51,17 +67,17 @@ pub(super) async fn run(shard: Rc<Shard>, stream: TcpStream) {
 /// socket was answered, or not, and is dropped).
 async fn upgrade(
     shard: &Rc<Shard>,
-    mut stream: TcpStream,
+    stream: &mut TcpStream,
 ) -> Option<(Registered, Option<Vec<u8>>)> {
     let peer = stream.peer_addr().ok();
     let ctx = &shard.ctx;
     let Some(_pending) = shard.try_begin_handshake(peer) else {
         let rejection = handshake::Rejection { status: 503, reason: "too many pending handshakes" };
-        refuse(shard, &mut stream, peer, rejection).await;
+        refuse(shard, stream, peer, rejection).await;
         return None;
     };
     let deadline = ctx.cfg.handshake_timeout.0;
-    let handshake = read_request(shard, &mut stream).or(async {
+    let handshake = read_request(shard, stream).or(async {
         Timer::new(deadline).await;
         Err("handshake timeout")
     });
@@ -84,11 +100,11 @@ async fn upgrade(
             )
             .to_json();
             let response = handshake::http_response(200, "application/json", &body);
-            let _ = write_and_close(&mut stream, &response).await;
+            let _ = write_and_close(stream, &response).await;
             return None;
         }
         Request::Reject(rejection) => {
-            refuse(shard, &mut stream, peer, rejection).await;
+            refuse(shard, stream, peer, rejection).await;
             return None;
         }
     };
@@ -100,7 +116,7 @@ async fn upgrade(
     let slot = match slot {
         Ok(slot) => slot,
         Err(reason) => {
-            refuse(shard, &mut stream, peer, handshake::Rejection { status: 503, reason }).await;
+            refuse(shard, stream, peer, handshake::Rejection { status: 503, reason }).await;
             return None;
         }
     };
@@ -112,7 +128,7 @@ async fn upgrade(
     let conn = Rc::new(Conn::new(stream.as_raw_fd(), user, mode, ctx, Instant::now()));
     let response = handshake::upgrade_response(&accept_key, mode, ctx.id.0);
     conn.push_handshake_response(Rc::new(SharedFrame::from(response)));
-    let registered = Registered::new(shard, conn, Some(stream), slot);
+    let registered = Registered::new(shard, conn, slot);
     registered.conn().flush_now();
     trace!(shard = %ctx.id, conn = registered.conn().id().0, user = registered.conn().user(), ?mode, "upgraded");
     Some((registered, leftover))
@@ -167,23 +183,25 @@ async fn write_and_close(stream: &mut TcpStream, response: &[u8]) -> std::io::Re
     stream.close().await
 }
 
-/// Serves a registered connection until it is done; dropping `registered` at the end
-/// unregisters it and closes the socket.
-async fn serve(shard: &Rc<Shard>, mut registered: Registered, leftover: Option<Vec<u8>>) {
-    let ctx = &shard.ctx;
-    let conn = registered.conn().clone();
-    // Frames that came in the same read as the request head are the client's first: they
-    // are handled now, and their events published, before waiting for more input.
-    if let Some(mut bytes) = leftover {
-        reader::handle_input(ctx, &conn, &**shard, &mut bytes);
-        after_progress(shard, &conn).await;
-    }
-    let mut io_state = IoState::default();
-    loop {
-        let Some(stream) = registered.stream() else { return };
-        match io::next_step(ctx, &conn, &**shard, stream, &mut io_state).await {
-            Step::Done => return,
-            Step::Progress => after_progress(shard, &conn).await,
+/// Handles the bytes that followed the request head.
+async fn handle_first_frames(shard: &Rc<Shard>, conn: &Rc<Conn>, mut bytes: Vec<u8>) {
+    reader::handle_input(&shard.ctx, conn, &**shard, &mut bytes);
+    after_progress(shard, conn).await;
+}
+
+/// Serves a registered connection until it is done.
+#[allow(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
+fn serve<'a>(
+    shard: &'a Rc<Shard>,
+    conn: &'a Rc<Conn>,
+    stream: &'a mut TcpStream,
+) -> impl Future<Output = ()> + 'a {
+    async move {
+        let mut io_state = IoState::default();
+        while io::next_step(&shard.ctx, conn, &**shard, stream, &mut io_state).await
+            == Step::Progress
+        {
+            after_progress(shard, conn).await;
         }
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! A connection enters the table, the hub, the send ring's file table and the counters
 //! in one place ([`Registered::new`]) and leaves all of them in one place (its `Drop`),
-//! together with its connection-budget slot and, last, its socket: no path can forget
-//! one, and the socket's fd number is never reused while anything still refers to it.
+//! together with its connection-budget slot: no path can forget one. The socket is closed
+//! only after that (see `session::run`), so its fd number is never reused while anything
+//! still refers to it.
 
 use std::{
     cell::RefCell,
@@ -15,7 +16,6 @@ use std::{
     task::{Poll, Waker},
 };
 
-use glommio::net::TcpStream;
 use slab::Slab;
 
 use super::Shard;
@@ -66,27 +66,20 @@ impl ConnTable {
     }
 }
 
-/// A registered connection and its socket. Dropping it unregisters the connection from
-/// everything, gives its budget slot back, and then closes the socket.
+/// A registered connection. Dropping it unregisters the connection from everything and
+/// gives its budget slot back. Its socket must outlive it (the session task owns the
+/// socket as its argument and this guard as a later local, so it drops first).
 #[derive(Debug)]
 pub struct Registered {
     shard: Rc<Shard>,
     conn: Rc<Conn>,
-    /// The socket; dropped (closed) after the unregistration in `Drop`. `None` for a
-    /// detached connection (benchmarks).
-    stream: Option<TcpStream>,
     /// The connection's slot of the node-wide budget; released when this drops.
     _slot: BudgetSlot,
 }
 
 impl Registered {
-    /// Registers `conn` (and its socket) on `shard`.
-    pub fn new(
-        shard: &Rc<Shard>,
-        conn: Rc<Conn>,
-        stream: Option<TcpStream>,
-        slot: BudgetSlot,
-    ) -> Registered {
+    /// Registers `conn` on `shard`.
+    pub fn new(shard: &Rc<Shard>, conn: Rc<Conn>, slot: BudgetSlot) -> Registered {
         shard.flusher.register_socket(conn.fd());
         let id = ConnId(shard.table.conns.borrow_mut().insert(conn.clone()) as u32);
         conn.set_id(id);
@@ -96,17 +89,12 @@ impl Registered {
         let stats = shard.ctx.stats();
         ShardStats::add(&stats.connections, 1);
         ShardStats::add(&stats.upgrades, 1);
-        Registered { shard: shard.clone(), conn, stream, _slot: slot }
+        Registered { shard: shard.clone(), conn, _slot: slot }
     }
 
     /// The connection.
     pub fn conn(&self) -> &Rc<Conn> {
         &self.conn
-    }
-
-    /// The socket.
-    pub fn stream(&mut self) -> Option<&mut TcpStream> {
-        self.stream.as_mut()
     }
 }
 
@@ -131,6 +119,6 @@ impl Drop for Registered {
                 waker.wake();
             }
         }
-        // Then the fields drop: the socket closes, the budget slot is given back.
+        // Then the budget slot drops: given back.
     }
 }
