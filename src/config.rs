@@ -388,7 +388,7 @@ config_options! {
     drain_timeout: HumanDuration = HumanDuration(Duration::from_secs(10)), env = "CORECAST_DRAIN_TIMEOUT";
     /// SO_SNDBUF for accepted sockets (0 = kernel default with autotuning). Bounds kernel memory per slow client.
     socket_send_buffer: ByteSize = ByteSize(0), env = "CORECAST_SOCKET_SEND_BUFFER";
-    /// Capacity, in events, of each shard's inbox from the bus. A full inbox makes publishers wait.
+    /// Capacity, in events, of each shard's inbox from the bus and of the shards' command channel to the bus. Full, they make publishers wait.
     inbox_capacity: Count = 8192, env = "CORECAST_INBOX_CAPACITY";
     /// Most sockets written per io_uring submission when a shard flushes (one `io_uring_enter` carries that many non-blocking sends; rounded up to a power of two; at most 4096); 0 = one sendmsg(2) syscall per socket. Falls back to sendmsg if io_uring is unavailable.
     send_batch: Count = 256, env = "CORECAST_SEND_BATCH";
@@ -492,7 +492,9 @@ mod tests {
     }
 
     #[test]
-    fn precedence_is_default_file_env_flag() {
+    /// File over default, flag over file (the environment is tested through the binary,
+    /// in tests/shutdown.rs: a test cannot set variables in its own threaded process).
+    fn precedence_is_default_file_flag() {
         let dir = std::env::temp_dir().join(format!("corecast-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("c.toml");

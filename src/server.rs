@@ -20,7 +20,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tracing::info;
 
 use crate::{
-    bus::{self, embedded},
+    bus::{self, BusCommand, embedded},
     config::{Config, ShardCount},
     error::{Error, Result},
     shard::{self, ShardParts},
@@ -43,8 +43,8 @@ pub struct RunningServer {
     addr: SocketAddr,
     controls: Vec<flume::Sender<ShardControl>>,
     shards: Vec<ExecutorJoinHandle<()>>,
-    /// The bus thread; it ends once every shard has stopped.
-    bus: Option<std::thread::JoinHandle<()>>,
+    /// The bus thread, and the sender that tells it to end once every shard has stopped.
+    bus: Option<(std::thread::JoinHandle<()>, flume::Sender<BusCommand>)>,
     stats: Arc<NodeStats>,
     budget: Arc<ConnectionBudget>,
 }
@@ -84,12 +84,13 @@ impl RunningServer {
                 result = Err(Error::ShardPanicked(i));
             }
         }
-        // Every shard has closed its bus handle: the bus thread ends.
-        if let Some(bus) = self.bus
-            && bus.join().is_err()
-            && result.is_ok()
-        {
-            result = Err(Error::BusPanicked);
+        // Every shard has stopped: the bus thread ends (a blocking send is fine here: the
+        // bus thread drains its channel, and sends to stopped shards fail at once).
+        if let Some((thread, control)) = self.bus {
+            let _ = control.send(BusCommand::Shutdown);
+            if thread.join().is_err() && result.is_ok() {
+                result = Err(Error::BusPanicked);
+            }
         }
         result
     }
@@ -185,8 +186,7 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
         match started {
             Ok(handle) => shards.push(handle),
             Err(e) => {
-                drop(bus_tx);
-                let bus = Some(bus_thread);
+                let bus = Some((bus_thread, bus_tx));
                 let partial = RunningServer { addr, controls, shards, bus, stats, budget };
                 partial.shutdown();
                 let _ = partial.join();
@@ -194,10 +194,8 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
             }
         }
     }
-    // Only the shards hold senders now: the bus thread ends when they are gone.
-    drop(bus_tx);
     info!(%addr, shards = shard_count, ?cpus, ?bus_cpu, "corecast listening (embedded bus)");
-    Ok(RunningServer { addr, controls, shards, bus: Some(bus_thread), stats, budget })
+    Ok(RunningServer { addr, controls, shards, bus: Some((bus_thread, bus_tx)), stats, budget })
 }
 
 /// Binds one SO_REUSEPORT listener per shard on the configured address. The first bind

@@ -12,20 +12,30 @@ const WINDOW: usize = 16;
 /// the 64 KiB limit: when it reads again (within the grace period) it finds a Close
 /// 1013 after the frames that were already on their way. Meanwhile a normal client
 /// receives all 32,000 messages (32 MiB) in order, and this process's RSS grows by less
-/// than half of the 32 MiB that an unbounded queue would have kept for the slow client.
+/// than half of the 32 MiB that an unbounded queue would have kept for the slow client
+/// (the node runs as a child process, so the figure is its own).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_cut_off_and_others_keep_receiving() {
     const MESSAGES: usize = 32_000;
-    let server = TestServer::start(|cfg| {
-        cfg.outbound_queue_limit.0 = 64 << 10;
-        cfg.socket_send_buffer.0 = 8 << 10;
-        cfg.close_grace.0 = std::time::Duration::from_secs(60);
-    });
+    // A process of its own, so its memory is not mixed with other tests' servers.
+    let server = ChildServer::start(&[
+        "--shards",
+        "2",
+        "--app-ping-interval",
+        "off",
+        "--outbound-queue-limit",
+        "64KiB",
+        "--socket-send-buffer",
+        "8KiB",
+        "--close-grace",
+        "60s",
+    ])
+    .await;
     let mut slow = RawClient::upgrade(server.addr, "slow", Some(4096)).await;
     let fast = connect(server.addr, "fast", false).await;
     let publisher = connect(server.addr, "pub", false).await;
     server.wait_health("3 connections", |h| h["connections"] == 3).await;
-    let rss_before = rss_bytes();
+    let rss_before = server.rss_bytes();
 
     // Both reading clients report how many messages they have received, in order.
     let reader = |user: &'static str, stream: futures_util::stream::SplitStream<_>| {
@@ -69,7 +79,7 @@ async fn slow_consumer_is_cut_off_and_others_keep_receiving() {
     within(WAIT, "publisher receives everything", pub_task).await.unwrap();
     let health =
         server.wait_health("slow consumer counted", |h| h["slow_consumer_closes"] == 1).await;
-    let rss_growth = rss_bytes().saturating_sub(rss_before);
+    let rss_growth = server.rss_bytes().saturating_sub(rss_before);
     assert!(
         rss_growth < 16 << 20,
         "RSS grew {rss_growth} bytes while 32 MiB went to a client that does not read; health: {health}"

@@ -10,6 +10,12 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
+/// Tiny shard inboxes: publishers on different shards then wait for room at the same
+/// time, which is when per-shard orders would diverge if the bus did not sequence.
+fn small_queues(cfg: &mut corecast::Config) {
+    cfg.inbox_capacity = 2;
+}
+
 /// Events each publisher sends per stream.
 const PER_PUBLISHER: usize = 300;
 
@@ -72,7 +78,7 @@ async fn one_order_per_stream(
 /// Topics: subscribers on both shards see one order of two shards' publishes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_topic_stream_has_one_order() {
-    let server = TestServer::start(|_| {});
+    let server = TestServer::start(small_queues);
     let mut receivers = on_both_shards(&server, "reader", 2).await;
     for r in receivers.iter_mut() {
         r.send_json(json!({"op":"subscribe","topic":"race"})).await;
@@ -90,7 +96,7 @@ async fn embedded_topic_stream_has_one_order() {
 /// Broadcasts: every connection sees one order (the publishers' own connections too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_broadcast_stream_has_one_order() {
-    let server = TestServer::start(|_| {});
+    let server = TestServer::start(small_queues);
     let mut receivers = on_both_shards(&server, "reader", 2).await;
     let mut publishers = on_both_shards(&server, "writer", 1).await;
     let total = 2 * PER_PUBLISHER;
@@ -111,7 +117,7 @@ async fn embedded_broadcast_stream_has_one_order() {
 /// A user's direct messages: that user's connections on both shards see one order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_direct_stream_has_one_order() {
-    let server = TestServer::start(|_| {});
+    let server = TestServer::start(small_queues);
     let mut receivers = on_both_shards(&server, "dora", 2).await;
     let mut publishers = on_both_shards(&server, "writer", 1).await;
     one_order_per_stream(
@@ -127,7 +133,7 @@ async fn embedded_direct_stream_has_one_order() {
 /// `subscribed` gets its own event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_interest_follows_subscriptions() {
-    let server = TestServer::start(|_| {});
+    let server = TestServer::start(small_queues);
     let mut clients = on_both_shards(&server, "c", 1).await;
     for round in 0..20 {
         for c in clients.iter_mut() {

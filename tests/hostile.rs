@@ -105,7 +105,19 @@ async fn malformed_handshakes() {
         (good.replace("\r\n\r\n", &format!("\r\n{many_headers}\r\n")).into_bytes(), 431),
         (good.replace("\r\n\r\n", "\r\nOrigin: https://evil.example\r\n\r\n").into_bytes(), 403),
         (good.replace("/ws/mallory", "/ws/../../etc/passwd").into_bytes(), 400),
+        (good.replace("/ws/mallory", "/chat").into_bytes(), 404),
+        (good.replace("/ws/mallory", "/ws/bad%20id").into_bytes(), 400),
+        (good.replace("/ws/mallory", &format!("/ws/{}", "u".repeat(65))).into_bytes(), 400),
+        (b"GET /ws/alice HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400),
+        (good.replace("Host: test\r\n", "").into_bytes(), 400),
+        (good.replace("Host: test\r\n", "Host: a\r\nHost: b\r\n").into_bytes(), 400),
+        (
+            good.replace("\r\n\r\n", "\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n\r\n")
+                .into_bytes(),
+            400,
+        ),
     ];
+    let refused = cases.len() as u64;
     for (request, expected) in cases {
         let (status, raw) = status_of(&server, &request).await;
         assert_eq!(
@@ -118,6 +130,9 @@ async fn malformed_handshakes() {
             assert!(raw.contains("Sec-WebSocket-Version: 13"));
         }
     }
+    let health = server.health().await;
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["rejected_handshakes"].as_u64(), Some(refused), "each refusal counted");
     by.expect_progress(before, 20).await;
 }
 
@@ -167,36 +182,35 @@ async fn slowloris_and_silent_sockets() {
 async fn pending_handshake_cap_per_ip() {
     let server = TestServer::start(|cfg| cfg.max_pending_handshakes_per_ip = 8);
     let by = Bystander::start(&server).await;
-    // Open 40 sockets from one IP and send nothing; then see which were answered.
+    // Open 40 sockets from one IP. A refused socket is answered 503 at accept time; a
+    // held one holds a pending slot. Then every socket sends a complete upgrade: the held
+    // ones get 101, the refused ones have their 503 (sent before the request) — so each
+    // socket's first answer classifies it, with no timing involved.
     let mut sockets = Vec::new();
     for _ in 0..40 {
         sockets.push(
             within(WAIT, "connect", tokio::net::TcpStream::connect(server.addr)).await.unwrap(),
         );
     }
-    // A refused socket gets 503 at accept time; a held one stays silent until the handshake
-    // deadline (5 s), far beyond this 1 s bound.
     let answers = futures_util::future::join_all(sockets.iter_mut().map(|s| async move {
-        let mut buf = [0u8; 64];
-        tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf))
-            .await
-            .ok()
-            .map(|r| String::from_utf8_lossy(&buf[..r.unwrap_or(0)]).into_owned())
+        // A refused socket may already be closed: the write can fail, the 503 is read anyway.
+        let _ = s.write_all(upgrade_request("capped").as_bytes()).await;
+        let mut head = Vec::new();
+        let mut buf = [0u8; 256];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match within(WAIT, "an answer to each socket", s.read(&mut buf)).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&head).into_owned()
     }))
     .await;
-    let mut held = Vec::new();
-    let mut refused = 0;
-    for answer in answers {
-        match answer {
-            Some(text) => {
-                assert!(text.starts_with("HTTP/1.1 503"), "refused with 503, got {text:?}");
-                refused += 1;
-            }
-            None => held.push(()), // silent: holding a pending slot
-        }
-    }
-    assert_eq!(held.len() + refused, 40);
-    assert!(held.len() <= 16 && refused >= 24, "at most 8 pending per shard: {} held", held.len());
+    let held = answers.iter().filter(|a| a.starts_with("HTTP/1.1 101")).count();
+    let refused = answers.iter().filter(|a| a.starts_with("HTTP/1.1 503")).count();
+    assert_eq!(held + refused, 40, "every socket answered 101 or 503: {answers:?}");
+    assert!(held <= 16 && refused >= 24, "at most 8 pending per shard: {held} held");
+    assert!(held >= 8, "the cap admits 8 per shard: {held} held");
     by.expect_progress(by.count(), 20).await;
 }
 
@@ -296,7 +310,8 @@ async fn invalid_close_codes() {
     by.expect_progress(before, 20).await;
 }
 
-/// Unmasked frames, reserved bits and reserved opcodes → 1002.
+/// Unmasked frames, reserved bits and reserved opcodes → 1002; binary data → 1003; each
+/// counted in `protocol_closes`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmasked_reserved_bits_and_opcodes() {
     let server = TestServer::start(|_| {});
@@ -317,11 +332,17 @@ async fn unmasked_reserved_bits_and_opcodes() {
         client_frame(0x9, false, b"fragmented ping"),
         client_frame(0x9, true, &[b'p'; 126]),
     ];
+    let violations = cases.len() as u64 + 1;
     for wire in cases {
         let mut c = RawClient::upgrade(server.addr, "rsv", None).await;
         c.send(&wire).await;
         assert_eq!(c.expect_close().await, 1002, "{:02x?}", &wire[..2]);
     }
+    // Binary data is not part of either protocol: 1003.
+    let mut binary = RawClient::upgrade(server.addr, "bin", None).await;
+    binary.send(&client_frame(0x2, true, b"\x00\x01")).await;
+    assert_eq!(binary.expect_close().await, 1003);
+    server.wait_health("violations counted", |h| h["protocol_closes"] == violations).await;
     by.expect_progress(before, 20).await;
 }
 

@@ -12,9 +12,10 @@ mod broadcast;
 mod bus_contract;
 /// Hostile input, class by class: the right status or close code, and a bystander unaffected.
 mod hostile;
-/// Limits and bad input: HTTP statuses, oversized messages, handshake deadline, heartbeats.
+/// Configured limits: connection cap, heartbeat deadlines, application pings.
 mod limits;
-/// The binary as a process: SIGTERM closes clients with 1001 and exits 0.
+/// The binary as a process: SIGTERM closes clients with 1001 and exits 0; configuration
+/// precedence with real environment variables.
 mod shutdown;
 /// The v1 protocol: topics, direct messages, broadcast across protocols, command errors.
 mod v1;

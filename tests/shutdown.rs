@@ -1,66 +1,59 @@
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-};
+use std::process::Command;
 
 use crate::support::*;
-
-/// Kills the child on drop if the test did not reap it.
-struct ChildGuard(Child);
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The real binary: on SIGTERM every client gets Close 1001 and the process exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_clients_with_1001_and_exits_0() {
-    let mut child = ChildGuard(
-        Command::new(env!("CARGO_BIN_EXE_corecast"))
-            .args(["--listen", "127.0.0.1:0", "--shards", "2", "--drain-timeout", "5s"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("binary starts"),
-    );
-    let stdout = child.0.stdout.take().unwrap();
-    let line = within(
-        WAIT,
-        "listening line",
-        tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line).unwrap();
-            line
-        }),
-    )
-    .await
-    .unwrap();
-    let addr: std::net::SocketAddr = line
-        .trim()
-        .strip_prefix("corecast listening on ws://")
-        .and_then(|rest| rest.strip_suffix("/ws/{user_id}"))
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .unwrap();
-
+    let mut server = ChildServer::start(&["--shards", "2", "--drain-timeout", "5s"]).await;
+    let addr = server.addr;
     let mut clients = Vec::new();
     for i in 0..6 {
         clients.push(connect(addr, &format!("c{i}"), i % 2 == 0).await);
     }
-    let status = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
+    let status =
+        Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
     assert!(status.success());
     for c in &mut clients {
         let frame = c.recv_close().await.expect("close frame with a code");
         assert_eq!(u16::from(frame.code), 1001, "{}", c.user);
     }
     drop(clients);
-    let mut process = std::mem::replace(&mut child.0, Command::new("true").spawn().unwrap());
+    let mut process = std::mem::replace(&mut server.child, Command::new("true").spawn().unwrap());
     let exit = within(WAIT, "process exits", tokio::task::spawn_blocking(move || process.wait()))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(exit.code(), Some(0), "clean exit");
+}
+
+/// Configuration precedence through the real binary, with real environment variables:
+/// defaults < file < environment < flags (`--check-config` prints the effective config).
+#[test]
+fn precedence_is_default_file_env_flag() {
+    let dir = std::env::temp_dir().join(format!("corecast-precedence-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("c.toml");
+    std::fs::write(&file, "backlog = 100\nping_interval = \"3s\"\nmax_message_size = 1000\n")
+        .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_corecast"))
+        .args(["--check-config", "--backlog", "7"])
+        .env("CORECAST_CONFIG", &file)
+        .env("CORECAST_BACKLOG", "50")
+        .env("CORECAST_PING_INTERVAL", "4s")
+        .env_remove("CORECAST_MAX_MESSAGE_SIZE")
+        .output()
+        .expect("binary runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let effective: toml::Table =
+        toml::from_str(&String::from_utf8_lossy(&output.stdout)).expect("TOML");
+    assert_eq!(effective["backlog"].as_integer(), Some(7), "flag beats environment");
+    assert_eq!(effective["ping_interval"].as_str(), Some("4s"), "environment beats file");
+    assert_eq!(
+        effective["max_message_size"].to_string().trim_matches('"'),
+        "1000",
+        "file beats default"
+    );
+    assert_eq!(effective["pong_timeout"].as_str(), Some("10s"), "default");
+    let _ = std::fs::remove_dir_all(&dir);
 }

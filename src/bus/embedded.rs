@@ -21,7 +21,8 @@ use crate::xshard::{
     Delivery, Interest, InterestChange, NodeId, Route, ShardId, ShardInboxes, ShardMessage,
 };
 
-/// Starts the bus thread. It ends when every shard has closed its `BusHandle`.
+/// Starts the bus thread. It ends on [`BusCommand::Shutdown`], or when every sender is
+/// gone.
 ///
 /// # Errors
 /// The OS refused to start a thread.
@@ -37,6 +38,9 @@ pub(crate) fn spawn(
         }
         let mut bus = Sequencer::new(inboxes, node);
         while let Ok(command) = commands.recv() {
+            if matches!(command, BusCommand::Shutdown) {
+                break;
+            }
             bus.handle(command);
         }
         debug!("embedded bus stopped");
@@ -110,6 +114,7 @@ impl Sequencer {
     fn handle(&mut self, command: BusCommand) {
         match command {
             BusCommand::Interest { shard, change } => self.change_interest(shard, change),
+            BusCommand::Shutdown => {}
             BusCommand::Publish(event) => {
                 let delivery: Arc<Delivery> = Arc::new(event.encode(&self.node));
                 let targets = match &delivery.route {

@@ -59,6 +59,9 @@ pub enum BusCommand {
         /// What changed.
         change: InterestChange,
     },
+    /// Every shard has stopped: the bus thread ends. Sent by the main thread, which keeps
+    /// a sender for this (a shard task that never finished may still hold another).
+    Shutdown,
 }
 
 /// The bus thread's receiving end of every shard's commands.

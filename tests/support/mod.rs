@@ -69,18 +69,41 @@ impl TestServer {
         .await
     }
 
-    /// Stops the node (close 1001 to clients) and waits for the shards to exit.
+    /// Stops the node (close 1001 to clients) and waits, at most [`WAIT`], for its
+    /// threads to exit.
+    ///
+    /// # Errors
+    /// A shard or the bus panicked, or the node did not stop in time.
+    pub fn try_stop(&mut self) -> Result<(), String> {
+        let Some(server) = self.server.take() else { return Ok(()) };
+        server.shutdown();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(server.join().map_err(|e| e.to_string()));
+        });
+        match rx.recv_timeout(WAIT) {
+            Ok(result) => result,
+            Err(_) => Err(format!("the node did not stop within {WAIT:?}")),
+        }
+    }
+
+    /// [`try_stop`](Self::try_stop), panicking on failure.
     pub fn stop(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.shutdown();
-            server.join().expect("shards exit cleanly");
+        if let Err(e) = self.try_stop() {
+            panic!("{e}");
         }
     }
 }
 
 impl Drop for TestServer {
+    /// Stops the node. While a failing test unwinds, a second panic would abort the
+    /// process and hide the first failure: the stop error is printed instead.
     fn drop(&mut self) {
-        self.stop();
+        match self.try_stop() {
+            Ok(()) => {}
+            Err(e) if std::thread::panicking() => eprintln!("while unwinding: {e}"),
+            Err(e) => panic!("{e}"),
+        }
     }
 }
 
@@ -307,6 +330,86 @@ fn parse_server_frame(buf: &[u8]) -> Option<(ServerFrame, usize)> {
     }
     let (opcode, payload, used) = corecast::testing::decode_unmasked(buf)?;
     Some((ServerFrame { opcode, payload: buf[payload].to_vec() }, used))
+}
+
+/// The real `corecast` binary as a child process on 127.0.0.1:0: its memory is its own
+/// (not shared with the other tests of this process). Killed and reaped on drop.
+pub struct ChildServer {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl ChildServer {
+    /// Starts the binary with `args` (after `--listen 127.0.0.1:0`) and waits for its
+    /// "listening" line.
+    pub async fn start(args: &[&str]) -> ChildServer {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_corecast"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("binary starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let read_line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        });
+        let line = within(WAIT, "listening line", read_line).await.unwrap().unwrap_or_default();
+        let server = |addr| ChildServer { child, addr };
+        match line
+            .trim()
+            .strip_prefix("corecast listening on ws://")
+            .and_then(|rest| rest.strip_suffix("/ws/{user_id}"))
+            .and_then(|a| a.parse().ok())
+        {
+            Some(addr) => server(addr),
+            None => panic!("unexpected first line {line:?}"),
+        }
+    }
+
+    /// The process's resident set size in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("/proc/<pid>/status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS line");
+        kib * 1024
+    }
+
+    /// `/healthz` as JSON.
+    pub async fn health(&self) -> Value {
+        let (status, body) = http_get(self.addr, "/healthz").await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("healthz is JSON")
+    }
+
+    /// Waits until `pred(healthz)` holds (bounded by [`WAIT`]).
+    pub async fn wait_health(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        within(WAIT, what, async {
+            loop {
+                let h = self.health().await;
+                if pred(&h) {
+                    return h;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Resident set size of this process in bytes.
