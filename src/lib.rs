@@ -1,9 +1,10 @@
 //! corecast: a thread-per-core WebSocket fan-out server.
 //!
 //! One glommio executor per CPU core (a **shard**) owns its sockets, its connection
-//! table and its user/topic indexes. Events published by clients travel over a **bus**
-//! to every shard; each event is serialized **once** into a complete WebSocket frame
-//! per wire format and shared by reference count with every shard and connection.
+//! table and its user/topic indexes. Events published by clients go to a **bus** thread,
+//! which puts each stream in one order, encodes each event **once** into a complete
+//! WebSocket frame per wire format, and shares it by reference count with the shards
+//! that want it and their connections.
 //!
 //! # Data flow
 //!
@@ -11,31 +12,53 @@
 //!  client text frame
 //!       │  conn::reader: decode (shard scratch buffer) → command / event
 //!       ▼
-//!  bus::Bus::publish  ── encode ONCE → Arc<Delivery{frames: Bytes}> ── xshard (Send boundary)
-//!       │                                           │
-//!       ▼ shard 0 inbox (flume, bounded)            ▼ shard 1 inbox …
-//!  shard::inbox: Rc<frame> per shard → hub lookup → conn::writer queues (Rc clones)
+//!  bus::BusHandle (per shard: publishes and interest changes, in order)
+//!       │  one bounded channel                                  ── Send boundary (xshard)
+//!       ▼
+//!  bus thread (embedded; Redis next): sequence each stream, encode ONCE
+//!       │  Arc<Delivery{frames: Bytes}> into the inbox of each interested shard
+//!       ▼ shard 0 inbox (flume, bounded)     ▼ shard 1 inbox …
+//!  shard::inbox: Rc<frame> per shard → hub lookup → conn queues (Rc clones)
 //!       │
-//!       ▼ flush pass (shard::inbox + Shard::flush_some): one send per socket with all its
-//!         queued frames, 256 sockets per io_uring_enter (sys::SendRing), new events
-//!         taken in between slices
-//!  listener (SO_REUSEPORT, per shard) → conn::run: handshake → serve → close
+//!       ▼ shard::flush: one send per socket with all its queued frames, 256 sockets per
+//!         io_uring_enter (sys::SendRing), new events taken in between slices
+//!  shard::listener (SO_REUSEPORT) → shard::session: upgrade → register → serve → close
 //! ```
 //!
-//! # Layout
+//! # Module map: what owns what, on which thread
 //!
-//! - [`config`]: every option, its default and its documentation (CLI, env, TOML).
-//! - [`server`]: process topology: limits, listeners, bus, pinned shards, shutdown.
-//! - [`shard`]: the per-core root: accept loop, inbox fan-out, heartbeats, flush pass.
-//! - [`conn`]: one connection: handshake, reader, writer (queue), v1 commands.
-//! - [`hub`]: per-shard user and topic indexes; pure, no I/O.
-//! - [`bus`]: the cross-shard (later cross-node) interface and the embedded bus.
-//! - [`event`]: client events and their encoding into frames.
-//! - [`frame`]: server frame encoding and the client frame decoder.
-//! - [`xshard`]: everything that crosses threads (`Send` types, channels, counters).
-//! - [`sys`]: OS calls; the only module with `unsafe`.
-//! - [`fuzz_harness`]: fuzz target bodies, shared with the corpus regression test.
-//! - [`error`]: the crate error type.
+//! Dependencies run one way: `server → shard → {conn, hub, bus} → {event, frame, xshard}`;
+//! `conn` never names the shard (it sees `conn::ShardContext` and the
+//! `conn::Subscriptions` trait), `hub` is pure data.
+//!
+//! - `server` (main thread): process topology — limits, listeners, the bus thread, one
+//!   pinned executor per shard, shutdown and join. Owns the shards' control channels and
+//!   the bus thread's handle.
+//! - `shard` (one per shard thread, `!Send`): the per-core root. `Shard` owns the
+//!   `conn::ShardContext`, the connection table (`shard::table`, entries only through
+//!   the `Registered` guard, whose `Drop` unregisters from table, hub, send ring, counters
+//!   and budget), the `hub::Hub`, the shard's `bus::BusHandle` and the flush pass
+//!   (`shard::flush`, which owns the io_uring send ring). Tasks: listener, one session per
+//!   socket, inbox, heartbeat.
+//! - `conn` (shard thread): one connection. `conn::state::ConnState` is the sans-I/O
+//!   state machine (close handshake, outbound queue and its limit, heartbeat deadlines,
+//!   control-frame rate) with private fields and time passed in; `Conn` wraps it with the
+//!   fd, the waker and the flush flags; `conn::io` polls the socket; `conn::reader` turns
+//!   bytes into frames, messages, commands and events; `conn::handshake` and
+//!   `conn::command` are pure parsers.
+//! - `hub` (shard thread, pure): topic → connection set, user → connection set, and each
+//!   connection's topics (the only record of them); reports interest transitions.
+//! - `bus` (shard side: `BusHandle`; bus side: its own thread): the seam between shards
+//!   and whatever sequences streams. `bus::embedded` is the single-node bus thread; the
+//!   Redis bridge is the second implementation.
+//! - `xshard` (any thread): every type that crosses threads — deliveries, inbox
+//!   messages, interest changes, node counters, the connection budget.
+//! - `event`, `frame` (any thread, pure): events and their encoding; the frame codec.
+//! - `config` (main thread, then copied into each shard): every option.
+//! - `sys` (main thread at start-up, shard threads for sends): OS calls; the only module
+//!   with `unsafe`.
+//! - `fuzz_harness`, `testing`: entry points for fuzz targets, benches and tests.
+//! - `error`: the crate error type.
 
 pub mod config;
 pub mod error;

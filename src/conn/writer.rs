@@ -5,13 +5,20 @@
 //!
 //! There is exactly one writer per socket: every byte a connection sends (fan-out
 //! frames, replies, pongs, pings, Close) goes through its [`OutQueue`], so frames can
-//! never interleave mid-frame (the "write gate" of NOTES §3 is this single queue).
-//! Frames queued for a socket during one pass of the shard go out in one `sendmsg` with
-//! one iovec per frame (corking, as uWebSockets does): the cost of a write hardly
-//! depends on how many frames it carries.
+//! never interleave mid-frame. (Writing pre-encoded frames beside a WebSocket library's
+//! own writer corrupts streams unless writes are arbitrated at frame boundaries: its read
+//! path also writes pongs and close replies, and can leave a half-written frame on
+//! `EAGAIN`. One queue per socket is that arbitration.)
+//!
+//! Frames queued for a socket during one pass of the shard leave in one send (corking, as
+//! uWebSockets does): the shard's flush pass (`shard::flush`) hands many sockets' sends to
+//! the kernel in one `io_uring_enter`, a socket's small frames copied into one buffer, and
+//! [`OutQueue::write_nonblocking`] (`sendmsg`, one iovec per frame) finishes what a batch
+//! left and serves nodes without io_uring. The cost of a send hardly depends on how many
+//! frames it carries.
 //!
 //! Policy: the queue holds at most `outbound_queue_limit` bytes. A frame that would pass
-//! it marks the client as a slow consumer (see `Conn::begin_close`).
+//! it marks the client as a slow consumer (`conn::state`: `Close::SLOW_CONSUMER`).
 
 use std::{
     collections::VecDeque,
