@@ -388,7 +388,7 @@ config_options! {
     drain_timeout: HumanDuration = HumanDuration(Duration::from_secs(10)), env = "CORECAST_DRAIN_TIMEOUT";
     /// SO_SNDBUF for accepted sockets (0 = kernel default with autotuning). Bounds kernel memory per slow client.
     socket_send_buffer: ByteSize = ByteSize(0), env = "CORECAST_SOCKET_SEND_BUFFER";
-    /// Capacity, in events, of each shard's inbox from the bus and of the shards' command channel to the bus. Full, they make publishers wait.
+    /// Capacity, in events, of each shard's inbox from the bus and of its sequencer lane (commands about the streams it owns). Full, they make publishers wait.
     inbox_capacity: Count = 8192, env = "CORECAST_INBOX_CAPACITY";
     /// Most sockets written per io_uring submission when a shard flushes (one `io_uring_enter` carries that many non-blocking sends; rounded up to a power of two; at most 4096); 0 = one sendmsg(2) syscall per socket. Falls back to sendmsg if io_uring is unavailable.
     send_batch: Count = 256, env = "CORECAST_SEND_BATCH";

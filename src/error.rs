@@ -41,10 +41,6 @@ pub enum Error {
     #[error("shard {0} panicked")]
     ShardPanicked(usize),
 
-    /// The bus thread panicked. This is a bug in corecast; the node stops.
-    #[error("the bus thread panicked")]
-    BusPanicked,
-
     /// Any other I/O failure at the process level.
     #[error(transparent)]
     Io(#[from] io::Error),

@@ -1,10 +1,11 @@
 //! corecast: a thread-per-core WebSocket fan-out server.
 //!
 //! One glommio executor per CPU core (a **shard**) owns its sockets, its connection
-//! table and its user/topic indexes. Events published by clients go to a **bus** thread,
-//! which puts each stream in one order, encodes each event **once** into a complete
-//! WebSocket frame per wire format, and shares it by reference count with the shards
-//! that want it and their connections.
+//! table and its user/topic indexes. Events published by clients go through the **bus**
+//! to their stream's sequencer (with the embedded bus, the stream's owner shard), which
+//! puts the stream in one order, encodes each event **once** into a complete WebSocket
+//! frame per wire format, and shares it by reference count with the shards that want it
+//! and their connections.
 //!
 //! # Data flow
 //!
@@ -12,10 +13,11 @@
 //!  client text frame
 //!       │  conn::reader: decode (shard scratch buffer) → command / event
 //!       ▼
-//!  bus::BusHandle (per shard: publishes and interest changes, in order)
-//!       │  one bounded channel                                  ── Send boundary (xshard)
-//!       ▼
-//!  bus thread (embedded; Redis next): sequence each stream, encode ONCE
+//!  bus::BusHandle (per shard: publishes and interest changes, in order per stream)
+//!       │  the stream's lane: its owner shard (a hash of its name), inline when that is
+//!       ▼  this shard                                           ── Send boundary (xshard)
+//!  bus::embedded::LocalSequencer of the owner shard (Redis bridge next): one order per
+//!       stream, encode ONCE
 //!       │  Arc<Delivery{frames: Bytes}> into the inbox of each interested shard
 //!       ▼ shard 0 inbox (flume, bounded)     ▼ shard 1 inbox …
 //!  shard::inbox: Rc<frame> per shard → hub lookup → conn queues (Rc clones)
@@ -31,9 +33,9 @@
 //! `conn` never names the shard (it sees `conn::ShardContext` and the
 //! `conn::Subscriptions` trait), `hub` is pure data.
 //!
-//! - `server` (main thread): process topology — limits, listeners, the bus thread, one
-//!   pinned executor per shard, shutdown and join. Owns the shards' control channels and
-//!   the bus thread's handle.
+//! - `server` (main thread): process topology — limits, listeners, the bus lanes and
+//!   inboxes, one pinned executor per shard, shutdown and join. Owns the shards' control
+//!   channels.
 //! - `shard` (one per shard thread, `!Send`): the per-core root. `Shard` owns the
 //!   `conn::ShardContext`, the connection table (`shard::table`, entries only through
 //!   the `Registered` guard, whose `Drop` unregisters from table, hub, send ring, counters
@@ -48,9 +50,10 @@
 //!   `conn::command` are pure parsers.
 //! - `hub` (shard thread, pure): topic → connection set, user → connection set, and each
 //!   connection's topics (the only record of them); reports interest transitions.
-//! - `bus` (shard side: `BusHandle`; bus side: its own thread): the seam between shards
-//!   and whatever sequences streams. `bus::embedded` is the single-node bus thread; the
-//!   Redis bridge is the second implementation.
+//! - `bus` (shard threads): the seam between shards and whatever sequences streams.
+//!   `BusHandle` is a shard's end (one lane per sequencer); `bus::embedded` is the
+//!   single-node implementation, a `LocalSequencer` per shard for the streams it owns;
+//!   the Redis bridge (its own thread, Redis ordering the streams) is the second.
 //! - `xshard` (any thread): every type that crosses threads — deliveries, inbox
 //!   messages, interest changes, node counters, the connection budget.
 //! - `event`, `frame` (any thread, pure): events and their encoding; the frame codec.

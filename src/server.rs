@@ -4,10 +4,10 @@
 //! 1. check and raise process limits (open files, locked memory) and ignore SIGPIPE;
 //! 2. choose the CPUs (the process's affinity mask, which glommio's topology ignores);
 //! 3. bind one SO_REUSEPORT listener per shard (the first resolves port 0 for all);
-//! 4. create the shard inboxes and start the bus thread (pinned to the last CPU), which
-//!    sequences every stream and feeds the inboxes;
-//! 5. start one glommio executor per shard, pinned, each owning its listener and its end
-//!    of the bus.
+//! 4. create the shard inboxes and one bus lane per shard (each shard sequences the streams
+//!    it owns: `bus::embedded`);
+//! 5. start one glommio executor per shard, pinned, each owning its listener, its inbox,
+//!    its sequencer lane and a sender into every shard's lane and inbox.
 //!
 //! Shutdown is two-phase inside each shard (`shard::run`): stop accepting and send Close
 //! 1001, then drain until `drain_timeout`; [`RunningServer::join`] returns when every shard
@@ -20,7 +20,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tracing::info;
 
 use crate::{
-    bus::{self, BusCommand, embedded},
+    bus,
     config::{Config, ShardCount},
     error::{Error, Result},
     shard::{self, ShardParts},
@@ -43,8 +43,6 @@ pub struct RunningServer {
     addr: SocketAddr,
     controls: Vec<flume::Sender<ShardControl>>,
     shards: Vec<ExecutorJoinHandle<()>>,
-    /// The bus thread, and the sender that tells it to end once every shard has stopped.
-    bus: Option<(std::thread::JoinHandle<()>, flume::Sender<BusCommand>)>,
     stats: Arc<NodeStats>,
     budget: Arc<ConnectionBudget>,
 }
@@ -75,21 +73,12 @@ impl RunningServer {
     /// Waits until every shard has stopped.
     ///
     /// # Errors
-    /// [`Error::ShardPanicked`] when a shard thread panicked, [`Error::BusPanicked`] when
-    /// the bus thread did.
+    /// [`Error::ShardPanicked`] when a shard thread panicked.
     pub fn join(self) -> Result<()> {
         let mut result = Ok(());
         for (i, handle) in self.shards.into_iter().enumerate() {
             if handle.join().is_err() && result.is_ok() {
                 result = Err(Error::ShardPanicked(i));
-            }
-        }
-        // Every shard has stopped: the bus thread ends (a blocking send is fine here: the
-        // bus thread drains its channel, and sends to stopped shards fail at once).
-        if let Some((thread, control)) = self.bus {
-            let _ = control.send(BusCommand::Shutdown);
-            if thread.join().is_err() && result.is_ok() {
-                result = Err(Error::BusPanicked);
             }
         }
         result
@@ -151,19 +140,18 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
 
     let (addr, listeners) = bind_listeners(&cfg, shard_count)?;
     let (inbox_txs, inbox_rxs) = xshard::shard_inboxes(shard_count, cfg.inbox_capacity);
-    let (bus_tx, bus_rx) = bus::command_channel(cfg.inbox_capacity);
-    // The bus thread goes on the last allowed CPU, and is spawned before the shards so it
-    // does not inherit a shard's single-CPU mask.
-    let bus_cpu = cpus.last().copied();
-    let bus_thread = embedded::spawn(bus_rx, inbox_txs, NodeId::for_this_process(), bus_cpu)
-        .map_err(|e| Error::System(format!("cannot start the bus thread: {e}")))?;
+    // One sequencer lane per shard: the owner of each stream sequences it.
+    let (lane_txs, lane_rxs): (Vec<_>, Vec<_>) =
+        (0..shard_count).map(|_| bus::command_channel(cfg.inbox_capacity)).unzip();
+    let node = NodeId::for_this_process();
     let stats = NodeStats::new(shard_count);
     let budget = ConnectionBudget::new(max_connections);
     let pending_budget = ConnectionBudget::new(cfg.max_pending_handshakes);
 
     let mut controls = Vec::with_capacity(shard_count);
     let mut shards = Vec::with_capacity(shard_count);
-    for (i, (listener, inbox)) in listeners.into_iter().zip(inbox_rxs).enumerate() {
+    let per_shard = listeners.into_iter().zip(inbox_rxs).zip(lane_rxs);
+    for (i, ((listener, inbox), lane)) in per_shard.enumerate() {
         let (control_tx, control_rx) = flume::bounded(1);
         controls.push(control_tx);
         let parts = ShardParts {
@@ -172,7 +160,10 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
             listener,
             inbox,
             control: control_rx,
-            bus: bus_tx.clone(),
+            bus_lanes: lane_txs.clone(),
+            sequencer: lane,
+            inboxes: inbox_txs.clone(),
+            node: node.clone(),
             stats: stats.clone(),
             budget: budget.clone(),
             pending_budget: pending_budget.clone(),
@@ -186,16 +177,17 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
         match started {
             Ok(handle) => shards.push(handle),
             Err(e) => {
-                let bus = Some((bus_thread, bus_tx));
-                let partial = RunningServer { addr, controls, shards, bus, stats, budget };
+                let partial = RunningServer { addr, controls, shards, stats, budget };
                 partial.shutdown();
                 let _ = partial.join();
                 return Err(Error::ShardStart { shard: i, message: e.to_string() });
             }
         }
     }
-    info!(%addr, shards = shard_count, ?cpus, ?bus_cpu, "corecast listening (embedded bus)");
-    Ok(RunningServer { addr, controls, shards, bus: Some((bus_thread, bus_tx)), stats, budget })
+    drop(lane_txs);
+    drop(inbox_txs);
+    info!(%addr, shards = shard_count, ?cpus, "corecast listening (embedded bus)");
+    Ok(RunningServer { addr, controls, shards, stats, budget })
 }
 
 /// Binds one SO_REUSEPORT listener per shard on the configured address. The first bind

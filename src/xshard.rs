@@ -4,7 +4,8 @@
 //! module are the exceptions, each with a reason:
 //!
 //! - [`Delivery`] (in an `Arc`, inside a [`ShardMessage`]) carries one event's
-//!   pre-encoded frames from the bus thread that sequenced and encoded it to the inbox of
+//!   pre-encoded frames from the sequencer that ordered and encoded it (the stream's owner
+//!   shard, or the Redis bridge's thread) to the inbox of
 //!   every shard that wants it. One `Arc` per event; the frames inside are
 //!   [`SharedFrame`]s (`Bytes`).
 //! - [`InterestChange`]s go the other way, from a shard to the bus (inside

@@ -57,3 +57,35 @@ fn precedence_is_default_file_env_flag() {
     assert_eq!(effective["pong_timeout"].as_str(), Some("10s"), "default");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Logs go to stderr, without ANSI colour codes when stderr is not a terminal (a file, a
+/// pipe, a journal); stdout carries only the "listening" line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_go_to_stderr_without_colour_codes_when_not_a_terminal() {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corecast"))
+        .args(["--listen", "127.0.0.1:0", "--shards", "1"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let pid = child.id().to_string();
+    let run = tokio::task::spawn_blocking(move || {
+        let mut first = String::new();
+        BufReader::new(stdout).read_line(&mut first).unwrap();
+        // Up and logging: stop it, then collect everything it wrote to stderr.
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let mut logs = String::new();
+        stderr.read_to_string(&mut logs).unwrap();
+        let status = child.wait().unwrap();
+        (first, logs, status)
+    });
+    let (first, logs, status) = within(WAIT, "start, SIGTERM, exit", run).await.unwrap();
+    assert!(first.starts_with("corecast listening on ws://"), "{first:?}");
+    assert!(status.success(), "{status:?}");
+    assert!(logs.contains("corecast listening"), "info logs on stderr: {logs:?}");
+    assert!(!logs.contains('\u{1b}'), "no ANSI escape codes: {logs:?}");
+}

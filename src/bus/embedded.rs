@@ -1,57 +1,133 @@
-//! The embedded bus: single node, no Redis. One thread sequences every stream.
+//! The embedded bus: single node, no Redis. Each stream has an owner shard, whose
+//! sequencer task puts it in one order.
 //!
-//! Runs on: its own OS thread ("bus"), spawned by `server` before the shards and pinned
-//! to the last CPU the process may use (shared with a shard when there are few CPUs: it
-//! sleeps in `recv` when nothing is published). It is the single place where streams are
-//! put in order, as Redis will be for the bridge: commands from all shards arrive on one
-//! channel, and each event is encoded once and pushed, in arrival order, into the inbox
-//! of every shard that wants it. A shard's inbox is FIFO, so every shard sees every
-//! stream in the bus's order.
+//! Runs on: every shard, as one task ([`LocalSequencer::run`]) beside the shard's inbox
+//! task. A stream's
+//! owner is `bus::lane_of(stream, shards)`: every shard sends its commands about that
+//! stream (publishes and interest changes) to the owner's sequencer channel, so the owner
+//! sees them in one order. The owner encodes each event once and pushes it, in that order,
+//! into the inbox of every shard that wants it; a shard's inbox is FIFO, so every shard
+//! sees every stream in the owner's order. When a publisher's own shard is the owner, the
+//! publisher sequences its event itself (after what is queued): nothing crosses a thread
+//! or waits for another task until the delivery does (on a one-shard node, nothing does).
 //!
-//! Blocking here is the design: when a shard's inbox is full, the thread waits for that
-//! shard (which drains its inbox without ever waiting on anything), and the command
-//! channel fills up behind it, which makes publishing clients wait on their shards.
+//! When a destination inbox is full, the sequencer task waits for that shard (which drains
+//! its inbox without ever waiting on anything); its channel fills up behind it, which makes
+//! the publishing clients wait on their shards. The shard thread itself never blocks.
 
-use std::{collections::HashMap, sync::Arc, thread::JoinHandle};
+use std::{
+    cell::RefCell,
+    collections::{HashMap, VecDeque},
+    rc::Rc,
+    sync::Arc,
+};
 
+use glommio::sync::Semaphore;
 use tracing::debug;
 
-use super::{BusCommand, BusCommands};
+use super::{BusCommand, BusCommands, BusError};
 use crate::xshard::{
     Delivery, Interest, InterestChange, NodeId, Route, ShardId, ShardInboxes, ShardMessage,
 };
 
-/// Starts the bus thread. It ends on [`BusCommand::Shutdown`], or when every sender is
-/// gone.
+/// The sequencer of the streams one shard owns. Lives in that shard (`!Send`).
 ///
-/// # Errors
-/// The OS refused to start a thread.
-pub(crate) fn spawn(
+/// Commands arrive on the shard's lane (from every shard, this one included) and are
+/// processed one at a time, in arrival order, by [`run`](Self::run) — or by a publisher of
+/// this shard, which takes its turn and first processes everything queued before it
+/// ([`sequence_here`](Self::sequence_here)): a local publish then reaches the inboxes with
+/// no task hop in between, as if the publishing shard wrote them itself.
+#[derive(Debug)]
+pub(crate) struct LocalSequencer {
+    owner: ShardId,
+    /// Who wants which stream.
+    state: RefCell<Sequencer>,
+    /// One command at a time: the task's turn or a local publisher's.
+    turn: Semaphore,
+    /// Commands the task took from the lane and has not processed yet (kept here so that
+    /// whoever holds the turn processes them first, in order).
+    pending: RefCell<VecDeque<BusCommand>>,
+    /// This shard's lane: every shard's commands about the streams it owns.
     commands: BusCommands,
+    /// Every shard's inbox.
     inboxes: ShardInboxes,
-    node: NodeId,
-    cpu: Option<usize>,
-) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name("bus".into()).spawn(move || {
-        if let Some(id) = cpu {
-            core_affinity::set_for_current(core_affinity::CoreId { id });
-        }
-        let mut bus = Sequencer::new(inboxes, node);
-        while let Ok(command) = commands.recv() {
-            if matches!(command, BusCommand::Shutdown) {
-                break;
-            }
-            bus.handle(command);
-        }
-        debug!("embedded bus stopped");
-    })
 }
 
-/// The bus thread's state: who wants what, and where to send it.
+impl LocalSequencer {
+    /// The sequencer of shard `owner`.
+    pub(crate) fn new(
+        owner: ShardId,
+        commands: BusCommands,
+        inboxes: ShardInboxes,
+        node: NodeId,
+    ) -> Rc<LocalSequencer> {
+        Rc::new(LocalSequencer {
+            owner,
+            state: RefCell::new(Sequencer::new(inboxes.len(), node)),
+            turn: Semaphore::new(1),
+            pending: RefCell::new(VecDeque::new()),
+            commands,
+            inboxes,
+        })
+    }
+
+    /// Processes the lane until every shard has closed it (shutdown) or the task is
+    /// dropped.
+    pub(crate) async fn run(self: Rc<Self>) {
+        while let Ok(command) = self.commands.recv_async().await {
+            // Kept in order before anyone else can take a turn (no await in between).
+            self.pending.borrow_mut().push_back(command);
+            let Ok(_turn) = self.turn.acquire_permit(1).await else { break };
+            self.catch_up().await;
+            drop(_turn);
+            glommio::yield_if_needed().await;
+        }
+        debug!(shard = %self.owner, "sequencer stopped");
+    }
+
+    /// Sequences `command` on the calling task, after every command queued before it.
+    ///
+    /// # Errors
+    /// [`BusError::Closed`] when the sequencer is gone (shutdown).
+    pub(crate) async fn sequence_here(&self, command: BusCommand) -> Result<(), BusError> {
+        let _turn = self.turn.acquire_permit(1).await.map_err(|_| BusError::Closed)?;
+        self.catch_up().await;
+        self.process(command).await;
+        Ok(())
+    }
+
+    /// Processes what waits, in order. Only with the turn held.
+    async fn catch_up(&self) {
+        loop {
+            let next = self.pending.borrow_mut().pop_front();
+            let Some(command) = next.or_else(|| self.commands.try_recv().ok()) else { break };
+            self.process(command).await;
+        }
+    }
+
+    /// Applies one command; delivers a publish to every shard that wants it, in shard
+    /// order. A full inbox is waited for (its shard drains it without waiting on anyone).
+    async fn process(&self, command: BusCommand) {
+        let mut targets = Vec::new();
+        let Some(message) = self.state.borrow_mut().handle(command, &mut targets) else { return };
+        for shard in targets {
+            let Some(inbox) = self.inboxes.get(shard.0 as usize) else { continue };
+            match inbox.try_send(message.clone()) {
+                Ok(()) | Err(flume::TrySendError::Disconnected(_)) => {}
+                Err(flume::TrySendError::Full(message)) => {
+                    // Disconnected while waiting: that shard has stopped (shutdown).
+                    let _ = inbox.send_async(message).await;
+                }
+            }
+        }
+    }
+}
+
+/// A sequencer's state: who wants the streams it owns. Pure: no I/O.
 #[derive(Debug)]
 struct Sequencer {
-    /// Every shard's inbox, by [`ShardId`].
-    inboxes: ShardInboxes,
+    /// Shards of the node (broadcasts go to all).
+    shards: u16,
     /// Topic → shards with a subscriber.
     topics: HashMap<Box<str>, ShardSet>,
     /// User → shards with a connection of that user.
@@ -107,38 +183,32 @@ impl ShardSet {
 }
 
 impl Sequencer {
-    fn new(inboxes: ShardInboxes, node: NodeId) -> Sequencer {
-        Sequencer { inboxes, topics: HashMap::new(), users: HashMap::new(), node }
+    fn new(shards: usize, node: NodeId) -> Sequencer {
+        let shards = u16::try_from(shards).unwrap_or(u16::MAX);
+        Sequencer { shards, topics: HashMap::new(), users: HashMap::new(), node }
     }
 
-    fn handle(&mut self, command: BusCommand) {
+    /// Applies `command`. For a publish, returns the delivery (encoded here, once) and
+    /// fills `targets` with the shards that want it, in shard order.
+    fn handle(&mut self, command: BusCommand, targets: &mut Vec<ShardId>) -> Option<ShardMessage> {
+        targets.clear();
         match command {
-            BusCommand::Interest { shard, change } => self.change_interest(shard, change),
-            BusCommand::Shutdown => {}
+            BusCommand::Interest { shard, change } => {
+                self.change_interest(shard, change);
+                None
+            }
             BusCommand::Publish(event) => {
                 let delivery: Arc<Delivery> = Arc::new(event.encode(&self.node));
-                let targets = match &delivery.route {
-                    Route::Broadcast => None,
-                    Route::Topic(topic) => Some(self.topics.get(topic)),
-                    Route::Direct(user) => Some(self.users.get(user)),
-                };
-                let message = ShardMessage::Deliver(delivery.clone());
-                match targets {
-                    None => {
-                        for inbox in self.inboxes.iter() {
-                            // Disconnected: that shard has stopped (shutdown).
-                            let _ = inbox.send(message.clone());
-                        }
-                    }
-                    Some(None) => {} // nobody on this node wants it
-                    Some(Some(shards)) => {
-                        for shard in shards.as_slice() {
-                            if let Some(inbox) = self.inboxes.get(shard.0 as usize) {
-                                let _ = inbox.send(message.clone());
-                            }
-                        }
+                match &delivery.route {
+                    Route::Broadcast => targets.extend((0..self.shards).map(ShardId)),
+                    Route::Topic(topic) => targets
+                        .extend(self.topics.get(topic).into_iter().flat_map(|s| s.as_slice())),
+                    Route::Direct(user) => {
+                        targets.extend(self.users.get(user).into_iter().flat_map(|s| s.as_slice()))
                     }
                 }
+                // Nobody on this node wants it: nothing to send.
+                (!targets.is_empty()).then(|| ShardMessage::Deliver(delivery))
             }
         }
     }
@@ -187,34 +257,31 @@ mod tests {
     /// Topics and direct messages go only to the shards that want them; broadcasts to all.
     #[test]
     fn interest_decides_which_shards_receive() {
-        let (txs, rxs) = crate::xshard::shard_inboxes(3, 16);
-        let mut bus = Sequencer::new(txs, NodeId("n".into()));
-        let topic = || Interest::Topic("t".into());
-        bus.handle(gained(1, topic()));
-        bus.handle(gained(2, Interest::User("u".into())));
-        bus.handle(publish(Route::Topic("t".into())));
-        bus.handle(publish(Route::Topic("other".into())));
-        bus.handle(publish(Route::Direct("u".into())));
-        bus.handle(publish(Route::Broadcast));
-        bus.handle(gained(2, topic()));
-        bus.handle(lost(1, topic()));
-        bus.handle(publish(Route::Topic("t".into())));
-        bus.handle(lost(2, topic()));
-        bus.handle(publish(Route::Topic("t".into())));
-        let routes = |rx: &crate::xshard::ShardInbox| -> Vec<Route> {
-            rx.try_iter()
-                .map(|ShardMessage::Deliver(d)| {
-                    assert_eq!(d.origin, NodeId("n".into()));
-                    d.route.clone()
-                })
-                .collect()
+        let mut bus = Sequencer::new(3, NodeId("n".into()));
+        let mut targets = Vec::new();
+        let mut route = |bus: &mut Sequencer, command| {
+            let message = bus.handle(command, &mut targets);
+            if let Some(ShardMessage::Deliver(d)) = &message {
+                assert_eq!(d.origin, NodeId("n".into()));
+            }
+            (message.is_some(), targets.clone())
         };
-        assert_eq!(routes(&rxs[0]), [Route::Broadcast]);
-        assert_eq!(routes(&rxs[1]), [Route::Topic("t".into()), Route::Broadcast]);
+        let topic = || Interest::Topic("t".into());
+        let none: Vec<ShardId> = Vec::new();
+        assert_eq!(route(&mut bus, gained(1, topic())), (false, none.clone()));
+        route(&mut bus, gained(2, Interest::User("u".into())));
+        assert_eq!(route(&mut bus, publish(Route::Topic("t".into()))), (true, vec![ShardId(1)]));
+        assert_eq!(route(&mut bus, publish(Route::Topic("other".into()))), (false, none.clone()));
+        assert_eq!(route(&mut bus, publish(Route::Direct("u".into()))), (true, vec![ShardId(2)]));
         assert_eq!(
-            routes(&rxs[2]),
-            [Route::Direct("u".into()), Route::Broadcast, Route::Topic("t".into())]
+            route(&mut bus, publish(Route::Broadcast)),
+            (true, vec![ShardId(0), ShardId(1), ShardId(2)])
         );
+        route(&mut bus, gained(2, topic()));
+        route(&mut bus, lost(1, topic()));
+        assert_eq!(route(&mut bus, publish(Route::Topic("t".into()))), (true, vec![ShardId(2)]));
+        route(&mut bus, lost(2, topic()));
+        assert_eq!(route(&mut bus, publish(Route::Topic("t".into()))), (false, none));
         assert!(bus.topics.is_empty(), "the last shard leaving removes the topic");
     }
 }

@@ -1,15 +1,20 @@
 //! The bus: how an event published on one shard reaches the shards (and, with Redis, the
 //! nodes) whose connections want it, in one order per stream.
 //!
-//! Runs on: two sides.
+//! Runs on: shard threads.
 //! - **Shard side** ([`BusHandle`]): one per shard, `!Send`, inside the shard. Clients'
-//!   publishes and the shard's [`InterestChange`]s go through it, in the order the shard
-//!   issued them, as [`BusCommand`]s over one bounded channel to the bus thread.
-//! - **Bus side**: one thread per node that owns the bus: [`embedded`] today (single
-//!   node), the Redis bridge next. It receives every shard's commands, puts each
-//!   **stream** (the broadcast stream, one per topic, one per user's direct messages) in
-//!   one order, encodes each event **once**, and hands the same `Arc<Delivery>` to the
-//!   inbox of every shard that wants it (`xshard::ShardMessage`).
+//!   publishes and the shard's [`InterestChange`]s go through it as [`BusCommand`]s, in
+//!   the order the shard issued them, to the **sequencer** of their stream.
+//! - **Sequencer side**: whoever puts a stream in one order, encodes each of its events
+//!   **once**, and hands the same `Arc<Delivery>` to the inbox of every shard that wants
+//!   it (`xshard::ShardMessage`). With the embedded bus ([`embedded`]) every stream has
+//!   an **owner shard** (a hash of the stream's name), whose sequencer task does this;
+//!   the Redis bridge will instead send everything to its thread, and Redis orders the
+//!   streams.
+//!
+//! A handle has one **lane** per sequencer (a bounded channel): commands about one
+//! stream always take the same lane, so they stay in order; commands about different
+//! streams never wait for each other.
 //!
 //! Contract for every bus implementation (tests/bus_contract.rs checks it):
 //! - **One order per stream.** Every subscriber of a topic, on every shard, sees that
@@ -19,10 +24,10 @@
 //! - **Exactly once** to every connection the route names when the event arrives.
 //! - **Interest.** A shard gets a topic's events only while it has a subscriber of that
 //!   topic, and a user's direct messages only while it has a connection of that user; the
-//!   broadcast stream always. Interest changes and publishes of one shard are applied in
-//!   the order the shard issued them, so a client that subscribes and then publishes to
-//!   the topic receives its own event.
-//! - **Never blocks a shard.** A publish that finds the bus full waits in the publishing
+//!   broadcast stream always. A shard's interest changes and publishes about one stream
+//!   are applied in the order the shard issued them, so a client that subscribes and then
+//!   publishes to the topic receives its own event.
+//! - **Never blocks a shard.** A publish that finds its lane full waits in the publishing
 //!   connection's task only (its reads pause: backpressure on that one client); interest
 //!   changes never wait.
 
@@ -31,23 +36,24 @@ pub(crate) mod embedded;
 use std::{
     cell::{Cell, RefCell},
     collections::VecDeque,
+    hash::{Hash, Hasher},
     rc::Rc,
 };
 
 use crate::{
     event::Event,
-    xshard::{InterestChange, ShardId},
+    xshard::{Interest, InterestChange, Route, ShardId},
 };
 
 /// Why a publish failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum BusError {
-    /// The node is shutting down: the bus is gone. The event is dropped.
+    /// The node is shutting down: the stream's sequencer is gone. The event is dropped.
     #[error("bus closed (node shutting down)")]
     Closed,
 }
 
-/// What a shard sends to the bus thread (`Send`).
+/// What a shard sends to a stream's sequencer (`Send`).
 #[derive(Debug)]
 pub enum BusCommand {
     /// A client's event, to sequence, encode once and deliver.
@@ -59,37 +65,58 @@ pub enum BusCommand {
         /// What changed.
         change: InterestChange,
     },
-    /// Every shard has stopped: the bus thread ends. Sent by the main thread, which keeps
-    /// a sender for this (a shard task that never finished may still hold another).
-    Shutdown,
 }
 
-/// The bus thread's receiving end of every shard's commands.
+impl BusCommand {
+    /// The name of the stream the command is about (`""` for broadcasts); commands about
+    /// one stream go to one sequencer.
+    fn stream(&self) -> &str {
+        match self {
+            BusCommand::Publish(event) => match &event.route {
+                Route::Broadcast => "",
+                Route::Topic(name) | Route::Direct(name) => name,
+            },
+            BusCommand::Interest { change, .. } => match change {
+                InterestChange::Gained(i) | InterestChange::Lost(i) => match i {
+                    Interest::Topic(name) | Interest::User(name) => name,
+                },
+            },
+        }
+    }
+}
+
+/// A sequencer's receiving end of every shard's commands for its streams.
 pub(crate) type BusCommands = flume::Receiver<BusCommand>;
 
-/// Creates the shards → bus channel: `capacity` commands in flight before publishers wait.
+/// Creates one lane: `capacity` commands in flight before publishers wait.
 pub fn command_channel(capacity: usize) -> (flume::Sender<BusCommand>, BusCommands) {
     flume::bounded(capacity)
 }
 
-/// A command waiting on the shard side for room in the channel, with whoever waits for
-/// it to be handed over.
+/// The lane (sequencer) of a stream among `lanes`: a stable hash of its name, the same
+/// on every shard. Topics and users share the hash space: a topic and a user of the same
+/// name share a sequencer, which costs nothing.
+pub(crate) fn lane_of(stream: &str, lanes: usize) -> usize {
+    // `DefaultHasher::new()` has fixed keys: every shard computes the same lane.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    stream.hash(&mut hasher);
+    (hasher.finish() % lanes.max(1) as u64) as usize
+}
+
+/// A command waiting on the shard side for room in its lane, with whoever waits for it
+/// to be handed over.
 #[derive(Debug)]
 struct Waiting {
     command: BusCommand,
-    /// Told when the command is in the channel (a waiting publish).
+    /// Told when the command is in the lane (a waiting publish).
     handed_over: Option<flume::Sender<()>>,
 }
 
-/// A shard's end of the bus. Lives in its shard (`!Send`: `Rc` and `Cell`s, no atomics).
-///
-/// Keeps the shard's commands in order: while earlier commands wait for room (the
-/// backlog), later ones queue behind them instead of overtaking.
+/// One lane of a [`BusHandle`]: the channel to one sequencer and what waits for room in
+/// it.
 #[derive(Debug)]
-pub(crate) struct BusHandle {
-    shard: ShardId,
-    /// Sending half of the bus thread's command channel; `None` once closed (shutdown).
-    /// Dropping every shard's sender ends the bus thread.
+struct Lane {
+    /// Sending half of the sequencer's channel; `None` once closed (shutdown).
     tx: RefCell<Option<flume::Sender<BusCommand>>>,
     /// Commands that found the channel full, oldest first.
     backlog: RefCell<VecDeque<Waiting>>,
@@ -97,17 +124,7 @@ pub(crate) struct BusHandle {
     draining: Cell<bool>,
 }
 
-impl BusHandle {
-    /// The handle of `shard`, sending into `tx`.
-    pub(crate) fn new(shard: ShardId, tx: flume::Sender<BusCommand>) -> Rc<BusHandle> {
-        Rc::new(BusHandle {
-            shard,
-            tx: RefCell::new(Some(tx)),
-            backlog: RefCell::new(VecDeque::new()),
-            draining: Cell::new(false),
-        })
-    }
-
+impl Lane {
     fn sender(&self) -> Result<flume::Sender<BusCommand>, BusError> {
         self.tx.borrow().clone().ok_or(BusError::Closed)
     }
@@ -115,9 +132,47 @@ impl BusHandle {
     fn backlogged(&self) -> bool {
         self.draining.get() || !self.backlog.borrow().is_empty()
     }
+}
 
-    /// Publishes `event`. Resolves once the bus has taken it (it is then sequenced and
-    /// delivered without the shard's help).
+/// A shard's end of the bus. Lives in its shard (`!Send`: `Rc` and `Cell`s, no atomics).
+///
+/// Keeps each lane's commands in order: while earlier commands wait for room (the
+/// backlog), later ones queue behind them instead of overtaking.
+#[derive(Debug)]
+pub(crate) struct BusHandle {
+    shard: ShardId,
+    /// One per sequencer, in lane order.
+    lanes: Box<[Lane]>,
+    /// This shard's own sequencer and its lane number, when the bus runs in the shards
+    /// (embedded): publishes it owns are sequenced on the publisher's task.
+    local: Option<(usize, Rc<embedded::LocalSequencer>)>,
+}
+
+impl BusHandle {
+    /// The handle of `shard`, with one lane per sender in `lanes`; `local` is this shard's
+    /// own sequencer and its lane number, if it has one.
+    pub(crate) fn new(
+        shard: ShardId,
+        lanes: Vec<flume::Sender<BusCommand>>,
+        local: Option<(usize, Rc<embedded::LocalSequencer>)>,
+    ) -> Rc<BusHandle> {
+        let lanes = lanes
+            .into_iter()
+            .map(|tx| Lane {
+                tx: RefCell::new(Some(tx)),
+                backlog: RefCell::new(VecDeque::new()),
+                draining: Cell::new(false),
+            })
+            .collect();
+        Rc::new(BusHandle { shard, lanes, local })
+    }
+
+    fn lane_for(&self, command: &BusCommand) -> usize {
+        lane_of(command.stream(), self.lanes.len())
+    }
+
+    /// Publishes `event`. Resolves once its sequencer has taken it (it is then sequenced
+    /// and delivered without this connection's help).
     ///
     /// # Errors
     /// [`BusError::Closed`] when the node is shutting down.
@@ -125,31 +180,41 @@ impl BusHandle {
     /// # Cancel safety
     /// Dropping the future before it resolves may or may not publish the event.
     pub(crate) async fn publish(self: &Rc<Self>, event: Event) -> Result<(), BusError> {
-        let tx = self.sender()?;
         let command = BusCommand::Publish(event);
-        if !self.backlogged() {
-            return match tx.try_send(command) {
-                Ok(()) => Ok(()),
-                Err(flume::TrySendError::Full(command)) => self.wait_in_line(command).await,
-                Err(flume::TrySendError::Disconnected(_)) => Err(BusError::Closed),
-            };
+        let at = self.lane_for(&command);
+        let lane = &self.lanes[at];
+        if let Some((own, sequencer)) = &self.local
+            && *own == at
+            && !lane.backlogged()
+        {
+            // This shard owns the stream: sequence it here, after what its lane holds
+            // (this shard's earlier interest changes included).
+            lane.sender()?;
+            return sequencer.sequence_here(command).await;
         }
-        self.wait_in_line(command).await
-    }
-
-    async fn wait_in_line(self: &Rc<Self>, command: BusCommand) -> Result<(), BusError> {
+        let command = if lane.backlogged() {
+            command
+        } else {
+            match lane.sender()?.try_send(command) {
+                Ok(()) => return Ok(()),
+                Err(flume::TrySendError::Full(command)) => command,
+                Err(flume::TrySendError::Disconnected(_)) => return Err(BusError::Closed),
+            }
+        };
         let (done_tx, done_rx) = flume::bounded(1);
-        self.push_backlog(Waiting { command, handed_over: Some(done_tx) });
+        self.push_backlog(at, Waiting { command, handed_over: Some(done_tx) });
         done_rx.recv_async().await.map_err(|_| BusError::Closed)
     }
 
-    /// Reports an interest change of this shard. Never waits; a change that finds the
-    /// channel full is handed over by a background task, still in order. Ignored after
+    /// Reports an interest change of this shard. Never waits; a change that finds its
+    /// lane full is handed over by a background task, still in order. Ignored after
     /// shutdown began.
     pub(crate) fn change_interest(self: &Rc<Self>, change: InterestChange) {
-        let Ok(tx) = self.sender() else { return };
         let command = BusCommand::Interest { shard: self.shard, change };
-        let command = if self.backlogged() {
+        let at = self.lane_for(&command);
+        let lane = &self.lanes[at];
+        let Ok(tx) = lane.sender() else { return };
+        let command = if lane.backlogged() {
             command
         } else {
             match tx.try_send(command) {
@@ -157,22 +222,24 @@ impl BusHandle {
                 Err(flume::TrySendError::Full(command)) => command,
             }
         };
-        self.push_backlog(Waiting { command, handed_over: None });
+        self.push_backlog(at, Waiting { command, handed_over: None });
     }
 
-    fn push_backlog(self: &Rc<Self>, waiting: Waiting) {
-        self.backlog.borrow_mut().push_back(waiting);
-        if !self.draining.replace(true) {
-            glommio::spawn_local(self.clone().drain_backlog()).detach();
+    fn push_backlog(self: &Rc<Self>, at: usize, waiting: Waiting) {
+        let lane = &self.lanes[at];
+        lane.backlog.borrow_mut().push_back(waiting);
+        if !lane.draining.replace(true) {
+            glommio::spawn_local(self.clone().drain_backlog(at)).detach();
         }
     }
 
-    /// Hands the backlog over in order, waiting for room as needed.
-    async fn drain_backlog(self: Rc<Self>) {
+    /// Hands lane `at`'s backlog over in order, waiting for room as needed.
+    async fn drain_backlog(self: Rc<Self>, at: usize) {
+        let lane = &self.lanes[at];
         loop {
-            let next = self.backlog.borrow_mut().pop_front();
+            let next = lane.backlog.borrow_mut().pop_front();
             let Some(Waiting { command, handed_over }) = next else { break };
-            let Ok(tx) = self.sender() else { break };
+            let Ok(tx) = lane.sender() else { break };
             if tx.send_async(command).await.is_err() {
                 break;
             }
@@ -181,13 +248,41 @@ impl BusHandle {
             }
         }
         // Closed: waiting publishers see their sender dropped and get `Closed`.
-        self.backlog.borrow_mut().clear();
-        self.draining.set(false);
+        lane.backlog.borrow_mut().clear();
+        lane.draining.set(false);
     }
 
     /// Stops using the bus (shutdown): later publishes fail with [`BusError::Closed`].
-    /// Once every shard has closed its handle, the bus thread ends.
     pub(crate) fn close(&self) {
-        self.tx.borrow_mut().take();
+        for lane in self.lanes.iter() {
+            lane.tx.borrow_mut().take();
+            lane.backlog.borrow_mut().clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every shard must agree on a stream's lane, and streams spread over the lanes.
+    #[test]
+    fn lanes_are_stable_and_spread() {
+        assert_eq!(lane_of("chat.room-1", 4), lane_of("chat.room-1", 4));
+        assert_eq!(lane_of("anything", 1), 0);
+        let used: std::collections::HashSet<usize> =
+            (0..100).map(|i| lane_of(&format!("topic-{i}"), 4)).collect();
+        assert_eq!(used.len(), 4);
+        // A publish and an interest change about one topic take the same lane.
+        let publish = BusCommand::Publish(Event {
+            sender: "u".into(),
+            route: Route::Topic("t".into()),
+            payload: crate::event::Payload::Text("x".into()),
+        });
+        let interest = BusCommand::Interest {
+            shard: ShardId(1),
+            change: InterestChange::Gained(Interest::Topic("t".into())),
+        };
+        assert_eq!(publish.stream(), interest.stream());
     }
 }

@@ -172,7 +172,7 @@ impl Conn {
     /// Queues `frame` for this connection. Returns `false` when it was not queued
     /// (closing, or the client just became a slow consumer and is being cut off).
     pub fn enqueue(self: &Rc<Self>, ctx: &ShardContext, frame: &Rc<SharedFrame>) -> bool {
-        let outcome = self.state.borrow_mut().enqueue(frame, Instant::now(), &ctx.timing);
+        let outcome = self.state.borrow_mut().enqueue(frame, Instant::now, &ctx.timing);
         match outcome {
             Enqueued::Queued => {
                 self.mark_dirty(ctx);

@@ -159,12 +159,19 @@ impl ConnState {
 
     /// Queues `frame` unless the connection is closing or the frame would pass the queue
     /// limit (then the client is cut off: its backlog dropped, Close 1013 queued).
-    pub fn enqueue(&mut self, frame: &Rc<SharedFrame>, now: Instant, timing: &Timing) -> Enqueued {
+    /// `now` is read only then: this is the fan-out's per-connection path, which must not
+    /// read the clock per frame.
+    pub fn enqueue(
+        &mut self,
+        frame: &Rc<SharedFrame>,
+        now: impl FnOnce() -> Instant,
+        timing: &Timing,
+    ) -> Enqueued {
         if self.phase != Phase::Open {
             return Enqueued::Closing;
         }
         if self.out.bytes() + frame.len() > timing.queue_limit {
-            self.begin_close(Close::SLOW_CONSUMER, now, timing.close_grace);
+            self.begin_close(Close::SLOW_CONSUMER, now(), timing.close_grace);
             return Enqueued::CutOff;
         }
         self.out.push(frame.clone());
@@ -317,12 +324,12 @@ mod tests {
     fn queued_frames_go_before_a_close() {
         let now = Instant::now();
         let mut s = ConnState::new(now, &T, false);
-        assert_eq!(s.enqueue(&frame(10), now, &T), Enqueued::Queued);
-        assert_eq!(s.enqueue(&frame(10), now, &T), Enqueued::Queued);
+        assert_eq!(s.enqueue(&frame(10), || now, &T), Enqueued::Queued);
+        assert_eq!(s.enqueue(&frame(10), || now, &T), Enqueued::Queued);
         let close = Close { code: 1001, reason: "bye", discard_queued: false };
         assert!(s.begin_close(close, now, T.close_grace));
         assert!(!s.begin_close(close, now, T.close_grace), "one close only");
-        assert_eq!(s.enqueue(&frame(10), now, &T), Enqueued::Closing);
+        assert_eq!(s.enqueue(&frame(10), || now, &T), Enqueued::Closing);
         let frames = queued(&s);
         assert_eq!(frames.len(), 3);
         assert_eq!(frames[2].1, 0x88, "the Close is last");
@@ -338,10 +345,10 @@ mod tests {
         let now = Instant::now();
         let mut s = ConnState::new(now, &T, false);
         for _ in 0..9 {
-            assert_eq!(s.enqueue(&frame(10), now, &T), Enqueued::Queued);
+            assert_eq!(s.enqueue(&frame(10), || now, &T), Enqueued::Queued);
         }
         s.out_mut().advance(3); // the head frame has started going out: it stays
-        assert_eq!(s.enqueue(&frame(30), now, &T), Enqueued::CutOff);
+        assert_eq!(s.enqueue(&frame(30), || now, &T), Enqueued::CutOff);
         assert_eq!(s.out().frame_count(), 2, "the started head frame and the Close");
         let mut bytes = Vec::new();
         s.out().copy_into(&mut bytes);
@@ -349,14 +356,14 @@ mod tests {
         assert_eq!(bytes[7], 0x88, "then Close");
         assert_eq!(u16::from_be_bytes([bytes[9], bytes[10]]), 1013);
         assert_eq!(s.close_deadline(), Some(now + T.close_grace));
-        assert_eq!(s.enqueue(&frame(1), now, &T), Enqueued::Closing);
+        assert_eq!(s.enqueue(&frame(1), || now, &T), Enqueued::Closing);
     }
 
     #[test]
     fn a_peer_close_is_answered_once() {
         let now = Instant::now();
         let mut s = ConnState::new(now, &T, false);
-        s.enqueue(&frame(10), now, &T);
+        s.enqueue(&frame(10), || now, &T);
         assert!(s.handle_peer_close(1000, now, T.close_grace));
         assert!(!s.handle_peer_close(1000, now, T.close_grace), "a second Close: no reply");
         assert_eq!(s.phase(), Phase::PeerClosed);

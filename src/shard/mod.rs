@@ -17,6 +17,8 @@
 //! - `listener::run`: accept loop on this shard's SO_REUSEPORT socket → `session::run`;
 //! - `session::run`: one per socket: upgrade → register → serve → close;
 //! - `inbox::run`: drains the bus's messages and fans deliveries out to local connections;
+//! - `LocalSequencer::run` (`bus::embedded`): sequences the streams this shard owns and
+//!   delivers them to the inboxes of the shards that want them;
 //! - `heartbeat::run`: pings, pong deadlines and seed-mode application pings;
 //! - [`run`] itself: waits for the shutdown command and drains.
 //!
@@ -45,13 +47,14 @@ use std::{
 use tracing::{info, warn};
 
 use crate::{
-    bus::{BusCommand, BusHandle},
+    bus::{BusCommand, BusCommands, BusHandle, embedded::LocalSequencer},
     config::{Config, MAX_TOPICS_PER_CONN},
     conn::{Conn, Mode, ShardContext, Subscriptions, state::Close},
     frame::close_code,
     hub::{ConnId, Hub, Subscribed},
     xshard::{
-        BudgetSlot, ConnectionBudget, Delivery, NodeStats, ShardControl, ShardId, ShardInbox,
+        BudgetSlot, ConnectionBudget, Delivery, NodeId, NodeStats, ShardControl, ShardId,
+        ShardInbox, ShardInboxes,
     },
 };
 
@@ -68,8 +71,14 @@ pub(crate) struct ShardParts {
     pub inbox: ShardInbox,
     /// Shutdown command from the main thread.
     pub control: flume::Receiver<ShardControl>,
-    /// Sending half of the bus thread's command channel.
-    pub bus: flume::Sender<BusCommand>,
+    /// Senders into every shard's sequencer lane (for this shard's `BusHandle`).
+    pub bus_lanes: Vec<flume::Sender<BusCommand>>,
+    /// This shard's sequencer lane: commands about the streams it owns.
+    pub sequencer: BusCommands,
+    /// Every shard's inbox (the sequencer delivers into them).
+    pub inboxes: ShardInboxes,
+    /// This node's id, stamped on deliveries.
+    pub node: NodeId,
     /// Node counters.
     pub stats: Arc<NodeStats>,
     /// Node-wide connection count.
@@ -120,7 +129,8 @@ impl Shard {
     fn new(
         id: ShardId,
         cfg: Config,
-        bus: flume::Sender<BusCommand>,
+        bus: Vec<flume::Sender<BusCommand>>,
+        sequencer: Option<Rc<LocalSequencer>>,
         stats: Arc<NodeStats>,
         budget: Arc<ConnectionBudget>,
         pending_budget: Arc<ConnectionBudget>,
@@ -128,7 +138,7 @@ impl Shard {
         Rc::new(Shard {
             table: table::ConnTable::default(),
             hub: RefCell::new(Hub::new()),
-            bus: BusHandle::new(id, bus),
+            bus: BusHandle::new(id, bus, sequencer.map(|s| (id.0 as usize, s))),
             flusher: flush::Flusher::default(),
             pending_by_ip: RefCell::new(HashMap::new()),
             pending_budget,
@@ -172,13 +182,13 @@ impl Shard {
         inbox::fan_out(self, delivery)
     }
 
-    /// A shard with no executor, no listener and no bus thread, for benchmarks of the
+    /// A shard with no executor, no listener and no sequencer, for benchmarks of the
     /// fan-out path without sockets: connections are added with
     /// [`add_detached`](Self::add_detached) and never flushed.
     pub fn detached(cfg: Config) -> Rc<Shard> {
         let budget = ConnectionBudget::new(usize::MAX);
         let (bus, _) = crate::bus::command_channel(1);
-        Shard::new(ShardId(0), cfg, bus, NodeStats::new(1), budget.clone(), budget)
+        Shard::new(ShardId(0), cfg, vec![bus], None, NodeStats::new(1), budget.clone(), budget)
     }
 
     /// Registers a connection with no socket (fd −1) on a detached shard; it stays
@@ -240,15 +250,30 @@ impl Drop for PendingHandshake {
 
 /// Runs a shard until it is told to shut down and has drained.
 pub(crate) async fn run(parts: ShardParts) {
-    let ShardParts { id, cfg, listener, inbox, control, bus, stats, budget, pending_budget } =
-        parts;
+    let ShardParts {
+        id,
+        cfg,
+        listener,
+        inbox,
+        control,
+        bus_lanes,
+        sequencer,
+        inboxes,
+        node,
+        stats,
+        budget,
+        pending_budget,
+    } = parts;
     let listener = crate::sys::glommio_listener(listener);
-    let shard = Shard::new(id, cfg, bus, stats, budget, pending_budget);
+    let sequencer = LocalSequencer::new(id, sequencer, inboxes, node);
+    let shard =
+        Shard::new(id, cfg, bus_lanes, Some(sequencer.clone()), stats, budget, pending_budget);
     // The ring is set up on this thread: it is its only submitter.
     shard.flusher.start_ring(&shard.ctx);
     let accept = glommio::spawn_local(listener::run(shard.clone(), listener));
     let fanout = glommio::spawn_local(inbox::run(shard.clone(), inbox));
     let heartbeat = glommio::spawn_local(heartbeat::run(shard.clone()));
+    let sequencer = glommio::spawn_local(sequencer.run());
     info!(shard = %id, cpu = ?crate::sys::current_cpu(), "shard started");
 
     // Any message, or the main thread going away, means shut down.
@@ -280,8 +305,9 @@ pub(crate) async fn run(parts: ShardParts) {
         drained_within(&shard, Duration::from_millis(500)).await;
     }
     drop(heartbeat);
-    drop(fanout);
     shard.bus.close();
+    drop(sequencer);
+    drop(fanout);
     info!(shard = %id, "shard stopped");
 }
 
