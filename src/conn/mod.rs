@@ -71,9 +71,20 @@ impl std::fmt::Debug for WakerSlot {
     }
 }
 
-/// One upgraded WebSocket connection, owned by its shard's table.
+/// One upgraded WebSocket connection, owned by its shard's table. `repr(C)`: the fields
+/// that the fan-out touches for every frame (the state's queue and phase, the dirty flag)
+/// come first, so queueing a frame touches as few cache lines as possible.
 #[derive(Debug)]
+#[repr(C)]
 pub struct Conn {
+    /// The state machine: close handshake, outbound queue, heartbeat deadlines.
+    state: RefCell<ConnState>,
+    /// On the shard's dirty list (has frames that the next flush pass must write).
+    dirty: Cell<bool>,
+    /// The socket was full: the task waits for writability and flushes itself.
+    write_blocked: Cell<bool>,
+    /// The protocol it speaks.
+    mode: Mode,
     /// Key in the shard's table (set once, at registration).
     id: Cell<ConnId>,
     /// The socket's fd, for the shard's batched writes. Valid while registered: the
@@ -81,14 +92,6 @@ pub struct Conn {
     fd: RawFd,
     /// The user id from `/ws/{user_id}`.
     user: Box<str>,
-    /// The protocol it speaks.
-    mode: Mode,
-    /// The state machine: close handshake, outbound queue, heartbeat deadlines.
-    state: RefCell<ConnState>,
-    /// On the shard's dirty list (has frames that the next flush pass must write).
-    dirty: Cell<bool>,
-    /// The socket was full: the task waits for writability and flushes itself.
-    write_blocked: Cell<bool>,
     /// The connection task's waker; woken when the task has something to do.
     waker: WakerSlot,
     /// Partial frame and message reassembly (`None` while idle: no memory).

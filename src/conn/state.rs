@@ -102,12 +102,13 @@ pub struct HeartbeatDue {
 pub struct ControlFlood;
 
 /// The state of one connection. Fields are private: every change goes through a method
-/// that keeps the rules.
+/// that keeps the rules. `repr(C)`: the fields every queued frame touches come first.
 #[derive(Debug)]
+#[repr(C)]
 pub struct ConnState {
-    phase: Phase,
     /// Frames waiting for the socket.
     out: OutQueue,
+    phase: Phase,
     /// When an ongoing close stops waiting for the client.
     close_deadline: Option<Instant>,
     /// When our unanswered Ping went out; `None` when none is outstanding.

@@ -33,15 +33,18 @@ use crate::{frame::SharedFrame, sys};
 /// whole burst, small enough to live on the stack).
 pub(crate) const MAX_IOVECS: usize = 64;
 
-/// Frames waiting to be written to one socket.
+/// Frames waiting to be written to one socket. `repr(C)`: what the fan-out touches per
+/// frame (the deque and the byte count) comes first, in one cache line with the
+/// connection's other hot fields (see `Conn`).
 #[derive(Debug, Default)]
+#[repr(C)]
 pub struct OutQueue {
     /// Frames in order; the first may be partly written.
     frames: VecDeque<Rc<SharedFrame>>,
-    /// Bytes of `frames[0]` already written.
-    head_written: usize,
     /// Bytes queued and not yet written (the backpressure measure).
     bytes: usize,
+    /// Bytes of `frames[0]` already written.
+    head_written: usize,
 }
 
 impl OutQueue {

@@ -6,7 +6,7 @@
 //! `Vec` would). Past [`INLINE_MAX`] members the set becomes a hash set, so joining or
 //! leaving a topic of 100,000 subscribers costs O(1), not a scan.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use super::ConnId;
 
@@ -19,8 +19,35 @@ pub(crate) enum ConnSet {
     /// Up to [`INLINE_MAX`] members, unordered.
     Few(Vec<ConnId>),
     /// More (boxed: the set stays as small as a `Vec` in every hub entry).
-    #[allow(clippy::box_collection, reason = "one pointer instead of 48 bytes in every set")]
-    Many(Box<HashSet<ConnId>>),
+    Many(Box<Indexed>),
+}
+
+/// A large set: members in a dense `Vec`, and where each one is.
+#[derive(Debug, Default)]
+pub(crate) struct Indexed {
+    members: Vec<ConnId>,
+    position: HashMap<ConnId, u32>,
+}
+
+impl Indexed {
+    fn insert(&mut self, id: ConnId) -> bool {
+        if self.position.contains_key(&id) {
+            return false;
+        }
+        self.position.insert(id, self.members.len() as u32);
+        self.members.push(id);
+        true
+    }
+
+    fn remove(&mut self, id: ConnId) -> bool {
+        let Some(at) = self.position.remove(&id) else { return false };
+        let at = at as usize;
+        self.members.swap_remove(at);
+        if let Some(moved) = self.members.get(at) {
+            self.position.insert(*moved, at as u32);
+        }
+        true
+    }
 }
 
 impl Default for ConnSet {
@@ -34,7 +61,7 @@ impl ConnSet {
     pub(crate) fn contains(&self, id: ConnId) -> bool {
         match self {
             ConnSet::Few(v) => v.contains(&id),
-            ConnSet::Many(s) => s.contains(&id),
+            ConnSet::Many(s) => s.position.contains_key(&id),
         }
     }
 
@@ -47,7 +74,10 @@ impl ConnSet {
                 true
             }
             ConnSet::Few(v) => {
-                let mut set: HashSet<ConnId> = v.drain(..).collect();
+                let mut set = Indexed::default();
+                for member in v.drain(..) {
+                    set.insert(member);
+                }
                 set.insert(id);
                 *self = ConnSet::Many(Box::new(set));
                 true
@@ -67,13 +97,15 @@ impl ConnSet {
                 None => false,
             },
             ConnSet::Many(s) => {
-                let removed = s.remove(&id);
-                if s.len() <= INLINE_MAX / 2 {
+                let removed = s.remove(id);
+                let len = s.members.len();
+                if len <= INLINE_MAX / 2 {
                     // Back to the small form (half the threshold: no flapping at the edge).
-                    *self = ConnSet::Few(s.drain().collect());
-                } else if s.capacity() > 4 * s.len().max(64) {
-                    // A mass leave must not pin the peak's table.
-                    s.shrink_to_fit();
+                    *self = ConnSet::Few(std::mem::take(&mut s.members));
+                } else if s.members.capacity() > 4 * len.max(64) {
+                    // A mass leave must not pin the peak's memory.
+                    s.members.shrink_to_fit();
+                    s.position.shrink_to_fit();
                 }
                 removed
             }
@@ -84,7 +116,7 @@ impl ConnSet {
     pub(crate) fn len(&self) -> usize {
         match self {
             ConnSet::Few(v) => v.len(),
-            ConnSet::Many(s) => s.len(),
+            ConnSet::Many(s) => s.members.len(),
         }
     }
 
@@ -93,13 +125,12 @@ impl ConnSet {
         self.len() == 0
     }
 
-    /// The members, in no particular order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = ConnId> + '_ {
-        let (few, many) = match self {
-            ConnSet::Few(v) => (Some(v.iter().copied()), None),
-            ConnSet::Many(s) => (None, Some(s.iter().copied())),
-        };
-        few.into_iter().flatten().chain(many.into_iter().flatten())
+    /// The members, in no particular order (a slice: fan-out walks it at memory speed).
+    pub(crate) fn as_slice(&self) -> &[ConnId] {
+        match self {
+            ConnSet::Few(v) => v,
+            ConnSet::Many(s) => &s.members,
+        }
     }
 }
 
@@ -119,9 +150,15 @@ mod tests {
         for i in 0..95 {
             assert!(set.remove(ConnId(i)));
             assert!(!set.remove(ConnId(i)));
+            if i < 80 {
+                let mut members: Vec<u32> = set.as_slice().iter().map(|c| c.0).collect();
+                members.sort_unstable();
+                assert_eq!(members, (i + 1..100).collect::<Vec<_>>(), "after removing {i}");
+            }
         }
         assert!(matches!(set, ConnSet::Few(_)));
-        let mut left: Vec<u32> = set.iter().map(|c| c.0).collect();
+        assert!(!set.contains(ConnId(3)) && set.contains(ConnId(97)));
+        let mut left: Vec<u32> = set.as_slice().iter().map(|c| c.0).collect();
         left.sort_unstable();
         assert_eq!(left, [95, 96, 97, 98, 99]);
     }

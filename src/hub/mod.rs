@@ -130,13 +130,13 @@ impl Hub {
     }
 
     /// The local connections of `user`.
-    pub fn user_conns(&self, user: &str) -> impl Iterator<Item = ConnId> + '_ {
-        self.users.get(user).into_iter().flat_map(ConnSet::iter)
+    pub fn user_conns(&self, user: &str) -> &[ConnId] {
+        self.users.get(user).map_or(&[], ConnSet::as_slice)
     }
 
     /// The local subscribers of `topic`.
-    pub fn topic_conns(&self, topic: &str) -> impl Iterator<Item = ConnId> + '_ {
-        self.topics.get(topic).into_iter().flat_map(ConnSet::iter)
+    pub fn topic_conns(&self, topic: &str) -> &[ConnId] {
+        self.topics.get(topic).map_or(&[], ConnSet::as_slice)
     }
 
     /// The topics `conn` is subscribed to.
@@ -183,8 +183,8 @@ mod tests {
         Some(InterestChange::Gained(Interest::Topic(t.into())))
     }
 
-    fn sorted(it: impl Iterator<Item = ConnId>) -> Vec<ConnId> {
-        let mut v: Vec<_> = it.collect();
+    fn sorted(it: &[ConnId]) -> Vec<ConnId> {
+        let mut v = it.to_vec();
         v.sort();
         v
     }
@@ -251,7 +251,7 @@ mod tests {
         for i in 0..1000 {
             hub.subscribe("big", ConnId(i), 10);
         }
-        assert_eq!(hub.topic_conns("big").count(), 1000);
+        assert_eq!(hub.topic_conns("big").len(), 1000);
         for i in (0..1000).step_by(2) {
             assert_eq!(hub.unsubscribe("big", ConnId(i)), None);
         }

@@ -50,23 +50,12 @@ impl TestServer {
 
     /// `/healthz` as JSON.
     pub async fn health(&self) -> Value {
-        let (status, body) = http_get(self.addr, "/healthz").await;
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body).expect("healthz is JSON")
+        health_of(self.addr).await
     }
 
     /// Waits until `pred(healthz)` holds, polling the endpoint (bounded by [`WAIT`]).
     pub async fn wait_health(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        within(WAIT, what, async {
-            loop {
-                let h = self.health().await;
-                if pred(&h) {
-                    return h;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
+        wait_for_health(self.addr, what, pred).await
     }
 
     /// Stops the node (close 1001 to clients) and waits, at most [`WAIT`], for its
@@ -170,6 +159,28 @@ impl Client {
         })
         .await
     }
+}
+
+/// `/healthz` of the node at `addr`, as JSON.
+pub async fn health_of(addr: SocketAddr) -> Value {
+    let (status, body) = http_get(addr, "/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("healthz is JSON")
+}
+
+/// Polls `/healthz` of the node at `addr` until `pred` holds (bounded by [`WAIT`]). The
+/// poll interval is not synchronisation: the predicate is what the test waits for.
+pub async fn wait_for_health(addr: SocketAddr, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    within(WAIT, what, async {
+        loop {
+            let h = health_of(addr).await;
+            if pred(&h) {
+                return h;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
 }
 
 /// A plain HTTP GET; returns (status, body).
@@ -383,25 +394,9 @@ impl ChildServer {
         kib * 1024
     }
 
-    /// `/healthz` as JSON.
-    pub async fn health(&self) -> Value {
-        let (status, body) = http_get(self.addr, "/healthz").await;
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body).expect("healthz is JSON")
-    }
-
     /// Waits until `pred(healthz)` holds (bounded by [`WAIT`]).
     pub async fn wait_health(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        within(WAIT, what, async {
-            loop {
-                let h = self.health().await;
-                if pred(&h) {
-                    return h;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
+        wait_for_health(self.addr, what, pred).await
     }
 }
 
