@@ -8,13 +8,16 @@
 //! - **Sequencer side**: whoever puts a stream in one order, encodes each of its events
 //!   **once**, and hands the same `Arc<Delivery>` to the inbox of every shard that wants
 //!   it (`xshard::ShardMessage`). With the embedded bus ([`embedded`]) every stream has
-//!   an **owner shard** (a hash of the stream's name), whose sequencer task does this;
-//!   the Redis bridge will instead send everything to its thread, and Redis orders the
-//!   streams.
+//!   an **owner shard** (a hash of the stream's name) whose `LocalSequencer` does this —
+//!   in its own task for commands from other shards, and inline in the publishing
+//!   connection's task when the publisher is on the owner shard (no hop). The Redis
+//!   bridge will instead send everything to its thread, and Redis orders the streams.
 //!
 //! A handle has one **lane** per sequencer (a bounded channel): commands about one
 //! stream always take the same lane, so they stay in order; commands about different
-//! streams never wait for each other.
+//! streams never wait for each other. A stream that is hot on every shard has one owner
+//! shard doing its encoding and its pushes into the inboxes; that is the price of one
+//! order (the old per-publisher path spread the encoding over the publishers' shards).
 //!
 //! Contract for every bus implementation (tests/bus_contract.rs checks it):
 //! - **One order per stream.** Every subscriber of a topic, on every shard, sees that
