@@ -336,3 +336,24 @@ pub(crate) fn session_future_size() -> usize {
     }
     size_of_future(session::run)
 }
+
+/// Compile-time checks that per-core state stays on its core: these types hold `Rc`s and
+/// `Cell`s and must never become `Send` by accident (a `Send` `Shard` would let a shard's
+/// state cross threads without atomics). The check is the `static_assertions`
+/// `assert_not_impl_any!` construction: `Send` types would make the call ambiguous.
+#[cfg(test)]
+mod not_send {
+    trait AmbiguousIfSend<A> {
+        fn check() {}
+    }
+    impl<T: ?Sized> AmbiguousIfSend<()> for T {}
+    impl<T: ?Sized + Send> AmbiguousIfSend<u8> for T {}
+
+    const _: fn() = || {
+        let _ = <super::Shard as AmbiguousIfSend<_>>::check;
+        let _ = <crate::hub::Hub as AmbiguousIfSend<_>>::check;
+        let _ = <crate::bus::BusHandle as AmbiguousIfSend<_>>::check;
+        let _ = <crate::conn::Conn as AmbiguousIfSend<_>>::check;
+        let _ = <super::table::ConnTable as AmbiguousIfSend<_>>::check;
+    };
+}
