@@ -17,7 +17,8 @@
 # Before/after a change, in one campaign: build the old commit's binary elsewhere and
 #   BEFORE_BIN=/path/to/old/corecast SERVERS="corecast-before corecast-1" BASE=corecast-before \
 #   NS=10000 RATES="2 50" NS_IDLE= ROUNDS=5 DURATION=10 bench/compare.sh
-# (corecast-before is that binary with --shards 1; ratios are against BASE, default bun).
+# (corecast-before is that binary with --shards 1, corecast-before-2 with --shards 2 on both
+# CPUs; ratios are against BASE, default bun).
 # Needs: cargo, npm, python3 (Bun and ws from the npm registry into target/, FastAPI and
 # uvicorn from PyPI into target/fastapi-venv).
 set -euo pipefail
@@ -71,6 +72,8 @@ start_server() { # name port
     corecast-1) taskset -c 0 "$root/target/release/corecast" --listen "127.0.0.1:$2" --shards 1 >/dev/null 2>&1 & ;;
     corecast-before) taskset -c 0 "${BEFORE_BIN:?set BEFORE_BIN to the baseline binary}" --listen "127.0.0.1:$2" \
         --shards 1 >/dev/null 2>&1 & ;;
+    corecast-before-2) "${BEFORE_BIN:?set BEFORE_BIN to the baseline binary}" --listen "127.0.0.1:$2" \
+        --shards 2 >/dev/null 2>&1 & ;;
     corecast-1-sendmsg) taskset -c 0 "$root/target/release/corecast" --listen "127.0.0.1:$2" --shards 1 \
         --send-batch 0 >/dev/null 2>&1 & ;;
     corecast-2) "$root/target/release/corecast" --listen "127.0.0.1:$2" --shards 2 >/dev/null 2>&1 & ;;
@@ -83,7 +86,7 @@ start_server() { # name port
   wait_port "$2"
 }
 
-cpus_of() { if [ "$1" = corecast-2 ]; then echo 0,1; else echo 0; fi; }
+cpus_of() { case "$1" in corecast-2|corecast-before-2) echo 0,1 ;; *) echo 0 ;; esac; }
 
 for round in $(seq 1 "$ROUNDS"); do
   for n in $NS; do
