@@ -188,8 +188,9 @@ impl Sequencer {
         Sequencer { shards, topics: HashMap::new(), users: HashMap::new(), node }
     }
 
-    /// Applies `command`. For a publish, returns the delivery (encoded here, once) and
-    /// fills `targets` with the shards that want it, in shard order.
+    /// Applies `command`. For a publish, fills `targets` with the shards that want it
+    /// and returns the delivery, encoded here once — or `None`, without
+    /// encoding, when no shard wants it.
     fn handle(&mut self, command: BusCommand, targets: &mut Vec<ShardId>) -> Option<ShardMessage> {
         targets.clear();
         match command {
@@ -198,8 +199,7 @@ impl Sequencer {
                 None
             }
             BusCommand::Publish(event) => {
-                let delivery: Arc<Delivery> = Arc::new(event.encode(&self.node));
-                match &delivery.route {
+                match &event.route {
                     Route::Broadcast => targets.extend((0..self.shards).map(ShardId)),
                     Route::Topic(topic) => targets
                         .extend(self.topics.get(topic).into_iter().flat_map(|s| s.as_slice())),
@@ -207,8 +207,12 @@ impl Sequencer {
                         targets.extend(self.users.get(user).into_iter().flat_map(|s| s.as_slice()))
                     }
                 }
-                // Nobody on this node wants it: nothing to send.
-                (!targets.is_empty()).then(|| ShardMessage::Deliver(delivery))
+                // Nobody on this node wants it: not even encoded.
+                if targets.is_empty() {
+                    return None;
+                }
+                let delivery: Arc<Delivery> = Arc::new(event.encode(&self.node));
+                Some(ShardMessage::Deliver(delivery))
             }
         }
     }
