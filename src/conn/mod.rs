@@ -88,7 +88,7 @@ pub struct Conn {
     /// Key in the shard's table (set once, at registration).
     id: Cell<ConnId>,
     /// The socket's fd, for the shard's batched writes. Valid while registered: the
-    /// registration guard owns the socket and unregisters before closing it.
+    /// session task drops the registration guard before it closes the socket.
     fd: RawFd,
     /// The user id from `/ws/{user_id}`.
     user: Box<str>,
@@ -185,11 +185,17 @@ impl Conn {
             Enqueued::CutOff => {
                 ShardStats::add(&ctx.stats().slow_consumer_closes, 1);
                 debug!(shard = %ctx.id, conn = self.id().0, user = %self.user, "slow consumer cut off");
-                self.mark_dirty(ctx);
-                self.wake();
+                self.close_started(ctx);
                 false
             }
         }
+    }
+
+    /// A close was just queued: the flush pass writes it, and the task watches the close
+    /// deadline.
+    fn close_started(self: &Rc<Self>, ctx: &ShardContext) {
+        self.mark_dirty(ctx);
+        self.wake();
     }
 
     fn mark_dirty(self: &Rc<Self>, ctx: &ShardContext) {
@@ -202,8 +208,7 @@ impl Conn {
     /// to read the Close and answer. Nothing happens when a close is already under way.
     pub fn begin_close(self: &Rc<Self>, ctx: &ShardContext, close: Close, grace: Duration) {
         if self.state.borrow_mut().begin_close(close, Instant::now(), grace) {
-            self.mark_dirty(ctx);
-            self.wake();
+            self.close_started(ctx);
         }
     }
 
@@ -219,8 +224,7 @@ impl Conn {
     pub fn handle_heartbeat(self: &Rc<Self>, ctx: &ShardContext, now: Instant) -> bool {
         let due = self.state.borrow_mut().poll_heartbeat(now, &ctx.timing);
         if due.timed_out {
-            self.mark_dirty(ctx);
-            self.wake();
+            self.close_started(ctx);
         }
         if due.ping {
             self.enqueue(ctx, &ctx.ping_frame);
