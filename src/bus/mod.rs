@@ -135,6 +135,24 @@ impl Lane {
     fn backlogged(&self) -> bool {
         self.draining.get() || !self.backlog.borrow().is_empty()
     }
+
+    /// Puts `command` in the channel now if nothing waits before it and there is room.
+    /// Returns it back when it must wait behind the backlog (or for room), so that no
+    /// command overtakes an earlier one.
+    ///
+    /// # Errors
+    /// [`BusError::Closed`] when the lane is closed (shutdown).
+    fn try_send_in_order(&self, command: BusCommand) -> Result<Option<BusCommand>, BusError> {
+        let tx = self.sender()?;
+        if self.backlogged() {
+            return Ok(Some(command));
+        }
+        match tx.try_send(command) {
+            Ok(()) => Ok(None),
+            Err(flume::TrySendError::Full(command)) => Ok(Some(command)),
+            Err(flume::TrySendError::Disconnected(_)) => Err(BusError::Closed),
+        }
+    }
 }
 
 /// A shard's end of the bus. Lives in its shard (`!Send`: `Rc` and `Cell`s, no atomics).
@@ -195,15 +213,7 @@ impl BusHandle {
             lane.sender()?;
             return sequencer.sequence_here(command).await;
         }
-        let command = if lane.backlogged() {
-            command
-        } else {
-            match lane.sender()?.try_send(command) {
-                Ok(()) => return Ok(()),
-                Err(flume::TrySendError::Full(command)) => command,
-                Err(flume::TrySendError::Disconnected(_)) => return Err(BusError::Closed),
-            }
-        };
+        let Some(command) = lane.try_send_in_order(command)? else { return Ok(()) };
         let (done_tx, done_rx) = flume::bounded(1);
         self.push_backlog(at, Waiting { command, handed_over: Some(done_tx) });
         done_rx.recv_async().await.map_err(|_| BusError::Closed)
@@ -215,17 +225,9 @@ impl BusHandle {
     pub(crate) fn change_interest(self: &Rc<Self>, change: InterestChange) {
         let command = BusCommand::Interest { shard: self.shard, change };
         let at = self.lane_for(&command);
-        let lane = &self.lanes[at];
-        let Ok(tx) = lane.sender() else { return };
-        let command = if lane.backlogged() {
-            command
-        } else {
-            match tx.try_send(command) {
-                Ok(()) | Err(flume::TrySendError::Disconnected(_)) => return,
-                Err(flume::TrySendError::Full(command)) => command,
-            }
-        };
-        self.push_backlog(at, Waiting { command, handed_over: None });
+        if let Ok(Some(command)) = self.lanes[at].try_send_in_order(command) {
+            self.push_backlog(at, Waiting { command, handed_over: None });
+        }
     }
 
     fn push_backlog(self: &Rc<Self>, at: usize, waiting: Waiting) {
