@@ -4,8 +4,6 @@
 //! Runs on: the caller's thread (a detached [`Shard`] is `!Send` and needs no executor).
 
 pub use crate::{
-    bus::{BusCommand, command_channel},
-    conn::reader::Inbound,
     conn::{Mode, Subscriptions},
     event::{Event, Payload, push_json_str},
     frame::{SharedFrame, decode_unmasked, encode_masked, encode_text},

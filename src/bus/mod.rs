@@ -58,7 +58,7 @@ pub(crate) enum BusError {
 
 /// What a shard sends to a stream's sequencer (`Send`).
 #[derive(Debug)]
-pub enum BusCommand {
+pub(crate) enum BusCommand {
     /// A client's event, to sequence, encode once and deliver.
     Publish(Event),
     /// A shard's interest changed.
@@ -92,7 +92,7 @@ impl BusCommand {
 pub(crate) type BusCommands = flume::Receiver<BusCommand>;
 
 /// Creates one lane: `capacity` commands in flight before publishers wait.
-pub fn command_channel(capacity: usize) -> (flume::Sender<BusCommand>, BusCommands) {
+pub(crate) fn command_channel(capacity: usize) -> (flume::Sender<BusCommand>, BusCommands) {
     flume::bounded(capacity)
 }
 

@@ -147,7 +147,7 @@ impl Utf8Check {
 
 /// Inbound reassembly state of one connection (sans-I/O).
 #[derive(Debug, Default)]
-pub struct Inbound {
+pub(crate) struct Inbound {
     /// Bytes of a frame that has not fully arrived.
     partial: Vec<u8>,
     /// Payload bytes of that frame already unmasked and UTF-8 checked (text frames).
