@@ -267,6 +267,117 @@ impl<'de> Deserialize<'de> for Origins {
     }
 }
 
+/// The Redis URL (`redis://[:password@]host:port/db`), or `off` for the embedded bus.
+/// Shown (Display, Debug, `--check-config`) with the password replaced by `***`.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct RedisUrl(pub Option<String>);
+
+impl FromStr for RedisUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() || s.eq_ignore_ascii_case("off") {
+            return Ok(RedisUrl(None));
+        }
+        crate::bus::redis::check_url(s)?;
+        Ok(RedisUrl(Some(s.to_owned())))
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            None => f.write_str("off"),
+            Some(url) => f.write_str(&redact_url(url)),
+        }
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({self})")
+    }
+}
+
+impl<'de> Deserialize<'de> for RedisUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `url` with the password of its user part replaced by `***`.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return "***".into() };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((user, host)) => {
+            let user = user.split_once(':').map_or(user, |(name, _)| name);
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// A name made of `[A-Za-z0-9_.:-]` (node ids, channel prefixes); empty allowed where
+/// the option says so.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Name(pub String);
+
+impl FromStr for Name {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.len() > 128
+            || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+        {
+            return Err(format!("`{s}`: at most 128 characters of A-Z a-z 0-9 _ . : -"));
+        }
+        Ok(Name(s.to_owned()))
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The CPU of the Redis bridge thread: `last` (the last CPU the process may run on) or
+/// a CPU number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuChoice {
+    /// The last CPU of the affinity mask.
+    Last,
+    /// This CPU.
+    Cpu(usize),
+}
+
+impl FromStr for CpuChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case("last") {
+            return Ok(CpuChoice::Last);
+        }
+        s.trim().parse().map(CpuChoice::Cpu).map_err(|_| format!("`{s}`: `last` or a CPU number"))
+    }
+}
+
+impl fmt::Display for CpuChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CpuChoice::Last => f.write_str("last"),
+            CpuChoice::Cpu(n) => write!(f, "{n}"),
+        }
+    }
+}
+deserialize_via_fromstr!(CpuChoice, |n: u64| CpuChoice::Cpu(n as usize));
+
 /// Declares every option once: field, type, default, env name and doc.
 macro_rules! config_options {
     ($( $(#[doc = $doc:literal])+ $name:ident : $ty:ty = $default:expr, env = $env:literal; )+) => {
@@ -335,7 +446,7 @@ macro_rules! config_options {
                 let mut out = String::new();
                 $(
                     let value = self.$name.to_string();
-                    if value.bytes().all(|b| b.is_ascii_digit()) {
+                    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
                         out.push_str(&format!("{} = {}\n", stringify!($name), value));
                     } else {
                         out.push_str(&format!("{} = \"{}\"\n", stringify!($name), value));
@@ -394,6 +505,24 @@ config_options! {
     send_batch: Count = 256, env = "CORECAST_SEND_BATCH";
     /// io_uring registered memory per shard. Sockets never use it; keep small (locked memory, tuning/).
     io_memory: ByteSize = ByteSize(64 << 10), env = "CORECAST_IO_MEMORY";
+    /// This node's name in logs, `/healthz` and its Redis heartbeat channel (A-Z a-z 0-9 _ . : -); empty = `<hostname>-<pid>`.
+    node_id: Name = Name::default(), env = "CORECAST_NODE_ID";
+    /// Redis URL `redis://[:password@]host:port/db` to run as one node of a cluster (the Redis bridge), or `off` for the embedded single-node bus. The password is never logged.
+    redis: RedisUrl = RedisUrl::default(), env = "CORECAST_REDIS_URL";
+    /// Prefix of corecast's Redis channels (`<prefix>topic:<T>`, `<prefix>user:<U>`, `<prefix>node:<id>`); broadcasts always use `ws_broadcast`.
+    redis_prefix: Name = Name("corecast:".into()), env = "CORECAST_REDIS_PREFIX";
+    /// CPU the Redis bridge thread is pinned to: `last` (the last CPU the process may run on; shared with a shard when there are few CPUs) or a CPU number.
+    bridge_cpu: CpuChoice = CpuChoice::Last, env = "CORECAST_BRIDGE_CPU";
+    /// Interval of the bridge's heartbeat through Redis (published to its own channel).
+    redis_heartbeat_interval: HumanDuration = HumanDuration(Duration::from_millis(250)), env = "CORECAST_REDIS_HEARTBEAT_INTERVAL";
+    /// Without the heartbeat back for this long, the node is not ready (`/readyz` 503) and reconnects to Redis.
+    redis_heartbeat_timeout: HumanDuration = HumanDuration(Duration::from_millis(1500)), env = "CORECAST_REDIS_HEARTBEAT_TIMEOUT";
+    /// Timeout of every Redis command and connection attempt.
+    redis_command_timeout: HumanDuration = HumanDuration(Duration::from_secs(2)), env = "CORECAST_REDIS_COMMAND_TIMEOUT";
+    /// Most commands queued towards Redis per connection; more fail at once (publishes answer `unavailable`).
+    redis_command_queue: Count = 65_536, env = "CORECAST_REDIS_COMMAND_QUEUE";
+    /// Messages from Redis buffered for the bridge thread; when it falls further behind, messages are dropped and counted (`lagged` in `/healthz`).
+    redis_receive_buffer: Count = 65_536, env = "CORECAST_REDIS_RECEIVE_BUFFER";
 }
 
 /// Largest accepted user id, in bytes (ids are `[A-Za-z0-9_.-]`).
@@ -453,6 +582,20 @@ impl Config {
         }
         if self.io_memory.0 < 4096 {
             return bad("io_memory must be at least 4KiB".into());
+        }
+        let interval = self.redis_heartbeat_interval.0;
+        if interval.is_zero() || self.redis_heartbeat_timeout.0 < interval * 2 {
+            return bad("redis_heartbeat_interval must be on, and redis_heartbeat_timeout at least \
+                        twice it"
+                .into());
+        }
+        if self.redis_command_timeout.0.is_zero() {
+            return bad("redis_command_timeout cannot be off (a command to a frozen Redis would \
+                        wait forever)"
+                .into());
+        }
+        if self.redis_command_queue == 0 || self.redis_receive_buffer == 0 {
+            return bad("redis_command_queue and redis_receive_buffer must be at least 1".into());
         }
         Ok(())
     }

@@ -40,40 +40,60 @@ impl Event {
     /// broadcasts. Each is built exactly once here. `origin` is the publishing node.
     pub fn encode(&self, origin: &NodeId) -> Delivery {
         let mut json = String::with_capacity(64 + self.payload_len());
-        match &self.route {
-            Route::Broadcast => json.push_str(r#"{"type":"broadcast","sender":"#),
-            Route::Topic(topic) => {
-                json.push_str(r#"{"type":"message","topic":"#);
-                push_json_str(&mut json, topic);
-                json.push_str(r#","sender":"#);
-            }
-            Route::Direct(_) => json.push_str(r#"{"type":"direct","sender":"#),
-        }
-        push_json_str(&mut json, &self.sender);
-        json.push_str(r#","data":"#);
-        match &self.payload {
-            Payload::Text(text) => push_json_str(&mut json, text),
-            Payload::Json(raw) => json.push_str(raw),
-        }
-        json.push('}');
+        self.write_v1(&mut json);
         let v1 = frame::encode_text(&json);
-
         let seed = matches!(self.route, Route::Broadcast).then(|| {
             json.clear();
-            json.push_str(r#"{"sender":"#);
-            push_json_str(&mut json, &self.sender);
-            json.push_str(r#","text":"#);
-            // A string's `text` is the string itself; any other value goes as its JSON text.
-            match &self.payload {
-                Payload::Text(text) | Payload::Json(text) => push_json_str(&mut json, text),
-            }
-            json.push('}');
+            self.write_seed(&mut json, false);
             frame::encode_text(&json)
         });
         Delivery { route: self.route.clone(), id: None, origin: origin.clone(), v1, seed }
     }
 
-    fn payload_len(&self) -> usize {
+    /// The event as the v1 message its receivers get:
+    /// `{"type":"message","topic":T,"sender":S,"data":D}`, `{"type":"direct",...}` or
+    /// `{"type":"broadcast",...}`.
+    pub(crate) fn write_v1(&self, json: &mut String) {
+        match &self.route {
+            Route::Broadcast => json.push_str(r#"{"type":"broadcast","sender":"#),
+            Route::Topic(topic) => {
+                json.push_str(r#"{"type":"message","topic":"#);
+                push_json_str(json, topic);
+                json.push_str(r#","sender":"#);
+            }
+            Route::Direct(_) => json.push_str(r#"{"type":"direct","sender":"#),
+        }
+        push_json_str(json, &self.sender);
+        json.push_str(r#","data":"#);
+        match &self.payload {
+            Payload::Text(text) => push_json_str(json, text),
+            Payload::Json(raw) => json.push_str(raw),
+        }
+        json.push('}');
+    }
+
+    /// The event in the seed format `{"sender":S,"text":X}`: X is the text, or the JSON
+    /// text of non-string data. With `with_data`, non-string data is also kept as the
+    /// value itself in an extra `"data"` field (the `ws_broadcast` payload: seed readers
+    /// ignore the field, v1 receivers get the value back).
+    pub(crate) fn write_seed(&self, json: &mut String, with_data: bool) {
+        json.push_str(r#"{"sender":"#);
+        push_json_str(json, &self.sender);
+        json.push_str(r#","text":"#);
+        match &self.payload {
+            Payload::Text(text) => push_json_str(json, text),
+            Payload::Json(raw) => {
+                push_json_str(json, raw);
+                if with_data {
+                    json.push_str(r#","data":"#);
+                    json.push_str(raw);
+                }
+            }
+        }
+        json.push('}');
+    }
+
+    pub(crate) fn payload_len(&self) -> usize {
         match &self.payload {
             Payload::Text(s) | Payload::Json(s) => s.len(),
         }

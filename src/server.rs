@@ -21,7 +21,7 @@ use tracing::info;
 
 use crate::{
     bus,
-    config::{Config, ShardCount},
+    config::{Config, CpuChoice, ShardCount},
     error::{Error, Result},
     shard::{self, ShardParts},
     sys,
@@ -43,6 +43,8 @@ pub struct RunningServer {
     addr: SocketAddr,
     controls: Vec<flume::Sender<ShardControl>>,
     shards: Vec<ExecutorJoinHandle<()>>,
+    /// The Redis bridge thread; it stops when every shard has closed its lane.
+    bridge: Option<std::thread::JoinHandle<()>>,
     stats: Arc<NodeStats>,
     budget: Arc<ConnectionBudget>,
 }
@@ -81,11 +83,17 @@ impl RunningServer {
                 result = Err(Error::ShardPanicked(i));
             }
         }
+        if let Some(bridge) = self.bridge
+            && bridge.join().is_err()
+            && result.is_ok()
+        {
+            result = Err(Error::System("the Redis bridge thread panicked".into()));
+        }
         result
     }
 }
 
-/// Starts a node with the embedded bus.
+/// Starts a node: with the Redis bridge when `cfg.redis` is set, else the embedded bus.
 ///
 /// # Errors
 /// [`Error::System`] when the machine's limits cannot host the shards,
@@ -140,17 +148,55 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
 
     let (addr, listeners) = bind_listeners(&cfg, shard_count)?;
     let (inbox_txs, inbox_rxs) = xshard::shard_inboxes(shard_count, cfg.inbox_capacity);
-    // One sequencer lane per shard: the owner of each stream sequences it.
-    let (lane_txs, lane_rxs): (Vec<_>, Vec<_>) =
-        (0..shard_count).map(|_| bus::command_channel(cfg.inbox_capacity)).unzip();
-    let node = NodeId::for_this_process();
-    let stats = NodeStats::new(shard_count);
+    let node = match cfg.node_id.0.as_str() {
+        "" => NodeId::for_this_process(),
+        name => NodeId(name.into()),
+    };
+    let stats = NodeStats::new(shard_count, node.clone(), cfg.redis.0.is_some());
     let budget = ConnectionBudget::new(max_connections);
     let pending_budget = ConnectionBudget::new(cfg.max_pending_handshakes);
 
+    // The bus: with Redis, the bridge thread (spawned before the shards, so that it gets
+    // its own pin and not a shard's mask) and one lane to it; embedded, one sequencer
+    // lane per shard (the owner of each stream sequences it).
+    let (lane_txs, mut sequencers, bridge) = match &cfg.redis.0 {
+        Some(url) => {
+            let cpu = match cfg.bridge_cpu {
+                CpuChoice::Last => cpus.last().copied(),
+                CpuChoice::Cpu(n) => Some(n),
+            };
+            let settings = bus::redis::BridgeSettings {
+                url: url.clone(),
+                prefix: cfg.redis_prefix.0.clone(),
+                heartbeat_interval: cfg.redis_heartbeat_interval.0,
+                heartbeat_timeout: cfg.redis_heartbeat_timeout.0,
+                command_timeout: cfg.redis_command_timeout.0,
+                command_queue: cfg.redis_command_queue,
+                receive_buffer: cfg.redis_receive_buffer,
+            };
+            let core = cpu.map(|id| core_affinity::CoreId { id });
+            let (lane, thread) = bus::redis::spawn(
+                settings,
+                core,
+                cfg.inbox_capacity,
+                inbox_txs.clone(),
+                stats.clone(),
+            )
+            .map_err(|e| Error::System(format!("cannot start the Redis bridge thread: {e}")))?;
+            info!(redis = %cfg.redis, ?cpu, "Redis bridge thread started");
+            (vec![lane], Vec::new(), Some(thread))
+        }
+        None => {
+            let (txs, rxs): (Vec<_>, Vec<_>) =
+                (0..shard_count).map(|_| bus::command_channel(cfg.inbox_capacity)).unzip();
+            (txs, rxs.into_iter().map(Some).collect(), None)
+        }
+    };
+
     let mut controls = Vec::with_capacity(shard_count);
     let mut shards = Vec::with_capacity(shard_count);
-    let per_shard = listeners.into_iter().zip(inbox_rxs).zip(lane_rxs);
+    sequencers.resize_with(shard_count, || None);
+    let per_shard = listeners.into_iter().zip(inbox_rxs).zip(sequencers);
     for (i, ((listener, inbox), lane)) in per_shard.enumerate() {
         let (control_tx, control_rx) = flume::bounded(1);
         controls.push(control_tx);
@@ -161,9 +207,7 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
             inbox,
             control: control_rx,
             bus_lanes: lane_txs.clone(),
-            sequencer: lane,
-            inboxes: inbox_txs.clone(),
-            node: node.clone(),
+            sequencer: lane.map(|lane| (lane, inbox_txs.clone())),
             stats: stats.clone(),
             budget: budget.clone(),
             pending_budget: pending_budget.clone(),
@@ -177,7 +221,8 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
         match started {
             Ok(handle) => shards.push(handle),
             Err(e) => {
-                let partial = RunningServer { addr, controls, shards, stats, budget };
+                drop(lane_txs);
+                let partial = RunningServer { addr, controls, shards, bridge, stats, budget };
                 partial.shutdown();
                 let _ = partial.join();
                 return Err(Error::ShardStart { shard: i, message: e.to_string() });
@@ -186,8 +231,9 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
     }
     drop(lane_txs);
     drop(inbox_txs);
-    info!(%addr, shards = shard_count, ?cpus, "corecast listening (embedded bus)");
-    Ok(RunningServer { addr, controls, shards, stats, budget })
+    let bus = if bridge.is_some() { "redis" } else { "embedded" };
+    info!(%addr, shards = shard_count, ?cpus, node = %node, bus, "corecast listening");
+    Ok(RunningServer { addr, controls, shards, bridge, stats, budget })
 }
 
 /// Binds one SO_REUSEPORT listener per shard on the configured address. The first bind

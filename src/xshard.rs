@@ -20,10 +20,10 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicU64, AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
 };
 
-use crate::frame::SharedFrame;
+use crate::{frame::SharedFrame, hub::ConnId};
 
 /// Index of a shard, `0..shards`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -47,19 +47,33 @@ pub enum Route {
     Direct(Box<str>),
 }
 
-/// Which node published an event (stamped by the bus that sequenced it). With the
-/// embedded bus it is this node; the Redis bridge will read it from the payload.
+/// A node's name (`--node-id`, default `<hostname>-<pid>`): in logs, `/healthz`, and
+/// the Redis heartbeat channel. Stamped on deliveries the embedded bus sequenced; a
+/// delivery that came through Redis carries [`NodeId::redis`] (the payload does not say
+/// which node published it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeId(pub Arc<str>);
 
 impl NodeId {
-    /// An id for this process, unique across restarts on one host: process id and start
-    /// time.
+    /// The default name of this process: host name and process id.
     pub fn for_this_process() -> NodeId {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        NodeId(format!("{:x}-{:x}", std::process::id(), nanos & 0xffff_ffff_ffff).into())
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "node".to_owned());
+        NodeId(format!("{host}-{}", std::process::id()).into())
+    }
+
+    /// The origin of deliveries that arrived through Redis.
+    pub fn redis() -> NodeId {
+        NodeId("redis".into())
+    }
+}
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -88,12 +102,25 @@ pub struct Delivery {
     pub seed: Option<SharedFrame>,
 }
 
-/// What a shard's inbox carries. Deliveries today; notices (a bus degraded or restored)
-/// and replays (recovery) join as variants, so the inbox keeps one order for all of them.
+/// What a shard's inbox carries, in one order: deliveries, and the bus's answers to the
+/// shard's own commands (which must not overtake the deliveries before them).
 #[derive(Debug, Clone)]
 pub(crate) enum ShardMessage {
     /// An event for the local connections its route names.
     Deliver(Arc<Delivery>),
+    /// The bus now delivers `topic`'s events to this shard: the subscribers waiting for
+    /// that (one per `Interest::Topic` gain the shard reported) get their `subscribed`.
+    TopicConfirmed(Box<str>),
+    /// A reply for one connection (a v1 publisher whose event could not reach the other
+    /// nodes). `user` guards against a connection id reused in the meantime.
+    Reply {
+        /// The connection.
+        conn: ConnId,
+        /// Its user id.
+        user: Box<str>,
+        /// The JSON text to send it.
+        json: Box<str>,
+    },
 }
 
 /// Something a shard wants from the bus, or stops wanting. Sent when the first local
@@ -172,17 +199,66 @@ impl ShardStats {
     }
 }
 
-/// Every shard's counters, shared by all shards.
+/// The state and counters of the Redis bridge, written by the bridge thread only
+/// (relaxed), read by `/healthz` and `/readyz` on any shard.
+#[derive(Debug, Default)]
+pub struct BridgeStats {
+    /// Both Redis connections (subscriber, publisher) are up.
+    pub connected: AtomicBool,
+    /// Connected, and the node's heartbeat came back through Redis recently: what
+    /// `/readyz` reports.
+    pub ready: AtomicBool,
+    /// Channels the node is subscribed to (interest, broadcast and heartbeat included).
+    pub subscribed_channels: AtomicU64,
+    /// Reconnections to Redis (either connection) since start.
+    pub reconnects: AtomicU64,
+    /// Messages fred dropped because the bridge fell behind (`Lagged`).
+    pub lagged: AtomicU64,
+    /// Publishes that did not reach Redis (Redis away, error or timeout).
+    pub publish_errors: AtomicU64,
+    /// Messages received from Redis and handed to shards.
+    pub messages_in: AtomicU64,
+    /// Messages received from Redis and dropped (payload not UTF-8).
+    pub dropped_messages: AtomicU64,
+}
+
+impl BridgeStats {
+    /// Adds `n` to a counter (relaxed).
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Sets a flag (relaxed).
+    pub fn set(flag: &AtomicBool, on: bool) {
+        flag.store(on, Ordering::Relaxed);
+    }
+}
+
+/// Every shard's counters and the bus's state, shared by all shards.
 #[derive(Debug)]
 pub struct NodeStats {
+    /// This node's name.
+    pub node: NodeId,
     /// Indexed by [`ShardId`].
     pub shards: Box<[ShardStats]>,
+    /// The Redis bridge's state; `None` with the embedded bus.
+    pub bridge: Option<BridgeStats>,
 }
 
 impl NodeStats {
-    /// Zeroed counters for `shards` shards.
-    pub fn new(shards: usize) -> Arc<NodeStats> {
-        Arc::new(NodeStats { shards: (0..shards).map(|_| ShardStats::default()).collect() })
+    /// Zeroed counters for `shards` shards; `redis` when the node runs the Redis bridge.
+    pub fn new(shards: usize, node: NodeId, redis: bool) -> Arc<NodeStats> {
+        Arc::new(NodeStats {
+            node,
+            shards: (0..shards).map(|_| ShardStats::default()).collect(),
+            bridge: redis.then(BridgeStats::default),
+        })
+    }
+
+    /// Whether the bus can take traffic: always with the embedded bus; with Redis, while
+    /// the bridge is connected and its heartbeat comes back.
+    pub fn bus_ready(&self) -> bool {
+        self.bridge.as_ref().is_none_or(|b| b.ready.load(Ordering::Relaxed))
     }
 
     /// Sum of one counter over all shards.

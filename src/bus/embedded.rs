@@ -17,7 +17,7 @@
 
 use std::{
     cell::RefCell,
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     rc::Rc,
     sync::Arc,
 };
@@ -25,9 +25,9 @@ use std::{
 use glommio::sync::Semaphore;
 use tracing::debug;
 
-use super::{BusCommand, BusCommands, BusError};
+use super::{BusCommand, BusCommands, BusError, interest::InterestTable};
 use crate::xshard::{
-    Delivery, Interest, InterestChange, NodeId, Route, ShardId, ShardInboxes, ShardMessage,
+    Delivery, Interest, InterestChange, NodeId, ShardId, ShardInboxes, ShardMessage,
 };
 
 /// The sequencer of the streams one shard owns. Lives in that shard (`!Send`).
@@ -128,85 +128,37 @@ impl LocalSequencer {
 struct Sequencer {
     /// Shards of the node (broadcasts go to all).
     shards: u16,
-    /// Topic → shards with a subscriber.
-    topics: HashMap<Box<str>, ShardSet>,
-    /// User → shards with a connection of that user.
-    users: HashMap<Box<str>, ShardSet>,
+    /// Which shards want which topic and user.
+    interest: InterestTable,
     /// Stamped on every delivery as its origin.
     node: NodeId,
-}
-
-/// The shards that want one stream. Most users have their connections on one shard, so
-/// that case needs no allocation (the bus keeps one entry per user of the node).
-#[derive(Debug)]
-enum ShardSet {
-    /// One shard.
-    One(ShardId),
-    /// Several (a node has a few dozen shards at most).
-    Many(Vec<ShardId>),
-}
-
-impl ShardSet {
-    fn insert(&mut self, shard: ShardId) {
-        match self {
-            ShardSet::One(s) if *s == shard => {}
-            ShardSet::One(s) => *self = ShardSet::Many(vec![*s, shard]),
-            ShardSet::Many(v) if v.contains(&shard) => {}
-            ShardSet::Many(v) => v.push(shard),
-        }
-    }
-
-    /// Removes `shard`; `true` when the set is now empty.
-    fn remove(&mut self, shard: ShardId) -> bool {
-        match self {
-            ShardSet::One(s) => *s == shard,
-            ShardSet::Many(v) => {
-                v.retain(|s| *s != shard);
-                match v.as_slice() {
-                    [] => true,
-                    [only] => {
-                        *self = ShardSet::One(*only);
-                        false
-                    }
-                    _ => false,
-                }
-            }
-        }
-    }
-
-    fn as_slice(&self) -> &[ShardId] {
-        match self {
-            ShardSet::One(s) => std::slice::from_ref(s),
-            ShardSet::Many(v) => v,
-        }
-    }
 }
 
 impl Sequencer {
     fn new(shards: usize, node: NodeId) -> Sequencer {
         let shards = u16::try_from(shards).unwrap_or(u16::MAX);
-        Sequencer { shards, topics: HashMap::new(), users: HashMap::new(), node }
+        Sequencer { shards, interest: InterestTable::default(), node }
     }
 
     /// Applies `command`. For a publish, fills `targets` with the shards that want it
     /// and returns the delivery, encoded here once — or `None`, without
-    /// encoding, when no shard wants it.
+    /// encoding, when no shard wants it. For a shard's new topic, returns the
+    /// confirmation for that shard (its target): from now on it gets the topic's events.
     fn handle(&mut self, command: BusCommand, targets: &mut Vec<ShardId>) -> Option<ShardMessage> {
         targets.clear();
         match command {
             BusCommand::Interest { shard, change } => {
-                self.change_interest(shard, change);
-                None
+                let confirm = match &change {
+                    InterestChange::Gained(Interest::Topic(topic)) => Some(topic.clone()),
+                    _ => None,
+                };
+                self.interest.apply(shard, change);
+                let topic = confirm?;
+                targets.push(shard);
+                Some(ShardMessage::TopicConfirmed(topic))
             }
-            BusCommand::Publish(event) => {
-                match &event.route {
-                    Route::Broadcast => targets.extend((0..self.shards).map(ShardId)),
-                    Route::Topic(topic) => targets
-                        .extend(self.topics.get(topic).into_iter().flat_map(|s| s.as_slice())),
-                    Route::Direct(user) => {
-                        targets.extend(self.users.get(user).into_iter().flat_map(|s| s.as_slice()))
-                    }
-                }
+            BusCommand::Publish { event, .. } => {
+                self.interest.targets(&event.route, self.shards, targets);
                 // Nobody on this node wants it: not even encoded.
                 if targets.is_empty() {
                     return None;
@@ -216,38 +168,19 @@ impl Sequencer {
             }
         }
     }
-
-    fn change_interest(&mut self, shard: ShardId, change: InterestChange) {
-        let (gained, interest) = match change {
-            InterestChange::Gained(i) => (true, i),
-            InterestChange::Lost(i) => (false, i),
-        };
-        let (map, key) = match interest {
-            Interest::Topic(t) => (&mut self.topics, t),
-            Interest::User(u) => (&mut self.users, u),
-        };
-        if gained {
-            match map.get_mut(&key) {
-                Some(set) => set.insert(shard),
-                None => {
-                    map.insert(key, ShardSet::One(shard));
-                }
-            }
-        } else if let Some(set) = map.get_mut(&key)
-            && set.remove(shard)
-        {
-            map.remove(&key);
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::event::{Event, Payload};
+    use crate::xshard::Route;
 
     fn publish(route: Route) -> BusCommand {
-        BusCommand::Publish(Event { sender: "s".into(), route, payload: Payload::Text("x".into()) })
+        BusCommand::Publish {
+            event: Event { sender: "s".into(), route, payload: Payload::Text("x".into()) },
+            reply_to: None,
+        }
     }
 
     fn gained(shard: u16, interest: Interest) -> BusCommand {
@@ -272,8 +205,9 @@ mod tests {
         };
         let topic = || Interest::Topic("t".into());
         let none: Vec<ShardId> = Vec::new();
-        assert_eq!(route(&mut bus, gained(1, topic())), (false, none.clone()));
-        route(&mut bus, gained(2, Interest::User("u".into())));
+        // A shard's new topic is confirmed to that shard; a new user needs no answer.
+        assert_eq!(route(&mut bus, gained(1, topic())), (true, vec![ShardId(1)]));
+        assert_eq!(route(&mut bus, gained(2, Interest::User("u".into()))), (false, none.clone()));
         assert_eq!(route(&mut bus, publish(Route::Topic("t".into()))), (true, vec![ShardId(1)]));
         assert_eq!(route(&mut bus, publish(Route::Topic("other".into()))), (false, none.clone()));
         assert_eq!(route(&mut bus, publish(Route::Direct("u".into()))), (true, vec![ShardId(2)]));
@@ -286,6 +220,5 @@ mod tests {
         assert_eq!(route(&mut bus, publish(Route::Topic("t".into()))), (true, vec![ShardId(2)]));
         route(&mut bus, lost(2, topic()));
         assert_eq!(route(&mut bus, publish(Route::Topic("t".into()))), (false, none));
-        assert!(bus.topics.is_empty(), "the last shard leaving removes the topic");
     }
 }

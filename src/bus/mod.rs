@@ -35,6 +35,8 @@
 //!   changes never wait.
 
 pub(crate) mod embedded;
+pub(crate) mod interest;
+pub(crate) mod redis;
 
 use std::{
     cell::{Cell, RefCell},
@@ -45,6 +47,7 @@ use std::{
 
 use crate::{
     event::Event,
+    hub::ConnId,
     xshard::{Interest, InterestChange, Route, ShardId},
 };
 
@@ -60,7 +63,13 @@ pub(crate) enum BusError {
 #[derive(Debug)]
 pub(crate) enum BusCommand {
     /// A client's event, to sequence, encode once and deliver.
-    Publish(Event),
+    Publish {
+        /// The event.
+        event: Event,
+        /// The publishing v1 connection, told if the event could not reach every node
+        /// (`None` for seed-mode publishers: that protocol has no error reply).
+        reply_to: Option<(ShardId, ConnId)>,
+    },
     /// A shard's interest changed.
     Interest {
         /// The shard whose interest it is.
@@ -75,7 +84,7 @@ impl BusCommand {
     /// one stream go to one sequencer.
     fn stream(&self) -> &str {
         match self {
-            BusCommand::Publish(event) => match &event.route {
+            BusCommand::Publish { event, .. } => match &event.route {
                 Route::Broadcast => "",
                 Route::Topic(name) | Route::Direct(name) => name,
             },
@@ -193,15 +202,21 @@ impl BusHandle {
     }
 
     /// Publishes `event`. Resolves once its sequencer has taken it (it is then sequenced
-    /// and delivered without this connection's help).
+    /// and delivered without this connection's help). `reply_to` is the publishing v1
+    /// connection, told when the event could not reach the other nodes.
     ///
     /// # Errors
     /// [`BusError::Closed`] when the node is shutting down.
     ///
     /// # Cancel safety
     /// Dropping the future before it resolves may or may not publish the event.
-    pub(crate) async fn publish(self: &Rc<Self>, event: Event) -> Result<(), BusError> {
-        let command = BusCommand::Publish(event);
+    pub(crate) async fn publish(
+        self: &Rc<Self>,
+        event: Event,
+        reply_to: Option<ConnId>,
+    ) -> Result<(), BusError> {
+        let reply_to = reply_to.map(|conn| (self.shard, conn));
+        let command = BusCommand::Publish { event, reply_to };
         let at = self.lane_for(&command);
         let lane = &self.lanes[at];
         if let Some((own, sequencer)) = &self.local
@@ -279,11 +294,14 @@ mod tests {
             (0..100).map(|i| lane_of(&format!("topic-{i}"), 4)).collect();
         assert_eq!(used.len(), 4);
         // A publish and an interest change about one topic take the same lane.
-        let publish = BusCommand::Publish(Event {
-            sender: "u".into(),
-            route: Route::Topic("t".into()),
-            payload: crate::event::Payload::Text("x".into()),
-        });
+        let publish = BusCommand::Publish {
+            event: Event {
+                sender: "u".into(),
+                route: Route::Topic("t".into()),
+                payload: crate::event::Payload::Text("x".into()),
+            },
+            reply_to: None,
+        };
         let interest = BusCommand::Interest {
             shard: ShardId(1),
             change: InterestChange::Gained(Interest::Topic("t".into())),

@@ -42,6 +42,8 @@ pub(crate) enum Request {
     },
     /// `GET /healthz`.
     Health,
+    /// `GET /readyz`.
+    Ready,
     /// Anything else: answer with this status and close.
     Reject(Rejection),
 }
@@ -102,6 +104,9 @@ fn decide(req: &httparse::Request<'_, '_>, policy: Policy<'_>) -> Request {
     }
     if path == "/healthz" {
         return Request::Health;
+    }
+    if path == "/readyz" {
+        return Request::Ready;
     }
     let echo = policy.echo_path.0.as_deref() == Some(path);
     let user = if echo {
@@ -276,6 +281,7 @@ mod tests {
         );
         assert_eq!(req("GET /healthz HTTP/1.1\nHost: x"), Request::Health);
         assert_eq!(req("GET /healthz?x=1 HTTP/1.1\nHost: x"), Request::Health);
+        assert_eq!(req("GET /readyz HTTP/1.1\nHost: x"), Request::Ready);
         assert_eq!(status(parse(b"\x00\x01garbage\r\n\r\n").unwrap().0), 400);
     }
 

@@ -35,17 +35,28 @@ pub(crate) use context::ShardContext;
 use crate::{
     event::Event,
     frame::SharedFrame,
-    hub::{ConnId, Subscribed},
+    hub::ConnId,
     xshard::ShardStats,
 };
 use reader::Inbound;
 use state::{Close, ConnState, Enqueued, Phase};
 
+/// When a subscribe's `subscribed` reply goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscribeReply {
+    /// Now: the topic's events already reach this shard.
+    Now,
+    /// Once the bus confirms the topic for this shard (the shard sends it then).
+    WhenConfirmed,
+    /// Refused: the connection is at its topic limit.
+    TooManyTopics,
+}
+
 /// What connection code may do to the shard's subscription index (the shard implements
 /// it: the hub, plus interest changes for the bus).
 pub trait Subscriptions {
     /// Subscribes `conn` to `topic`.
-    fn subscribe(&self, conn: ConnId, topic: &str) -> Subscribed;
+    fn subscribe(&self, conn: ConnId, topic: &str) -> SubscribeReply;
     /// Unsubscribes `conn` from `topic` (nothing when it was not subscribed).
     fn unsubscribe(&self, conn: ConnId, topic: &str);
 }

@@ -21,14 +21,13 @@ use std::{rc::Rc, time::Instant};
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use super::{
-    Conn, Mode, ShardContext, Subscriptions, command,
+    Conn, Mode, ShardContext, SubscribeReply, Subscriptions, command,
     state::{Close, Phase},
 };
 use crate::{
     config::MAX_TOPICS_PER_CONN,
     event::{Event, Payload},
     frame::{self, FrameDecoder, FrameError, close_code, unmask_at},
-    hub::Subscribed,
     xshard::{Route, ShardStats},
 };
 
@@ -506,10 +505,9 @@ fn handle_message(
     let event = |route, payload| Event { sender: conn.user.to_string(), route, payload };
     let reply = match parsed {
         Ok(command::Command::Subscribe(topic)) => match subs.subscribe(conn.id(), &topic) {
-            Subscribed::Added(_) | Subscribed::Already => {
-                Some(command::ack_json("subscribed", &topic))
-            }
-            Subscribed::TooManyTopics => Some(
+            SubscribeReply::Now => Some(command::ack_json("subscribed", &topic)),
+            SubscribeReply::WhenConfirmed => None,
+            SubscribeReply::TooManyTopics => Some(
                 command::CommandError {
                     code: "too_many_topics",
                     message: format!("at most {MAX_TOPICS_PER_CONN} topics per connection"),

@@ -47,6 +47,14 @@ pub(super) async fn run(shard: Rc<Shard>, inbox: ShardInbox) {
 fn handle(shard: &Shard, message: ShardMessage) -> u64 {
     match message {
         ShardMessage::Deliver(delivery) => fan_out(shard, &delivery),
+        ShardMessage::TopicConfirmed(topic) => {
+            shard.topic_confirmed(&topic);
+            0
+        }
+        ShardMessage::Reply { conn, user, json } => {
+            shard.reply_to(conn, &user, &json);
+            0
+        }
     }
 }
 

@@ -26,6 +26,7 @@
 //! put the connection on the dirty list; a flush pass then writes each dirty socket once,
 //! with all its queued frames (`flush`).
 
+mod awaiting;
 mod flush;
 mod health;
 mod heartbeat;
@@ -46,10 +47,12 @@ use std::{
 
 use tracing::{info, warn};
 
+use awaiting::AwaitingBus;
+
 use crate::{
     bus::{BusCommand, BusCommands, BusHandle, embedded::LocalSequencer},
     config::{Config, MAX_TOPICS_PER_CONN},
-    conn::{Conn, Mode, ShardContext, Subscriptions, state::Close},
+    conn::{Conn, Mode, ShardContext, SubscribeReply, Subscriptions, state::Close},
     frame::close_code,
     hub::{ConnId, Hub, Subscribed},
     xshard::{
@@ -71,15 +74,13 @@ pub(crate) struct ShardParts {
     pub inbox: ShardInbox,
     /// Shutdown command from the main thread.
     pub control: flume::Receiver<ShardControl>,
-    /// Senders into every shard's sequencer lane (for this shard's `BusHandle`).
+    /// Senders into every sequencer lane (for this shard's `BusHandle`): one per shard
+    /// with the embedded bus, the bridge's one with Redis.
     pub bus_lanes: Vec<flume::Sender<BusCommand>>,
-    /// This shard's sequencer lane: commands about the streams it owns.
-    pub sequencer: BusCommands,
-    /// Every shard's inbox (the sequencer delivers into them).
-    pub inboxes: ShardInboxes,
-    /// This node's id, stamped on deliveries.
-    pub node: NodeId,
-    /// Node counters.
+    /// With the embedded bus: this shard's sequencer lane (commands about the streams it
+    /// owns) and every shard's inbox (the sequencer delivers into them).
+    pub sequencer: Option<(BusCommands, ShardInboxes)>,
+    /// Node counters and the node's id.
     pub stats: Arc<NodeStats>,
     /// Node-wide connection count.
     pub budget: Arc<ConnectionBudget>,
@@ -110,6 +111,8 @@ pub struct Shard {
     table: table::ConnTable,
     /// User and topic indexes.
     hub: RefCell<Hub>,
+    /// Subscribers whose topic the bus has not confirmed yet.
+    awaiting: RefCell<AwaitingBus>,
     /// This shard's end of the bus.
     bus: Rc<BusHandle>,
     /// Writes flush passes.
@@ -138,6 +141,7 @@ impl Shard {
         Rc::new(Shard {
             table: table::ConnTable::default(),
             hub: RefCell::new(Hub::new()),
+            awaiting: RefCell::default(),
             bus: BusHandle::new(id, bus, sequencer.map(|s| (id.0 as usize, s))),
             flusher: flush::Flusher::default(),
             pending_by_ip: RefCell::new(HashMap::new()),
@@ -188,7 +192,8 @@ impl Shard {
     pub fn detached(cfg: Config) -> Rc<Shard> {
         let budget = ConnectionBudget::new(usize::MAX);
         let (bus, _) = crate::bus::command_channel(1);
-        Shard::new(ShardId(0), cfg, vec![bus], None, NodeStats::new(1), budget.clone(), budget)
+        let stats = NodeStats::new(1, NodeId("detached".into()), false);
+        Shard::new(ShardId(0), cfg, vec![bus], None, stats, budget.clone(), budget)
     }
 
     /// Registers a connection with no socket (fd −1) on a detached shard; it stays
@@ -209,18 +214,65 @@ impl Shard {
 }
 
 impl Subscriptions for Shard {
-    fn subscribe(&self, conn: ConnId, topic: &str) -> Subscribed {
+    fn subscribe(&self, conn: ConnId, topic: &str) -> SubscribeReply {
         let outcome = self.hub.borrow_mut().subscribe(topic, conn, MAX_TOPICS_PER_CONN);
-        if let Subscribed::Added(Some(change)) = &outcome {
-            self.bus.change_interest(change.clone());
+        match outcome {
+            Subscribed::Added(Some(change)) => {
+                self.awaiting.borrow_mut().gained(topic, conn);
+                self.bus.change_interest(change);
+                SubscribeReply::WhenConfirmed
+            }
+            Subscribed::Added(None) | Subscribed::Already => {
+                if self.awaiting.borrow_mut().join(topic, conn) {
+                    SubscribeReply::WhenConfirmed
+                } else {
+                    SubscribeReply::Now
+                }
+            }
+            Subscribed::TooManyTopics => SubscribeReply::TooManyTopics,
         }
-        outcome
     }
 
     fn unsubscribe(&self, conn: ConnId, topic: &str) {
+        self.awaiting.borrow_mut().forget(topic, conn);
         let change = self.hub.borrow_mut().unsubscribe(topic, conn);
         if let Some(change) = change {
             self.bus.change_interest(change);
+        }
+    }
+}
+
+impl Shard {
+    /// The bus confirmed one of this shard's gains of `topic`: the subscribers that
+    /// waited for it get their `subscribed`.
+    fn topic_confirmed(&self, topic: &str) {
+        let answer = self.awaiting.borrow_mut().confirmed(topic);
+        if answer.is_empty() {
+            return;
+        }
+        let frame = Rc::new(crate::frame::encode_text(&crate::conn::command::ack_json(
+            "subscribed",
+            topic,
+        )));
+        let conns = self.table.borrow();
+        let hub = self.hub.borrow();
+        for id in answer {
+            // Still subscribed (an unsubscribe or a close removed it from the waiters).
+            if let Some(conn) = conns.get(id.0 as usize)
+                && hub.topic_conns(topic).contains(&id)
+            {
+                conn.enqueue(&self.ctx, &frame);
+            }
+        }
+    }
+
+    /// Sends `json` to connection `id` if it is still `user`'s.
+    fn reply_to(&self, id: ConnId, user: &str, json: &str) {
+        let conns = self.table.borrow();
+        if let Some(conn) = conns.get(id.0 as usize)
+            && conn.user() == user
+        {
+            conn.enqueue(&self.ctx, &Rc::new(crate::frame::encode_text(json)));
         }
     }
 }
@@ -258,22 +310,20 @@ pub(crate) async fn run(parts: ShardParts) {
         control,
         bus_lanes,
         sequencer,
-        inboxes,
-        node,
         stats,
         budget,
         pending_budget,
     } = parts;
     let listener = crate::sys::glommio_listener(listener);
-    let sequencer = LocalSequencer::new(id, sequencer, inboxes, node);
-    let shard =
-        Shard::new(id, cfg, bus_lanes, Some(sequencer.clone()), stats, budget, pending_budget);
+    let sequencer = sequencer
+        .map(|(lane, inboxes)| LocalSequencer::new(id, lane, inboxes, stats.node.clone()));
+    let shard = Shard::new(id, cfg, bus_lanes, sequencer.clone(), stats, budget, pending_budget);
     // The ring is set up on this thread: it is its only submitter.
     shard.flusher.start_ring(&shard.ctx);
     let accept = glommio::spawn_local(listener::run(shard.clone(), listener));
     let fanout = glommio::spawn_local(inbox::run(shard.clone(), inbox));
     let heartbeat = glommio::spawn_local(heartbeat::run(shard.clone()));
-    let sequencer = glommio::spawn_local(sequencer.run());
+    let sequencer = sequencer.map(|s| glommio::spawn_local(s.run()));
     info!(shard = %id, cpu = ?crate::sys::current_cpu(), "shard started");
 
     // Any message, or the main thread going away, means shut down.

@@ -23,7 +23,7 @@ use tracing::{debug, trace};
 use super::{Shard, table::Registered};
 use crate::{
     conn::{
-        Conn,
+        Conn, Mode,
         handshake::{self, Request},
         io::{self, IoState, Step},
         reader,
@@ -100,6 +100,16 @@ async fn upgrade(
             )
             .to_json();
             let response = handshake::http_response(200, "application/json", &body);
+            let _ = write_and_close(stream, &response).await;
+            return None;
+        }
+        Request::Ready => {
+            let readiness = super::health::Readiness::read(
+                shard.shutting_down.get(),
+                ctx.node_stats(),
+            );
+            let status = if readiness.ready { 200 } else { 503 };
+            let response = handshake::http_response(status, "application/json", &readiness.to_json());
             let _ = write_and_close(stream, &response).await;
             return None;
         }
@@ -222,8 +232,9 @@ async fn after_progress(shard: &Rc<Shard>, conn: &Rc<Conn>) {
 /// Publishes the events the reader decoded, in order; waits when the bus is full (this
 /// client's reads pause meanwhile, nobody else's).
 async fn publish_pending(shard: &Rc<Shard>, conn: &Rc<Conn>) {
+    let reply_to = (conn.mode() == Mode::V1).then(|| conn.id());
     for event in conn.take_events() {
-        if shard.bus.publish(event).await.is_err() {
+        if shard.bus.publish(event, reply_to).await.is_err() {
             let close = Close {
                 code: close_code::GOING_AWAY,
                 reason: "server shutting down",

@@ -1,0 +1,659 @@
+//! The Redis bridge: the bus between nodes. One OS thread per node, pinned, running a
+//! tokio current-thread runtime with two fred clients (a subscriber and a publisher).
+//!
+//! Runs on: the bridge thread (spawned by `server::start` before the shards, so that it
+//! is pinned to the CPU it was given rather than inheriting a shard's mask). Everything
+//! here is `!Send` state on one [`tokio::task::LocalSet`]; the thread talks to the
+//! shards only through flume channels: their commands in (one lane, bounded), deliveries
+//! and replies out (each shard's bounded inbox).
+//!
+//! - **Interest.** The bridge keeps which shards want which topic and user
+//!   ([`InterestTable`]); the node SUBSCRIBEs to a topic's or user's channel when its
+//!   first shard wants it and UNSUBSCRIBEs when the last one stops: one subscription per
+//!   node however many local subscribers. Subscription changes are applied in order by one
+//!   task, batched (a burst of joins is one SUBSCRIBE). A shard's new topic is confirmed to
+//!   it (`ShardMessage::TopicConfirmed`) once Redis confirmed the SUBSCRIBE.
+//! - **One order, exactly once.** A publish goes to Redis only; the node's own clients
+//!   get it back through their subscription like everyone else's, so every node delivers
+//!   every stream in the order Redis delivered it, and nobody gets it twice. Each message
+//!   from Redis is framed once ([`wire::delivery_from`]) and the same `Arc` goes to the
+//!   shards that want it.
+//! - **Redis away.** fred reconnects with exponential backoff, forever; after every
+//!   reconnect the bridge subscribes again to every channel of current interest (one
+//!   SUBSCRIBE per batch of channels). A frozen Redis or a dropped link raises no error on
+//!   a subscribe-only connection, so the bridge publishes a heartbeat to its own channel
+//!   and forces a reconnect when it does not come back in time. While the bridge is not
+//!   ready (disconnected or heartbeat missing), publishes are delivered on this node only
+//!   and the publishing v1 client is told `unavailable`; `/readyz` says 503.
+
+pub(crate) mod wire;
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::HashSet,
+    rc::Rc,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::{Duration, Instant},
+};
+
+use fred::{
+    interfaces::{ClientLike, EventInterface, PubsubInterface},
+    prelude::{Builder, Client, Error as RedisError},
+    types::{
+        Value,
+        config::{Config as RedisConfig, ReconnectPolicy},
+    },
+};
+use tokio::sync::{Notify, broadcast::error::RecvError, mpsc};
+use tracing::{debug, info, warn};
+
+use super::{
+    BusCommand, BusCommands,
+    interest::{InterestTable, NodeInterest},
+};
+use crate::{
+    conn::command::CommandError,
+    event::Event,
+    hub::ConnId,
+    xshard::{
+        BridgeStats, Interest, InterestChange, NodeStats, Route, ShardId, ShardInboxes,
+        ShardMessage,
+    },
+};
+use wire::{BROADCAST_CHANNEL, Channels, Incoming};
+
+/// Most publishes in one pipeline to Redis.
+const PUBLISH_BATCH: usize = 512;
+/// Most publishes handed to the publisher task and not yet answered by Redis; beyond it
+/// the bridge stops taking commands, the lane fills and publishers wait on their shards.
+const PUBLISHES_IN_FLIGHT: usize = 8192;
+/// Most channels in one SUBSCRIBE or UNSUBSCRIBE.
+const SUBSCRIBE_BATCH: usize = 1024;
+
+/// How the bridge talks to Redis (from the node's configuration).
+#[derive(Clone)]
+pub(crate) struct BridgeSettings {
+    /// `redis://[:password@]host:port/db` (a secret: never logged).
+    pub url: String,
+    /// Prefix of the topic, user and node channels.
+    pub prefix: String,
+    /// Interval of the heartbeat through Redis.
+    pub heartbeat_interval: Duration,
+    /// Not ready, and a forced reconnect, after this long without the heartbeat.
+    pub heartbeat_timeout: Duration,
+    /// Timeout of every Redis command (and of connecting).
+    pub command_timeout: Duration,
+    /// Most commands queued in fred, per client; more fail at once.
+    pub command_queue: usize,
+    /// Messages fred buffers for the bridge; beyond it they are dropped (`Lagged`).
+    pub receive_buffer: usize,
+}
+
+impl std::fmt::Debug for BridgeSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BridgeSettings")
+            .field("url", &crate::config::redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks a Redis URL without connecting. The error never contains the URL (it may hold
+/// a password).
+///
+/// # Errors
+/// A message saying what is wrong.
+pub(crate) fn check_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err("the Redis URL must start with redis:// (or rediss://)".into());
+    }
+    if url.starts_with("rediss://") {
+        return Err("rediss:// (TLS) is not built into this corecast; use redis:// on a \
+                    trusted network or a TLS tunnel"
+            .into());
+    }
+    RedisConfig::from_url(url).map(|_| ()).map_err(|e| format!("the Redis URL is invalid: {}", e.details()))
+}
+
+/// Starts the bridge thread, pinned to `cpu` when given. Returns the sending half of its
+/// command lane (one clone per shard) and the thread.
+///
+/// # Errors
+/// When the thread cannot be spawned.
+pub(crate) fn spawn(
+    settings: BridgeSettings,
+    cpu: Option<core_affinity::CoreId>,
+    capacity: usize,
+    inboxes: ShardInboxes,
+    stats: Arc<NodeStats>,
+) -> std::io::Result<(flume::Sender<BusCommand>, std::thread::JoinHandle<()>)> {
+    let (tx, commands) = super::command_channel(capacity);
+    let thread = std::thread::Builder::new().name("redis-bridge".into()).spawn(move || {
+        if let Some(cpu) = cpu
+            && !core_affinity::set_for_current(cpu)
+        {
+            warn!(cpu = cpu.id, "could not pin the Redis bridge thread");
+        }
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(cause = %e, "cannot start the Redis bridge runtime");
+                return;
+            }
+        };
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, run(settings, commands, inboxes, stats));
+    })?;
+    Ok((tx, thread))
+}
+
+/// A subscription change, applied in order by the subscription task.
+#[derive(Debug)]
+enum SubscriptionOp {
+    /// Subscribe to `channel` (when the node just gained it), then confirm `confirm`'s
+    /// topic to that shard.
+    Subscribe { channel: Option<String>, confirm: Option<(ShardId, Box<str>)> },
+    /// Unsubscribe from the channel (the node lost its last local subscriber).
+    Unsubscribe(String),
+    /// After a reconnect: subscribe again to every channel of current interest.
+    ResubscribeAll,
+}
+
+/// A publish on its way to Redis.
+#[derive(Debug)]
+struct PublishJob {
+    channel: String,
+    payload: String,
+    reply_to: Option<(ShardId, ConnId, Box<str>)>,
+}
+
+/// State shared by the bridge's tasks (all on the bridge thread).
+struct Shared {
+    stats: Arc<NodeStats>,
+    inboxes: ShardInboxes,
+    shards: u16,
+    channels: Channels,
+    interest: RefCell<InterestTable>,
+    /// Publishes handed to the publisher task and not answered yet.
+    in_flight: Cell<usize>,
+    /// Notified when `in_flight` drops.
+    room: Notify,
+}
+
+impl Shared {
+    fn bridge(&self) -> &BridgeStats {
+        // `spawn` is only called for nodes whose stats have a bridge part.
+        self.stats.bridge.as_ref().expect("a Redis node has bridge stats")
+    }
+
+    fn ready(&self) -> bool {
+        self.bridge().ready.load(Relaxed)
+    }
+
+    /// The channel names of every stream some shard wants, plus the ones always read.
+    fn channels_of_interest(&self) -> Vec<String> {
+        let interest = self.interest.borrow();
+        let mut all = Vec::with_capacity(interest.len() + 2);
+        all.push(BROADCAST_CHANNEL.to_owned());
+        all.push(self.channels.heartbeat().to_owned());
+        all.extend(interest.streams().map(|i| self.channels.of_interest(&i)));
+        all
+    }
+
+    /// Hands `message` to each shard in `targets`, waiting for room when an inbox is full
+    /// (that shard drains it without waiting on anything).
+    async fn deliver(&self, targets: &[ShardId], message: ShardMessage) {
+        for shard in targets {
+            let Some(inbox) = self.inboxes.get(shard.0 as usize) else { continue };
+            match inbox.try_send(message.clone()) {
+                Ok(()) | Err(flume::TrySendError::Disconnected(_)) => {}
+                Err(flume::TrySendError::Full(message)) => {
+                    let _ = inbox.send_async(message).await;
+                }
+            }
+        }
+    }
+
+    /// Tells a v1 publisher its event did not reach every node.
+    async fn reply_unavailable(&self, to: (ShardId, ConnId, Box<str>), message: String) {
+        let (shard, conn, user) = to;
+        let json = CommandError { code: "unavailable", message }.to_json().into_boxed_str();
+        self.deliver(&[shard], ShardMessage::Reply { conn, user, json }).await;
+    }
+}
+
+/// The bridge's life: until every shard has closed its lane (shutdown).
+async fn run(
+    settings: BridgeSettings,
+    commands: BusCommands,
+    inboxes: ShardInboxes,
+    stats: Arc<NodeStats>,
+) {
+    let (subscriber, publisher) = match clients(&settings) {
+        Ok(clients) => clients,
+        Err(e) => {
+            tracing::error!(cause = %e.details(), "cannot configure the Redis clients");
+            return;
+        }
+    };
+    let node = stats.node.clone();
+    let shared = Rc::new(Shared {
+        shards: u16::try_from(inboxes.len()).unwrap_or(u16::MAX),
+        inboxes,
+        channels: Channels::new(&settings.prefix, &node),
+        stats,
+        interest: RefCell::default(),
+        in_flight: Cell::new(0),
+        room: Notify::new(),
+    });
+    // Receivers first: nothing published after the connection is up is missed.
+    let mut messages = subscriber.message_rx();
+    let mut sub_reconnects = subscriber.reconnect_rx();
+    let mut pub_reconnects = publisher.reconnect_rx();
+    let _sub_task = subscriber.connect();
+    let _pub_task = publisher.connect();
+    info!(node = %node, prefix = %settings.prefix, "Redis bridge started");
+
+    let (ops_tx, ops_rx) = mpsc::unbounded_channel();
+    let subscriptions =
+        tokio::task::spawn_local(apply_subscriptions(shared.clone(), subscriber.clone(), ops_rx));
+    let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+    let publishes =
+        tokio::task::spawn_local(publish_jobs(shared.clone(), publisher.clone(), jobs_rx));
+
+    // A token only this process publishes: another node with the same id is not us.
+    let token = format!("{node}/{}", std::process::id());
+    let mut watchdog = Watchdog::new(settings.heartbeat_timeout);
+    let mut ticker = tokio::time::interval(settings.heartbeat_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut json = String::new();
+    let mut targets = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            message = messages.recv() => match message {
+                Ok(message) => {
+                    let payload = value_bytes(&message.value);
+                    match shared.channels.classify(&message.channel) {
+                        Incoming::Event(route) => {
+                            receive(&shared, route, payload, &mut json, &mut targets).await;
+                        }
+                        Incoming::Heartbeat if payload == Some(token.as_bytes()) => {
+                            watchdog.heard(Instant::now());
+                        }
+                        Incoming::Heartbeat => {}
+                        Incoming::Unknown(channel) => debug!(channel, "message on an unread channel"),
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    BridgeStats::add(&shared.bridge().lagged, n);
+                    warn!(dropped = n, "the Redis bridge fell behind: fred dropped messages (Lagged)");
+                }
+                Err(RecvError::Closed) => break,
+            },
+            _ = sub_reconnects.recv() => {
+                BridgeStats::add(&shared.bridge().reconnects, 1);
+                info!("Redis subscriber connected; subscribing to every channel of interest");
+                let _ = ops_tx.send(SubscriptionOp::ResubscribeAll);
+            }
+            _ = pub_reconnects.recv() => {
+                BridgeStats::add(&shared.bridge().reconnects, 1);
+                info!("Redis publisher connected");
+            }
+            _ = ticker.tick() => {
+                let now = Instant::now();
+                let connected = subscriber.is_connected() && publisher.is_connected();
+                let verdict = watchdog.check(now, connected);
+                BridgeStats::set(&shared.bridge().connected, connected);
+                if verdict.ready != shared.ready() {
+                    if verdict.ready {
+                        info!("Redis bridge ready (heartbeat through Redis)");
+                    } else {
+                        warn!(connected, "Redis bridge not ready: publishes stay on this node");
+                    }
+                    BridgeStats::set(&shared.bridge().ready, verdict.ready);
+                }
+                if verdict.force_reconnect {
+                    warn!(timeout = ?settings.heartbeat_timeout, "Redis heartbeat lost: forcing a reconnect");
+                    for client in [subscriber.clone(), publisher.clone()] {
+                        tokio::task::spawn_local(async move {
+                            let _ = client.force_reconnection().await;
+                        });
+                    }
+                }
+                if connected {
+                    let (publisher, channel, token) =
+                        (publisher.clone(), shared.channels.heartbeat().to_owned(), token.clone());
+                    tokio::task::spawn_local(async move {
+                        let _: Result<Value, _> = publisher.publish(channel, token).await;
+                    });
+                }
+            }
+            command = commands.recv_async(), if shared.in_flight.get() < PUBLISHES_IN_FLIGHT => {
+                let Ok(command) = command else { break };
+                match command {
+                    BusCommand::Interest { shard, change } => {
+                        let op = interest_op(&shared, shard, change);
+                        let _ = ops_tx.send(op);
+                    }
+                    BusCommand::Publish { event, reply_to } => {
+                        publish(&shared, &jobs_tx, event, reply_to, &mut json, &mut targets).await;
+                    }
+                }
+            }
+            () = shared.room.notified() => {}
+        }
+    }
+    drop(jobs_tx);
+    drop(ops_tx);
+    let _ = publishes.await;
+    subscriptions.abort();
+    let bye = async {
+        let _ = subscriber.quit().await;
+        let _ = publisher.quit().await;
+    };
+    let _ = tokio::time::timeout(settings.command_timeout, bye).await;
+    info!("Redis bridge stopped");
+}
+
+/// The two fred clients, configured from `settings`.
+fn clients(settings: &BridgeSettings) -> Result<(Client, Client), RedisError> {
+    let mut config = RedisConfig::from_url(&settings.url)?;
+    // Keep trying when Redis is not there at start: the node serves locally meanwhile.
+    config.fail_fast = false;
+    let mut builder = Builder::from_config(config);
+    builder
+        .with_performance_config(|perf| {
+            perf.default_command_timeout = settings.command_timeout;
+            perf.broadcast_channel_capacity = settings.receive_buffer;
+        })
+        .with_connection_config(|conn| {
+            conn.connection_timeout = settings.command_timeout;
+            conn.internal_command_timeout = settings.command_timeout;
+            // A publish is never sent twice (a retried PUBLISH whose first attempt
+            // executed would be delivered twice).
+            conn.max_command_attempts = 1;
+            conn.max_command_buffer_len = settings.command_queue;
+        })
+        // Forever, 100 ms doubling up to 2 s.
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+    Ok((builder.build()?, builder.build()?))
+}
+
+fn value_bytes(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::Bytes(b) => Some(b),
+        Value::String(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+/// A message from Redis for local connections: framed once, handed to the shards that
+/// want it.
+async fn receive(
+    shared: &Shared,
+    route: Route,
+    payload: Option<&[u8]>,
+    json: &mut String,
+    targets: &mut Vec<ShardId>,
+) {
+    shared.interest.borrow().targets(&route, shared.shards, targets);
+    if targets.is_empty() {
+        return; // unsubscribed meanwhile: nobody here wants it
+    }
+    let framed = payload.ok_or(wire::Dropped::NotUtf8).and_then(|p| wire::delivery_from(route, p, json));
+    match framed {
+        Ok(delivery) => {
+            BridgeStats::add(&shared.bridge().messages_in, 1);
+            shared.deliver(targets, ShardMessage::Deliver(Arc::new(delivery))).await;
+        }
+        Err(why) => {
+            BridgeStats::add(&shared.bridge().dropped_messages, 1);
+            debug!(%why, "dropped a message from Redis");
+        }
+    }
+}
+
+/// Applies a shard's interest change to the table; returns what Redis must do about it.
+fn interest_op(shared: &Shared, shard: ShardId, change: InterestChange) -> SubscriptionOp {
+    let confirm = match &change {
+        InterestChange::Gained(Interest::Topic(topic)) => Some((shard, topic.clone())),
+        _ => None,
+    };
+    let channel = match &change {
+        InterestChange::Gained(i) | InterestChange::Lost(i) => shared.channels.of_interest(i),
+    };
+    match shared.interest.borrow_mut().apply(shard, change) {
+        NodeInterest::Gained => SubscriptionOp::Subscribe { channel: Some(channel), confirm },
+        NodeInterest::Lost => SubscriptionOp::Unsubscribe(channel),
+        // Already subscribed (or being subscribed: the confirmation waits for that
+        // SUBSCRIBE, which is before it in the queue).
+        NodeInterest::Unchanged => SubscriptionOp::Subscribe { channel: None, confirm },
+    }
+}
+
+/// A client's event: to Redis when the bridge is ready, else to this node's shards only
+/// (and the v1 publisher is told).
+async fn publish(
+    shared: &Shared,
+    jobs: &mpsc::UnboundedSender<PublishJob>,
+    event: Event,
+    reply_to: Option<(ShardId, ConnId)>,
+    json: &mut String,
+    targets: &mut Vec<ShardId>,
+) {
+    let reply_to = reply_to.map(|(shard, conn)| (shard, conn, event.sender.as_str().into()));
+    if shared.ready() {
+        let mut payload = String::new();
+        wire::write_payload(&event, &mut payload);
+        let job = PublishJob { channel: shared.channels.of_route(&event.route), payload, reply_to };
+        shared.in_flight.set(shared.in_flight.get() + 1);
+        let _ = jobs.send(job);
+        return;
+    }
+    BridgeStats::add(&shared.bridge().publish_errors, 1);
+    shared.interest.borrow().targets(&event.route, shared.shards, targets);
+    if !targets.is_empty() {
+        let delivery = event.encode(&shared.stats.node);
+        shared.deliver(targets, ShardMessage::Deliver(Arc::new(delivery))).await;
+    }
+    json.clear();
+    if let Some(to) = reply_to {
+        let message = "Redis is unavailable: delivered to this node's clients only".to_owned();
+        shared.reply_unavailable(to, message).await;
+    }
+}
+
+/// The publisher task: pipelines publishes to Redis in arrival order, one batch in
+/// flight; every failure is counted and told to its v1 publisher.
+async fn publish_jobs(
+    shared: Rc<Shared>,
+    publisher: Client,
+    mut jobs: mpsc::UnboundedReceiver<PublishJob>,
+) {
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    while jobs.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+        let pipeline = publisher.pipeline();
+        let mut queued = Vec::with_capacity(batch.len());
+        for job in batch.drain(..) {
+            let PublishJob { channel, payload, reply_to } = job;
+            let result: Result<(), RedisError> = pipeline.publish(channel, payload).await;
+            queued.push((result, reply_to));
+        }
+        let results = pipeline.try_all::<Value>().await;
+        let mut results = results.into_iter();
+        let sent = queued.len();
+        for (queued_result, reply_to) in queued {
+            let error = match queued_result {
+                Err(e) => Some(e),
+                Ok(()) => results.next().and_then(Result::err),
+            };
+            if let Some(e) = error {
+                BridgeStats::add(&shared.bridge().publish_errors, 1);
+                debug!(cause = %e.details(), "publish to Redis failed");
+                if let Some(to) = reply_to {
+                    let message = format!(
+                        "could not publish to Redis ({}): other nodes may not have received it",
+                        e.details()
+                    );
+                    shared.reply_unavailable(to, message).await;
+                }
+            }
+        }
+        shared.in_flight.set(shared.in_flight.get().saturating_sub(sent));
+        shared.room.notify_one();
+    }
+}
+
+/// The subscription task: applies subscription changes in order, consecutive ones of a
+/// kind batched into one command; confirms each shard's new topic after its SUBSCRIBE.
+async fn apply_subscriptions(
+    shared: Rc<Shared>,
+    subscriber: Client,
+    mut ops: mpsc::UnboundedReceiver<SubscriptionOp>,
+) {
+    let mut subscribed: HashSet<String> = HashSet::new();
+    let mut pending = Vec::new();
+    while ops.recv_many(&mut pending, SUBSCRIBE_BATCH).await > 0 {
+        let mut ops = pending.drain(..).peekable();
+        while let Some(op) = ops.next() {
+            match op {
+                SubscriptionOp::ResubscribeAll => {
+                    subscribed.clear();
+                    let all = shared.channels_of_interest();
+                    for chunk in all.chunks(SUBSCRIBE_BATCH) {
+                        if subscribe(&subscriber, chunk.to_vec()).await {
+                            subscribed.extend(chunk.iter().cloned());
+                        }
+                    }
+                }
+                SubscriptionOp::Unsubscribe(first) => {
+                    let mut channels = vec![first];
+                    while let Some(SubscriptionOp::Unsubscribe(_)) = ops.peek() {
+                        if let Some(SubscriptionOp::Unsubscribe(c)) = ops.next() {
+                            channels.push(c);
+                        }
+                    }
+                    for c in &channels {
+                        subscribed.remove(c);
+                    }
+                    if let Err(e) = subscriber.unsubscribe(channels).await {
+                        debug!(cause = %e.details(), "UNSUBSCRIBE failed (the next reconnect forgets it)");
+                    }
+                }
+                SubscriptionOp::Subscribe { channel, confirm } => {
+                    let mut channels: Vec<String> = channel.into_iter().collect();
+                    let mut confirms: Vec<(ShardId, Box<str>)> = confirm.into_iter().collect();
+                    while let Some(SubscriptionOp::Subscribe { .. }) = ops.peek() {
+                        if let Some(SubscriptionOp::Subscribe { channel, confirm }) = ops.next() {
+                            channels.extend(channel);
+                            confirms.extend(confirm);
+                        }
+                    }
+                    if !channels.is_empty() && subscribe(&subscriber, channels.clone()).await {
+                        subscribed.extend(channels);
+                    }
+                    // Confirmed even when Redis is away: the node delivers locally meanwhile
+                    // and subscribes again on reconnect.
+                    for (shard, topic) in confirms {
+                        shared.deliver(&[shard], ShardMessage::TopicConfirmed(topic)).await;
+                    }
+                }
+            }
+            let count = subscribed.len() as u64;
+            shared.bridge().subscribed_channels.store(count, Relaxed);
+        }
+    }
+}
+
+/// One SUBSCRIBE of `channels`; `false` (logged) when Redis did not confirm it.
+async fn subscribe(subscriber: &Client, channels: Vec<String>) -> bool {
+    if !subscriber.is_connected() {
+        return false; // subscribed again after the reconnect
+    }
+    match subscriber.subscribe(channels).await {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(cause = %e.details(), "SUBSCRIBE failed (retried after the next reconnect)");
+            false
+        }
+    }
+}
+
+/// Decides readiness from the heartbeat through Redis. Pure: the clock is an argument.
+#[derive(Debug)]
+struct Watchdog {
+    timeout: Duration,
+    /// When the heartbeat last came back (`None`: never yet).
+    last_heard: Option<Instant>,
+    /// When a reconnect was last forced (`None`: never) or the silence started.
+    silence_since: Option<Instant>,
+}
+
+/// What the watchdog says at one tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Verdict {
+    ready: bool,
+    force_reconnect: bool,
+}
+
+impl Watchdog {
+    fn new(timeout: Duration) -> Watchdog {
+        Watchdog { timeout, last_heard: None, silence_since: None }
+    }
+
+    fn heard(&mut self, now: Instant) {
+        self.last_heard = Some(now);
+        self.silence_since = None;
+    }
+
+    fn check(&mut self, now: Instant, connected: bool) -> Verdict {
+        let fresh = self.last_heard.is_some_and(|t| now.duration_since(t) < self.timeout);
+        if !connected {
+            // fred is reconnecting already; count the silence from when it is back.
+            self.silence_since = None;
+            return Verdict { ready: false, force_reconnect: false };
+        }
+        if fresh {
+            return Verdict { ready: true, force_reconnect: false };
+        }
+        let since = *self.silence_since.get_or_insert(now);
+        let force = now.duration_since(since) >= self.timeout;
+        if force {
+            self.silence_since = Some(now);
+        }
+        Verdict { ready: false, force_reconnect: force }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdog_needs_the_heartbeat_and_forces_a_reconnect_on_silence() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut w = Watchdog::new(Duration::from_millis(1500));
+        let not_ready = Verdict { ready: false, force_reconnect: false };
+        assert_eq!(w.check(ms(0), true), not_ready, "no heartbeat yet");
+        w.heard(ms(100));
+        assert_eq!(w.check(ms(200), true), Verdict { ready: true, force_reconnect: false });
+        assert_eq!(w.check(ms(1700), true), not_ready, "silent: not ready at once");
+        assert_eq!(w.check(ms(3100), true), not_ready);
+        assert_eq!(w.check(ms(3200), true), Verdict { ready: false, force_reconnect: true });
+        assert_eq!(w.check(ms(3400), true), not_ready, "one forced reconnect per timeout");
+        assert_eq!(w.check(ms(3500), false), not_ready, "disconnected: fred reconnects");
+        w.heard(ms(3600));
+        assert_eq!(w.check(ms(3700), true), Verdict { ready: true, force_reconnect: false });
+    }
+
+    #[test]
+    fn urls_are_checked_without_echoing_them() {
+        assert!(check_url("redis://:s3cret@127.0.0.1:6390/2").is_ok());
+        let err = check_url("http://:s3cret@host/").unwrap_err();
+        assert!(!err.contains("s3cret"), "{err}");
+        let err = check_url("redis://:s3cret@[::1/").unwrap_err();
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+}

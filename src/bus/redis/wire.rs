@@ -1,0 +1,289 @@
+//! What corecast puts on Redis and how it reads it back: channel names and payloads.
+//!
+//! Runs on: the bridge thread. Pure: no I/O. PROTOCOL.md ("Redis channels and payloads")
+//! documents all of it for other publishers.
+//!
+//! - **`ws_broadcast`**: broadcasts, in the format of the Python nodes this design
+//!   replaces — `{"sender":S,"text":T}`, plus `"data":D` when a v1 client broadcast
+//!   non-string data. Seed clients receive a payload **verbatim**, whoever published it;
+//!   v1 clients receive `{"type":"broadcast","sender":S,"data":D}` (D = `data` when
+//!   present, else `text`), or `sender: null` and the payload as a string when it is not
+//!   such an object.
+//! - **`<prefix>topic:<T>`** and **`<prefix>user:<U>`**: the v1 message itself
+//!   (`{"type":"message","topic":T,"sender":S,"data":D}`, `{"type":"direct",...}`),
+//!   framed as received without re-serializing. A payload that is not a JSON object is
+//!   wrapped as `{"type":"message","topic":T,"sender":null,"data":"<payload>"}` (or
+//!   `"direct"`).
+//! - **`<prefix>node:<node id>`**: each node's heartbeat to itself.
+//!
+//! A payload that is not UTF-8 cannot be a text frame: it is dropped (and counted).
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use crate::{
+    event::{Event, push_json_str},
+    frame,
+    xshard::{Delivery, Interest, NodeId, Route},
+};
+
+/// The channel of broadcasts, shared with the Python nodes.
+pub(crate) const BROADCAST_CHANNEL: &str = "ws_broadcast";
+
+/// The node's channel names.
+#[derive(Debug, Clone)]
+pub(crate) struct Channels {
+    /// `<prefix>topic:`
+    topic: String,
+    /// `<prefix>user:`
+    user: String,
+    /// `<prefix>node:<node id>`: this node's heartbeat.
+    heartbeat: String,
+}
+
+/// What a received message is, by its channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Incoming<'a> {
+    /// An event for local connections.
+    Event(Route),
+    /// This node's heartbeat came back.
+    Heartbeat,
+    /// A channel this node does not read (never subscribed; ignored).
+    Unknown(&'a str),
+}
+
+impl Channels {
+    /// The names for a node called `node` with channel prefix `prefix`.
+    pub(crate) fn new(prefix: &str, node: &NodeId) -> Channels {
+        Channels {
+            topic: format!("{prefix}topic:"),
+            user: format!("{prefix}user:"),
+            heartbeat: format!("{prefix}node:{node}"),
+        }
+    }
+
+    /// The channel an event on `route` is published on.
+    pub(crate) fn of_route(&self, route: &Route) -> String {
+        match route {
+            Route::Broadcast => BROADCAST_CHANNEL.to_owned(),
+            Route::Topic(t) => format!("{}{t}", self.topic),
+            Route::Direct(u) => format!("{}{u}", self.user),
+        }
+    }
+
+    /// The channel that carries what `interest` asks for.
+    pub(crate) fn of_interest(&self, interest: &Interest) -> String {
+        match interest {
+            Interest::Topic(t) => format!("{}{t}", self.topic),
+            Interest::User(u) => format!("{}{u}", self.user),
+        }
+    }
+
+    /// This node's heartbeat channel.
+    pub(crate) fn heartbeat(&self) -> &str {
+        &self.heartbeat
+    }
+
+    /// What a message on `channel` is.
+    pub(crate) fn classify<'a>(&self, channel: &'a str) -> Incoming<'a> {
+        if channel == BROADCAST_CHANNEL {
+            Incoming::Event(Route::Broadcast)
+        } else if let Some(topic) = channel.strip_prefix(&self.topic) {
+            Incoming::Event(Route::Topic(topic.into()))
+        } else if let Some(user) = channel.strip_prefix(&self.user) {
+            Incoming::Event(Route::Direct(user.into()))
+        } else if channel == self.heartbeat {
+            Incoming::Heartbeat
+        } else {
+            Incoming::Unknown(channel)
+        }
+    }
+}
+
+/// Writes the payload `event` is published with (see the module docs).
+pub(crate) fn write_payload(event: &Event, out: &mut String) {
+    out.clear();
+    out.reserve(64 + event.payload_len());
+    match event.route {
+        Route::Broadcast => event.write_seed(out, true),
+        Route::Topic(_) | Route::Direct(_) => event.write_v1(out),
+    }
+}
+
+/// Why a received message is not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Dropped {
+    /// Not UTF-8: it cannot be sent as a text frame.
+    #[error("payload is not UTF-8")]
+    NotUtf8,
+}
+
+/// The `ws_broadcast` payload fields corecast reads (others are ignored).
+#[derive(Deserialize)]
+struct BroadcastPayload<'a> {
+    #[serde(borrow)]
+    sender: Cow<'a, str>,
+    #[serde(borrow)]
+    text: Cow<'a, str>,
+    /// Present (even as `null`) when a v1 client broadcast non-string data.
+    #[serde(default, borrow, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// Frames a message received on `route`'s channel: each frame built once, here.
+///
+/// # Errors
+/// [`Dropped`] when the payload cannot be delivered.
+pub(crate) fn delivery_from(
+    route: Route,
+    payload: &[u8],
+    json: &mut String,
+) -> Result<Delivery, Dropped> {
+    let text = std::str::from_utf8(payload).map_err(|_| Dropped::NotUtf8)?;
+    json.clear();
+    let (v1, seed) = match &route {
+        Route::Broadcast => {
+            json.push_str(r#"{"type":"broadcast","sender":"#);
+            match serde_json::from_str::<BroadcastPayload<'_>>(text) {
+                Ok(p) => {
+                    push_json_str(json, &p.sender);
+                    json.push_str(r#","data":"#);
+                    match p.data {
+                        Some(raw) => json.push_str(raw.get()),
+                        None => push_json_str(json, &p.text),
+                    }
+                }
+                Err(_) => {
+                    json.push_str(r#"null,"data":"#);
+                    push_json_str(json, text);
+                }
+            }
+            json.push('}');
+            (frame::encode_text(json), Some(frame::encode_text(text)))
+        }
+        Route::Topic(_) | Route::Direct(_) if is_json_object(text) => {
+            (frame::encode_text(text), None)
+        }
+        Route::Topic(topic) => {
+            json.push_str(r#"{"type":"message","topic":"#);
+            push_json_str(json, topic);
+            json.push_str(r#","sender":null,"data":"#);
+            push_json_str(json, text);
+            json.push('}');
+            (frame::encode_text(json), None)
+        }
+        Route::Direct(_) => {
+            json.push_str(r#"{"type":"direct","sender":null,"data":"#);
+            push_json_str(json, text);
+            json.push('}');
+            (frame::encode_text(json), None)
+        }
+    };
+    Ok(Delivery { route, id: None, origin: NodeId::redis(), v1, seed })
+}
+
+/// Whether `text` is one well-formed JSON object.
+fn is_json_object(text: &str) -> bool {
+    text.trim_start().starts_with('{')
+        && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Payload;
+
+    fn text_of(frame: &[u8]) -> String {
+        let (_, payload, _) = crate::frame::decode_unmasked(frame).expect("one frame");
+        String::from_utf8(frame[payload].to_vec()).expect("utf-8")
+    }
+
+    fn received(route: Route, payload: &str) -> (String, Option<String>) {
+        let d = delivery_from(route, payload.as_bytes(), &mut String::new()).expect("delivered");
+        (text_of(&d.v1), d.seed.as_deref().map(text_of))
+    }
+
+    fn published(route: Route, payload: Payload) -> String {
+        let mut out = String::new();
+        write_payload(&Event { sender: "al".into(), route, payload }, &mut out);
+        out
+    }
+
+    #[test]
+    fn channels_round_trip() {
+        let c = Channels::new("cc:", &NodeId("n1".into()));
+        assert_eq!(c.of_route(&Route::Broadcast), "ws_broadcast");
+        let topic = c.of_route(&Route::Topic("chat.1".into()));
+        assert_eq!(topic, "cc:topic:chat.1");
+        assert_eq!(c.classify(&topic), Incoming::Event(Route::Topic("chat.1".into())));
+        assert_eq!(c.of_interest(&Interest::User("bo".into())), "cc:user:bo");
+        assert_eq!(c.classify("cc:user:bo"), Incoming::Event(Route::Direct("bo".into())));
+        assert_eq!(c.classify("ws_broadcast"), Incoming::Event(Route::Broadcast));
+        assert_eq!(c.classify("cc:node:n1"), Incoming::Heartbeat);
+        assert_eq!(c.classify("cc:node:n2"), Incoming::Unknown("cc:node:n2"));
+    }
+
+    /// Broadcasts keep the Python nodes' format; non-string data rides along as `data`.
+    #[test]
+    fn broadcast_payloads_are_python_compatible() {
+        assert_eq!(
+            published(Route::Broadcast, Payload::Text("hi \"x\"".into())),
+            r#"{"sender":"al","text":"hi \"x\""}"#
+        );
+        assert_eq!(
+            published(Route::Broadcast, Payload::Json(r#"{"a":[1,2]}"#.into())),
+            r#"{"sender":"al","text":"{\"a\":[1,2]}","data":{"a":[1,2]}}"#
+        );
+        assert_eq!(
+            published(Route::Topic("t".into()), Payload::Json("3".into())),
+            r#"{"type":"message","topic":"t","sender":"al","data":3}"#
+        );
+        assert_eq!(
+            published(Route::Direct("bo".into()), Payload::Text("yo".into())),
+            r#"{"type":"direct","sender":"al","data":"yo"}"#
+        );
+    }
+
+    #[test]
+    fn received_broadcasts_frame_for_both_protocols() {
+        // Seed clients get the payload verbatim, extra fields and spacing included.
+        let python = r#"{"sender": "py", "text": "hello", "extra": 1}"#;
+        let (v1, seed) = received(Route::Broadcast, python);
+        assert_eq!(v1, r#"{"type":"broadcast","sender":"py","data":"hello"}"#);
+        assert_eq!(seed.as_deref(), Some(python));
+        let (v1, _) = received(Route::Broadcast, r#"{"sender":"al","text":"{}","data":null}"#);
+        assert_eq!(v1, r#"{"type":"broadcast","sender":"al","data":null}"#);
+        let (v1, _) = received(Route::Broadcast, r#"{"sender":"al","text":"[1]","data":[1]}"#);
+        assert_eq!(v1, r#"{"type":"broadcast","sender":"al","data":[1]}"#);
+        for odd in ["not json", "[1,2]", r#"{"sender":1,"text":"x"}"#, r#"{"text":"x"}"#] {
+            let (v1, seed) = received(Route::Broadcast, odd);
+            let mut expected = r#"{"type":"broadcast","sender":null,"data":"#.to_owned();
+            push_json_str(&mut expected, odd);
+            expected.push('}');
+            assert_eq!(v1, expected);
+            assert_eq!(seed.as_deref(), Some(odd));
+        }
+        let bad = delivery_from(Route::Broadcast, b"\xff\xfe", &mut String::new());
+        assert_eq!(bad.err(), Some(Dropped::NotUtf8));
+    }
+
+    #[test]
+    fn received_topic_and_direct_messages() {
+        let own = r#"{"type":"message","topic":"t","sender":"al","data":{"k":1}}"#;
+        assert_eq!(received(Route::Topic("t".into()), own), (own.to_owned(), None));
+        assert_eq!(
+            received(Route::Topic("t".into()), "price 3"),
+            (r#"{"type":"message","topic":"t","sender":null,"data":"price 3"}"#.into(), None)
+        );
+        assert_eq!(
+            received(Route::Direct("bo".into()), "{broken"),
+            (r#"{"type":"direct","sender":null,"data":"{broken"}"#.into(), None)
+        );
+    }
+}
