@@ -327,9 +327,7 @@ impl FromStr for Name {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        if s.len() > 128
-            || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
-        {
+        if s.len() > 128 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b)) {
             return Err(format!("`{s}`: at most 128 characters of A-Z a-z 0-9 _ . : -"));
         }
         Ok(Name(s.to_owned()))
@@ -585,9 +583,11 @@ impl Config {
         }
         let interval = self.redis_heartbeat_interval.0;
         if interval.is_zero() || self.redis_heartbeat_timeout.0 < interval * 2 {
-            return bad("redis_heartbeat_interval must be on, and redis_heartbeat_timeout at least \
+            return bad(
+                "redis_heartbeat_interval must be on, and redis_heartbeat_timeout at least \
                         twice it"
-                .into());
+                    .into(),
+            );
         }
         if self.redis_command_timeout.0.is_zero() {
             return bad("redis_command_timeout cannot be off (a command to a frozen Redis would \

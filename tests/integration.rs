@@ -10,6 +10,8 @@ mod backpressure;
 mod broadcast;
 /// The bus contract: one order per stream across shards, exactly once, interest.
 mod bus_contract;
+/// Several nodes on one real Redis: delivery across nodes, interest, wire format, faults.
+mod cluster;
 /// Hostile input, class by class: the right status or close code, and a bystander unaffected.
 mod hostile;
 /// Configured limits: connection cap, heartbeat deadlines, application pings.

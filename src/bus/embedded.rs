@@ -15,12 +15,7 @@
 //! its inbox without ever waiting on anything); its channel fills up behind it, which makes
 //! the publishing clients wait on their shards. The shard thread itself never blocks.
 
-use std::{
-    cell::RefCell,
-    collections::VecDeque,
-    rc::Rc,
-    sync::Arc,
-};
+use std::{cell::RefCell, collections::VecDeque, rc::Rc, sync::Arc};
 
 use glommio::sync::Semaphore;
 use tracing::debug;

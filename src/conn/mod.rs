@@ -32,12 +32,7 @@ use tracing::{debug, trace};
 
 pub(crate) use context::ShardContext;
 
-use crate::{
-    event::Event,
-    frame::SharedFrame,
-    hub::ConnId,
-    xshard::ShardStats,
-};
+use crate::{event::Event, frame::SharedFrame, hub::ConnId, xshard::ShardStats};
 use reader::Inbound;
 use state::{Close, ConnState, Enqueued, Phase};
 

@@ -315,8 +315,8 @@ pub(crate) async fn run(parts: ShardParts) {
         pending_budget,
     } = parts;
     let listener = crate::sys::glommio_listener(listener);
-    let sequencer = sequencer
-        .map(|(lane, inboxes)| LocalSequencer::new(id, lane, inboxes, stats.node.clone()));
+    let sequencer =
+        sequencer.map(|(lane, inboxes)| LocalSequencer::new(id, lane, inboxes, stats.node.clone()));
     let shard = Shard::new(id, cfg, bus_lanes, sequencer.clone(), stats, budget, pending_budget);
     // The ring is set up on this thread: it is its only submitter.
     shard.flusher.start_ring(&shard.ctx);

@@ -104,12 +104,11 @@ async fn upgrade(
             return None;
         }
         Request::Ready => {
-            let readiness = super::health::Readiness::read(
-                shard.shutting_down.get(),
-                ctx.node_stats(),
-            );
+            let readiness =
+                super::health::Readiness::read(shard.shutting_down.get(), ctx.node_stats());
             let status = if readiness.ready { 200 } else { 503 };
-            let response = handshake::http_response(status, "application/json", &readiness.to_json());
+            let response =
+                handshake::http_response(status, "application/json", &readiness.to_json());
             let _ = write_and_close(stream, &response).await;
             return None;
         }

@@ -4,6 +4,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod redis;
+
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use corecast::{Config, RunningServer, config::ShardCount};

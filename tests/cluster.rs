@@ -1,0 +1,293 @@
+//! Several nodes on one real Redis (the harness's own `redis-server` on a free port):
+//! delivery across nodes, per-node interest, the `ws_broadcast` wire format, and Redis
+//! going away (killed, restarted, frozen).
+
+use std::time::{Duration, Instant};
+
+use corecast::config::{Name, RedisUrl};
+use serde_json::{Value, json};
+
+use crate::support::{Client, TestServer, WAIT, connect, http_get, redis::RedisServer, within};
+
+/// A node on `redis`, ready (its heartbeat came back through Redis).
+async fn node(redis: &RedisServer, name: &str) -> TestServer {
+    let url = redis.url();
+    let server = TestServer::start(|c| {
+        c.redis = RedisUrl(Some(url));
+        c.node_id = Name(name.into());
+    });
+    server.wait_health("bridge ready", |h| h["bridge"]["ready"] == true).await;
+    server
+}
+
+async fn subscribe(client: &mut Client, topic: &str) {
+    client.send_json(json!({"op":"subscribe","topic":topic})).await;
+    assert_eq!(client.recv_json().await, json!({"type":"subscribed","topic":topic}));
+}
+
+async fn readyz(server: &TestServer) -> u16 {
+    http_get(server.addr, "/readyz").await.0
+}
+
+/// Waits until `/readyz` answers `status`.
+async fn wait_readyz(server: &TestServer, status: u16, limit: Duration) -> Duration {
+    let start = Instant::now();
+    within(limit, &format!("/readyz {status}"), async {
+        while readyz(server).await != status {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    start.elapsed()
+}
+
+/// Broadcasts (seed and v1 senders and receivers, string and object data), topics and
+/// direct messages reach every intended connection on every node exactly once, in each
+/// publisher's order; nobody else gets anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_deliver_exactly_once_in_order() {
+    let redis = RedisServer::start().await;
+    let nodes = [node(&redis, "a").await, node(&redis, "b").await, node(&redis, "c").await];
+    let mut seed = Vec::new();
+    let mut v1 = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        seed.push(connect(n.addr, &format!("s{i}"), false).await);
+        v1.push(connect(n.addr, &format!("v{i}"), true).await);
+    }
+    // Subscribers of "room" on nodes a and c; user dora on a and c.
+    subscribe(&mut v1[0], "room").await;
+    subscribe(&mut v1[2], "room").await;
+    let mut dora = vec![connect(nodes[0].addr, "dora", true).await];
+    dora.push(connect(nodes[2].addr, "dora", true).await);
+    redis.wait_numsub("corecast:user:dora", 2).await;
+
+    // A seed client's text on node b reaches everyone, once.
+    seed[1].send_text("hello from b").await;
+    let seed_frame = json!({"sender":"s1","text":"hello from b"});
+    let v1_frame = json!({"type":"broadcast","sender":"s1","data":"hello from b"});
+    for c in &mut seed {
+        assert_eq!(c.recv_json().await, seed_frame);
+    }
+    for c in v1.iter_mut().chain(dora.iter_mut()) {
+        assert_eq!(c.recv_json().await, v1_frame);
+    }
+
+    // A v1 broadcast of object data: seed clients get the ws_broadcast payload itself.
+    v1[1].send_json(json!({"op":"broadcast","data":{"n":1}})).await;
+    for c in &mut seed {
+        assert_eq!(c.recv_json().await, json!({"sender":"v1","text":"{\"n\":1}","data":{"n":1}}));
+    }
+    for c in v1.iter_mut().chain(dora.iter_mut()) {
+        assert_eq!(c.recv_json().await, json!({"type":"broadcast","sender":"v1","data":{"n":1}}));
+    }
+
+    // A topic, from node b (no subscriber there): in order, to a and c only.
+    for i in 0..20 {
+        v1[1].send_json(json!({"op":"publish","topic":"room","data":i})).await;
+    }
+    for at in [0, 2] {
+        for i in 0..20 {
+            let expected = json!({"type":"message","topic":"room","sender":"v1","data":i});
+            assert_eq!(v1[at].recv_json().await, expected);
+        }
+    }
+
+    // A direct message reaches both of dora's connections.
+    v1[1].send_json(json!({"op":"direct","to":"dora","data":"psst"})).await;
+    for c in &mut dora {
+        assert_eq!(c.recv_json().await, json!({"type":"direct","sender":"v1","data":"psst"}));
+    }
+
+    // A last broadcast: everyone's next message. Anything received twice, or by someone
+    // it was not for, would come before it.
+    seed[0].send_text("end").await;
+    for c in &mut seed {
+        assert_eq!(c.recv_json().await, json!({"sender":"s0","text":"end"}));
+    }
+    for c in v1.iter_mut().chain(dora.iter_mut()) {
+        assert_eq!(c.recv_json().await, json!({"type":"broadcast","sender":"s0","data":"end"}));
+    }
+}
+
+/// One SUBSCRIBE per node per channel however many local subscribers, UNSUBSCRIBE after
+/// the last one; a node with no subscriber never subscribes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_node_subscribes_once_per_channel_of_interest() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, "a").await;
+    let b = node(&redis, "b").await;
+    let _idle = node(&redis, "idle").await;
+    let channel = "corecast:topic:room";
+    assert_eq!(redis.numsub(channel).await, 0);
+
+    // 1,000 clients of node a (tabs of one user) join one topic: one subscription and
+    // one SUBSCRIBE for the topic, one for the user's channel.
+    let before = redis.command_calls("subscribe").await;
+    let mut many = Vec::new();
+    for _ in 0..1000 {
+        let mut c = connect(a.addr, "many", true).await;
+        subscribe(&mut c, "room").await;
+        many.push(c);
+    }
+    assert_eq!(redis.numsub(channel).await, 1, "`subscribed` means Redis confirmed it");
+    let subscribes = redis.command_calls("subscribe").await - before;
+    assert_eq!(subscribes, 2, "SUBSCRIBE commands for 1,000 joins of one topic by one user");
+
+    let mut on_b = connect(b.addr, "bob", true).await;
+    subscribe(&mut on_b, "room").await;
+    assert_eq!(redis.numsub(channel).await, 2);
+
+    // Users: one subscription per node with a connection of that user.
+    redis.wait_numsub("corecast:user:bob", 1).await;
+    let mut bob_again = connect(b.addr, "bob", true).await;
+    let bob_on_a = connect(a.addr, "bob", true).await;
+    redis.wait_numsub("corecast:user:bob", 2).await;
+    drop(bob_on_a);
+    redis.wait_numsub("corecast:user:bob", 1).await;
+
+    // Node a leaves when its last subscriber goes: half unsubscribe, half disconnect.
+    for (i, mut c) in many.into_iter().enumerate() {
+        if i % 2 == 0 {
+            c.send_json(json!({"op":"unsubscribe","topic":"room"})).await;
+            assert_eq!(c.recv_json().await, json!({"type":"unsubscribed","topic":"room"}));
+        }
+    }
+    redis.wait_numsub(channel, 1).await;
+    // And b when its only subscriber disconnects.
+    drop(on_b);
+    redis.wait_numsub(channel, 0).await;
+    bob_again.send_json(json!({"op":"unsubscribe","topic":"room"})).await;
+    bob_again.recv_json().await;
+    redis.wait_numsub("corecast:user:bob", 1).await;
+}
+
+/// `ws_broadcast` is shared with other publishers: whatever they publish reaches seed
+/// clients byte for byte, and a seed client's text appears there as `{"sender","text"}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_broadcast_interoperates_with_other_publishers() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, "a").await;
+    let mut seed = connect(a.addr, "s", false).await;
+    let mut v1 = connect(a.addr, "v", true).await;
+    let (_listener, mut messages) = redis.subscribe("ws_broadcast").await;
+
+    let python = r#"{"sender": "py", "text": "hi", "extra": [1, 2]}"#;
+    redis.publish("ws_broadcast", python).await;
+    assert_eq!(seed_text(&mut seed).await, python);
+    assert_eq!(v1.recv_json().await, json!({"type":"broadcast","sender":"py","data":"hi"}));
+    redis.publish("ws_broadcast", "plain, not JSON").await;
+    assert_eq!(seed_text(&mut seed).await, "plain, not JSON");
+    assert_eq!(
+        v1.recv_json().await,
+        json!({"type":"broadcast","sender":null,"data":"plain, not JSON"})
+    );
+    // Not UTF-8: dropped and counted, nothing sent.
+    redis.publish("ws_broadcast", fred::types::Value::Bytes(vec![0xff, 0xfe].into())).await;
+    a.wait_health("dropped counted", |h| h["bridge"]["dropped_messages"] == 1).await;
+
+    seed.send_text("from corecast").await;
+    let published = within(WAIT, "ws_broadcast message", async {
+        loop {
+            let m = messages.recv().await.expect("message");
+            let text = m.value.as_string().unwrap_or_default();
+            if text.contains("from corecast") {
+                return text;
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&published).unwrap(),
+        json!({"sender":"s","text":"from corecast"})
+    );
+    // The dropped message sent nothing: the next message is this one.
+    assert_eq!(seed_text(&mut seed).await, r#"{"sender":"s","text":"from corecast"}"#);
+}
+
+/// The next text message, as sent.
+async fn seed_text(client: &mut Client) -> String {
+    use futures_util::StreamExt;
+    within(WAIT, "text message", async {
+        loop {
+            match client.ws.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => return t.to_string(),
+                Some(Ok(_)) => continue,
+                other => panic!("expected a text message, got {other:?}"),
+            }
+        }
+    })
+    .await
+}
+
+/// Redis killed: `/readyz` 503, local fan-out still works, v1 publishes are told
+/// `unavailable`; Redis back: ready again, and broadcast, topic and direct delivery across
+/// nodes resume within 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted() {
+    let mut redis = RedisServer::start().await;
+    let a = node(&redis, "a").await;
+    let b = node(&redis, "b").await;
+    let mut a1 = connect(a.addr, "a1", false).await;
+    let mut a2 = connect(a.addr, "a2", true).await;
+    let mut b1 = connect(b.addr, "b1", true).await;
+    subscribe(&mut b1, "room").await;
+    redis.wait_numsub("corecast:user:b1", 1).await;
+
+    redis.kill();
+    wait_readyz(&a, 503, Duration::from_secs(5)).await;
+    wait_readyz(&b, 503, Duration::from_secs(5)).await;
+    a1.send_text("local only").await;
+    assert_eq!(a1.recv_json().await, json!({"sender":"a1","text":"local only"}));
+    assert_eq!(a2.recv_json().await, json!({"type":"broadcast","sender":"a1","data":"local only"}));
+    a2.send_json(json!({"op":"publish","topic":"room","data":1})).await;
+    let error = a2.recv_json().await;
+    assert_eq!(error["code"], "unavailable", "{error}");
+    a.wait_health("publish errors counted", |h| h["bridge"]["publish_errors"] == 2).await;
+
+    redis.restart().await;
+    let back = Instant::now();
+    // Delivery across nodes resumes: probe until b1 gets a's broadcast, topic and direct.
+    within(WAIT, "cross-node delivery after restart", async {
+        loop {
+            if readyz(&a).await == 200 && readyz(&b).await == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    a2.send_json(json!({"op":"publish","topic":"room","data":"after"})).await;
+    a2.send_json(json!({"op":"direct","to":"b1","data":"after"})).await;
+    a2.send_json(json!({"op":"broadcast","data":"after"})).await;
+    assert_eq!(
+        b1.recv_json().await,
+        json!({"type":"message","topic":"room","sender":"a2","data":"after"})
+    );
+    assert_eq!(b1.recv_json().await, json!({"type":"direct","sender":"a2","data":"after"}));
+    assert_eq!(b1.recv_json().await, json!({"type":"broadcast","sender":"a2","data":"after"}));
+    let resumed = back.elapsed();
+    assert!(resumed < Duration::from_secs(2), "delivery resumed {resumed:?} after Redis was back");
+    let h = a.health().await;
+    assert!(h["bridge"]["reconnects"].as_u64().unwrap() >= 4, "{h}");
+}
+
+/// A frozen Redis (SIGSTOP) raises no error on a subscriber connection: the heartbeat
+/// through Redis notices (503 within ~2 s) and the node recovers after SIGCONT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_redis_is_detected_by_the_heartbeat() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, "a").await;
+    let b = node(&redis, "b").await;
+    let mut b1 = connect(b.addr, "b1", false).await;
+    let mut a1 = connect(a.addr, "a1", false).await;
+    redis.freeze();
+    let noticed = wait_readyz(&a, 503, Duration::from_secs(3)).await;
+    assert!(noticed < Duration::from_millis(2500), "503 after {noticed:?}");
+    within(Duration::from_secs(3), "3 s frozen", tokio::time::sleep(Duration::from_secs(3))).await;
+    redis.thaw();
+    wait_readyz(&a, 200, Duration::from_secs(10)).await;
+    wait_readyz(&b, 200, Duration::from_secs(10)).await;
+    a1.send_text("thawed").await;
+    assert_eq!(a1.recv_json().await, json!({"sender":"a1","text":"thawed"}));
+    assert_eq!(b1.recv_json().await, json!({"sender":"a1","text":"thawed"}));
+}

@@ -1,0 +1,207 @@
+//! A real `redis-server` per test, on a free loopback port, started and stopped by its
+//! pid (never the machine's shared instance). Talked to with fred, a real Redis client.
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use fred::{
+    interfaces::{ClientLike, EventInterface, PubsubInterface},
+    prelude::{Builder, Client},
+    types::{Value, config::Config as RedisConfig},
+};
+
+use super::{WAIT, within};
+
+/// A `redis-server` child process. Killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+impl RedisServer {
+    /// Starts a fresh server on a free port and waits until it answers.
+    pub async fn start() -> RedisServer {
+        let dir = std::env::temp_dir().join(format!(
+            "corecast-redis-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut server = RedisServer { child: None, port: free_port(), dir };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn();
+        let child = match child {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "redis-server is not installed: these tests start their own Redis \
+                 (apt-get install -y redis-server)"
+            ),
+            Err(e) => panic!("cannot start redis-server: {e}"),
+        };
+        self.child = Some(child);
+        let port = self.port;
+        within(WAIT, "redis-server answers PING", async move {
+            loop {
+                if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = [0u8; 16];
+                    if s.write_all(b"PING\r\n").await.is_ok()
+                        && matches!(s.read(&mut buf).await, Ok(n) if buf[..n].starts_with(b"+PONG"))
+                    {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+
+    /// `redis://127.0.0.1:<port>/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).expect("redis-server running")
+    }
+
+    /// kill -9, and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty: nothing was saved).
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// SIGSTOP: the process freezes, its sockets stay open.
+    pub fn freeze(&self) {
+        let rc = signal(self.pid(), libc::SIGSTOP);
+        assert_eq!(rc, 0, "SIGSTOP");
+    }
+
+    /// SIGCONT.
+    pub fn thaw(&self) {
+        let rc = signal(self.pid(), libc::SIGCONT);
+        assert_eq!(rc, 0, "SIGCONT");
+    }
+
+    /// A connected fred client.
+    pub async fn client(&self) -> Client {
+        let config = RedisConfig::from_url(&self.url()).expect("url");
+        let client = Builder::from_config(config)
+            .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(5))
+            .build()
+            .expect("client");
+        within(WAIT, "redis client connects", client.init()).await.expect("connected");
+        client
+    }
+
+    /// Subscribers of `channel` (`PUBSUB NUMSUB`).
+    pub async fn numsub(&self, channel: &str) -> i64 {
+        let client = self.client().await;
+        let reply: Vec<Value> =
+            within(WAIT, "PUBSUB NUMSUB", client.pubsub_numsub(channel)).await.expect("numsub");
+        let _ = client.quit().await;
+        reply.get(1).and_then(Value::as_i64).expect("NUMSUB count")
+    }
+
+    /// Waits until `PUBSUB NUMSUB channel` is `n` (interest changes without a reply to
+    /// wait for, such as a user's channel after a connect or a close).
+    pub async fn wait_numsub(&self, channel: &str, n: i64) {
+        within(WAIT, &format!("NUMSUB {channel} == {n}"), async {
+            loop {
+                if self.numsub(channel).await == n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+
+    /// `calls` of one command in `INFO commandstats`.
+    pub async fn command_calls(&self, command: &str) -> u64 {
+        let client = self.client().await;
+        let info: String =
+            within(WAIT, "INFO", client.info(Some(fred::types::InfoKind::CommandStats)))
+                .await
+                .expect("info");
+        let _ = client.quit().await;
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// PUBLISH `payload` on `channel` (bytes as given).
+    pub async fn publish(&self, channel: &str, payload: impl Into<fred::types::Value> + Send) {
+        let client = self.client().await;
+        let _: i64 = within(WAIT, "PUBLISH", client.publish(channel, payload.into()))
+            .await
+            .expect("publish");
+        let _ = client.quit().await;
+    }
+
+    /// A client subscribed to `channel`, with its message receiver.
+    pub async fn subscribe(
+        &self,
+        channel: &str,
+    ) -> (Client, tokio::sync::broadcast::Receiver<fred::types::Message>) {
+        let client = self.client().await;
+        let rx = client.message_rx();
+        within(WAIT, "SUBSCRIBE", client.subscribe(channel)).await.expect("subscribe");
+        (client, rx)
+    }
+}
+
+/// Sends `signal` to `pid` with the `kill` command (tests stay free of `unsafe`).
+fn signal(pid: i32, signal: i32) -> i32 {
+    let name = match signal {
+        libc::SIGSTOP => "-STOP",
+        libc::SIGCONT => "-CONT",
+        _ => "-KILL",
+    };
+    let status = Command::new("kill").args([name, &pid.to_string()]).status().expect("kill runs");
+    if status.success() { 0 } else { 1 }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A frozen server must be thawed to die promptly on some kernels.
+            let _ = signal(child.id() as i32, libc::SIGCONT);
+        }
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
