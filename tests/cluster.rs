@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use corecast::config::{Name, RedisUrl};
 use serde_json::{Value, json};
 
-use crate::support::{Client, TestServer, WAIT, connect, http_get, redis::RedisServer, within};
+use crate::support::{
+    Client, TestServer, WAIT, connect, http_get, python::PythonNode, redis::RedisServer, within,
+};
 
 /// A node on `redis`, ready (its heartbeat came back through Redis).
 async fn node(redis: &RedisServer, name: &str) -> TestServer {
@@ -290,4 +292,39 @@ async fn frozen_redis_is_detected_by_the_heartbeat() {
     a1.send_text("thawed").await;
     assert_eq!(a1.recv_json().await, json!({"sender":"a1","text":"thawed"}));
     assert_eq!(b1.recv_json().await, json!({"sender":"a1","text":"thawed"}));
+}
+
+/// A mixed fleet: a node of the Python/FastAPI design and corecast nodes on one Redis see
+/// each other's clients' messages in both directions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_fleet_with_the_python_design() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, "a").await;
+    let python = PythonNode::start(&redis).await;
+    let mut seed = connect(a.addr, "s", false).await;
+    let mut v1 = connect(a.addr, "v", true).await;
+    let mut p1 = python.connect("p1").await;
+    let mut p2 = python.connect("p2").await;
+
+    // Python → corecast: the Python node publishes json.dumps({"sender","text"}).
+    p1.send_text("hi from python").await;
+    let python_payload = json!({"sender":"p1","text":"hi from python"});
+    assert_eq!(p1.recv_json().await, python_payload);
+    assert_eq!(p2.recv_json().await, python_payload);
+    assert_eq!(seed.recv_json().await, python_payload);
+    assert_eq!(
+        v1.recv_json().await,
+        json!({"type":"broadcast","sender":"p1","data":"hi from python"})
+    );
+
+    // corecast → Python, from a seed client and from a v1 client.
+    seed.send_text("hi from corecast").await;
+    v1.send_json(json!({"op":"broadcast","data":{"k":[1]}})).await;
+    for c in [&mut p1, &mut p2, &mut seed] {
+        assert_eq!(c.recv_json().await, json!({"sender":"s","text":"hi from corecast"}));
+        assert_eq!(
+            c.recv_json().await,
+            json!({"sender":"v","text":"{\"k\":[1]}","data":{"k":[1]}})
+        );
+    }
 }

@@ -4,6 +4,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod python;
 pub mod redis;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
