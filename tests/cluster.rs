@@ -328,3 +328,72 @@ async fn mixed_fleet_with_the_python_design() {
         );
     }
 }
+
+/// A Redis with a password: the node authenticates with the URL's password, and neither
+/// its logs (at debug level, fred's included) nor `--check-config` ever show it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_password_works_and_is_never_shown() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    let secret = "s3cret-Pw9";
+    let redis = RedisServer::start_with(&["--requirepass", secret]).await;
+    let url = format!("redis://:{secret}@127.0.0.1:{}/0", redis.port);
+
+    let check = Command::new(env!("CARGO_BIN_EXE_corecast"))
+        .args(["--check-config", "--redis", &url])
+        .output()
+        .expect("binary runs");
+    let printed = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(printed.contains("redis://:***@127.0.0.1"), "{printed}");
+    assert!(!printed.contains(secret), "{printed}");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corecast"))
+        .args(["--listen", "127.0.0.1:0", "--shards", "1", "--redis", &url])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut logs = String::new();
+        let _ = stderr.read_to_string(&mut logs);
+        logs
+    });
+    let first = within(WAIT, "listening line", async {
+        tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        })
+        .await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let addr: std::net::SocketAddr = first
+        .trim()
+        .strip_prefix("corecast listening on ws://")
+        .and_then(|rest| rest.strip_suffix("/ws/{user_id}"))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+    // Ready means authenticated: the heartbeat went through Redis and came back.
+    within(WAIT, "ready with a password", async {
+        while http_get(addr, "/readyz").await.0 != 200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status =
+        within(WAIT, "exit", async { tokio::task::spawn_blocking(move || child.wait()).await })
+            .await
+            .unwrap()
+            .unwrap();
+    assert!(status.success(), "{status:?}");
+    let logs = logs.join().unwrap();
+    assert!(logs.contains("Redis bridge"), "debug logs captured: {logs}");
+    assert!(logs.contains("redis://:***@127.0.0.1"), "the URL is logged redacted: {logs}");
+    assert!(!logs.contains(secret), "the password appears in the logs:\n{logs}");
+}

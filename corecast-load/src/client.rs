@@ -128,7 +128,13 @@ impl Load {
                     let host = 1 + ((me * 7919 + first + k) % usize::from(args.sources)) as u8;
                     std::net::IpAddr::from([127, 0, 0, host])
                 });
-                match send_upgrade(args.addr, source, user) {
+                // Publishers on the first node; receivers over all of them in turn.
+                let index = first + k;
+                let addr = match index.checked_sub(publishers) {
+                    None => args.addr[0],
+                    Some(receiver) => args.addr[(receiver + me) % args.addr.len()],
+                };
+                match send_upgrade(addr, source, user) {
                     Ok(s) => started.push(s),
                     Err(e) => self.connect_failed(&e),
                 }

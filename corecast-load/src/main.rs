@@ -51,9 +51,10 @@ use worker::{Workers, run_as_worker};
 #[derive(Debug, Parser)]
 #[command(name = "corecast-load", about = "WebSocket fan-out load generator (seed protocol)")]
 pub(crate) struct Args {
-    /// Server address.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub(crate) addr: SocketAddr,
+    /// Server address; several (comma-separated) spread the receiving connections over
+    /// the nodes of a cluster in turn, and put the publishers on the first.
+    #[arg(long, default_value = "127.0.0.1:8080", value_delimiter = ',', required = true)]
+    pub(crate) addr: Vec<SocketAddr>,
     /// Receiving connections.
     #[arg(long, default_value_t = 1000)]
     pub(crate) connections: usize,
@@ -111,7 +112,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(args.payload >= 24, "--payload must be at least 24 bytes");
     anyhow::ensure!(
-        args.sources <= 1 || args.addr.ip().is_loopback(),
+        args.sources <= 1 || args.addr.iter().all(|a| a.ip().is_loopback()),
         "--sources cycles 127.0.0.x addresses: the server must be on loopback"
     );
     anyhow::ensure!(args.sources >= 1, "--sources must be at least 1");

@@ -80,10 +80,11 @@ impl Workers {
         let (tx, lines) = mpsc::channel();
         let mut children = Vec::new();
         let mut stdins = Vec::new();
+        let addrs = args.addr.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
         for k in 1..count {
             let mut command = std::process::Command::new(&exe);
             command
-                .args(["--addr", &args.addr.to_string(), "--connections", &share.to_string()])
+                .args(["--addr", &addrs, "--connections", &share.to_string()])
                 .args(["--publishers", "0", "--sources", &args.sources.to_string()])
                 .args([
                     "--worker-index",

@@ -6,7 +6,7 @@ use std::{
     net::{SocketAddr, TcpListener},
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::Mutex,
+    sync::OnceLock,
     time::Duration,
 };
 
@@ -15,14 +15,14 @@ use super::{Client, WAIT, redis::RedisServer, within};
 /// Packages the FastAPI node needs.
 const PACKAGES: [&str; 4] = ["fastapi", "uvicorn", "redis", "websockets"];
 
-static VENV: Mutex<Option<PathBuf>> = Mutex::new(None);
+static VENV: OnceLock<PathBuf> = OnceLock::new();
 
 /// The virtualenv's directory, created (and its packages installed) on first use.
 fn venv() -> PathBuf {
-    let mut guard = VENV.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(dir) = guard.as_ref() {
-        return dir.clone();
-    }
+    VENV.get_or_init(create_venv).clone()
+}
+
+fn create_venv() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("py-venv");
     let python = dir.join("bin/python");
     let ready = || {
@@ -47,7 +47,6 @@ fn venv() -> PathBuf {
         assert!(pip.success(), "pip install {PACKAGES:?} failed");
         assert!(ready(), "the virtualenv cannot import {PACKAGES:?}");
     }
-    *guard = Some(dir.clone());
     dir
 }
 

@@ -21,6 +21,8 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
+    /// Extra `redis-server` arguments.
+    args: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -31,13 +33,19 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// Starts a fresh server on a free port and waits until it answers.
     pub async fn start() -> RedisServer {
+        RedisServer::start_with(&[]).await
+    }
+
+    /// [`start`](Self::start) with extra `redis-server` arguments (e.g. `--requirepass`).
+    pub async fn start_with(args: &[&str]) -> RedisServer {
         let dir = std::env::temp_dir().join(format!(
             "corecast-redis-{}-{}",
             std::process::id(),
             free_port()
         ));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut server = RedisServer { child: None, port: free_port(), dir };
+        let args = args.iter().map(|a| (*a).to_owned()).collect();
+        let mut server = RedisServer { child: None, port: free_port(), dir, args };
         server.spawn().await;
         server
     }
@@ -48,6 +56,7 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn();
@@ -67,7 +76,8 @@ impl RedisServer {
                     use tokio::io::{AsyncReadExt, AsyncWriteExt};
                     let mut buf = [0u8; 16];
                     if s.write_all(b"PING\r\n").await.is_ok()
-                        && matches!(s.read(&mut buf).await, Ok(n) if buf[..n].starts_with(b"+PONG"))
+                        && matches!(s.read(&mut buf).await,
+                            Ok(n) if buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
                     {
                         return;
                     }

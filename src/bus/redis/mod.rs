@@ -339,7 +339,7 @@ async fn run(
                         let _ = ops_tx.send(op);
                     }
                     BusCommand::Publish { event, reply_to } => {
-                        publish(&shared, &jobs_tx, event, reply_to, &mut json, &mut targets).await;
+                        publish(&shared, &jobs_tx, event, reply_to, &mut targets).await;
                     }
                 }
             }
@@ -443,7 +443,6 @@ async fn publish(
     jobs: &mpsc::UnboundedSender<PublishJob>,
     event: Event,
     reply_to: Option<(ShardId, ConnId)>,
-    json: &mut String,
     targets: &mut Vec<ShardId>,
 ) {
     let reply_to = reply_to.map(|(shard, conn)| (shard, conn, event.sender.as_str().into()));
@@ -461,7 +460,6 @@ async fn publish(
         let delivery = event.encode(&shared.stats.node);
         shared.deliver(targets, ShardMessage::Deliver(Arc::new(delivery))).await;
     }
-    json.clear();
     if let Some(to) = reply_to {
         let message = "Redis is unavailable: delivered to this node's clients only".to_owned();
         shared.reply_unavailable(to, message).await;

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Cross-node fan-out, same tool, same run: N connections spread over 2 nodes on one
+# Redis, publishers on the first node, next to the same load on one node with the
+# embedded bus, and the same 2-node scenario with the FastAPI design (the baseline this
+# replaces, tests/python/fastapi_node.py).
+#
+# Layout on this 2-CPU machine: every server process on CPU 0 (corecast --shards 1, so its
+# shard and its bridge thread both run there; each FastAPI node is one process), Redis and
+# the load tool on CPU 1. So the servers share one core in every configuration.
+# Every Redis here is the script's own redis-server on a free port.
+#
+# Usage: N=10000 RATES="2 20 100" FASTAPI_RATES="2 20" DURATION=5 ROUNDS=3 bench/cluster.sh
+# Results: target/cluster/<config>-<rate>-r<round>.json and a summary with ratios against
+# the embedded single node.
+set -euo pipefail
+N=${N:-10000}
+RATES=${RATES:-"2 20 100"}
+FASTAPI_RATES=${FASTAPI_RATES:-"2 20"}
+DURATION=${DURATION:-5}
+ROUNDS=${ROUNDS:-3}
+CONFIGS=${CONFIGS:-"embedded redis-2 fastapi-redis-2"}
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=${OUT:-"$root/target/cluster"}
+mkdir -p "$out"
+cd "$root"
+cargo build --release --workspace --bins -q
+venv="$root/target/py-venv-bench"
+if [[ " $CONFIGS " == *" fastapi-redis-2 "* ]] && [ ! -x "$venv/bin/uvicorn" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q fastapi uvicorn redis websockets
+fi
+bin="$root/target/release/corecast"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_until() { # what command...
+  local what=$1; shift
+  for _ in $(seq 1 400); do "$@" >/dev/null 2>&1 && return 0; sleep 0.05; done
+  echo "timed out: $what" >&2; return 1
+}
+ready() { python3 -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:$1/readyz', timeout=1).status == 200 else 1)"; }
+numsub_is() { [ "$(redis-cli -p "$1" pubsub numsub ws_broadcast | tail -1)" = "$2" ]; }
+
+pids=()
+stop_all() { for p in "${pids[@]:-}"; do [ -n "$p" ] && kill -TERM "$p" 2>/dev/null || true; done
+             for p in "${pids[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done; pids=(); }
+trap stop_all EXIT
+
+start_redis() { # port
+  taskset -c 1 redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 &
+  pids+=($!)
+  wait_until "redis on $1" redis-cli -p "$1" ping
+}
+
+start_config() { # config -> sets addrs, first_pid
+  case "$1" in
+    embedded)
+      local port; port=$(free_port)
+      taskset -c 0 "$bin" --listen "127.0.0.1:$port" --shards 1 >/dev/null 2>&1 &
+      pids+=($!); first_pid=$!
+      wait_until "corecast on $port" ready "$port"
+      addrs="127.0.0.1:$port" ;;
+    redis-2)
+      local rport a b; rport=$(free_port); a=$(free_port); b=$(free_port)
+      start_redis "$rport"
+      taskset -c 0 "$bin" --listen "127.0.0.1:$a" --shards 1 --redis "redis://127.0.0.1:$rport/0" --node-id a >/dev/null 2>&1 &
+      pids+=($!); first_pid=$!
+      taskset -c 0 "$bin" --listen "127.0.0.1:$b" --shards 1 --redis "redis://127.0.0.1:$rport/0" --node-id b >/dev/null 2>&1 &
+      pids+=($!)
+      wait_until "node a ready" ready "$a"; wait_until "node b ready" ready "$b"
+      addrs="127.0.0.1:$a,127.0.0.1:$b" ;;
+    fastapi-redis-2)
+      local rport a b; rport=$(free_port); a=$(free_port); b=$(free_port)
+      start_redis "$rport"
+      for p in "$a" "$b"; do
+        REDIS_URL="redis://127.0.0.1:$rport/0" taskset -c 0 "$venv/bin/python" -m uvicorn fastapi_node:app \
+          --app-dir "$root/tests/python" --host 127.0.0.1 --port "$p" --log-level warning --ws-ping-interval 0 \
+          >/dev/null 2>&1 &
+        pids+=($!)
+      done
+      first_pid=${pids[1]}
+      wait_until "fastapi nodes subscribed" numsub_is "$rport" 2
+      wait_until "fastapi a" bash -c "exec 3<>/dev/tcp/127.0.0.1/$a"; wait_until "fastapi b" bash -c "exec 3<>/dev/tcp/127.0.0.1/$b"
+      addrs="127.0.0.1:$a,127.0.0.1:$b" ;;
+  esac
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  for config in $CONFIGS; do
+    rates=$RATES; [ "$config" = fastapi-redis-2 ] && rates=$FASTAPI_RATES
+    for rate in $rates; do
+      start_config "$config"
+      taskset -c 1 "$root/target/release/corecast-load" --addr "$addrs" --connections "$N" \
+        --publishers 1 --rate "$rate" --duration "$DURATION" --settle 2 --cpu 1 --max-drain 10 \
+        --server-cpus 0 --json "$out/$config-$rate-r$round.json" \
+        >/dev/null 2>"$out/$config-$rate-r$round.log" || true
+      stop_all
+    done
+  done
+done
+
+all_rates=$(printf '%s\n' $RATES $FASTAPI_RATES | sort -n | uniq | tr '\n' ' ')
+python3 - "$out" "$ROUNDS" "$N" "$CONFIGS" $all_rates <<'PY'
+import json, sys, os, statistics
+out, rounds, n, configs, rates = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(), sys.argv[5:]
+def runs(c, r):
+    return [json.load(open(p)) for k in range(1, rounds + 1)
+            if os.path.exists(p := os.path.join(out, f"{c}-{r}-r{k}.json"))]
+def med(rs, f):
+    vals = [v for v in (f(r) for r in rs) if v is not None]
+    return statistics.median(vals) if vals else None
+def ratio(a, b):
+    return f"x{a / b:.2f}" if a is not None and b else "  -  "
+print(f"{n} connections (split over the nodes), 1 publisher on the first node; servers on CPU 0,"
+      f" Redis and the load tool on CPU 1; median of {rounds} round(s); ratios vs embedded")
+fields = {"dps": lambda r: r["deliveries_per_sec"], "core": lambda r: r.get("server_core_per_delivery_us"),
+          "p50": lambda r: r["latency_us"]["p50"], "p99": lambda r: r["latency_us"]["p99"]}
+for rate in rates:
+    print(f"broadcast at {rate} msg/s (offered {int(rate) * (n + 1):,} deliveries/s):")
+    base = {k: med(runs("embedded", rate), f) for k, f in fields.items()}
+    for c in configs:
+        rs = runs(c, rate)
+        if not rs:
+            continue
+        m = {k: med(rs, f) for k, f in fields.items()}
+        core = f"{m['core']:.3f}" if m["core"] is not None else "-"
+        print(f"  {c:16} {m['dps']:>10,.0f}/s ({ratio(m['dps'], base['dps'])})  delivered {min(r['delivery_ratio'] for r in rs):.4f}"
+              f"  core/delivery {core} us ({ratio(m['core'], base['core'])})"
+              f"  p50 {m['p50'] / 1000:.2f} ms ({ratio(m['p50'], base['p50'])})  p99 {m['p99'] / 1000:.2f} ms ({ratio(m['p99'], base['p99'])})  [{len(rs)} runs]")
+PY
