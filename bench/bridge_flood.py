@@ -62,7 +62,7 @@ def main() -> None:
 
     threading.Thread(target=drain, daemon=True).start()
     print(f"payload {len(payload)} B; steps of {STEP_SECONDS:.0f} s")
-    print(f"{'offered/s':>10} {'sent/s':>10} {'bridge in/s':>12} {'lagged':>8} {'bridge cpu/msg':>15}")
+    print(f"{'offered/s':>10} {'sent/s':>10} {'bridge in/s':>12} {'lagged':>8} {'reconnects':>10} {'bridge cpu/msg':>15}")
     results = []
     for rate in rates:
         before, ticks_before = health(http_port), bridge_ticks(pid)
@@ -81,11 +81,12 @@ def main() -> None:
         after, ticks_after = health(http_port), bridge_ticks(pid)
         got = after["messages_in"] - before["messages_in"]
         lagged = after["lagged"] - before["lagged"]
+        reconnects = after["reconnects"] - before["reconnects"]
         cpu_us = (ticks_after - ticks_before) / TICKS_PER_SEC * 1e6 / max(got, 1)
         row = {"offered": rate, "sent_per_s": sent / elapsed, "bridge_in_per_s": got / elapsed,
-               "lagged": lagged, "bridge_cpu_us_per_msg": cpu_us}
+               "lagged": lagged, "reconnects": reconnects, "bridge_cpu_us_per_msg": cpu_us}
         results.append(row)
-        print(f"{rate:>10,} {sent / elapsed:>10,.0f} {got / elapsed:>12,.0f} {lagged:>8} {cpu_us:>12.2f} us")
+        print(f"{rate:>10,} {sent / elapsed:>10,.0f} {got / elapsed:>12,.0f} {lagged:>8} {reconnects:>10} {cpu_us:>12.2f} us")
     stop.set()
     print(json.dumps(results))
 

@@ -44,7 +44,11 @@ use fred::{
         config::{Config as RedisConfig, ReconnectPolicy},
     },
 };
-use tokio::sync::{Notify, broadcast::error::RecvError, mpsc};
+use tokio::sync::{
+    Notify,
+    broadcast::error::{RecvError, TryRecvError},
+    mpsc,
+};
 use tracing::{debug, info, warn};
 
 use super::{
@@ -67,6 +71,9 @@ const PUBLISH_BATCH: usize = 512;
 /// Most publishes handed to the publisher task and not yet answered by Redis; beyond it
 /// the bridge stops taking commands, the lane fills and publishers wait on their shards.
 const PUBLISHES_IN_FLIGHT: usize = 8192;
+/// Most messages from Redis handled in a row before the bridge looks at shard commands
+/// and its heartbeat again.
+const RECEIVE_BATCH: usize = 256;
 /// Most channels in one SUBSCRIBE or UNSUBSCRIBE.
 const SUBSCRIBE_BATCH: usize = 1024;
 
@@ -270,29 +277,39 @@ async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut json = String::new();
     let mut targets = Vec::new();
-    loop {
+    'bridge: loop {
         tokio::select! {
             biased;
-            message = messages.recv() => match message {
-                Ok(message) => {
-                    let payload = value_bytes(&message.value);
-                    match shared.channels.classify(&message.channel) {
-                        Incoming::Event(route) => {
-                            receive(&shared, route, payload, &mut json, &mut targets).await;
+            message = messages.recv() => {
+                // Then whatever else is already buffered, before looking at anything else.
+                let mut next = Some(message);
+                let mut taken = 0;
+                while let Some(message) = next.take() {
+                    match message {
+                        Ok(message) => {
+                            on_message(&shared, &message, &token, &mut watchdog, &mut json, &mut targets)
+                                .await;
                         }
-                        Incoming::Heartbeat if payload == Some(token.as_bytes()) => {
-                            watchdog.heard(Instant::now());
+                        Err(RecvError::Lagged(n)) => {
+                            BridgeStats::add(&shared.bridge().lagged, n);
+                            warn!(dropped = n, "the Redis bridge fell behind: fred dropped messages (Lagged)");
                         }
-                        Incoming::Heartbeat => {}
-                        Incoming::Unknown(channel) => debug!(channel, "message on an unread channel"),
+                        Err(RecvError::Closed) => break 'bridge,
+                    }
+                    // Anything from Redis proves the subscriber connection alive: under a
+                    // flood the heartbeat waits behind the backlog, and a forced reconnect
+                    // would throw the backlog away.
+                    watchdog.heard(Instant::now());
+                    taken += 1;
+                    if taken < RECEIVE_BATCH {
+                        next = match messages.try_recv() {
+                            Ok(m) => Some(Ok(m)),
+                            Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+                            Err(TryRecvError::Empty | TryRecvError::Closed) => None,
+                        };
                     }
                 }
-                Err(RecvError::Lagged(n)) => {
-                    BridgeStats::add(&shared.bridge().lagged, n);
-                    warn!(dropped = n, "the Redis bridge fell behind: fred dropped messages (Lagged)");
-                }
-                Err(RecvError::Closed) => break,
-            },
+            }
             _ = sub_reconnects.recv() => {
                 BridgeStats::add(&shared.bridge().reconnects, 1);
                 info!("Redis subscriber connected; subscribing to every channel of interest");
@@ -332,7 +349,7 @@ async fn run(
                 }
             }
             command = commands.recv_async(), if shared.in_flight.get() < PUBLISHES_IN_FLIGHT => {
-                let Ok(command) = command else { break };
+                let Ok(command) = command else { break 'bridge };
                 match command {
                     BusCommand::Interest { shard, change } => {
                         let op = interest_op(&shared, shard, change);
@@ -383,10 +400,32 @@ fn clients(settings: &BridgeSettings) -> Result<(Client, Client), RedisError> {
     Ok((builder.build()?, builder.build()?))
 }
 
-fn value_bytes(value: &Value) -> Option<&[u8]> {
+/// One message from Redis: an event for local connections, or this node's heartbeat.
+async fn on_message(
+    shared: &Shared,
+    message: &fred::types::Message,
+    token: &str,
+    watchdog: &mut Watchdog,
+    json: &mut String,
+    targets: &mut Vec<ShardId>,
+) {
+    match shared.channels.classify(&message.channel) {
+        Incoming::Event(route) => receive(shared, route, &message.value, json, targets).await,
+        Incoming::Heartbeat => {
+            if value_text(&message.value) == Some(token) {
+                watchdog.heard(Instant::now());
+            }
+        }
+        Incoming::Unknown(channel) => debug!(channel, "message on an unread channel"),
+    }
+}
+
+/// The payload as text; `None` when it is not UTF-8 (fred has already checked a
+/// `Value::String`).
+fn value_text(value: &Value) -> Option<&str> {
     match value {
-        Value::Bytes(b) => Some(b),
-        Value::String(s) => Some(s.as_bytes()),
+        Value::String(s) => Some(s),
+        Value::Bytes(b) => std::str::from_utf8(b).ok(),
         _ => None,
     }
 }
@@ -396,7 +435,7 @@ fn value_bytes(value: &Value) -> Option<&[u8]> {
 async fn receive(
     shared: &Shared,
     route: Route,
-    payload: Option<&[u8]>,
+    payload: &Value,
     json: &mut String,
     targets: &mut Vec<ShardId>,
 ) {
@@ -404,8 +443,9 @@ async fn receive(
     if targets.is_empty() {
         return; // unsubscribed meanwhile: nobody here wants it
     }
-    let framed =
-        payload.ok_or(wire::Dropped::NotUtf8).and_then(|p| wire::delivery_from(route, p, json));
+    let framed = value_text(payload)
+        .ok_or(wire::Dropped::NotUtf8)
+        .map(|text| wire::delivery_from(route, text, json));
     match framed {
         Ok(delivery) => {
             BridgeStats::add(&shared.bridge().messages_in, 1);
@@ -582,7 +622,9 @@ async fn subscribe(subscriber: &Client, channels: Vec<String>) -> bool {
     }
 }
 
-/// Decides readiness from the heartbeat through Redis. Pure: the clock is an argument.
+/// Decides readiness from what comes back through Redis: the node's own heartbeat (every
+/// `heartbeat_interval`), or any other message (under load the heartbeat waits behind
+/// them). Pure: the clock is an argument.
 #[derive(Debug)]
 struct Watchdog {
     timeout: Duration,
