@@ -346,6 +346,36 @@ impl<'de> Deserialize<'de> for Name {
     }
 }
 
+/// A file path, or `none`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OptionalPath(pub Option<PathBuf>);
+
+impl FromStr for OptionalPath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() || s.eq_ignore_ascii_case("none") {
+            return Ok(OptionalPath(None));
+        }
+        Ok(OptionalPath(Some(PathBuf::from(s))))
+    }
+}
+
+impl fmt::Display for OptionalPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            None => f.write_str("none"),
+            Some(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OptionalPath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// The CPU of the Redis bridge thread: `last` (the last CPU the process may run on) or
 /// a CPU number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -507,6 +537,8 @@ config_options! {
     node_id: Name = Name::default(), env = "CORECAST_NODE_ID";
     /// Redis URL `redis://[:password@]host:port/db` to run as one node of a cluster (the Redis bridge), or `off` for the embedded single-node bus. The password is never logged.
     redis: RedisUrl = RedisUrl::default(), env = "CORECAST_REDIS_URL";
+    /// With a `rediss://` URL: PEM file of the CA certificate(s) that signed the Redis server's certificate (`none`: the system's trusted roots).
+    redis_tls_ca: OptionalPath = OptionalPath::default(), env = "CORECAST_REDIS_TLS_CA";
     /// Prefix of corecast's Redis channels (`<prefix>topic:<T>`, `<prefix>user:<U>`, `<prefix>node:<id>`); broadcasts always use `ws_broadcast`.
     redis_prefix: Name = Name("corecast:".into()), env = "CORECAST_REDIS_PREFIX";
     /// CPU the Redis bridge thread is pinned to: `last` (the last CPU the process may run on; shared with a shard when there are few CPUs) or a CPU number.
@@ -593,6 +625,12 @@ impl Config {
             return bad("redis_command_timeout cannot be off (a command to a frozen Redis would \
                         wait forever)"
                 .into());
+        }
+        if let Some(ca) = &self.redis_tls_ca.0 {
+            if !self.redis.0.as_deref().is_some_and(|u| u.starts_with("rediss://")) {
+                return bad("redis_tls_ca needs a rediss:// Redis URL".into());
+            }
+            crate::bus::redis::load_ca(ca).map_err(Error::Config)?;
         }
         if self.redis_command_queue == 0 || self.redis_receive_buffer == 0 {
             return bad("redis_command_queue and redis_receive_buffer must be at least 1".into());

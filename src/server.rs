@@ -167,6 +167,7 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
             };
             let settings = bus::redis::BridgeSettings {
                 url: url.clone(),
+                tls_ca: cfg.redis_tls_ca.0.clone(),
                 prefix: cfg.redis_prefix.0.clone(),
                 heartbeat_interval: cfg.redis_heartbeat_interval.0,
                 heartbeat_timeout: cfg.redis_heartbeat_timeout.0,
@@ -182,7 +183,7 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
                 inbox_txs.clone(),
                 stats.clone(),
             )
-            .map_err(|e| Error::System(format!("cannot start the Redis bridge thread: {e}")))?;
+            .map_err(Error::Config)?;
             info!(redis = %cfg.redis, ?cpu, "Redis bridge thread started");
             (vec![lane], Vec::new(), Some(thread))
         }

@@ -4,11 +4,14 @@
 
 use std::time::{Duration, Instant};
 
-use corecast::config::{Name, RedisUrl};
+use corecast::config::{Name, OptionalPath, RedisUrl};
 use serde_json::{Value, json};
 
 use crate::support::{
-    Client, TestServer, WAIT, connect, http_get, python::PythonNode, redis::RedisServer, within,
+    Client, TestServer, WAIT, connect, http_get,
+    python::PythonNode,
+    redis::{RedisServer, TlsFiles},
+    within,
 };
 
 /// A node on `redis`, ready (its heartbeat came back through Redis).
@@ -396,4 +399,37 @@ async fn redis_password_works_and_is_never_shown() {
     assert!(logs.contains("Redis bridge"), "debug logs captured: {logs}");
     assert!(logs.contains("redis://:***@127.0.0.1"), "the URL is logged redacted: {logs}");
     assert!(!logs.contains(secret), "the password appears in the logs:\n{logs}");
+}
+
+/// `rediss://`: a Redis that speaks only TLS, with a certificate from a private CA. A node
+/// given that CA (`redis_tls_ca`) joins; a node trusting only the system's roots never
+/// connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca() {
+    let dir = std::env::temp_dir().join(format!("corecast-tls-{}", std::process::id()));
+    let files = TlsFiles::create(&dir);
+    let redis = RedisServer::start_tls(&files).await;
+    let url = redis.url();
+    assert!(url.starts_with("rediss://"), "{url}");
+    let untrusting = TestServer::start(|c| c.redis = RedisUrl(Some(url.clone())));
+    let a = TestServer::start(|c| {
+        c.redis = RedisUrl(Some(url.clone()));
+        c.redis_tls_ca = OptionalPath(Some(files.ca.clone()));
+    });
+    a.wait_health("ready over TLS", |h| h["bridge"]["ready"] == true).await;
+    let b = TestServer::start(|c| {
+        c.redis = RedisUrl(Some(url.clone()));
+        c.redis_tls_ca = OptionalPath(Some(files.ca.clone()));
+    });
+    b.wait_health("ready over TLS", |h| h["bridge"]["ready"] == true).await;
+    let mut on_a = connect(a.addr, "ta", false).await;
+    let mut on_b = connect(b.addr, "tb", false).await;
+    on_a.send_text("over tls").await;
+    assert_eq!(on_b.recv_json().await, json!({"sender":"ta","text":"over tls"}));
+    assert_eq!(on_a.recv_json().await, json!({"sender":"ta","text":"over tls"}));
+    let h = untrusting.health().await;
+    assert_eq!(h["bridge"]["connected"], false, "{h}");
+    assert_eq!(h["bridge"]["reconnects"], 0, "never connected: {h}");
+    assert_eq!(readyz(&untrusting).await, 503);
+    let _ = std::fs::remove_dir_all(&dir);
 }

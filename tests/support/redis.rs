@@ -23,6 +23,83 @@ pub struct RedisServer {
     dir: PathBuf,
     /// Extra `redis-server` arguments.
     args: Vec<String>,
+    /// Serves TLS only, on `port`, with these files.
+    tls: Option<TlsFiles>,
+}
+
+/// A private CA and a server certificate for 127.0.0.1 signed by it (made with the
+/// `openssl` command).
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Creates them in `dir`.
+    pub fn create(dir: &std::path::Path) -> TlsFiles {
+        std::fs::create_dir_all(dir).expect("tls dir");
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).current_dir(dir).output();
+            let out = out.expect("the openssl command is needed for the TLS test");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("ext file");
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=corecast test CA",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+        }
+    }
 }
 
 fn free_port() -> u16 {
@@ -45,14 +122,47 @@ impl RedisServer {
         ));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let args = args.iter().map(|a| (*a).to_owned()).collect();
-        let mut server = RedisServer { child: None, port: free_port(), dir, args };
+        let mut server = RedisServer { child: None, port: free_port(), dir, args, tls: None };
+        server.spawn().await;
+        server
+    }
+
+    /// A server that speaks only TLS (`rediss://`) with `files`.
+    pub async fn start_tls(files: &TlsFiles) -> RedisServer {
+        let dir = std::env::temp_dir().join(format!(
+            "corecast-redis-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let tls = Some(files.clone());
+        let mut server = RedisServer { child: None, port: free_port(), dir, args: Vec::new(), tls };
         server.spawn().await;
         server
     }
 
     async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let mut command = Command::new("redis-server");
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some(files) => command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &self.port.to_string(),
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(&files.cert)
+                .arg("--tls-key-file")
+                .arg(&files.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&files.ca),
+        };
+        let child = command
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
             .arg("--dir")
             .arg(&self.dir)
@@ -70,9 +180,13 @@ impl RedisServer {
         };
         self.child = Some(child);
         let port = self.port;
+        let tls = self.tls.is_some();
         within(WAIT, "redis-server answers PING", async move {
             loop {
                 if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                    if tls {
+                        return; // listening; the nodes' TLS handshake is the real check
+                    }
                     use tokio::io::{AsyncReadExt, AsyncWriteExt};
                     let mut buf = [0u8; 16];
                     if s.write_all(b"PING\r\n").await.is_ok()
@@ -88,9 +202,10 @@ impl RedisServer {
         .await;
     }
 
-    /// `redis://127.0.0.1:<port>/0`.
+    /// `redis://127.0.0.1:<port>/0` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     fn pid(&self) -> i32 {

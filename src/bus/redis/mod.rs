@@ -82,6 +82,8 @@ const SUBSCRIBE_BATCH: usize = 1024;
 pub(crate) struct BridgeSettings {
     /// `redis://[:password@]host:port/db` (a secret: never logged).
     pub url: String,
+    /// CA certificates (PEM file) for a `rediss://` URL; `None`: the system's roots.
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Prefix of the topic, user and node channels.
     pub prefix: String,
     /// Interval of the heartbeat through Redis.
@@ -114,45 +116,64 @@ pub(crate) fn check_url(url: &str) -> Result<(), String> {
     if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
         return Err("the Redis URL must start with redis:// (or rediss://)".into());
     }
-    if url.starts_with("rediss://") {
-        return Err("rediss:// (TLS) is not built into this corecast; use redis:// on a \
-                    trusted network or a TLS tunnel"
-            .into());
-    }
     RedisConfig::from_url(url)
         .map(|_| ())
         .map_err(|e| format!("the Redis URL is invalid: {}", e.details()))
 }
 
-/// Starts the bridge thread, pinned to `cpu` when given. Returns the sending half of its
-/// command lane (one clone per shard) and the thread.
+/// Reads the CA certificates of `path` (PEM) into a root store for `rediss://`.
 ///
 /// # Errors
-/// When the thread cannot be spawned.
+/// A message naming the file when it cannot be read or holds no certificate.
+pub(crate) fn load_ca(path: &std::path::Path) -> Result<rustls::RootCertStore, String> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let shown = path.display();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("redis_tls_ca {shown}: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("redis_tls_ca {shown}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(format!("redis_tls_ca {shown}: no usable CA certificate in the file"));
+    }
+    Ok(roots)
+}
+
+/// Starts the bridge thread, pinned to `cpu` when given. Returns the sending half of its
+/// command lane (one clone per shard) and the thread. The Redis clients and the runtime
+/// are built here, on the calling thread, so that a configuration they reject stops the
+/// node at start with the reason; connecting happens on the bridge thread, in the
+/// background (the node serves its own clients meanwhile).
+///
+/// # Errors
+/// A message saying what is wrong (the Redis URL is never part of it).
 pub(crate) fn spawn(
     settings: BridgeSettings,
     cpu: Option<core_affinity::CoreId>,
     capacity: usize,
     inboxes: ShardInboxes,
     stats: Arc<NodeStats>,
-) -> std::io::Result<(flume::Sender<BusCommand>, std::thread::JoinHandle<()>)> {
+) -> Result<(flume::Sender<BusCommand>, std::thread::JoinHandle<()>), String> {
+    let clients = clients(&settings)
+        .map_err(|e| format!("cannot configure the Redis clients: {}", e.details()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot build the Redis bridge runtime: {e}"))?;
     let (tx, commands) = super::command_channel(capacity);
-    let thread = std::thread::Builder::new().name("redis-bridge".into()).spawn(move || {
-        if let Some(cpu) = cpu
-            && !core_affinity::set_for_current(cpu)
-        {
-            warn!(cpu = cpu.id, "could not pin the Redis bridge thread");
-        }
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!(cause = %e, "cannot start the Redis bridge runtime");
-                return;
+    let thread = std::thread::Builder::new()
+        .name("redis-bridge".into())
+        .spawn(move || {
+            if let Some(cpu) = cpu
+                && !core_affinity::set_for_current(cpu)
+            {
+                warn!(cpu = cpu.id, "could not pin the Redis bridge thread");
             }
-        };
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&runtime, run(settings, commands, inboxes, stats));
-    })?;
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, run(settings, clients, commands, inboxes, stats));
+        })
+        .map_err(|e| format!("cannot spawn the Redis bridge thread: {e}"))?;
     Ok((tx, thread))
 }
 
@@ -234,17 +255,11 @@ impl Shared {
 /// The bridge's life: until every shard has closed its lane (shutdown).
 async fn run(
     settings: BridgeSettings,
+    (subscriber, publisher): (Client, Client),
     commands: BusCommands,
     inboxes: ShardInboxes,
     stats: Arc<NodeStats>,
 ) {
-    let (subscriber, publisher) = match clients(&settings) {
-        Ok(clients) => clients,
-        Err(e) => {
-            tracing::error!(cause = %e.details(), "cannot configure the Redis clients");
-            return;
-        }
-    };
     let node = stats.node.clone();
     let shared = Rc::new(Shared {
         shards: u16::try_from(inboxes.len()).unwrap_or(u16::MAX),
@@ -259,6 +274,11 @@ async fn run(
     let mut messages = subscriber.message_rx();
     let mut sub_reconnects = subscriber.reconnect_rx();
     let mut pub_reconnects = publisher.reconnect_rx();
+    let mut sub_errors = subscriber.error_rx();
+    let mut pub_errors = publisher.error_rx();
+    // The last connection error logged: fred retries every second while Redis is away,
+    // and the log says each different reason once.
+    let mut last_error = String::new();
     let _sub_task = subscriber.connect();
     let _pub_task = publisher.connect();
     info!(node = %node, prefix = %settings.prefix, "Redis bridge started");
@@ -310,7 +330,10 @@ async fn run(
                     }
                 }
             }
+            error = sub_errors.recv() => log_error(error, "subscriber", &mut last_error),
+            error = pub_errors.recv() => log_error(error, "publisher", &mut last_error),
             _ = sub_reconnects.recv() => {
+                last_error.clear();
                 BridgeStats::add(&shared.bridge().reconnects, 1);
                 info!("Redis subscriber connected; subscribing to every channel of interest");
                 let _ = ops_tx.send(SubscriptionOp::ResubscribeAll);
@@ -371,13 +394,25 @@ async fn run(
         let _ = subscriber.quit().await;
         let _ = publisher.quit().await;
     };
-    let _ = tokio::time::timeout(settings.command_timeout, bye).await;
+    // Bounded: a Redis that is away must not hold the node's shutdown.
+    let _ =
+        tokio::time::timeout(settings.command_timeout.min(Duration::from_millis(500)), bye).await;
     info!("Redis bridge stopped");
 }
 
 /// The two fred clients, configured from `settings`.
 fn clients(settings: &BridgeSettings) -> Result<(Client, Client), RedisError> {
     let mut config = RedisConfig::from_url(&settings.url)?;
+    if let Some(ca) = &settings.tls_ca {
+        let roots = load_ca(ca).map_err(|e| RedisError::new(fred::error::ErrorKind::Tls, e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| RedisError::new(fred::error::ErrorKind::Tls, e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.tls = Some(fred::types::config::TlsConnector::from(tls).into());
+    }
     // Keep trying when Redis is not there at start: the node serves locally meanwhile.
     config.fail_fast = false;
     let mut builder = Builder::from_config(config);
@@ -398,6 +433,20 @@ fn clients(settings: &BridgeSettings) -> Result<(Client, Client), RedisError> {
         // Redis coming back, at a cost of one connection attempt per second while away.
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 1_000, 2));
     Ok((builder.build()?, builder.build()?))
+}
+
+/// Logs a Redis connection error once per different reason.
+fn log_error(
+    error: Result<(RedisError, Option<fred::types::config::Server>), RecvError>,
+    connection: &str,
+    last: &mut String,
+) {
+    let Ok((error, _server)) = error else { return };
+    let reason = error.details().to_owned();
+    if reason != *last {
+        warn!(connection, cause = %reason, "Redis connection error (reconnecting)");
+        *last = reason;
+    }
 }
 
 /// One message from Redis: an event for local connections, or this node's heartbeat.
@@ -695,6 +744,7 @@ mod tests {
     #[test]
     fn urls_are_checked_without_echoing_them() {
         assert!(check_url("redis://:s3cret@127.0.0.1:6390/2").is_ok());
+        assert!(check_url("rediss://:s3cret@127.0.0.1:6390/2").is_ok());
         let err = check_url("http://:s3cret@host/").unwrap_err();
         assert!(!err.contains("s3cret"), "{err}");
         let err = check_url("redis://:s3cret@[::1/").unwrap_err();
