@@ -2,10 +2,11 @@
 //!
 //! One glommio executor per CPU core (a **shard**) owns its sockets, its connection
 //! table and its user/topic indexes. Events published by clients go through the **bus**
-//! to their stream's sequencer (with the embedded bus, the stream's owner shard), which
-//! puts the stream in one order, encodes each event **once** into a complete WebSocket
-//! frame per wire format, and shares it by reference count with the shards that want it
-//! and their connections.
+//! to their stream's sequencer (with the embedded bus, the stream's owner shard; with
+//! `--redis`, Redis itself, through the node's Redis bridge thread), which puts the
+//! stream in one order; each event is encoded **once** into a complete WebSocket frame
+//! per wire format and shared by reference count with the shards that want it and their
+//! connections.
 //!
 //! # Data flow
 //!
@@ -16,8 +17,9 @@
 //!  bus::BusHandle (per shard: publishes and interest changes, in order per stream)
 //!       │  the stream's lane: its owner shard (a hash of its name), inline when that is
 //!       ▼  this shard                                           ── Send boundary (xshard)
-//!  bus::embedded::LocalSequencer of the owner shard (Redis bridge next): one order per
-//!       stream, encode ONCE
+//!  bus::embedded::LocalSequencer of the owner shard, or (--redis) bus::redis, the bridge
+//!       thread: PUBLISH, then what Redis sends back (per-node SUBSCRIBEs) — one order
+//!       per stream, encode ONCE
 //!       │  Arc<Delivery{frames: Bytes}> into the inbox of each interested shard
 //!       ▼ shard 0 inbox (flume, bounded)     ▼ shard 1 inbox …
 //!  shard::inbox: Rc<frame> per shard → hub lookup → conn queues (Rc clones)
@@ -53,7 +55,10 @@
 //! - `bus` (shard threads): the seam between shards and whatever sequences streams.
 //!   `BusHandle` is a shard's end (one lane per sequencer); `bus::embedded` is the
 //!   single-node implementation, a `LocalSequencer` per shard for the streams it owns;
-//!   the Redis bridge (its own thread, Redis ordering the streams) is the second.
+//!   `bus::redis` is the second: the Redis bridge, on its own pinned thread (a tokio
+//!   current-thread runtime with two fred clients), which owns the node's interest
+//!   table, its Redis subscriptions and the wire format on Redis (`bus::redis::wire`).
+//!   `bus::interest` is the pure interest table both use.
 //! - `xshard` (any thread): every type that crosses threads — deliveries, inbox
 //!   messages, interest changes, node counters, the connection budget.
 //! - `event`, `frame` (any thread, pure): events and their encoding; the frame codec.

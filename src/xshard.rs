@@ -149,6 +149,21 @@ pub(crate) type ShardInboxes = Arc<[flume::Sender<ShardMessage>]>;
 /// the bus's sends to this shard fail with `Disconnected` (only during shutdown).
 pub(crate) type ShardInbox = flume::Receiver<ShardMessage>;
 
+/// Hands `message` to the inbox of each shard in `targets`, in order, waiting for room
+/// when an inbox is full (its shard drains it without waiting on anyone). A shard whose
+/// inbox is gone (it stopped: shutdown) is skipped.
+pub(crate) async fn deliver_to(inboxes: &ShardInboxes, targets: &[ShardId], message: ShardMessage) {
+    for shard in targets {
+        let Some(inbox) = inboxes.get(shard.0 as usize) else { continue };
+        match inbox.try_send(message.clone()) {
+            Ok(()) | Err(flume::TrySendError::Disconnected(_)) => {}
+            Err(flume::TrySendError::Full(message)) => {
+                let _ = inbox.send_async(message).await;
+            }
+        }
+    }
+}
+
 /// Creates one bounded inbox per shard.
 pub(crate) fn shard_inboxes(shards: usize, capacity: usize) -> (ShardInboxes, Vec<ShardInbox>) {
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(capacity)).unzip();

@@ -105,16 +105,7 @@ impl LocalSequencer {
     async fn process(&self, command: BusCommand) {
         let mut targets = Vec::new();
         let Some(message) = self.state.borrow_mut().handle(command, &mut targets) else { return };
-        for shard in targets {
-            let Some(inbox) = self.inboxes.get(shard.0 as usize) else { continue };
-            match inbox.try_send(message.clone()) {
-                Ok(()) | Err(flume::TrySendError::Disconnected(_)) => {}
-                Err(flume::TrySendError::Full(message)) => {
-                    // Disconnected while waiting: that shard has stopped (shutdown).
-                    let _ = inbox.send_async(message).await;
-                }
-            }
-        }
+        crate::xshard::deliver_to(&self.inboxes, &targets, message).await;
     }
 }
 

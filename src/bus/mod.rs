@@ -10,8 +10,9 @@
 //!   it (`xshard::ShardMessage`). With the embedded bus ([`embedded`]) every stream has
 //!   an **owner shard** (a hash of the stream's name) whose `LocalSequencer` does this —
 //!   in its own task for commands from other shards, and inline in the publishing
-//!   connection's task when the publisher is on the owner shard (no hop). The Redis
-//!   bridge will instead send everything to its thread, and Redis orders the streams.
+//!   connection's task when the publisher is on the owner shard (no hop). With Redis
+//!   ([`redis`]), every shard has one lane, to the bridge thread; Redis orders the
+//!   streams, and the bridge hands what Redis sends it to the interested shards.
 //!
 //! A handle has one **lane** per sequencer (a bounded channel): commands about one
 //! stream always take the same lane, so they stay in order; commands about different
@@ -25,6 +26,9 @@
 //!   messages. (This implies per-publisher order: one connection's events reach every
 //!   receiver in the order it published them.)
 //! - **Exactly once** to every connection the route names when the event arrives.
+//! - **Confirmation.** Every topic a shard gains is confirmed to it
+//!   (`ShardMessage::TopicConfirmed`) once the shard receives the topic's events; the
+//!   shard's subscribers are told `subscribed` then (`shard::awaiting`).
 //! - **Interest.** A shard gets a topic's events only while it has a subscriber of that
 //!   topic, and a user's direct messages only while it has a connection of that user; the
 //!   broadcast stream always. A shard's interest changes and publishes about one stream

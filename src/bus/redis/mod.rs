@@ -230,18 +230,9 @@ impl Shared {
         all
     }
 
-    /// Hands `message` to each shard in `targets`, waiting for room when an inbox is full
-    /// (that shard drains it without waiting on anything).
+    /// Hands `message` to each shard in `targets` (`xshard::deliver_to`).
     async fn deliver(&self, targets: &[ShardId], message: ShardMessage) {
-        for shard in targets {
-            let Some(inbox) = self.inboxes.get(shard.0 as usize) else { continue };
-            match inbox.try_send(message.clone()) {
-                Ok(()) | Err(flume::TrySendError::Disconnected(_)) => {}
-                Err(flume::TrySendError::Full(message)) => {
-                    let _ = inbox.send_async(message).await;
-                }
-            }
-        }
+        crate::xshard::deliver_to(&self.inboxes, targets, message).await;
     }
 
     /// Tells a v1 publisher its event did not reach every node.
