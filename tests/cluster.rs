@@ -125,6 +125,16 @@ async fn each_node_subscribes_once_per_channel_of_interest() {
     let channel = "corecast:topic:room";
     assert_eq!(redis.numsub(channel).await, 0);
 
+    // `subscribed` comes once Redis confirmed the SUBSCRIBE: a publish right after it
+    // comes back to the publisher through Redis.
+    let mut eager = connect(b.addr, "eager", true).await;
+    subscribe(&mut eager, "fresh").await;
+    eager.send_json(json!({"op":"publish","topic":"fresh","data":"mine"})).await;
+    assert_eq!(
+        eager.recv_json().await,
+        json!({"type":"message","topic":"fresh","sender":"eager","data":"mine"})
+    );
+
     // 1,000 clients of node a (tabs of one user) join one topic: one subscription and
     // one SUBSCRIBE for the topic, one for the user's channel.
     let before = redis.command_calls("subscribe").await;

@@ -597,10 +597,9 @@ async fn apply_subscriptions(
     let mut subscribed: HashSet<String> = HashSet::new();
     let mut pending = Vec::new();
     while ops.recv_many(&mut pending, SUBSCRIBE_BATCH).await > 0 {
-        let mut ops = pending.drain(..).peekable();
-        while let Some(op) = ops.next() {
-            match op {
-                SubscriptionOp::ResubscribeAll => {
+        for step in batch_steps(pending.drain(..)) {
+            match step {
+                Step::ResubscribeAll => {
                     subscribed.clear();
                     let all = shared.channels_of_interest();
                     for chunk in all.chunks(SUBSCRIBE_BATCH) {
@@ -609,13 +608,7 @@ async fn apply_subscriptions(
                         }
                     }
                 }
-                SubscriptionOp::Unsubscribe(first) => {
-                    let mut channels = vec![first];
-                    while let Some(SubscriptionOp::Unsubscribe(_)) = ops.peek() {
-                        if let Some(SubscriptionOp::Unsubscribe(c)) = ops.next() {
-                            channels.push(c);
-                        }
-                    }
+                Step::Unsubscribe(channels) => {
                     for c in &channels {
                         subscribed.remove(c);
                     }
@@ -623,15 +616,7 @@ async fn apply_subscriptions(
                         debug!(cause = %e.details(), "UNSUBSCRIBE failed (the next reconnect forgets it)");
                     }
                 }
-                SubscriptionOp::Subscribe { channel, confirm } => {
-                    let mut channels: Vec<String> = channel.into_iter().collect();
-                    let mut confirms: Vec<(ShardId, Box<str>)> = confirm.into_iter().collect();
-                    while let Some(SubscriptionOp::Subscribe { .. }) = ops.peek() {
-                        if let Some(SubscriptionOp::Subscribe { channel, confirm }) = ops.next() {
-                            channels.extend(channel);
-                            confirms.extend(confirm);
-                        }
-                    }
+                Step::Subscribe { channels, confirms } => {
                     if !channels.is_empty() && subscribe(&subscriber, channels.clone()).await {
                         subscribed.extend(channels);
                     }
@@ -646,6 +631,45 @@ async fn apply_subscriptions(
             shared.bridge().subscribed_channels.store(count, Relaxed);
         }
     }
+}
+
+/// What the subscription task sends Redis for a run of queued changes.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// One SUBSCRIBE of `channels` (none: only confirmations, after what came before),
+    /// then the confirmations.
+    Subscribe { channels: Vec<String>, confirms: Vec<(ShardId, Box<str>)> },
+    /// One UNSUBSCRIBE.
+    Unsubscribe(Vec<String>),
+    /// Subscribe again to everything of current interest.
+    ResubscribeAll,
+}
+
+/// Turns queued changes into commands, in order: consecutive changes of one kind become
+/// one command (a burst of 1,000 joins is one SUBSCRIBE), and nothing moves past a change
+/// of the other kind (a SUBSCRIBE, UNSUBSCRIBE, SUBSCRIBE of one channel stays in that
+/// order). Pure.
+fn batch_steps(ops: impl IntoIterator<Item = SubscriptionOp>) -> Vec<Step> {
+    let mut steps: Vec<Step> = Vec::new();
+    for op in ops {
+        match (op, steps.last_mut()) {
+            (SubscriptionOp::ResubscribeAll, _) => steps.push(Step::ResubscribeAll),
+            (SubscriptionOp::Unsubscribe(c), Some(Step::Unsubscribe(channels))) => channels.push(c),
+            (SubscriptionOp::Unsubscribe(c), _) => steps.push(Step::Unsubscribe(vec![c])),
+            (
+                SubscriptionOp::Subscribe { channel, confirm },
+                Some(Step::Subscribe { channels, confirms }),
+            ) => {
+                channels.extend(channel);
+                confirms.extend(confirm);
+            }
+            (SubscriptionOp::Subscribe { channel, confirm }, _) => steps.push(Step::Subscribe {
+                channels: channel.into_iter().collect(),
+                confirms: confirm.into_iter().collect(),
+            }),
+        }
+    }
+    steps
 }
 
 /// One SUBSCRIBE of `channels`; `false` (logged) when Redis did not confirm it.
@@ -730,6 +754,39 @@ mod tests {
         assert_eq!(w.check(ms(3500), false), not_ready, "disconnected: fred reconnects");
         w.heard(ms(3600));
         assert_eq!(w.check(ms(3700), true), Verdict { ready: true, force_reconnect: false });
+    }
+
+    #[test]
+    fn subscription_changes_are_batched_in_order() {
+        let sub = |c: Option<&str>, confirm: Option<u16>| SubscriptionOp::Subscribe {
+            channel: c.map(str::to_owned),
+            confirm: confirm.map(|s| (ShardId(s), "t".into())),
+        };
+        let unsub = |c: &str| SubscriptionOp::Unsubscribe(c.to_owned());
+        let steps = batch_steps([
+            sub(Some("c:topic:t"), Some(0)),
+            sub(None, Some(1)),
+            sub(Some("c:user:u"), None),
+            unsub("c:topic:t"),
+            unsub("c:user:u"),
+            sub(Some("c:topic:t"), Some(0)),
+            SubscriptionOp::ResubscribeAll,
+            sub(None, Some(1)),
+        ]);
+        let confirm = |s| (ShardId(s), Box::<str>::from("t"));
+        assert_eq!(
+            steps,
+            vec![
+                Step::Subscribe {
+                    channels: vec!["c:topic:t".into(), "c:user:u".into()],
+                    confirms: vec![confirm(0), confirm(1)],
+                },
+                Step::Unsubscribe(vec!["c:topic:t".into(), "c:user:u".into()]),
+                Step::Subscribe { channels: vec!["c:topic:t".into()], confirms: vec![confirm(0)] },
+                Step::ResubscribeAll,
+                Step::Subscribe { channels: vec![], confirms: vec![confirm(1)] },
+            ]
+        );
     }
 
     #[test]
