@@ -174,6 +174,7 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
                 command_timeout: cfg.redis_command_timeout.0,
                 command_queue: cfg.redis_command_queue,
                 receive_buffer: cfg.redis_receive_buffer,
+                max_payload: cfg.outbound_queue_limit.0,
             };
             let core = cpu.map(|id| core_affinity::CoreId { id });
             let (lane, thread) = bus::redis::spawn(

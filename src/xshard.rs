@@ -233,7 +233,8 @@ pub struct BridgeStats {
     pub publish_errors: AtomicU64,
     /// Messages received from Redis and handed to shards.
     pub messages_in: AtomicU64,
-    /// Messages received from Redis and dropped (payload not UTF-8).
+    /// Messages received from Redis and dropped (payload not UTF-8, or larger than
+    /// `outbound_queue_limit`).
     pub dropped_messages: AtomicU64,
 }
 

@@ -199,6 +199,11 @@ async fn ws_broadcast_interoperates_with_other_publishers() {
     // Not UTF-8: dropped and counted, nothing sent.
     redis.publish("ws_broadcast", fred::types::Value::Bytes(vec![0xff, 0xfe].into())).await;
     a.wait_health("dropped counted", |h| h["bridge"]["dropped_messages"] == 1).await;
+    // Larger than a connection's outbound queue limit (1 MiB): it would cut off every
+    // receiver as a slow consumer; dropped and counted.
+    let huge = format!(r#"{{"sender":"big","text":"{}"}}"#, "x".repeat(1_100_000));
+    redis.publish("ws_broadcast", huge).await;
+    a.wait_health("oversized dropped", |h| h["bridge"]["dropped_messages"] == 2).await;
 
     seed.send_text("from corecast").await;
     let published = within(WAIT, "ws_broadcast message", async {
@@ -215,7 +220,7 @@ async fn ws_broadcast_interoperates_with_other_publishers() {
         serde_json::from_str::<Value>(&published).unwrap(),
         json!({"sender":"s","text":"from corecast"})
     );
-    // The dropped message sent nothing: the next message is this one.
+    // The dropped messages sent nothing: the next message is this one.
     assert_eq!(seed_text(&mut seed).await, r#"{"sender":"s","text":"from corecast"}"#);
 }
 

@@ -96,6 +96,9 @@ pub(crate) struct BridgeSettings {
     pub command_queue: usize,
     /// Messages fred buffers for the bridge; beyond it they are dropped (`Lagged`).
     pub receive_buffer: usize,
+    /// Largest payload delivered (the per-connection outbound queue limit: a larger frame
+    /// would cut off every receiver as a slow consumer); larger ones are dropped.
+    pub max_payload: usize,
 }
 
 impl std::fmt::Debug for BridgeSettings {
@@ -204,6 +207,8 @@ struct Shared {
     shards: u16,
     channels: Channels,
     interest: RefCell<InterestTable>,
+    /// Largest payload from Redis delivered.
+    max_payload: usize,
     /// Publishes handed to the publisher task and not answered yet.
     in_flight: Cell<usize>,
     /// Notified when `in_flight` drops.
@@ -258,6 +263,7 @@ async fn run(
         channels: Channels::new(&settings.prefix, &node),
         stats,
         interest: RefCell::default(),
+        max_payload: settings.max_payload,
         in_flight: Cell::new(0),
         room: Notify::new(),
     });
@@ -483,19 +489,19 @@ async fn receive(
     if targets.is_empty() {
         return; // unsubscribed meanwhile: nobody here wants it
     }
-    let framed = value_text(payload)
-        .ok_or(wire::Dropped::NotUtf8)
-        .map(|text| wire::delivery_from(route, text, json));
-    match framed {
-        Ok(delivery) => {
-            BridgeStats::add(&shared.bridge().messages_in, 1);
-            shared.deliver(targets, ShardMessage::Deliver(Arc::new(delivery))).await;
-        }
-        Err(why) => {
+    let text = match value_text(payload) {
+        Some(text) if text.len() <= shared.max_payload => text,
+        other => {
+            let why =
+                if other.is_none() { wire::Dropped::NotUtf8 } else { wire::Dropped::TooLarge };
             BridgeStats::add(&shared.bridge().dropped_messages, 1);
-            debug!(%why, "dropped a message from Redis");
+            debug!(%why, ?route, "dropped a message from Redis");
+            return;
         }
-    }
+    };
+    let delivery = wire::delivery_from(route, text, json);
+    BridgeStats::add(&shared.bridge().messages_in, 1);
+    shared.deliver(targets, ShardMessage::Deliver(Arc::new(delivery))).await;
 }
 
 /// Applies a shard's interest change to the table; returns what Redis must do about it.

@@ -119,6 +119,10 @@ pub(crate) enum Dropped {
     /// Not UTF-8 (or not a string at all): it cannot be sent as a text frame.
     #[error("payload is not UTF-8")]
     NotUtf8,
+    /// Larger than a connection's outbound queue limit: queueing it would cut off every
+    /// receiver as a slow consumer.
+    #[error("payload larger than outbound_queue_limit")]
+    TooLarge,
 }
 
 /// The `ws_broadcast` payload fields corecast reads (others are ignored).
