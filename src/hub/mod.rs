@@ -134,6 +134,11 @@ impl Hub {
         self.users.get(user).map_or(&[], ConnSet::as_slice)
     }
 
+    /// Whether `conn` is subscribed to `topic` (O(1)).
+    pub fn is_subscribed(&self, topic: &str, conn: ConnId) -> bool {
+        self.topics.get(topic).is_some_and(|set| set.contains(conn))
+    }
+
     /// The local subscribers of `topic`.
     pub fn topic_conns(&self, topic: &str) -> &[ConnId] {
         self.topics.get(topic).map_or(&[], ConnSet::as_slice)
@@ -199,6 +204,8 @@ mod tests {
         assert_eq!(hub.unsubscribe("t", ConnId(1)), None);
         assert_eq!(hub.unsubscribe("t", ConnId(1)), None, "not subscribed: nothing");
         assert_eq!(sorted(hub.topic_conns("t")), [ConnId(2)]);
+        assert!(hub.is_subscribed("t", ConnId(2)) && !hub.is_subscribed("t", ConnId(1)));
+        assert!(!hub.is_subscribed("other", ConnId(2)));
         assert_eq!(
             hub.unsubscribe("t", ConnId(2)),
             Some(InterestChange::Lost(Interest::Topic("t".into())))

@@ -259,7 +259,7 @@ impl Shard {
         for id in answer {
             // Still subscribed (an unsubscribe or a close removed it from the waiters).
             if let Some(conn) = conns.get(id.0 as usize)
-                && hub.topic_conns(topic).contains(&id)
+                && hub.is_subscribed(topic, id)
             {
                 conn.enqueue(&self.ctx, &frame);
             }
