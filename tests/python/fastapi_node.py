@@ -13,12 +13,14 @@ Run: REDIS_URL=redis://127.0.0.1:PORT/0 python -m uvicorn fastapi_node:app --por
 import asyncio
 import json
 import os
+import sys
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# Required: the tests and benchmarks start their own Redis on a free port.
+REDIS_URL = os.environ.get("REDIS_URL") or sys.exit("set REDIS_URL (redis://host:port/db)")
 CHANNEL = "ws_broadcast"
 
 

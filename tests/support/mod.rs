@@ -171,17 +171,31 @@ pub async fn health_of(addr: SocketAddr) -> Value {
     serde_json::from_str(&body).expect("healthz is JSON")
 }
 
-/// Polls `/healthz` of the node at `addr` until `pred` holds (bounded by [`WAIT`]). The
-/// poll interval is not synchronisation: the predicate is what the test waits for.
-pub async fn wait_for_health(addr: SocketAddr, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    within(WAIT, what, async {
+/// Checks `check` every 20 ms until it returns `Some`, for at most `limit` (then panics
+/// with `what`). For conditions no message announces (a counter, a Redis subscription
+/// count, a port that starts listening): the interval is not synchronisation, the
+/// condition is what the test waits for.
+pub async fn poll_until<T, Fut: Future<Output = Option<T>>>(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Fut,
+) -> T {
+    within(limit, what, async {
         loop {
-            let h = health_of(addr).await;
-            if pred(&h) {
-                return h;
+            if let Some(found) = check().await {
+                return found;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    })
+    .await
+}
+
+/// Polls `/healthz` of the node at `addr` until `pred` holds (bounded by [`WAIT`]).
+pub async fn wait_for_health(addr: SocketAddr, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    poll_until(WAIT, what, || async {
+        let h = health_of(addr).await;
+        pred(&h).then_some(h)
     })
     .await
 }

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use super::{Client, WAIT, redis::RedisServer, within};
+use super::{Client, WAIT, poll_until, redis::RedisServer, within};
 
 /// Packages the FastAPI node needs.
 const PACKAGES: [&str; 4] = ["fastapi", "uvicorn", "redis", "websockets"];
@@ -76,10 +76,9 @@ impl PythonNode {
             .expect("uvicorn starts");
         let node = PythonNode { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) };
         redis.wait_numsub("ws_broadcast", before + 1).await;
-        within(WAIT, "uvicorn listens", async {
-            while tokio::net::TcpStream::connect(node.addr).await.is_err() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+        let addr = node.addr;
+        poll_until(WAIT, "uvicorn listens", || async move {
+            tokio::net::TcpStream::connect(addr).await.ok().map(drop)
         })
         .await;
         node

@@ -14,7 +14,7 @@ use fred::{
     types::{Value, config::Config as RedisConfig},
 };
 
-use super::{WAIT, within};
+use super::{WAIT, poll_until, within};
 
 /// A `redis-server` child process. Killed on drop.
 pub struct RedisServer {
@@ -181,23 +181,16 @@ impl RedisServer {
         self.child = Some(child);
         let port = self.port;
         let tls = self.tls.is_some();
-        within(WAIT, "redis-server answers PING", async move {
-            loop {
-                if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-                    if tls {
-                        return; // listening; the nodes' TLS handshake is the real check
-                    }
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let mut buf = [0u8; 16];
-                    if s.write_all(b"PING\r\n").await.is_ok()
-                        && matches!(s.read(&mut buf).await,
-                            Ok(n) if buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
-                    {
-                        return;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        poll_until(WAIT, "redis-server answers PING", || async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+            if tls {
+                return Some(()); // listening; the nodes' TLS handshake is the real check
             }
+            let mut buf = [0u8; 16];
+            s.write_all(b"PING\r\n").await.ok()?;
+            let n = s.read(&mut buf).await.ok()?;
+            (buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH")).then_some(())
         })
         .await;
     }
@@ -261,13 +254,8 @@ impl RedisServer {
     /// Waits until `PUBSUB NUMSUB channel` is `n` (interest changes without a reply to
     /// wait for, such as a user's channel after a connect or a close).
     pub async fn wait_numsub(&self, channel: &str, n: i64) {
-        within(WAIT, &format!("NUMSUB {channel} == {n}"), async {
-            loop {
-                if self.numsub(channel).await == n {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+        poll_until(WAIT, &format!("NUMSUB {channel} == {n}"), || async {
+            (self.numsub(channel).await == n).then_some(())
         })
         .await;
     }
