@@ -287,8 +287,6 @@ async fn run(
     let publishes =
         tokio::task::spawn_local(publish_jobs(shared.clone(), publisher.clone(), jobs_rx));
 
-    // A token only this process publishes: another node with the same id is not us.
-    let token = format!("{node}/{}", std::process::id());
     let mut watchdog = Watchdog::new(settings.heartbeat_timeout);
     let mut ticker = tokio::time::interval(settings.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -303,20 +301,13 @@ async fn run(
                 let mut taken = 0;
                 while let Some(message) = next.take() {
                     match message {
-                        Ok(message) => {
-                            on_message(&shared, &message, &token, &mut watchdog, &mut json, &mut targets)
-                                .await;
-                        }
+                        Ok(message) => on_message(&shared, &message, &mut json, &mut targets).await,
                         Err(RecvError::Lagged(n)) => {
                             BridgeStats::add(&shared.bridge().lagged, n);
                             warn!(dropped = n, "the Redis bridge fell behind: fred dropped messages (Lagged)");
                         }
                         Err(RecvError::Closed) => break 'bridge,
                     }
-                    // Anything from Redis proves the subscriber connection alive: under a
-                    // flood the heartbeat waits behind the backlog, and a forced reconnect
-                    // would throw the backlog away.
-                    watchdog.heard(Instant::now());
                     taken += 1;
                     if taken < RECEIVE_BATCH {
                         next = match messages.try_recv() {
@@ -326,6 +317,10 @@ async fn run(
                         };
                     }
                 }
+                // Anything from Redis (the heartbeat or any other message) proves the
+                // subscriber connection alive: under a flood the heartbeat waits behind the
+                // backlog, and a forced reconnect would throw the backlog away.
+                watchdog.heard(Instant::now());
             }
             error = sub_errors.recv() => log_error(error, "subscriber", &mut last_error),
             error = pub_errors.recv() => log_error(error, "publisher", &mut last_error),
@@ -361,10 +356,10 @@ async fn run(
                     }
                 }
                 if connected {
-                    let (publisher, channel, token) =
-                        (publisher.clone(), shared.channels.heartbeat().to_owned(), token.clone());
+                    let (publisher, channel) = (publisher.clone(), shared.channels.heartbeat().to_owned());
+                    let beat = node.to_string();
                     tokio::task::spawn_local(async move {
-                        let _: Result<Value, _> = publisher.publish(channel, token).await;
+                        let _: Result<Value, _> = publisher.publish(channel, beat).await;
                     });
                 }
             }
@@ -446,22 +441,17 @@ fn log_error(
     }
 }
 
-/// One message from Redis: an event for local connections, or this node's heartbeat.
+/// One message from Redis: an event for local connections, or this node's heartbeat
+/// (which needs nothing more: every message counts as liveness).
 async fn on_message(
     shared: &Shared,
     message: &fred::types::Message,
-    token: &str,
-    watchdog: &mut Watchdog,
     json: &mut String,
     targets: &mut Vec<ShardId>,
 ) {
     match shared.channels.classify(&message.channel) {
         Incoming::Event(route) => receive(shared, route, &message.value, json, targets).await,
-        Incoming::Heartbeat => {
-            if value_text(&message.value) == Some(token) {
-                watchdog.heard(Instant::now());
-            }
-        }
+        Incoming::Heartbeat => {}
         Incoming::Unknown(channel) => debug!(channel, "message on an unread channel"),
     }
 }
