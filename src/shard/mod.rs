@@ -266,6 +266,18 @@ impl Shard {
         }
     }
 
+    /// Connection `id` is closing: it no longer waits for any topic's confirmation. (Its
+    /// topics are looked up only when some topic is unconfirmed, which is rare.)
+    fn forget_waiting(&self, id: ConnId) {
+        let mut awaiting = self.awaiting.borrow_mut();
+        if awaiting.is_empty() {
+            return;
+        }
+        for topic in self.hub.borrow().topics_of(id) {
+            awaiting.forget(topic, id);
+        }
+    }
+
     /// Sends `json` to connection `id` if it is still `user`'s.
     fn reply_to(&self, id: ConnId, user: &str, json: &str) {
         let conns = self.table.borrow();

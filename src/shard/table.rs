@@ -106,12 +106,7 @@ impl Drop for Registered {
         conn.abort();
         let id = conn.id();
         let mut lost = Vec::new();
-        {
-            let mut awaiting = shard.awaiting.borrow_mut();
-            for topic in shard.hub.borrow().topics_of(id) {
-                awaiting.forget(topic, id);
-            }
-        }
+        shard.forget_waiting(id);
         shard.hub.borrow_mut().remove_conn(conn.user(), id, &mut lost);
         for change in lost {
             shard.bus.change_interest(change);
