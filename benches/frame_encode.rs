@@ -53,7 +53,7 @@ fn fan_out(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("shared", n), &n, |b, _| {
             let ev = event();
             b.iter(|| {
-                let delivery = ev.encode(&NodeId("bench".into()));
+                let delivery = ev.encode(&NodeId("bench".into()), None);
                 let frame = Rc::new(delivery.seed.clone().expect("broadcast has a seed frame"));
                 for q in shared_queues.iter_mut() {
                     q.push_back(frame.clone());

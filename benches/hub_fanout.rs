@@ -36,20 +36,20 @@ fn fan_out(c: &mut Criterion) {
         // Half the connections subscribe to "news", the other half to "sports".
         for (i, registered) in conns.iter().enumerate() {
             let topic = if i % 2 == 0 { "news" } else { "sports" };
-            shard.subscribe(registered.conn().id(), topic);
+            shard.subscribe(registered.conn().id(), topic, None);
         }
         let broadcast = Event {
             sender: "pub".into(),
             route: Route::Broadcast,
             payload: Payload::Text("x".repeat(64)),
         }
-        .encode(&node);
+        .encode(&node, None);
         let topic = Event {
             sender: "pub".into(),
             route: Route::Topic("news".into()),
             payload: Payload::Text("x".repeat(64)),
         }
-        .encode(&node);
+        .encode(&node, None);
 
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::new("broadcast", n), &n, |b, _| {

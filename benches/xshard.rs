@@ -27,7 +27,7 @@ fn delivery() -> Arc<Delivery> {
             route: Route::Broadcast,
             payload: Payload::Text("x".repeat(64)),
         }
-        .encode(&NodeId("bench".into())),
+        .encode(&NodeId("bench".into()), None),
     )
 }
 

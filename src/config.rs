@@ -16,6 +16,7 @@ use clap::{ArgMatches, FromArgMatches, parser::ValueSource};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+pub use crate::history::retention::HistoryRules;
 
 /// A duration written as `250ms`, `25s`, `5m`, `1h`, or `0`/`off` (disabled where allowed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -553,6 +554,18 @@ config_options! {
     redis_command_queue: Count = 65_536, env = "CORECAST_REDIS_COMMAND_QUEUE";
     /// Messages from Redis buffered for the bridge thread; when it falls further behind, messages are dropped and counted (`lagged` in `/healthz`).
     redis_receive_buffer: Count = 65_536, env = "CORECAST_REDIS_RECEIVE_BUFFER";
+    /// Events kept per stream (topic, broadcast, each user's direct messages) for recovery and late joiners; 0 turns history and event ids off. Per-pattern overrides in `history_rules`.
+    history_size: Count = 100, env = "CORECAST_HISTORY_SIZE";
+    /// How long a stream's history is kept after its last event.
+    history_ttl: HumanDuration = HumanDuration(Duration::from_secs(300)), env = "CORECAST_HISTORY_TTL";
+    /// History per topic pattern: `pattern=size/ttl` or `pattern=0` (off), comma-separated, first match wins; `*` matches one or more characters other than `.`; `@broadcast` and `@direct` name those streams. E.g. `chat.*=500/10m,ticks.*=0`.
+    history_rules: HistoryRules = HistoryRules::default(), env = "CORECAST_HISTORY_RULES";
+    /// How long a stream's epoch and offset outlive its last event; its next event after that starts a new epoch (older positions get `recovered: false`).
+    history_meta_ttl: HumanDuration = HumanDuration(Duration::from_secs(86_400)), env = "CORECAST_HISTORY_META_TTL";
+    /// Most events replayed to one client recovering a stream; a longer gap is answered `recovered: false`.
+    recovery_max_replay: Count = 1000, env = "CORECAST_RECOVERY_MAX_REPLAY";
+    /// How long a publish `idempotency_key` is remembered: a retry within it gets the first publish's id.
+    idempotency_window: HumanDuration = HumanDuration(Duration::from_secs(300)), env = "CORECAST_IDEMPOTENCY_WINDOW";
 }
 
 /// Largest accepted user id, in bytes (ids are `[A-Za-z0-9_.-]`).
@@ -594,6 +607,15 @@ impl Config {
         }
         if self.send_batch > 4096 {
             return bad("send_batch must be at most 4096 (0 turns io_uring sends off)".into());
+        }
+        if self.history_meta_ttl.0 < self.history_ttl.0 {
+            return bad("history_meta_ttl must be at least history_ttl".into());
+        }
+        if self.recovery_max_replay == 0 {
+            return bad("recovery_max_replay must be at least 1".into());
+        }
+        if self.idempotency_window.enabled().is_none() {
+            return bad("idempotency_window cannot be off".into());
         }
         if self.ping_interval.enabled().is_some() && self.pong_timeout.enabled().is_none() {
             return bad("pong_timeout cannot be off while ping_interval is on".into());

@@ -11,7 +11,7 @@
 
 use crate::{
     frame,
-    xshard::{Delivery, NodeId, Route},
+    xshard::{Delivery, EventId, NodeId, Route},
 };
 
 /// The body of an event.
@@ -22,6 +22,16 @@ pub enum Payload {
     /// A v1 client's non-string `data`: one JSON value, already serialized (compact).
     /// String `data` arrives as [`Payload::Text`]: both mean "this string".
     Json(String),
+}
+
+/// How a v1 client asked for its publish to be handled (`ack`, `idempotency_key`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// Answer `{"type":"published",...,"id":...}` once the event is stored.
+    pub ack: bool,
+    /// A retried publish with this key (on the same stream, within the idempotency
+    /// window) gets the first publish's id instead of being stored twice.
+    pub idempotency_key: Option<Box<str>>,
 }
 
 /// Something a client published, before encoding.
@@ -37,31 +47,33 @@ pub struct Event {
 
 impl Event {
     /// Encodes the frames every receiver needs: the v1 frame always, the seed frame for
-    /// broadcasts. Each is built exactly once here. `origin` is the publishing node.
-    pub fn encode(&self, origin: &NodeId) -> Delivery {
-        let mut json = String::with_capacity(64 + self.payload_len());
-        self.write_v1(&mut json);
+    /// broadcasts. Each is built exactly once here. `origin` is the publishing node; `id`
+    /// the event's position in its stream, when the stream keeps history.
+    pub fn encode(&self, origin: &NodeId, id: Option<EventId>) -> Delivery {
+        let mut json = String::with_capacity(96 + self.payload_len());
+        self.write_v1(&mut json, id);
         let v1 = frame::encode_text(&json);
         let seed = matches!(self.route, Route::Broadcast).then(|| {
             json.clear();
-            self.write_seed(&mut json, false);
+            self.write_seed(&mut json, false, id);
             frame::encode_text(&json)
         });
-        Delivery { route: self.route.clone(), id: None, origin: origin.clone(), v1, seed }
+        Delivery { route: self.route.clone(), id, origin: origin.clone(), v1, seed }
     }
 
     /// The event as the v1 message its receivers get:
     /// `{"type":"message","topic":T,"sender":S,"data":D}`, `{"type":"direct",...}` or
-    /// `{"type":"broadcast",...}`.
-    pub(crate) fn write_v1(&self, json: &mut String) {
+    /// `{"type":"broadcast",...}`; with an id, `"id"` comes first: `{"id":"E:O","type":...`.
+    pub(crate) fn write_v1(&self, json: &mut String, id: Option<EventId>) {
+        push_id(json, id);
         match &self.route {
-            Route::Broadcast => json.push_str(r#"{"type":"broadcast","sender":"#),
+            Route::Broadcast => json.push_str(r#""type":"broadcast","sender":"#),
             Route::Topic(topic) => {
-                json.push_str(r#"{"type":"message","topic":"#);
+                json.push_str(r#""type":"message","topic":"#);
                 push_json_str(json, topic);
                 json.push_str(r#","sender":"#);
             }
-            Route::Direct(_) => json.push_str(r#"{"type":"direct","sender":"#),
+            Route::Direct(_) => json.push_str(r#""type":"direct","sender":"#),
         }
         push_json_str(json, &self.sender);
         json.push_str(r#","data":"#);
@@ -75,9 +87,11 @@ impl Event {
     /// The event in the seed format `{"sender":S,"text":X}`: X is the text, or the JSON
     /// text of non-string data. With `with_data`, non-string data is also kept as the
     /// value itself in an extra `"data"` field (the `ws_broadcast` payload: seed readers
-    /// ignore the field, v1 receivers get the value back).
-    pub(crate) fn write_seed(&self, json: &mut String, with_data: bool) {
-        json.push_str(r#"{"sender":"#);
+    /// ignore the field, v1 receivers get the value back). With an id, `"id"` comes
+    /// first.
+    pub(crate) fn write_seed(&self, json: &mut String, with_data: bool, id: Option<EventId>) {
+        push_id(json, id);
+        json.push_str(r#""sender":"#);
         push_json_str(json, &self.sender);
         json.push_str(r#","text":"#);
         match &self.payload {
@@ -97,6 +111,15 @@ impl Event {
         match &self.payload {
             Payload::Text(s) | Payload::Json(s) => s.len(),
         }
+    }
+}
+
+/// Opens a JSON object, with `"id":"E:O",` as its first field when there is an id.
+fn push_id(json: &mut String, id: Option<EventId>) {
+    json.push('{');
+    if let Some(id) = id {
+        use std::fmt::Write;
+        let _ = write!(json, r#""id":"{id}","#);
     }
 }
 
@@ -151,7 +174,7 @@ mod tests {
             route: Route::Broadcast,
             payload: Payload::Text("hi \"there\"\n".into()),
         };
-        let d = event.encode(&node());
+        let d = event.encode(&node(), None);
         assert_eq!(
             text_of(&d.v1),
             r#"{"type":"broadcast","sender":"alice","data":"hi \"there\"\n"}"#
@@ -169,7 +192,7 @@ mod tests {
             route: Route::Broadcast,
             payload: Payload::Text("plain é".into()),
         }
-        .encode(&node());
+        .encode(&node(), None);
         assert_eq!(text_of(&string.v1), r#"{"type":"broadcast","sender":"bob","data":"plain é"}"#);
         assert_eq!(text_of(string.seed.as_ref().unwrap()), r#"{"sender":"bob","text":"plain é"}"#);
         let object = Event {
@@ -177,7 +200,7 @@ mod tests {
             route: Route::Broadcast,
             payload: Payload::Json(r#"{"x":1}"#.into()),
         }
-        .encode(&node());
+        .encode(&node(), None);
         assert_eq!(text_of(&object.v1), r#"{"type":"broadcast","sender":"bob","data":{"x":1}}"#);
         assert_eq!(
             text_of(object.seed.as_ref().unwrap()),
@@ -192,7 +215,7 @@ mod tests {
             route: Route::Topic("news".into()),
             payload: Payload::Json("[1,2]".into()),
         }
-        .encode(&node());
+        .encode(&node(), None);
         assert_eq!(
             text_of(&topic.v1),
             r#"{"type":"message","topic":"news","sender":"c","data":[1,2]}"#
@@ -203,8 +226,21 @@ mod tests {
             route: Route::Direct("d".into()),
             payload: Payload::Json("null".into()),
         }
-        .encode(&node());
+        .encode(&node(), None);
         assert_eq!(text_of(&direct.v1), r#"{"type":"direct","sender":"c","data":null}"#);
+    }
+
+    #[test]
+    fn an_id_is_the_first_field_of_both_formats() {
+        let event = Event {
+            sender: "al".into(),
+            route: Route::Broadcast,
+            payload: Payload::Text("x".into()),
+        };
+        let d = event.encode(&node(), Some(EventId { epoch: 17, offset: 3 }));
+        assert_eq!(text_of(&d.v1), r#"{"id":"17:3","type":"broadcast","sender":"al","data":"x"}"#);
+        assert_eq!(text_of(d.seed.as_ref().unwrap()), r#"{"id":"17:3","sender":"al","text":"x"}"#);
+        assert_eq!(d.id, Some(EventId { epoch: 17, offset: 3 }));
     }
 
     #[test]

@@ -98,8 +98,12 @@ pub fn command(data: &[u8]) {
         Ok(
             command::Command::Publish { payload, .. } | command::Command::Direct { payload, .. },
         ) => payload,
-        Ok(command::Command::Broadcast(payload)) => payload,
-        Ok(command::Command::Subscribe(t) | command::Command::Unsubscribe(t)) => {
+        Ok(command::Command::Broadcast(payload, _)) => payload,
+        Ok(
+            command::Command::Subscribe { topic: t, .. }
+            | command::Command::Unsubscribe(t)
+            | command::Command::History { topic: t, .. },
+        ) => {
             assert!(command::is_valid_topic(&t));
             return;
         }

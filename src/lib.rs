@@ -61,6 +61,8 @@
 //!   `bus::interest` is the pure interest table both use.
 //! - `xshard` (any thread): every type that crosses threads — deliveries, inbox
 //!   messages, interest changes, node counters, the connection budget.
+//! - `history` (whoever sequences a stream, pure): event ids, retention rules, the
+//!   recovery decision, and the embedded bus's in-memory history.
 //! - `event`, `frame` (any thread, pure): events and their encoding; the frame codec.
 //! - `config` (main thread, then copied into each shard): every option.
 //! - `sys` (main thread at start-up, shard threads for sends): OS calls; the only module
@@ -78,6 +80,7 @@ mod bus;
 mod conn;
 mod event;
 mod frame;
+mod history;
 mod hub;
 mod server;
 mod shard;

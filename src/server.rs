@@ -175,6 +175,8 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
                 command_queue: cfg.redis_command_queue,
                 receive_buffer: cfg.redis_receive_buffer,
                 max_payload: cfg.outbound_queue_limit.0,
+                history: crate::history::memory::HistorySettings::of(&cfg),
+                idempotency_window: cfg.idempotency_window.0,
             };
             let core = cpu.map(|id| core_affinity::CoreId { id });
             let (lane, thread) = bus::redis::spawn(

@@ -77,14 +77,38 @@ impl std::fmt::Display for NodeId {
     }
 }
 
-/// The position of an event in its stream: `<epoch>:<offset>`. Assigned by the bus that
-/// sequences the stream; `None` on a [`Delivery`] until a bus keeps history (recovery).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// The position of an event in its stream: `<epoch>:<offset>` (decimal numbers). Assigned
+/// by whoever stores the stream's history (the Redis publish script, or the embedded
+/// sequencer); `None` on a [`Delivery`] of a stream without history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EventId {
     /// Changes whenever the stream's history was lost.
     pub epoch: u64,
-    /// Grows by one per event of the stream.
+    /// Grows by exactly one per event of the stream; the first event is 1.
     pub offset: u64,
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.epoch, self.offset)
+    }
+}
+
+impl std::str::FromStr for EventId {
+    type Err = &'static str;
+
+    /// Strict: two decimal numbers of at most 19 digits each, no sign, no spaces.
+    fn from_str(s: &str) -> Result<EventId, &'static str> {
+        const WHY: &str = "an event id is <epoch>:<offset> (two decimal numbers)";
+        let (epoch, offset) = s.split_once(':').ok_or(WHY)?;
+        let number = |part: &str| {
+            if part.is_empty() || part.len() > 19 || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(WHY);
+            }
+            part.parse::<u64>().map_err(|_| WHY)
+        };
+        Ok(EventId { epoch: number(epoch)?, offset: number(offset)? })
+    }
 }
 
 /// One event, encoded once per wire format, on its way to the shards that want it.
@@ -111,8 +135,25 @@ pub(crate) enum ShardMessage {
     /// The bus now delivers `topic`'s events to this shard: the subscribers waiting for
     /// that (one per `Interest::Topic` gain the shard reported) get their `subscribed`.
     TopicConfirmed(Box<str>),
+    /// The answer to one connection's replay request.
+    Replayed {
+        /// Who asked.
+        to: Box<ReplayTo>,
+        /// The answer.
+        answer: Box<ReplayAnswer>,
+    },
+    /// The node could not fill a gap in this stream (its history no longer covers it):
+    /// its local subscribers are told `recovered: false`.
+    StreamLost(Route),
+    /// The bus became unable (`false`) or able again (`true`) to reach the other nodes:
+    /// v1 clients are told `degraded` / `restored`.
+    BusState {
+        /// Whether publishes reach every node.
+        ready: bool,
+    },
     /// A reply for one connection (a v1 publisher whose event could not reach the other
-    /// nodes). `user` guards against a connection id reused in the meantime.
+    /// nodes, or its publish receipt). `user` guards against a connection id reused in
+    /// the meantime.
     Reply {
         /// The connection.
         conn: ConnId,
@@ -121,6 +162,51 @@ pub(crate) enum ShardMessage {
         /// The JSON text to send it.
         json: Box<str>,
     },
+}
+
+/// What a connection asked the bus for a stream's past events for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReplayPurpose {
+    /// Recovery after a reconnect (`since` on subscribe, `?lastEventId=`): the missed
+    /// events, then `recovered`; the connection's live events wait for the answer.
+    Recover,
+    /// `since: "latest"`: the stream's last event, before live ones.
+    Latest,
+    /// The `history` command: one page, answered as one message; no subscription.
+    History,
+}
+
+/// Who receives a replay answer (one connection of one shard).
+#[derive(Debug, Clone)]
+pub(crate) struct ReplayTo {
+    /// The asking shard.
+    pub shard: ShardId,
+    /// The stream asked about.
+    pub route: Route,
+    /// The connection.
+    pub conn: ConnId,
+    /// Its user id (guards against a connection id reused meanwhile).
+    pub user: Box<str>,
+    /// Matches the answer with the shard's pending request.
+    pub token: u64,
+    /// What the answer is for.
+    pub purpose: ReplayPurpose,
+}
+
+/// The bus's answer to a replay request.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ReplayAnswer {
+    /// The position was recoverable: `events` are everything after it (up to the limit).
+    /// `false`: the epoch changed, the position was trimmed, is in the future, or the gap
+    /// is over the replay limit — the client must resync from its source of truth.
+    pub recovered: bool,
+    /// The events, oldest first.
+    pub events: Vec<Arc<Delivery>>,
+    /// The stream's position after these events (the last one's id, or where the stream
+    /// stood when nothing was missed); `None` when the stream has no history.
+    pub position: Option<EventId>,
+    /// A history page stopped at its limit: more events follow `position`.
+    pub more: bool,
 }
 
 /// Something a shard wants from the bus, or stops wanting. Sent when the first local
@@ -236,6 +322,15 @@ pub struct BridgeStats {
     /// Messages received from Redis and dropped (payload not UTF-8, or larger than
     /// `outbound_queue_limit`).
     pub dropped_messages: AtomicU64,
+    /// Reads of the history in Redis (gap fills and client replays; concurrent replays of
+    /// one stream share one read).
+    pub history_reads: AtomicU64,
+    /// Events live delivery had missed (lost in Pub/Sub) and the node delivered from the
+    /// history instead.
+    pub gaps_filled: AtomicU64,
+    /// Times a stream's local clients were told `recovered: false` because the node could
+    /// not fill a gap (history trimmed, expired or wiped).
+    pub streams_lost: AtomicU64,
 }
 
 impl BridgeStats {

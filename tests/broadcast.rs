@@ -98,11 +98,16 @@ async fn read_all(
     count: usize,
 ) -> (String, Vec<(String, String)>) {
     let mut got = Vec::with_capacity(count);
+    let mut epochs = std::collections::HashSet::new();
     within(WAIT, &format!("{user} receives {count}"), async {
         while got.len() < count {
             match futures_util::StreamExt::next(&mut stream).await {
                 Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
-                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    let mut v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    // One stream: every receiver sees offsets 1, 2, 3, ... of one epoch.
+                    let (epoch, offset) = take_id(&mut v);
+                    assert_eq!(offset, got.len() as u64 + 1, "{user}: offsets are contiguous");
+                    assert!(epochs.insert(epoch) || epochs.len() == 1, "{user}: one epoch");
                     assert_eq!(v.as_object().unwrap().len(), 2, "exactly sender and text: {v}");
                     got.push((
                         v["sender"].as_str().unwrap().to_owned(),
@@ -129,6 +134,9 @@ async fn first_frame_in_the_upgrade_write_is_delivered() {
     let got = early.next_frame().await.expect("a frame before EOF");
     assert_eq!(got.opcode, 0x1);
     let json: serde_json::Value = serde_json::from_slice(&got.payload).unwrap();
-    assert_eq!(json, serde_json::json!({"sender": "early", "text": "sent with the request"}));
+    assert_eq!(
+        without_id(json),
+        serde_json::json!({"sender": "early", "text": "sent with the request"})
+    );
     assert_eq!(bystander.recv_json().await["text"], "sent with the request");
 }

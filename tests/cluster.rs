@@ -14,7 +14,7 @@ use crate::support::{
     Client, TestServer, WAIT, connect, http_get, poll_until,
     python::PythonNode,
     redis::{RedisServer, TlsFiles},
-    within,
+    take_id, within, without_id,
 };
 
 /// A node on `redis`, ready (its heartbeat came back through Redis).
@@ -71,20 +71,33 @@ async fn three_nodes_deliver_exactly_once_in_order() {
     seed[1].send_text("hello from b").await;
     let seed_frame = json!({"sender":"s1","text":"hello from b"});
     let v1_frame = json!({"type":"broadcast","sender":"s1","data":"hello from b"});
+    // One id per event, the same on every node and in both formats.
+    let mut ids = std::collections::HashSet::new();
     for c in &mut seed {
-        assert_eq!(c.recv_json().await, seed_frame);
+        let mut m = c.recv_json().await;
+        ids.insert(take_id(&mut m));
+        assert_eq!(m, seed_frame);
     }
     for c in v1.iter_mut().chain(dora.iter_mut()) {
-        assert_eq!(c.recv_json().await, v1_frame);
+        let mut m = c.recv_json().await;
+        ids.insert(take_id(&mut m));
+        assert_eq!(m, v1_frame);
     }
+    assert_eq!(ids.len(), 1, "{ids:?}");
 
     // A v1 broadcast of object data: seed clients get the ws_broadcast payload itself.
     v1[1].send_json(json!({"op":"broadcast","data":{"n":1}})).await;
     for c in &mut seed {
-        assert_eq!(c.recv_json().await, json!({"sender":"v1","text":"{\"n\":1}","data":{"n":1}}));
+        assert_eq!(
+            without_id(c.recv_json().await),
+            json!({"sender":"v1","text":"{\"n\":1}","data":{"n":1}})
+        );
     }
     for c in v1.iter_mut().chain(dora.iter_mut()) {
-        assert_eq!(c.recv_json().await, json!({"type":"broadcast","sender":"v1","data":{"n":1}}));
+        assert_eq!(
+            without_id(c.recv_json().await),
+            json!({"type":"broadcast","sender":"v1","data":{"n":1}})
+        );
     }
 
     // A topic, from node b (no subscriber there): in order, to a and c only.
@@ -94,24 +107,33 @@ async fn three_nodes_deliver_exactly_once_in_order() {
     for at in [0, 2] {
         for i in 0..20 {
             let expected = json!({"type":"message","topic":"room","sender":"v1","data":i});
-            assert_eq!(v1[at].recv_json().await, expected);
+            let mut m = v1[at].recv_json().await;
+            // The topic's own stream: offsets 1..=20 on every node.
+            assert_eq!(take_id(&mut m).1, i + 1);
+            assert_eq!(m, expected);
         }
     }
 
     // A direct message reaches both of dora's connections.
     v1[1].send_json(json!({"op":"direct","to":"dora","data":"psst"})).await;
     for c in &mut dora {
-        assert_eq!(c.recv_json().await, json!({"type":"direct","sender":"v1","data":"psst"}));
+        assert_eq!(
+            without_id(c.recv_json().await),
+            json!({"type":"direct","sender":"v1","data":"psst"})
+        );
     }
 
     // A last broadcast: everyone's next message. Anything received twice, or by someone
     // it was not for, would come before it.
     seed[0].send_text("end").await;
     for c in &mut seed {
-        assert_eq!(c.recv_json().await, json!({"sender":"s0","text":"end"}));
+        assert_eq!(without_id(c.recv_json().await), json!({"sender":"s0","text":"end"}));
     }
     for c in v1.iter_mut().chain(dora.iter_mut()) {
-        assert_eq!(c.recv_json().await, json!({"type":"broadcast","sender":"s0","data":"end"}));
+        assert_eq!(
+            without_id(c.recv_json().await),
+            json!({"type":"broadcast","sender":"s0","data":"end"})
+        );
     }
 }
 
@@ -132,7 +154,7 @@ async fn each_node_subscribes_once_per_channel_of_interest() {
     subscribe(&mut eager, "fresh").await;
     eager.send_json(json!({"op":"publish","topic":"fresh","data":"mine"})).await;
     assert_eq!(
-        eager.recv_json().await,
+        without_id(eager.recv_json().await),
         json!({"type":"message","topic":"fresh","sender":"eager","data":"mine"})
     );
 
@@ -220,12 +242,14 @@ async fn ws_broadcast_interoperates_with_other_publishers() {
         }
     })
     .await;
+    // Stored first, so it carries its id (first field) for other readers too.
+    assert!(published.starts_with(r#"{"id":""#), "{published}");
     assert_eq!(
-        serde_json::from_str::<Value>(&published).unwrap(),
+        without_id(serde_json::from_str::<Value>(&published).unwrap()),
         json!({"sender":"s","text":"from corecast"})
     );
-    // The dropped messages sent nothing: the next message is this one.
-    assert_eq!(seed_text(&mut seed).await, r#"{"sender":"s","text":"from corecast"}"#);
+    // The dropped messages sent nothing: the next message is this one, verbatim.
+    assert_eq!(seed_text(&mut seed).await, published);
 }
 
 /// The next text message, as sent.
@@ -260,7 +284,11 @@ async fn redis_killed_and_restarted() {
     redis.kill();
     wait_readyz(a.addr, 503, Duration::from_secs(5)).await;
     wait_readyz(b.addr, 503, Duration::from_secs(5)).await;
+    // v1 clients are told, before anything delivered while degraded.
+    assert_eq!(a2.recv_json().await, json!({"type":"degraded"}));
+    assert_eq!(b1.recv_json().await, json!({"type":"degraded"}));
     a1.send_text("local only").await;
+    // Not stored (Redis is away): no id.
     assert_eq!(a1.recv_json().await, json!({"sender":"a1","text":"local only"}));
     assert_eq!(a2.recv_json().await, json!({"type":"broadcast","sender":"a1","data":"local only"}));
     a2.send_json(json!({"op":"publish","topic":"room","data":1})).await;
@@ -273,15 +301,23 @@ async fn redis_killed_and_restarted() {
     // Both nodes ready again, then a's broadcast, topic and direct reach b1.
     wait_readyz(a.addr, 200, WAIT).await;
     wait_readyz(b.addr, 200, WAIT).await;
+    assert_eq!(a2.recv_json().await, json!({"type":"restored"}));
+    assert_eq!(b1.recv_json().await, json!({"type":"restored"}));
     a2.send_json(json!({"op":"publish","topic":"room","data":"after"})).await;
     a2.send_json(json!({"op":"direct","to":"b1","data":"after"})).await;
     a2.send_json(json!({"op":"broadcast","data":"after"})).await;
     assert_eq!(
-        b1.recv_json().await,
+        without_id(b1.recv_json().await),
         json!({"type":"message","topic":"room","sender":"a2","data":"after"})
     );
-    assert_eq!(b1.recv_json().await, json!({"type":"direct","sender":"a2","data":"after"}));
-    assert_eq!(b1.recv_json().await, json!({"type":"broadcast","sender":"a2","data":"after"}));
+    assert_eq!(
+        without_id(b1.recv_json().await),
+        json!({"type":"direct","sender":"a2","data":"after"})
+    );
+    assert_eq!(
+        without_id(b1.recv_json().await),
+        json!({"type":"broadcast","sender":"a2","data":"after"})
+    );
     let resumed = back.elapsed();
     assert!(resumed < Duration::from_secs(2), "delivery resumed {resumed:?} after Redis was back");
     let h = a.health().await;
@@ -308,8 +344,8 @@ async fn frozen_redis_is_detected_by_the_heartbeat() {
     wait_readyz(a.addr, 200, Duration::from_secs(10)).await;
     wait_readyz(b.addr, 200, Duration::from_secs(10)).await;
     a1.send_text("thawed").await;
-    assert_eq!(a1.recv_json().await, json!({"sender":"a1","text":"thawed"}));
-    assert_eq!(b1.recv_json().await, json!({"sender":"a1","text":"thawed"}));
+    assert_eq!(without_id(a1.recv_json().await), json!({"sender":"a1","text":"thawed"}));
+    assert_eq!(without_id(b1.recv_json().await), json!({"sender":"a1","text":"thawed"}));
 }
 
 /// A mixed fleet: a node of the Python/FastAPI design and corecast nodes on one Redis see
@@ -338,10 +374,14 @@ async fn mixed_fleet_with_the_python_design() {
     // corecast → Python, from a seed client and from a v1 client.
     seed.send_text("hi from corecast").await;
     v1.send_json(json!({"op":"broadcast","data":{"k":[1]}})).await;
+    // The Python nodes forward corecast's payloads verbatim, ids included.
     for c in [&mut p1, &mut p2, &mut seed] {
-        assert_eq!(c.recv_json().await, json!({"sender":"s","text":"hi from corecast"}));
         assert_eq!(
-            c.recv_json().await,
+            without_id(c.recv_json().await),
+            json!({"sender":"s","text":"hi from corecast"})
+        );
+        assert_eq!(
+            without_id(c.recv_json().await),
             json!({"sender":"v","text":"{\"k\":[1]}","data":{"k":[1]}})
         );
     }
@@ -435,8 +475,8 @@ async fn rediss_with_a_private_ca() {
     let mut on_a = connect(a.addr, "ta", false).await;
     let mut on_b = connect(b.addr, "tb", false).await;
     on_a.send_text("over tls").await;
-    assert_eq!(on_b.recv_json().await, json!({"sender":"ta","text":"over tls"}));
-    assert_eq!(on_a.recv_json().await, json!({"sender":"ta","text":"over tls"}));
+    assert_eq!(without_id(on_b.recv_json().await), json!({"sender":"ta","text":"over tls"}));
+    assert_eq!(without_id(on_a.recv_json().await), json!({"sender":"ta","text":"over tls"}));
     let h = untrusting.health().await;
     assert_eq!(h["bridge"]["connected"], false, "{h}");
     assert_eq!(h["bridge"]["reconnects"], 0, "never connected: {h}");

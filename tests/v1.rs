@@ -20,8 +20,9 @@ async fn topics_subscribe_publish_unsubscribe() {
         .send_json(json!({"op":"publish","topic":"news","data":{"headline":"hi","n":[1,2]}}))
         .await;
     let expected = json!({"type":"message","topic":"news","sender":"alice","data":{"headline":"hi","n":[1,2]}});
-    assert_eq!(alice.recv_json().await, expected);
-    assert_eq!(bob.recv_json().await, expected);
+    let (mut at_alice, mut at_bob) = (alice.recv_json().await, bob.recv_json().await);
+    assert_eq!(take_id(&mut at_alice), take_id(&mut at_bob), "one id per event");
+    assert_eq!((at_alice, at_bob), (expected.clone(), expected));
 
     bob.send_json(json!({"op":"unsubscribe","topic":"news"})).await;
     assert_eq!(bob.recv_json().await, json!({"type":"unsubscribed","topic":"news"}));
@@ -31,7 +32,7 @@ async fn topics_subscribe_publish_unsubscribe() {
     for c in [&mut alice, &mut bob, &mut carol] {
         let m = c.recv_json().await;
         assert_eq!(
-            m,
+            without_id(m),
             json!({"type":"broadcast","sender":"alice","data":"marker"}),
             "{}: nothing before the marker",
             c.user
@@ -71,7 +72,7 @@ async fn direct_reaches_all_connections_of_a_user_across_shards() {
     eve.send_json(json!({"op":"direct","to":"dora","data":{"secret":42}})).await;
     for c in &mut dora {
         assert_eq!(
-            c.recv_json().await,
+            without_id(c.recv_json().await),
             json!({"type":"direct","sender":"eve","data":{"secret":42}})
         );
     }
@@ -92,19 +93,21 @@ async fn broadcast_reaches_seed_and_v1_clients() {
     let mut seed = connect(server.addr, "sid", false).await;
 
     v1.send_json(json!({"op":"broadcast","data":{"x":1}})).await;
-    assert_eq!(v1.recv_json().await, json!({"type":"broadcast","sender":"vee","data":{"x":1}}));
-    assert_eq!(seed.recv_json().await, json!({"sender":"vee","text":"{\"x\":1}"}));
+    assert_eq!(
+        without_id(v1.recv_json().await),
+        json!({"type":"broadcast","sender":"vee","data":{"x":1}})
+    );
+    assert_eq!(without_id(seed.recv_json().await), json!({"sender":"vee","text":"{\"x\":1}"}));
 
     v1.send_json(json!({"op":"broadcast","data":"plain"})).await;
-    assert_eq!(seed.recv_json().await, json!({"sender":"vee","text":"plain"}));
+    assert_eq!(without_id(seed.recv_json().await), json!({"sender":"vee","text":"plain"}));
     assert_eq!(v1.recv_json().await["data"], "plain");
 
     seed.send_text("hello from seed").await;
-    assert_eq!(seed.recv_json().await, json!({"sender":"sid","text":"hello from seed"}));
-    assert_eq!(
-        v1.recv_json().await,
-        json!({"type":"broadcast","sender":"sid","data":"hello from seed"})
-    );
+    let (mut at_seed, mut at_v1) = (seed.recv_json().await, v1.recv_json().await);
+    assert_eq!(take_id(&mut at_seed), take_id(&mut at_v1), "one id, both formats");
+    assert_eq!(at_seed, json!({"sender":"sid","text":"hello from seed"}));
+    assert_eq!(at_v1, json!({"type":"broadcast","sender":"sid","data":"hello from seed"}));
 }
 
 /// Malformed and unknown commands get `{"type":"error","code":...}` and the connection

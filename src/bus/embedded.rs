@@ -15,15 +15,28 @@
 //! its inbox without ever waiting on anything); its channel fills up behind it, which makes
 //! the publishing clients wait on their shards. The shard thread itself never blocks.
 
-use std::{cell::RefCell, collections::VecDeque, rc::Rc, sync::Arc};
+use std::{
+    cell::RefCell,
+    collections::VecDeque,
+    rc::Rc,
+    time::{Duration, Instant},
+};
 
 use glommio::sync::Semaphore;
 use tracing::debug;
 
-use super::{BusCommand, BusCommands, BusError, interest::InterestTable};
-use crate::xshard::{
-    Delivery, Interest, InterestChange, NodeId, ShardId, ShardInboxes, ShardMessage,
+use super::{BusCommand, BusCommands, BusError, ReplayRequest, interest::InterestTable};
+use crate::{
+    conn::command::published_json,
+    history::{
+        self,
+        memory::{HistorySettings, Idempotency, MemoryHistory},
+    },
+    xshard::{Interest, InterestChange, NodeId, ShardId, ShardInboxes, ShardMessage},
 };
+
+/// Most idempotency keys one sequencer remembers (the oldest are forgotten first).
+const MAX_IDEMPOTENCY_KEYS: usize = 100_000;
 
 /// The sequencer of the streams one shard owns. Lives in that shard (`!Send`).
 ///
@@ -55,10 +68,13 @@ impl LocalSequencer {
         commands: BusCommands,
         inboxes: ShardInboxes,
         node: NodeId,
+        history: HistorySettings,
+        idempotency_window: Duration,
     ) -> Rc<LocalSequencer> {
+        let sequencer = Sequencer::new(inboxes.len(), node, history, idempotency_window);
         Rc::new(LocalSequencer {
             owner,
-            state: RefCell::new(Sequencer::new(inboxes.len(), node)),
+            state: RefCell::new(sequencer),
             turn: Semaphore::new(1),
             pending: RefCell::new(VecDeque::new()),
             commands,
@@ -101,15 +117,32 @@ impl LocalSequencer {
     }
 
     /// Applies one command; delivers a publish to every shard that wants it, in shard
-    /// order. A full inbox is waited for (its shard drains it without waiting on anyone).
+    /// order, then the publisher's receipt. A full inbox is waited for (its shard drains
+    /// it without waiting on anyone).
     async fn process(&self, command: BusCommand) {
         let mut targets = Vec::new();
-        let Some(message) = self.state.borrow_mut().handle(command, &mut targets) else { return };
-        crate::xshard::deliver_to(&self.inboxes, &targets, message).await;
+        let Output { message, reply } =
+            self.state.borrow_mut().handle(command, &mut targets, Instant::now());
+        if let Some(message) = message {
+            crate::xshard::deliver_to(&self.inboxes, &targets, message).await;
+        }
+        if let Some((shard, reply)) = reply {
+            crate::xshard::deliver_to(&self.inboxes, &[shard], reply).await;
+        }
     }
 }
 
-/// A sequencer's state: who wants the streams it owns. Pure: no I/O.
+/// What one command produces.
+#[derive(Debug, Default)]
+struct Output {
+    /// For the `targets` shards: a delivery, or a confirmation.
+    message: Option<ShardMessage>,
+    /// For one shard: a publish receipt or a replay answer.
+    reply: Option<(ShardId, ShardMessage)>,
+}
+
+/// A sequencer's state: who wants the streams it owns, and their history. Pure: no I/O,
+/// the clock is an argument.
 #[derive(Debug)]
 struct Sequencer {
     /// Shards of the node (broadcasts go to all).
@@ -118,19 +151,30 @@ struct Sequencer {
     interest: InterestTable,
     /// Stamped on every delivery as its origin.
     node: NodeId,
+    /// The streams' ids and last events.
+    history: MemoryHistory,
+    /// Publish idempotency keys.
+    idempotency: Idempotency,
 }
 
 impl Sequencer {
-    fn new(shards: usize, node: NodeId) -> Sequencer {
+    fn new(shards: usize, node: NodeId, history: HistorySettings, window: Duration) -> Sequencer {
         let shards = u16::try_from(shards).unwrap_or(u16::MAX);
-        Sequencer { shards, interest: InterestTable::default(), node }
+        Sequencer {
+            shards,
+            interest: InterestTable::default(),
+            node,
+            history: MemoryHistory::new(history, Instant::now()),
+            idempotency: Idempotency::new(window, MAX_IDEMPOTENCY_KEYS),
+        }
     }
 
-    /// Applies `command`. For a publish, fills `targets` with the shards that want it
-    /// and returns the delivery, encoded here once — or `None`, without
-    /// encoding, when no shard wants it. For a shard's new topic, returns the
-    /// confirmation for that shard (its target): from now on it gets the topic's events.
-    fn handle(&mut self, command: BusCommand, targets: &mut Vec<ShardId>) -> Option<ShardMessage> {
+    /// Applies `command`. For a publish: fills `targets` with the shards that want it and
+    /// returns the delivery, encoded here once with its id (not even encoded when nobody
+    /// wants it and its stream keeps no history), plus the publisher's receipt. For a
+    /// shard's new topic: the confirmation for that shard (its target): from now on it
+    /// gets the topic's events. For a replay: the answer, behind every delivery so far.
+    fn handle(&mut self, command: BusCommand, targets: &mut Vec<ShardId>, now: Instant) -> Output {
         targets.clear();
         match command {
             BusCommand::Interest { shard, change } => {
@@ -139,18 +183,54 @@ impl Sequencer {
                     _ => None,
                 };
                 self.interest.apply(shard, change);
-                let topic = confirm?;
+                let Some(topic) = confirm else { return Output::default() };
                 targets.push(shard);
-                Some(ShardMessage::TopicConfirmed(topic))
+                Output { message: Some(ShardMessage::TopicConfirmed(topic)), reply: None }
             }
-            BusCommand::Publish { event, .. } => {
-                self.interest.targets(&event.route, self.shards, targets);
-                // Nobody on this node wants it: not even encoded.
-                if targets.is_empty() {
-                    return None;
+            BusCommand::Publish { event, options, reply_to } => {
+                let route = event.route.clone();
+                let receipt = |id| {
+                    let (shard, conn) = reply_to?;
+                    let json = published_json(&route, id).into_boxed_str();
+                    let user = event.sender.as_str().into();
+                    Some((shard, ShardMessage::Reply { conn, user, json }))
+                };
+                let key = options.idempotency_key.as_deref();
+                if let Some(first) = key.and_then(|k| self.idempotency.seen(&route, k, now)) {
+                    // A retry of a publish already stored: its id, and nothing delivered.
+                    return Output { message: None, reply: receipt(Some(first)) };
                 }
-                let delivery: Arc<Delivery> = Arc::new(event.encode(&self.node));
-                Some(ShardMessage::Deliver(delivery))
+                self.interest.targets(&route, self.shards, targets);
+                let history = self
+                    .history
+                    .settings()
+                    .rules
+                    .retention_of(&route, self.history.settings().default);
+                if targets.is_empty() && !history.enabled() {
+                    let reply = if options.ack { receipt(None) } else { None };
+                    return Output { message: None, reply };
+                }
+                let node = &self.node;
+                let delivery = self.history.record(&route, now, |id| event.encode(node, id));
+                let id = delivery.id;
+                if let (Some(key), Some(id)) = (key, id) {
+                    self.idempotency.remember(&route, key, id, now);
+                }
+                let message = (!targets.is_empty()).then_some(ShardMessage::Deliver(delivery));
+                let reply = if options.ack { receipt(id) } else { None };
+                Output { message, reply }
+            }
+            BusCommand::Replay(request) => {
+                let ReplayRequest { route, since, limit, to } = *request;
+                let state = self.history.state(&route, now);
+                let max_replay = self.history.settings().max_replay;
+                let history = &self.history;
+                let answer = history::answer(since, state, max_replay, limit, |from, to| {
+                    history.events(&route, from, to)
+                });
+                let shard = to.shard;
+                let message = ShardMessage::Replayed { to: Box::new(to), answer: Box::new(answer) };
+                Output { message: None, reply: Some((shard, message)) }
             }
         }
     }
@@ -165,8 +245,22 @@ mod tests {
     fn publish(route: Route) -> BusCommand {
         BusCommand::Publish {
             event: Event { sender: "s".into(), route, payload: Payload::Text("x".into()) },
+            options: Default::default(),
             reply_to: None,
         }
+    }
+
+    fn settings(size: u64) -> HistorySettings {
+        HistorySettings {
+            rules: Default::default(),
+            default: crate::history::retention::Retention { size, ttl: Duration::from_secs(60) },
+            meta_ttl: Duration::from_secs(3600),
+            max_replay: 1000,
+        }
+    }
+
+    fn sequencer(shards: usize, history: u64) -> Sequencer {
+        Sequencer::new(shards, NodeId("n".into()), settings(history), Duration::from_secs(300))
     }
 
     fn gained(shard: u16, interest: Interest) -> BusCommand {
@@ -180,10 +274,10 @@ mod tests {
     /// Topics and direct messages go only to the shards that want them; broadcasts to all.
     #[test]
     fn interest_decides_which_shards_receive() {
-        let mut bus = Sequencer::new(3, NodeId("n".into()));
+        let mut bus = sequencer(3, 0);
         let mut targets = Vec::new();
         let mut route = |bus: &mut Sequencer, command| {
-            let message = bus.handle(command, &mut targets);
+            let message = bus.handle(command, &mut targets, Instant::now()).message;
             if let Some(ShardMessage::Deliver(d)) = &message {
                 assert_eq!(d.origin, NodeId("n".into()));
             }
@@ -206,5 +300,87 @@ mod tests {
         assert_eq!(route(&mut bus, publish(Route::Topic("t".into()))), (true, vec![ShardId(2)]));
         route(&mut bus, lost(2, topic()));
         assert_eq!(route(&mut bus, publish(Route::Topic("t".into()))), (false, none));
+    }
+
+    /// Every event of a stream gets the next offset; a retried publish with the same
+    /// idempotency key gets the first one's id and is not delivered again; a replay
+    /// answers what followed a position.
+    #[test]
+    fn ids_receipts_idempotency_and_replay() {
+        use crate::{
+            event::PublishOptions,
+            history::Since,
+            xshard::{ReplayPurpose, ReplayTo},
+        };
+        let mut bus = sequencer(2, 100);
+        let mut targets = Vec::new();
+        let now = Instant::now();
+        bus.handle(gained(1, Interest::Topic("t".into())), &mut targets, now);
+        let acked = |key: Option<&str>| BusCommand::Publish {
+            event: Event {
+                sender: "s".into(),
+                route: Route::Topic("t".into()),
+                payload: Payload::Text("x".into()),
+            },
+            options: PublishOptions { ack: true, idempotency_key: key.map(Into::into) },
+            reply_to: Some((ShardId(0), crate::hub::ConnId(4))),
+        };
+        let mut ids = Vec::new();
+        for key in [None, Some("k"), Some("k"), None] {
+            let out = bus.handle(acked(key), &mut targets, now);
+            let delivered = matches!(out.message, Some(ShardMessage::Deliver(_)));
+            let Some((ShardId(0), ShardMessage::Reply { json, .. })) = out.reply else {
+                panic!("a receipt")
+            };
+            ids.push((delivered, json.to_string()));
+        }
+        let epoch = match bus.history.state(&Route::Topic("t".into()), now) {
+            Some(state) => state.epoch,
+            None => panic!("the topic has history"),
+        };
+        let receipt = |n| format!(r#"{{"type":"published","topic":"t","id":"{epoch}:{n}"}}"#);
+        assert_eq!(
+            ids,
+            [(true, receipt(1)), (true, receipt(2)), (false, receipt(2)), (true, receipt(3))]
+        );
+        // A topic nobody here wants is still stored (late joiners, recovery).
+        bus.handle(publish(Route::Topic("quiet".into())), &mut targets, now);
+        assert_eq!(bus.history.state(&Route::Topic("quiet".into()), now).map(|s| s.top), Some(1));
+
+        let replay = |since| {
+            BusCommand::Replay(Box::new(ReplayRequest {
+                route: Route::Topic("t".into()),
+                since,
+                limit: u64::MAX,
+                to: ReplayTo {
+                    shard: ShardId(1),
+                    route: Route::Topic("t".into()),
+                    conn: crate::hub::ConnId(2),
+                    user: "u".into(),
+                    token: 9,
+                    purpose: ReplayPurpose::Recover,
+                },
+            }))
+        };
+        let answer = |bus: &mut Sequencer, since| match bus
+            .handle(replay(since), &mut Vec::new(), now)
+            .reply
+        {
+            Some((ShardId(1), ShardMessage::Replayed { to, answer })) => {
+                assert_eq!(to.token, 9);
+                let offsets: Vec<u64> =
+                    answer.events.iter().filter_map(|d| d.id).map(|id| id.offset).collect();
+                (answer.recovered, offsets)
+            }
+            other => panic!("a replay answer, got {other:?}"),
+        };
+        let after = |offset| Since::After(crate::xshard::EventId { epoch, offset });
+        assert_eq!(answer(&mut bus, after(1)), (true, vec![2, 3]));
+        assert_eq!(answer(&mut bus, after(3)), (true, vec![]));
+        assert_eq!(answer(&mut bus, Since::Latest), (true, vec![3]));
+        assert_eq!(
+            answer(&mut bus, Since::After(crate::xshard::EventId { epoch: epoch - 1, offset: 1 })),
+            (false, vec![])
+        );
     }
 }

@@ -50,9 +50,10 @@ use std::{
 };
 
 use crate::{
-    event::Event,
+    event::{Event, PublishOptions},
+    history::Since,
     hub::ConnId,
-    xshard::{Interest, InterestChange, Route, ShardId},
+    xshard::{Interest, InterestChange, ReplayTo, Route, ShardId},
 };
 
 /// Why a publish failed.
@@ -70,10 +71,15 @@ pub(crate) enum BusCommand {
     Publish {
         /// The event.
         event: Event,
-        /// The publishing v1 connection, told if the event could not reach every node
-        /// (`None` for seed-mode publishers: that protocol has no error reply).
+        /// Receipt and idempotency key.
+        options: PublishOptions,
+        /// The publishing v1 connection, told if the event could not reach every node,
+        /// and sent its receipt (`None` for seed-mode publishers: that protocol has no
+        /// replies).
         reply_to: Option<(ShardId, ConnId)>,
     },
+    /// A connection wants past events of a stream (recovery, `latest`, a history page).
+    Replay(Box<ReplayRequest>),
     /// A shard's interest changed.
     Interest {
         /// The shard whose interest it is.
@@ -92,6 +98,10 @@ impl BusCommand {
                 Route::Broadcast => "",
                 Route::Topic(name) | Route::Direct(name) => name,
             },
+            BusCommand::Replay(request) => match &request.route {
+                Route::Broadcast => "",
+                Route::Topic(name) | Route::Direct(name) => name,
+            },
             BusCommand::Interest { change, .. } => match change {
                 InterestChange::Gained(i) | InterestChange::Lost(i) => match i {
                     Interest::Topic(name) | Interest::User(name) => name,
@@ -99,6 +109,23 @@ impl BusCommand {
             },
         }
     }
+}
+
+/// A connection's request for past events of one stream. Answered with
+/// `ShardMessage::Replayed` in the asking shard's inbox, **after** every live event of
+/// the stream up to the answer's position and before every later one: the shard holds
+/// the connection's live events of the stream until then, so nothing is missed or sent
+/// twice.
+#[derive(Debug)]
+pub(crate) struct ReplayRequest {
+    /// The stream.
+    pub route: Route,
+    /// Where to start.
+    pub since: Since,
+    /// Most events (a history page; `u64::MAX` for a recovery, which has the replay limit).
+    pub limit: u64,
+    /// Who gets the answer.
+    pub to: ReplayTo,
 }
 
 /// A sequencer's receiving end of every shard's commands for its streams.
@@ -217,10 +244,11 @@ impl BusHandle {
     pub(crate) async fn publish(
         self: &Rc<Self>,
         event: Event,
+        options: PublishOptions,
         reply_to: Option<ConnId>,
     ) -> Result<(), BusError> {
         let reply_to = reply_to.map(|conn| (self.shard, conn));
-        let command = BusCommand::Publish { event, reply_to };
+        let command = BusCommand::Publish { event, options, reply_to };
         let at = self.lane_for(&command);
         let lane = &self.lanes[at];
         if let Some((own, sequencer)) = &self.local
@@ -242,7 +270,17 @@ impl BusHandle {
     /// lane full is handed over by a background task, still in order. Ignored after
     /// shutdown began.
     pub(crate) fn change_interest(self: &Rc<Self>, change: InterestChange) {
-        let command = BusCommand::Interest { shard: self.shard, change };
+        self.send_in_background(BusCommand::Interest { shard: self.shard, change });
+    }
+
+    /// Asks for past events of a stream; the answer comes through the shard's inbox.
+    /// Never waits (like an interest change), and stays in order with them.
+    pub(crate) fn request_replay(self: &Rc<Self>, request: ReplayRequest) {
+        self.send_in_background(BusCommand::Replay(Box::new(request)));
+    }
+
+    /// Sends `command` now, or through the lane's backlog task when the lane is full.
+    fn send_in_background(self: &Rc<Self>, command: BusCommand) {
         let at = self.lane_for(&command);
         if let Ok(Some(command)) = self.lanes[at].try_send_in_order(command) {
             self.push_backlog(at, Waiting { command, handed_over: None });
@@ -304,6 +342,7 @@ mod tests {
                 route: Route::Topic("t".into()),
                 payload: crate::event::Payload::Text("x".into()),
             },
+            options: PublishOptions::default(),
             reply_to: None,
         };
         let interest = BusCommand::Interest {

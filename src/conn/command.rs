@@ -7,22 +7,42 @@ use simd_json::{BorrowedValue, prelude::*};
 
 use crate::{
     config::{MAX_TOPIC_LEN, MAX_USER_ID_LEN},
-    event::{Payload, push_json_str},
+    event::{Payload, PublishOptions, push_json_str},
+    history::Since,
+    xshard::{EventId, ReplayAnswer, Route},
 };
 
 /// A parsed v1 command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Command {
-    /// `{"op":"subscribe","topic":T}`
-    Subscribe(String),
+    /// `{"op":"subscribe","topic":T}`, with `"since":"<id>"|"latest"` to recover or to get
+    /// the last event first.
+    Subscribe {
+        /// The topic.
+        topic: String,
+        /// Where to replay from, if anywhere.
+        since: Option<Since>,
+    },
     /// `{"op":"unsubscribe","topic":T}`
     Unsubscribe(String),
+    /// `{"op":"history","topic":T,"since":"<id>","limit":N}`: one page of the topic's
+    /// history (from the oldest kept event without `since`), without subscribing.
+    History {
+        /// The topic.
+        topic: String,
+        /// Where the page starts (after this event).
+        since: Since,
+        /// Most events in the page.
+        limit: u64,
+    },
     /// `{"op":"publish","topic":T,"data":D}`
     Publish {
         /// Destination topic.
         topic: String,
         /// The `data` value.
         payload: Payload,
+        /// `ack`, `idempotency_key`.
+        options: PublishOptions,
     },
     /// `{"op":"direct","to":U,"data":D}`
     Direct {
@@ -30,10 +50,18 @@ pub(crate) enum Command {
         to: String,
         /// The `data` value.
         payload: Payload,
+        /// `ack`, `idempotency_key`.
+        options: PublishOptions,
     },
     /// `{"op":"broadcast","data":D}`
-    Broadcast(Payload),
+    Broadcast(Payload, PublishOptions),
 }
+
+/// Default and largest page of the `history` command.
+pub(crate) const HISTORY_PAGE: (u64, u64) = (100, 1000);
+
+/// Longest publish idempotency key, in bytes.
+pub(crate) const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 
 /// A command the server refuses; answered with `{"type":"error",...}`, connection stays open.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +94,7 @@ impl CommandError {
 ///
 /// # Errors
 /// [`CommandError`] with one of the codes `invalid_json`, `invalid_command`,
-/// `unknown_op`, `missing_field`, `invalid_topic`, `invalid_user`.
+/// `unknown_op`, `missing_field`, `invalid_topic`, `invalid_user`, `invalid_since`.
 pub(crate) fn parse(
     text: &mut [u8],
     buffers: &mut simd_json::Buffers,
@@ -85,11 +113,33 @@ pub(crate) fn parse(
         .as_str()
         .ok_or_else(|| CommandError::new("invalid_command", "\"op\" must be a string"))?;
     match op {
-        "subscribe" => Ok(Command::Subscribe(topic_field(&value)?)),
-        "unsubscribe" => Ok(Command::Unsubscribe(topic_field(&value)?)),
-        "publish" => {
-            Ok(Command::Publish { topic: topic_field(&value)?, payload: data_field(&value)? })
+        "subscribe" => {
+            let since = optional_str(&value, "since")?.map(parse_since).transpose()?;
+            Ok(Command::Subscribe { topic: topic_field(&value)?, since })
         }
+        "unsubscribe" => Ok(Command::Unsubscribe(topic_field(&value)?)),
+        "history" => {
+            let topic = topic_field(&value)?;
+            let since = optional_str(&value, "since")?.map(parse_since).transpose()?;
+            let limit = match value.get("limit") {
+                None => HISTORY_PAGE.0,
+                Some(limit) => limit
+                    .as_u64()
+                    .filter(|n| (1..=HISTORY_PAGE.1).contains(n))
+                    .ok_or_else(|| {
+                        CommandError::new(
+                            "invalid_command",
+                            format!("\"limit\" must be an integer from 1 to {}", HISTORY_PAGE.1),
+                        )
+                    })?,
+            };
+            Ok(Command::History { topic, since: since.unwrap_or(Since::Oldest), limit })
+        }
+        "publish" => Ok(Command::Publish {
+            topic: topic_field(&value)?,
+            payload: data_field(&value)?,
+            options: options_field(&value)?,
+        }),
         "direct" => {
             let to = str_field(&value, "to")?;
             if !is_valid_user_id(to) {
@@ -98,9 +148,13 @@ pub(crate) fn parse(
                     format!("\"to\" must be 1-{MAX_USER_ID_LEN} characters of A-Z a-z 0-9 _ . -"),
                 ));
             }
-            Ok(Command::Direct { to: to.to_owned(), payload: data_field(&value)? })
+            Ok(Command::Direct {
+                to: to.to_owned(),
+                payload: data_field(&value)?,
+                options: options_field(&value)?,
+            })
         }
-        "broadcast" => Ok(Command::Broadcast(data_field(&value)?)),
+        "broadcast" => Ok(Command::Broadcast(data_field(&value)?, options_field(&value)?)),
         other => {
             let mut shown = other.chars().take(32).collect::<String>();
             if shown.len() < other.len() {
@@ -109,6 +163,48 @@ pub(crate) fn parse(
             Err(CommandError::new("unknown_op", format!("unknown op \"{shown}\"")))
         }
     }
+}
+
+fn parse_since(text: &str) -> Result<Since, CommandError> {
+    Since::parse(text).map_err(|why| CommandError::new("invalid_since", why))
+}
+
+fn optional_str<'v>(
+    value: &'v BorrowedValue<'_>,
+    key: &str,
+) -> Result<Option<&'v str>, CommandError> {
+    match value.get(key) {
+        None => Ok(None),
+        Some(v) => v.as_str().map(Some).ok_or_else(|| {
+            CommandError::new("invalid_command", format!("\"{key}\" must be a string"))
+        }),
+    }
+}
+
+fn options_field(value: &BorrowedValue<'_>) -> Result<PublishOptions, CommandError> {
+    let ack = match value.get("ack") {
+        None => false,
+        Some(v) => v
+            .as_bool()
+            .ok_or_else(|| CommandError::new("invalid_command", "\"ack\" must be true or false"))?,
+    };
+    let idempotency_key = optional_str(value, "idempotency_key")?;
+    if let Some(key) = idempotency_key
+        && !is_valid_idempotency_key(key)
+    {
+        return Err(CommandError::new(
+            "invalid_command",
+            format!(
+                "\"idempotency_key\" must be 1-{MAX_IDEMPOTENCY_KEY_LEN} characters of A-Z a-z 0-9 _ . : -"
+            ),
+        ));
+    }
+    Ok(PublishOptions { ack, idempotency_key: idempotency_key.map(Into::into) })
+}
+
+fn is_valid_idempotency_key(key: &str) -> bool {
+    (1..=MAX_IDEMPOTENCY_KEY_LEN).contains(&key.len())
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
 fn str_field<'v>(value: &'v BorrowedValue<'_>, key: &str) -> Result<&'v str, CommandError> {
@@ -165,6 +261,81 @@ pub(crate) fn ack_json(kind: &str, topic: &str) -> String {
     out
 }
 
+/// The text of a server-built frame (a delivery's v1 frame), for embedding it in a
+/// reply. `None` if `frame` is not one complete unmasked text frame.
+fn frame_text(frame: &[u8]) -> Option<&str> {
+    let (_, payload, used) = crate::frame::decode_unmasked(frame)?;
+    if used != frame.len() {
+        return None;
+    }
+    std::str::from_utf8(frame.get(payload)?).ok()
+}
+
+/// `{"type":"recovered","topic":T,"recovered":B}` (v1), or without `topic` for the seed
+/// protocol's broadcast stream.
+pub(crate) fn recovered_json(topic: Option<&str>, recovered: bool) -> String {
+    #[derive(serde::Serialize)]
+    struct Recovered<'a> {
+        r#type: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        topic: Option<&'a str>,
+        recovered: bool,
+    }
+    serde_json::to_string(&Recovered { r#type: "recovered", topic, recovered }).unwrap_or_default()
+}
+
+/// The publish receipt: `{"type":"published","topic":T,"id":"E:O"}` (`"to":U` for a
+/// direct message, neither for a broadcast; `"id":null` when the stream keeps no
+/// history).
+pub(crate) fn published_json(route: &Route, id: Option<EventId>) -> String {
+    #[derive(serde::Serialize)]
+    struct Published<'a> {
+        r#type: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        topic: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        to: Option<&'a str>,
+        id: Option<String>,
+    }
+    let (topic, to) = match route {
+        Route::Broadcast => (None, None),
+        Route::Topic(t) => (Some(&**t), None),
+        Route::Direct(u) => (None, Some(&**u)),
+    };
+    let id = id.map(|id| id.to_string());
+    serde_json::to_string(&Published { r#type: "published", topic, to, id }).unwrap_or_default()
+}
+
+/// A page of history: `{"type":"history","topic":T,"recovered":B,"position":"E:O"|null,
+/// "more":B,"events":[...]}` — `events` are the messages as subscribers got them;
+/// `position` is where a `subscribe` with `since` continues without gap or overlap.
+pub(crate) fn history_json(topic: &str, answer: &ReplayAnswer) -> String {
+    #[derive(serde::Serialize)]
+    struct History<'a> {
+        r#type: &'static str,
+        topic: &'a str,
+        recovered: bool,
+        position: Option<String>,
+        more: bool,
+        events: Vec<&'a serde_json::value::RawValue>,
+    }
+    let events = answer
+        .events
+        .iter()
+        .filter_map(|d| frame_text(&d.v1))
+        .filter_map(|text| serde_json::from_str(text).ok())
+        .collect();
+    let page = History {
+        r#type: "history",
+        topic,
+        recovered: answer.recovered,
+        position: answer.position.map(|p| p.to_string()),
+        more: answer.more,
+        events,
+    };
+    serde_json::to_string(&page).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,7 +348,40 @@ mod tests {
     fn parses_every_op() {
         assert_eq!(
             parse_str(r#"{"op":"subscribe","topic":"a/b"}"#),
-            Ok(Command::Subscribe("a/b".into()))
+            Ok(Command::Subscribe { topic: "a/b".into(), since: None })
+        );
+        assert_eq!(
+            parse_str(r#"{"op":"subscribe","topic":"a","since":"5:7"}"#),
+            Ok(Command::Subscribe {
+                topic: "a".into(),
+                since: Some(Since::After(crate::xshard::EventId { epoch: 5, offset: 7 }))
+            })
+        );
+        assert_eq!(
+            parse_str(r#"{"op":"subscribe","topic":"a","since":"latest"}"#),
+            Ok(Command::Subscribe { topic: "a".into(), since: Some(Since::Latest) })
+        );
+        assert_eq!(
+            parse_str(r#"{"op":"history","topic":"a"}"#),
+            Ok(Command::History { topic: "a".into(), since: Since::Oldest, limit: 100 })
+        );
+        assert_eq!(
+            parse_str(r#"{"op":"history","topic":"a","since":"1:2","limit":5}"#),
+            Ok(Command::History {
+                topic: "a".into(),
+                since: Since::After(crate::xshard::EventId { epoch: 1, offset: 2 }),
+                limit: 5
+            })
+        );
+        assert_eq!(
+            parse_str(
+                r#"{"op":"publish","topic":"t","data":1,"ack":true,"idempotency_key":"k-1"}"#
+            ),
+            Ok(Command::Publish {
+                topic: "t".into(),
+                payload: Payload::Json("1".into()),
+                options: PublishOptions { ack: true, idempotency_key: Some("k-1".into()) },
+            })
         );
         assert_eq!(
             parse_str(r#"{"op":"unsubscribe","topic":"x"}"#),
@@ -187,16 +391,21 @@ mod tests {
             parse_str(r#"{"op":"publish","topic":"t","data":{"k":[1,true,null]}}"#),
             Ok(Command::Publish {
                 topic: "t".into(),
-                payload: Payload::Json(r#"{"k":[1,true,null]}"#.into())
+                payload: Payload::Json(r#"{"k":[1,true,null]}"#.into()),
+                options: PublishOptions::default(),
             })
         );
         assert_eq!(
             parse_str(r#"{"op":"direct","to":"bob","data":"hé"}"#),
-            Ok(Command::Direct { to: "bob".into(), payload: Payload::Text("hé".into()) })
+            Ok(Command::Direct {
+                to: "bob".into(),
+                payload: Payload::Text("hé".into()),
+                options: PublishOptions::default()
+            })
         );
         assert_eq!(
             parse_str(r#"{"op":"broadcast","data":3}"#),
-            Ok(Command::Broadcast(Payload::Json("3".into())))
+            Ok(Command::Broadcast(Payload::Json("3".into()), PublishOptions::default()))
         );
     }
 
@@ -212,6 +421,54 @@ mod tests {
         assert_eq!(code(r#"{"op":"subscribe","topic":"bad topic"}"#), "invalid_topic");
         assert_eq!(code(r#"{"op":"subscribe","topic":""}"#), "invalid_topic");
         assert_eq!(code(r#"{"op":"direct","to":"a\"b","data":1}"#), "invalid_user");
+        assert_eq!(code(r#"{"op":"subscribe","topic":"t","since":"x"}"#), "invalid_since");
+        assert_eq!(code(r#"{"op":"subscribe","topic":"t","since":5}"#), "invalid_command");
+        assert_eq!(code(r#"{"op":"history","topic":"t","since":"1:-2"}"#), "invalid_since");
+        assert_eq!(code(r#"{"op":"history","topic":"t","limit":0}"#), "invalid_command");
+        assert_eq!(code(r#"{"op":"history","topic":"t","limit":1001}"#), "invalid_command");
+        assert_eq!(code(r#"{"op":"publish","topic":"t","data":1,"ack":"yes"}"#), "invalid_command");
+        let long =
+            format!(r#"{{"op":"broadcast","data":1,"idempotency_key":"{}"}}"#, "k".repeat(129));
+        assert_eq!(code(&long), "invalid_command");
+    }
+
+    #[test]
+    fn replies_about_history() {
+        let id = EventId { epoch: 3, offset: 9 };
+        assert_eq!(
+            recovered_json(Some("t"), true),
+            r#"{"type":"recovered","topic":"t","recovered":true}"#
+        );
+        assert_eq!(recovered_json(None, false), r#"{"type":"recovered","recovered":false}"#);
+        assert_eq!(
+            published_json(&Route::Topic("t".into()), Some(id)),
+            r#"{"type":"published","topic":"t","id":"3:9"}"#
+        );
+        assert_eq!(
+            published_json(&Route::Direct("bo".into()), None),
+            r#"{"type":"published","to":"bo","id":null}"#
+        );
+        assert_eq!(
+            published_json(&Route::Broadcast, Some(id)),
+            r#"{"type":"published","id":"3:9"}"#
+        );
+        let event = crate::event::Event {
+            sender: "al".into(),
+            route: Route::Topic("t".into()),
+            payload: Payload::Json("[1]".into()),
+        };
+        let answer = ReplayAnswer {
+            recovered: true,
+            events: vec![std::sync::Arc::new(
+                event.encode(&crate::xshard::NodeId("n".into()), Some(id)),
+            )],
+            position: Some(id),
+            more: true,
+        };
+        assert_eq!(
+            history_json("t", &answer),
+            r#"{"type":"history","topic":"t","recovered":true,"position":"3:9","more":true,"events":[{"id":"3:9","type":"message","topic":"t","sender":"al","data":[1]}]}"#
+        );
     }
 
     #[test]

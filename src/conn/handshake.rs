@@ -7,6 +7,7 @@
 use crate::{
     config::{EchoPath, Origins},
     conn::{Mode, command::is_valid_user_id},
+    history::Since,
 };
 
 /// What the configuration says about upgrades.
@@ -39,6 +40,9 @@ pub(crate) enum Request {
         mode: Mode,
         /// `Sec-WebSocket-Accept` value.
         accept_key: String,
+        /// `?lastEventId=<id>`: replay the broadcasts after it (a value that is not an
+        /// event id is [`Since::Malformed`]: answered `recovered: false`).
+        last_event_id: Option<Since>,
     },
     /// `GET /healthz`.
     Health,
@@ -156,11 +160,47 @@ fn decide(req: &httparse::Request<'_, '_>, policy: Policy<'_>) -> Request {
     } else {
         Mode::Seed
     };
+    let last_event_id = target
+        .split_once('?')
+        .and_then(|(_, query)| query_value(query, "lastEventId"))
+        .map(|value| match percent_decoded(value) {
+            Some(text) => Since::parse(&text).unwrap_or(Since::Malformed),
+            None => Since::Malformed,
+        });
     Request::Upgrade {
         user: user.to_owned(),
         mode,
         accept_key: tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        last_event_id,
     }
+}
+
+/// The raw value of `name` in a query string (`a=1&b=2`), the first if repeated.
+fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then_some(value)
+    })
+}
+
+/// `%XX`-decodes a short query value; `None` when it is malformed, not UTF-8 or longer
+/// than any event id.
+fn percent_decoded(value: &str) -> Option<String> {
+    if value.len() > 64 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(value.len());
+    let mut bytes = value.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            let hex = std::str::from_utf8(&hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// A key is the base64 encoding of 16 bytes: 22 base64 characters and `==`.
@@ -242,7 +282,7 @@ mod tests {
     #[test]
     fn rfc6455_accept_key_vector() {
         match req(GOOD) {
-            Request::Upgrade { user, mode, accept_key } => {
+            Request::Upgrade { user, mode, accept_key, .. } => {
                 assert_eq!(user, "alice");
                 assert_eq!(mode, Mode::Seed);
                 assert_eq!(accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");

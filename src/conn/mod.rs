@@ -32,7 +32,13 @@ use tracing::{debug, trace};
 
 pub(crate) use context::ShardContext;
 
-use crate::{event::Event, frame::SharedFrame, hub::ConnId, xshard::ShardStats};
+use crate::{
+    event::{Event, PublishOptions},
+    frame::SharedFrame,
+    history::Since,
+    hub::ConnId,
+    xshard::ShardStats,
+};
 use reader::Inbound;
 use state::{Close, ConnState, Enqueued, Phase};
 
@@ -50,10 +56,13 @@ pub enum SubscribeReply {
 /// What connection code may do to the shard's subscription index (the shard implements
 /// it: the hub, plus interest changes for the bus).
 pub trait Subscriptions {
-    /// Subscribes `conn` to `topic`.
-    fn subscribe(&self, conn: ConnId, topic: &str) -> SubscribeReply;
+    /// Subscribes `conn` to `topic`; with `since`, the missed events (or the last one,
+    /// for `latest`) are replayed before live ones.
+    fn subscribe(&self, conn: ConnId, topic: &str, since: Option<Since>) -> SubscribeReply;
     /// Unsubscribes `conn` from `topic` (nothing when it was not subscribed).
     fn unsubscribe(&self, conn: ConnId, topic: &str);
+    /// Sends `conn` one page of `topic`'s history (the answer comes later).
+    fn history(&self, conn: ConnId, topic: &str, since: Since, limit: u64);
 }
 
 /// Which protocol a connection speaks.
@@ -104,7 +113,7 @@ pub struct Conn {
     inbound: RefCell<Option<Box<Inbound>>>,
     /// Events decoded from the client, waiting for the bus (published by the task, which
     /// may wait for room: that pauses this client's reads, nobody else's).
-    pending_events: RefCell<Vec<Event>>,
+    pending_events: RefCell<Vec<(Event, PublishOptions)>>,
 }
 
 impl Conn {
@@ -242,7 +251,7 @@ impl Conn {
     }
 
     /// Events decoded since the last call, in order.
-    pub fn take_events(&self) -> Vec<Event> {
+    pub fn take_events(&self) -> Vec<(Event, PublishOptions)> {
         std::mem::take(&mut *self.pending_events.borrow_mut())
     }
 

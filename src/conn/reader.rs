@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     config::MAX_TOPICS_PER_CONN,
-    event::{Event, Payload},
+    event::{Event, Payload, PublishOptions},
     frame::{self, FrameDecoder, FrameError, close_code, unmask_at},
     xshard::{Route, ShardStats},
 };
@@ -494,42 +494,50 @@ fn handle_message(
     let Ok(text) = std::str::from_utf8(payload) else { return Err(INVALID_UTF8) };
     ShardStats::add(&ctx.stats().messages_in, 1);
     if conn.mode == Mode::Seed {
-        conn.pending_events.borrow_mut().push(Event {
+        let event = Event {
             sender: conn.user.to_string(),
             route: Route::Broadcast,
             payload: Payload::Text(text.to_owned()),
-        });
+        };
+        conn.pending_events.borrow_mut().push((event, PublishOptions::default()));
         return Ok(());
     }
     let parsed = command::parse(payload, &mut ctx.json_buffers.borrow_mut().0);
-    let event = |route, payload| Event { sender: conn.user.to_string(), route, payload };
+    let publish = |route, payload, options| {
+        let event = Event { sender: conn.user.to_string(), route, payload };
+        conn.pending_events.borrow_mut().push((event, options));
+        None
+    };
     let reply = match parsed {
-        Ok(command::Command::Subscribe(topic)) => match subs.subscribe(conn.id(), &topic) {
-            SubscribeReply::Now => Some(command::ack_json("subscribed", &topic)),
-            SubscribeReply::WhenConfirmed => None,
-            SubscribeReply::TooManyTopics => Some(
-                command::CommandError {
-                    code: "too_many_topics",
-                    message: format!("at most {MAX_TOPICS_PER_CONN} topics per connection"),
-                }
-                .to_json(),
-            ),
-        },
+        Ok(command::Command::Subscribe { topic, since }) => {
+            match subs.subscribe(conn.id(), &topic, since) {
+                SubscribeReply::Now => Some(command::ack_json("subscribed", &topic)),
+                SubscribeReply::WhenConfirmed => None,
+                SubscribeReply::TooManyTopics => Some(
+                    command::CommandError {
+                        code: "too_many_topics",
+                        message: format!("at most {MAX_TOPICS_PER_CONN} topics per connection"),
+                    }
+                    .to_json(),
+                ),
+            }
+        }
         Ok(command::Command::Unsubscribe(topic)) => {
             subs.unsubscribe(conn.id(), &topic);
             Some(command::ack_json("unsubscribed", &topic))
         }
-        Ok(command::Command::Publish { topic, payload }) => {
-            conn.pending_events.borrow_mut().push(event(Route::Topic(topic.into()), payload));
+        Ok(command::Command::History { topic, since, limit }) => {
+            subs.history(conn.id(), &topic, since, limit);
             None
         }
-        Ok(command::Command::Direct { to, payload }) => {
-            conn.pending_events.borrow_mut().push(event(Route::Direct(to.into()), payload));
-            None
+        Ok(command::Command::Publish { topic, payload, options }) => {
+            publish(Route::Topic(topic.into()), payload, options)
         }
-        Ok(command::Command::Broadcast(payload)) => {
-            conn.pending_events.borrow_mut().push(event(Route::Broadcast, payload));
-            None
+        Ok(command::Command::Direct { to, payload, options }) => {
+            publish(Route::Direct(to.into()), payload, options)
+        }
+        Ok(command::Command::Broadcast(payload, options)) => {
+            publish(Route::Broadcast, payload, options)
         }
         Err(e) => Some(e.to_json()),
     };

@@ -48,6 +48,9 @@ struct Bridge {
     publish_errors: u64,
     messages_in: u64,
     dropped_messages: u64,
+    history_reads: u64,
+    gaps_filled: u64,
+    streams_lost: u64,
 }
 
 /// The `/readyz` body: 200 with `ready: true`, else 503 with the reason.
@@ -118,6 +121,9 @@ impl Health {
                 publish_errors: b.publish_errors.load(Relaxed),
                 messages_in: b.messages_in.load(Relaxed),
                 dropped_messages: b.dropped_messages.load(Relaxed),
+                history_reads: b.history_reads.load(Relaxed),
+                gaps_filled: b.gaps_filled.load(Relaxed),
+                streams_lost: b.streams_lost.load(Relaxed),
             }),
         }
     }

@@ -20,6 +20,7 @@ use std::rc::Rc;
 
 use super::Shard;
 use crate::conn::Mode;
+use crate::hub::ConnId;
 use crate::xshard::{Delivery, Route, ShardInbox, ShardMessage, ShardStats};
 
 /// Most messages taken from the inbox before a flush pass: large enough for corking
@@ -51,6 +52,18 @@ fn handle(shard: &Shard, message: ShardMessage) -> u64 {
             shard.topic_confirmed(&topic);
             0
         }
+        ShardMessage::Replayed { to, answer } => {
+            shard.replayed(&to, &answer);
+            answer.events.len() as u64
+        }
+        ShardMessage::StreamLost(route) => {
+            shard.stream_lost(&route);
+            0
+        }
+        ShardMessage::BusState { ready } => {
+            shard.bus_state(ready);
+            0
+        }
         ShardMessage::Reply { conn, user, json } => {
             shard.reply_to(conn, &user, &json);
             0
@@ -78,9 +91,15 @@ pub(super) fn fan_out(shard: &Shard, delivery: &Delivery) -> u64 {
     let seed = delivery.seed.as_ref().map(|f| Rc::new(f.clone()));
     let conns = shard.table.borrow();
     let mut delivered = 0;
+    // Connections waiting for a replay of this stream get these events in the replay.
+    let holding = !shard.recoveries.borrow().is_empty();
+    let held = |id| holding && shard.holds(&delivery.route, id);
     match &delivery.route {
         Route::Broadcast => {
-            for (_, conn) in conns.iter() {
+            for (at, conn) in conns.iter() {
+                if held(ConnId(at as u32)) {
+                    continue;
+                }
                 let frame = match conn.mode() {
                     Mode::V1 => &v1,
                     Mode::Seed => seed.as_ref().unwrap_or(&v1),
@@ -92,6 +111,9 @@ pub(super) fn fan_out(shard: &Shard, delivery: &Delivery) -> u64 {
         Route::Topic(topic) => {
             let hub = shard.hub.borrow();
             for id in hub.topic_conns(topic) {
+                if held(*id) {
+                    continue;
+                }
                 if let Some(conn) = conns.get(id.0 as usize) {
                     delivered += u64::from(conn.enqueue(ctx, &v1));
                 }

@@ -32,6 +32,7 @@ mod health;
 mod heartbeat;
 mod inbox;
 mod listener;
+mod recovering;
 mod session;
 mod table;
 
@@ -48,16 +49,18 @@ use std::{
 use tracing::{info, warn};
 
 use awaiting::AwaitingBus;
+use recovering::Recoveries;
 
 use crate::{
-    bus::{BusCommand, BusCommands, BusHandle, embedded::LocalSequencer},
+    bus::{BusCommand, BusCommands, BusHandle, ReplayRequest, embedded::LocalSequencer},
     config::{Config, MAX_TOPICS_PER_CONN},
-    conn::{Conn, Mode, ShardContext, SubscribeReply, Subscriptions, state::Close},
+    conn::{Conn, Mode, ShardContext, SubscribeReply, Subscriptions, command, state::Close},
     frame::close_code,
+    history::{Since, memory::HistorySettings},
     hub::{ConnId, Hub, Subscribed},
     xshard::{
-        BudgetSlot, ConnectionBudget, Delivery, NodeId, NodeStats, ShardControl, ShardId,
-        ShardInbox, ShardInboxes,
+        BudgetSlot, ConnectionBudget, Delivery, NodeId, NodeStats, ReplayAnswer, ReplayPurpose,
+        ReplayTo, Route, ShardControl, ShardId, ShardInbox, ShardInboxes,
     },
 };
 
@@ -113,6 +116,8 @@ pub struct Shard {
     hub: RefCell<Hub>,
     /// Subscribers whose topic the bus has not confirmed yet.
     awaiting: RefCell<AwaitingBus>,
+    /// Connections waiting for a replay, whose live events of that stream are held back.
+    recoveries: RefCell<Recoveries>,
     /// This shard's end of the bus.
     bus: Rc<BusHandle>,
     /// Writes flush passes.
@@ -142,6 +147,7 @@ impl Shard {
             table: table::ConnTable::default(),
             hub: RefCell::new(Hub::new()),
             awaiting: RefCell::default(),
+            recoveries: RefCell::default(),
             bus: BusHandle::new(id, bus, sequencer.map(|s| (id.0 as usize, s))),
             flusher: flush::Flusher::default(),
             pending_by_ip: RefCell::new(HashMap::new()),
@@ -214,9 +220,9 @@ impl Shard {
 }
 
 impl Subscriptions for Shard {
-    fn subscribe(&self, conn: ConnId, topic: &str) -> SubscribeReply {
+    fn subscribe(&self, conn: ConnId, topic: &str, since: Option<Since>) -> SubscribeReply {
         let outcome = self.hub.borrow_mut().subscribe(topic, conn, MAX_TOPICS_PER_CONN);
-        match outcome {
+        let reply = match outcome {
             Subscribed::Added(Some(change)) => {
                 self.awaiting.borrow_mut().gained(topic, conn);
                 self.bus.change_interest(change);
@@ -229,16 +235,146 @@ impl Subscriptions for Shard {
                     SubscribeReply::Now
                 }
             }
-            Subscribed::TooManyTopics => SubscribeReply::TooManyTopics,
+            Subscribed::TooManyTopics => return SubscribeReply::TooManyTopics,
+        };
+        if let Some(since) = since {
+            let route = Route::Topic(topic.into());
+            self.recoveries.borrow_mut().begin(route.clone(), conn, since, purpose_of(since));
+            if reply == SubscribeReply::Now {
+                self.request_replay(conn, route);
+            }
         }
+        reply
     }
 
     fn unsubscribe(&self, conn: ConnId, topic: &str) {
         self.awaiting.borrow_mut().forget(topic, conn);
+        self.recoveries.borrow_mut().forget(&Route::Topic(topic.into()), conn);
         let change = self.hub.borrow_mut().unsubscribe(topic, conn);
         if let Some(change) = change {
             self.bus.change_interest(change);
         }
+    }
+
+    fn history(&self, conn: ConnId, topic: &str, since: Since, limit: u64) {
+        let Some(user) = self.user_of(conn) else { return };
+        let route = Route::Topic(topic.into());
+        let to = ReplayTo {
+            shard: self.ctx.id,
+            route: route.clone(),
+            conn,
+            user,
+            token: 0,
+            purpose: ReplayPurpose::History,
+        };
+        self.bus.request_replay(ReplayRequest { route, since, limit, to });
+    }
+}
+
+/// A replay from `since` recovers missed events; from `latest` it only delivers the last.
+fn purpose_of(since: Since) -> ReplayPurpose {
+    if since == Since::Latest { ReplayPurpose::Latest } else { ReplayPurpose::Recover }
+}
+
+impl Shard {
+    /// The user of connection `id`, if it is registered.
+    fn user_of(&self, id: ConnId) -> Option<Box<str>> {
+        self.table.borrow().get(id.0 as usize).map(|c| c.user().into())
+    }
+
+    /// `conn` connected with `?lastEventId=`: its broadcasts are held back until the
+    /// missed ones are replayed.
+    pub(crate) fn recover_broadcasts(&self, conn: ConnId, since: Since) {
+        self.recoveries.borrow_mut().begin(Route::Broadcast, conn, since, purpose_of(since));
+        self.request_replay(conn, Route::Broadcast);
+    }
+
+    /// Sends `conn`'s pending replay request of `route`, if it has one not sent yet.
+    fn request_replay(&self, conn: ConnId, route: Route) {
+        let Some(request) = self.recoveries.borrow_mut().take_request(&route, conn) else { return };
+        let Some(user) = self.user_of(conn) else { return };
+        let to = ReplayTo {
+            shard: self.ctx.id,
+            route: route.clone(),
+            conn,
+            user,
+            token: request.token,
+            purpose: request.purpose,
+        };
+        self.bus.request_replay(ReplayRequest { route, since: request.since, limit: u64::MAX, to });
+    }
+
+    /// The bus answered a replay request.
+    fn replayed(&self, to: &ReplayTo, answer: &ReplayAnswer) {
+        let conns = self.table.borrow();
+        let Some(conn) = conns.get(to.conn.0 as usize).filter(|c| c.user() == &*to.user) else {
+            return;
+        };
+        let topic = match &to.route {
+            Route::Topic(topic) => Some(&**topic),
+            Route::Broadcast | Route::Direct(_) => None,
+        };
+        if to.purpose == ReplayPurpose::History {
+            let json = command::history_json(topic.unwrap_or_default(), answer);
+            conn.enqueue(&self.ctx, &Rc::new(crate::frame::encode_text(&json)));
+            return;
+        }
+        // An answer to an older request (unsubscribed, or subscribed again) is dropped.
+        if !self.recoveries.borrow_mut().finish(&to.route, to.conn, to.token) {
+            return;
+        }
+        for event in &answer.events {
+            let frame = match (conn.mode(), &event.seed) {
+                (Mode::Seed, Some(seed)) => seed,
+                _ => &event.v1,
+            };
+            conn.enqueue(&self.ctx, &Rc::new(frame.clone()));
+        }
+        if to.purpose == ReplayPurpose::Recover {
+            let json = command::recovered_json(topic, answer.recovered);
+            conn.enqueue(&self.ctx, &Rc::new(crate::frame::encode_text(&json)));
+        }
+    }
+
+    /// The bus lost events of `route` it could not replay: the local subscribers must
+    /// resync (`recovered: false`).
+    fn stream_lost(&self, route: &Route) {
+        let conns = self.table.borrow();
+        let hub = self.hub.borrow();
+        let lost =
+            |topic| Rc::new(crate::frame::encode_text(&command::recovered_json(topic, false)));
+        match route {
+            Route::Topic(topic) => {
+                let frame = lost(Some(topic));
+                for id in hub.topic_conns(topic) {
+                    if let Some(conn) = conns.get(id.0 as usize) {
+                        conn.enqueue(&self.ctx, &frame);
+                    }
+                }
+            }
+            Route::Broadcast => {
+                let frame = lost(None);
+                for (_, conn) in conns.iter().filter(|(_, c)| c.mode() != Mode::Echo) {
+                    conn.enqueue(&self.ctx, &frame);
+                }
+            }
+            // Direct messages have no client-side recovery; the bus logs the loss.
+            Route::Direct(_) => {}
+        }
+    }
+
+    /// The bus can (`true`) or cannot reach the other nodes: v1 clients are told.
+    fn bus_state(&self, ready: bool) {
+        let json = if ready { r#"{"type":"restored"}"# } else { r#"{"type":"degraded"}"# };
+        let frame = Rc::new(crate::frame::encode_text(json));
+        for (_, conn) in self.table.borrow().iter().filter(|(_, c)| c.mode() == Mode::V1) {
+            conn.enqueue(&self.ctx, &frame);
+        }
+    }
+
+    /// Whether `conn`'s live events of `route` wait for a replay.
+    fn holds(&self, route: &Route, conn: ConnId) -> bool {
+        self.recoveries.borrow().holds(route, conn)
     }
 }
 
@@ -256,19 +392,29 @@ impl Shard {
         )));
         let conns = self.table.borrow();
         let hub = self.hub.borrow();
+        let mut recover = Vec::new();
         for id in answer {
             // Still subscribed (an unsubscribe or a close removed it from the waiters).
             if let Some(conn) = conns.get(id.0 as usize)
                 && hub.is_subscribed(topic, id)
             {
                 conn.enqueue(&self.ctx, &frame);
+                recover.push(id);
             }
+        }
+        drop((conns, hub));
+        // Subscribers with `since` ask for their replay now that the topic's events reach
+        // this shard (the answer comes behind them).
+        for id in recover {
+            self.request_replay(id, Route::Topic(topic.into()));
         }
     }
 
-    /// Connection `id` is closing: it no longer waits for any topic's confirmation. (Its
-    /// topics are looked up only when some topic is unconfirmed, which is rare.)
+    /// Connection `id` is closing: it no longer waits for any topic's confirmation or
+    /// replay. (Its topics are looked up only when some topic is unconfirmed, which is
+    /// rare.)
     fn forget_waiting(&self, id: ConnId) {
+        self.recoveries.borrow_mut().forget_conn(id);
         let mut awaiting = self.awaiting.borrow_mut();
         if awaiting.is_empty() {
             return;
@@ -327,8 +473,11 @@ pub(crate) async fn run(parts: ShardParts) {
         pending_budget,
     } = parts;
     let listener = crate::sys::glommio_listener(listener);
-    let sequencer =
-        sequencer.map(|(lane, inboxes)| LocalSequencer::new(id, lane, inboxes, stats.node.clone()));
+    let sequencer = sequencer.map(|(lane, inboxes)| {
+        let history = HistorySettings::of(&cfg);
+        let window = cfg.idempotency_window.0;
+        LocalSequencer::new(id, lane, inboxes, stats.node.clone(), history, window)
+    });
     let shard = Shard::new(id, cfg, bus_lanes, sequencer.clone(), stats, budget, pending_budget);
     // The ring is set up on this thread: it is its only submitter.
     shard.flusher.start_ring(&shard.ctx);

@@ -89,8 +89,10 @@ async fn upgrade(
             return None;
         }
     };
-    let (user, mode, accept_key) = match request {
-        Request::Upgrade { user, mode, accept_key } => (user, mode, accept_key),
+    let (user, mode, accept_key, last_event_id) = match request {
+        Request::Upgrade { user, mode, accept_key, last_event_id } => {
+            (user, mode, accept_key, last_event_id)
+        }
         Request::Health => {
             let body = super::health::Health::read(
                 ctx.id,
@@ -138,6 +140,11 @@ async fn upgrade(
     let response = handshake::upgrade_response(&accept_key, mode, ctx.id.0);
     conn.push_handshake_response(Rc::new(SharedFrame::from(response)));
     let registered = Registered::new(shard, conn, slot);
+    if let Some(since) = last_event_id.filter(|_| mode != Mode::Echo) {
+        // Before any broadcast can reach it (no await since registering): the missed ones
+        // come first, then live ones.
+        shard.recover_broadcasts(registered.conn().id(), since);
+    }
     registered.conn().flush_now();
     trace!(shard = %ctx.id, conn = registered.conn().id().0, user = registered.conn().user(), ?mode, "upgraded");
     Some((registered, leftover))
@@ -232,8 +239,8 @@ async fn after_progress(shard: &Rc<Shard>, conn: &Rc<Conn>) {
 /// client's reads pause meanwhile, nobody else's).
 async fn publish_pending(shard: &Rc<Shard>, conn: &Rc<Conn>) {
     let reply_to = (conn.mode() == Mode::V1).then(|| conn.id());
-    for event in conn.take_events() {
-        if shard.bus.publish(event, reply_to).await.is_err() {
+    for (event, options) in conn.take_events() {
+        if shard.bus.publish(event, options, reply_to).await.is_err() {
             let close = Close {
                 code: close_code::GOING_AWAY,
                 reason: "server shutting down",

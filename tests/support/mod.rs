@@ -25,6 +25,27 @@ use tokio_tungstenite::{
 pub const WAIT: Duration = Duration::from_secs(20);
 
 /// Awaits `fut` for at most `limit`, panicking with `what` on timeout.
+/// Checks that a delivered message carries an event id `<epoch>:<offset>` (two decimal
+/// numbers), removes it, and returns it as `(epoch, offset)`.
+pub fn take_id(message: &mut Value) -> (u64, u64) {
+    let id = message
+        .as_object_mut()
+        .and_then(|m| m.remove("id"))
+        .unwrap_or_else(|| panic!("no event id in {message}"));
+    let text = id.as_str().unwrap_or_else(|| panic!("id {id} is not a string"));
+    let (epoch, offset) =
+        text.split_once(':').unwrap_or_else(|| panic!("id {text} is not <epoch>:<offset>"));
+    let number =
+        |s: &str| s.parse::<u64>().unwrap_or_else(|_| panic!("id {text} is not <epoch>:<offset>"));
+    (number(epoch), number(offset))
+}
+
+/// The message without its event id (checked by [`take_id`]).
+pub fn without_id(mut message: Value) -> Value {
+    take_id(&mut message);
+    message
+}
+
 pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(limit, fut).await {
         Ok(v) => v,

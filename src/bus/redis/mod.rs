@@ -24,20 +24,31 @@
 //!   a subscribe-only connection, so the bridge publishes a heartbeat to its own channel
 //!   and forces a reconnect when it does not come back in time. While the bridge is not
 //!   ready (disconnected or heartbeat missing), publishes are delivered on this node only
-//!   and the publishing v1 client is told `unavailable`; `/readyz` says 503.
+//!   and the publishing v1 client is told `unavailable`; `/readyz` says 503; v1 clients
+//!   are told `degraded`, then `restored`.
+//! - **History and gap fill** ([`history`]). A publish on a stream with history runs one
+//!   Lua script that assigns the event's id, appends it to the stream's Redis Stream and
+//!   PUBLISHes it. The bridge tracks, per stream it delivers, the last id delivered
+//!   contiguously: an event past a gap is held while the gap is read from the history;
+//!   after every reconnect (and `Lagged`) every stream is read from its position. So the
+//!   node's clients miss nothing Pub/Sub dropped, and are told `recovered: false` for
+//!   what the history no longer has. Client replays (`since`, `lastEventId`, `history`)
+//!   are read from the history too — one read per stream for every client asking at the
+//!   same time — and answered behind the live events up to the node's position.
 
+pub(crate) mod history;
 pub(crate) mod wire;
 
 use std::{
     cell::{Cell, RefCell},
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     rc::Rc,
     sync::{Arc, atomic::Ordering::Relaxed},
     time::{Duration, Instant},
 };
 
 use fred::{
-    interfaces::{ClientLike, EventInterface, PubsubInterface},
+    interfaces::{ClientLike, EventInterface, LuaInterface, PubsubInterface},
     prelude::{Builder, Client, Error as RedisError},
     types::{
         Value,
@@ -52,17 +63,24 @@ use tokio::sync::{
 use tracing::{debug, info, warn};
 
 use super::{
-    BusCommand, BusCommands,
+    BusCommand, BusCommands, ReplayRequest,
     interest::{InterestTable, NodeInterest},
 };
 use crate::{
-    conn::command::CommandError,
-    event::Event,
+    conn::command::{CommandError, published_json},
+    event::{Event, PublishOptions},
+    history::{
+        self as recovery, Since, StreamState, memory::HistorySettings, retention::Retention,
+    },
     hub::ConnId,
     xshard::{
-        BridgeStats, Interest, InterestChange, NodeStats, Route, ShardId, ShardInboxes,
-        ShardMessage,
+        BridgeStats, Delivery, EventId, Interest, InterestChange, NodeStats, ReplayAnswer,
+        ReplayPurpose, Route, ShardId, ShardInboxes, ShardMessage,
     },
+};
+use history::{
+    FramedSnapshot, Live, PUBLISH_SCRIPT, Position, READ_SCRIPT, Snapshot, StreamKeys,
+    StreamTracker,
 };
 use wire::{BROADCAST_CHANNEL, Channels, Incoming};
 
@@ -76,6 +94,10 @@ const PUBLISHES_IN_FLIGHT: usize = 8192;
 const RECEIVE_BATCH: usize = 256;
 /// Most channels in one SUBSCRIBE or UNSUBSCRIBE.
 const SUBSCRIBE_BATCH: usize = 1024;
+/// Most history entries one gap-fill read asks for.
+const FILL_COUNT: usize = 1000;
+/// Most history reads in one pipeline.
+const READ_BATCH: usize = 256;
 
 /// How the bridge talks to Redis (from the node's configuration).
 #[derive(Clone)]
@@ -99,6 +121,10 @@ pub(crate) struct BridgeSettings {
     /// Largest payload delivered (the per-connection outbound queue limit: a larger frame
     /// would cut off every receiver as a slow consumer); larger ones are dropped.
     pub max_payload: usize,
+    /// What history each stream keeps, and the replay limit.
+    pub history: HistorySettings,
+    /// How long a publish idempotency key is remembered.
+    pub idempotency_window: Duration,
 }
 
 impl std::fmt::Debug for BridgeSettings {
@@ -196,8 +222,66 @@ enum SubscriptionOp {
 #[derive(Debug)]
 struct PublishJob {
     channel: String,
+    /// The payload; for a stored event, without its opening `{` (the script puts the id
+    /// first).
     payload: String,
+    /// The stream's history keys and arguments, when it keeps history.
+    stored: Option<StoredPublish>,
+    route: Route,
+    /// Send the publisher its receipt.
+    ack: bool,
     reply_to: Option<(ShardId, ConnId, Box<str>)>,
+}
+
+/// The script's keys and retention arguments for one stored publish.
+#[derive(Debug)]
+struct StoredPublish {
+    keys: Vec<String>,
+    /// size, ttl, meta ttl[, idempotency window], in seconds.
+    retention: Vec<String>,
+}
+
+/// Where a history read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadFrom {
+    /// From this offset on.
+    Offset(u64),
+    /// The last event only.
+    Latest,
+}
+
+/// Why a history read is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadFor {
+    /// To fill the node's gap after this position.
+    Fill(EventId),
+    /// To answer the clients waiting for a replay of the stream.
+    Replay,
+    /// To learn where the stream stands before subscribing to it.
+    Position,
+}
+
+/// One history read for the reads task.
+#[derive(Debug)]
+struct ReadJob {
+    route: Route,
+    from: ReadFrom,
+    count: usize,
+    purpose: ReadFor,
+}
+
+/// What a history read returned, back to the bridge's loop.
+#[derive(Debug)]
+struct ReadDone {
+    job: ReadJob,
+    result: Result<Option<Snapshot>, String>,
+}
+
+/// Replays of one stream waiting for a history read (shared by all of them).
+#[derive(Debug, Default)]
+struct ReplayGroup {
+    reading: bool,
+    waiting: Vec<ReplayRequest>,
 }
 
 /// State shared by the bridge's tasks (all on the bridge thread).
@@ -213,6 +297,17 @@ struct Shared {
     in_flight: Cell<usize>,
     /// Notified when `in_flight` drops.
     room: Notify,
+    /// Channel prefix (history keys start with it too).
+    prefix: String,
+    /// What history each stream keeps.
+    history: HistorySettings,
+    idempotency_window: Duration,
+    /// Per stream with history that this node delivers: its delivery position.
+    trackers: RefCell<HashMap<Route, StreamTracker>>,
+    /// Client replays waiting for a history read, per stream.
+    replays: RefCell<HashMap<Route, ReplayGroup>>,
+    /// To the reads task.
+    reads: mpsc::UnboundedSender<ReadJob>,
 }
 
 impl Shared {
@@ -240,6 +335,61 @@ impl Shared {
         crate::xshard::deliver_to(&self.inboxes, targets, message).await;
     }
 
+    /// The retention of `route`'s stream.
+    fn retention(&self, route: &Route) -> Retention {
+        self.history.rules.retention_of(route, self.history.default)
+    }
+
+    /// Queues a history read.
+    fn read(&self, route: Route, from: ReadFrom, count: usize, purpose: ReadFor) {
+        let _ = self.reads.send(ReadJob { route, from, count, purpose });
+    }
+
+    /// Reads `route`'s history after `after` to fill the node's gap.
+    fn fill(&self, route: Route, after: EventId) {
+        self.read(route, ReadFrom::Offset(after.offset + 1), FILL_COUNT, ReadFor::Fill(after));
+    }
+
+    /// After a reconnect or `Lagged`: every stream is read from its position.
+    fn fill_all(&self) {
+        let mut fills = Vec::new();
+        for (route, tracker) in self.trackers.borrow_mut().iter_mut() {
+            if let Some(after) = tracker.start_fill() {
+                fills.push((route.clone(), after));
+            }
+        }
+        for (route, after) in fills {
+            self.fill(route, after);
+        }
+    }
+
+    /// Tells `route`'s local clients they must resync.
+    async fn lost(&self, route: &Route, targets: &mut Vec<ShardId>) {
+        BridgeStats::add(&self.bridge().streams_lost, 1);
+        warn!(
+            ?route,
+            "events of this stream were lost (history trimmed, expired or wiped): its clients are told recovered:false"
+        );
+        self.interest.borrow().targets(route, self.shards, targets);
+        self.deliver(targets, ShardMessage::StreamLost(route.clone())).await;
+    }
+
+    /// Hands `deliveries` of `route`, in order, to the shards that want the stream.
+    async fn deliver_all(
+        &self,
+        route: &Route,
+        deliveries: Vec<Arc<Delivery>>,
+        targets: &mut Vec<ShardId>,
+    ) {
+        if deliveries.is_empty() {
+            return;
+        }
+        self.interest.borrow().targets(route, self.shards, targets);
+        for delivery in deliveries {
+            self.deliver(targets, ShardMessage::Deliver(delivery)).await;
+        }
+    }
+
     /// Tells a v1 publisher its event did not reach every node.
     async fn reply_unavailable(&self, to: (ShardId, ConnId, Box<str>), message: String) {
         let (shard, conn, user) = to;
@@ -257,6 +407,7 @@ async fn run(
     stats: Arc<NodeStats>,
 ) {
     let node = stats.node.clone();
+    let (reads_tx, reads_rx) = mpsc::unbounded_channel();
     let shared = Rc::new(Shared {
         shards: u16::try_from(inboxes.len()).unwrap_or(u16::MAX),
         inboxes,
@@ -266,6 +417,12 @@ async fn run(
         max_payload: settings.max_payload,
         in_flight: Cell::new(0),
         room: Notify::new(),
+        prefix: settings.prefix.clone(),
+        history: settings.history.clone(),
+        idempotency_window: settings.idempotency_window,
+        trackers: RefCell::default(),
+        replays: RefCell::default(),
+        reads: reads_tx,
     });
     // Receivers first: nothing published after the connection is up is missed.
     let mut messages = subscriber.message_rx();
@@ -281,8 +438,19 @@ async fn run(
     info!(node = %node, prefix = %settings.prefix, "Redis bridge started");
 
     let (ops_tx, ops_rx) = mpsc::unbounded_channel();
-    let subscriptions =
-        tokio::task::spawn_local(apply_subscriptions(shared.clone(), subscriber.clone(), ops_rx));
+    let subscriptions = tokio::task::spawn_local(apply_subscriptions(
+        shared.clone(),
+        subscriber.clone(),
+        publisher.clone(),
+        ops_rx,
+    ));
+    let (done_tx, mut reads_done) = mpsc::unbounded_channel();
+    let reads = tokio::task::spawn_local(read_jobs(
+        publisher.clone(),
+        shared.prefix.clone(),
+        reads_rx,
+        done_tx,
+    ));
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
     let publishes =
         tokio::task::spawn_local(publish_jobs(shared.clone(), publisher.clone(), jobs_rx));
@@ -304,7 +472,8 @@ async fn run(
                         Ok(message) => on_message(&shared, &message, &mut json, &mut targets).await,
                         Err(RecvError::Lagged(n)) => {
                             BridgeStats::add(&shared.bridge().lagged, n);
-                            warn!(dropped = n, "the Redis bridge fell behind: fred dropped messages (Lagged)");
+                            warn!(dropped = n, "the Redis bridge fell behind: fred dropped messages (Lagged); reading every stream's history from its position");
+                            shared.fill_all();
                         }
                         Err(RecvError::Closed) => break 'bridge,
                     }
@@ -333,6 +502,14 @@ async fn run(
             _ = pub_reconnects.recv() => {
                 BridgeStats::add(&shared.bridge().reconnects, 1);
                 info!("Redis publisher connected");
+                // A Redis that restarted has forgotten the scripts (EVALSHA would fail
+                // with NOSCRIPT until they are loaded again).
+                let publisher = publisher.clone();
+                tokio::task::spawn_local(async move { load_scripts(&publisher).await });
+            }
+            done = reads_done.recv() => {
+                let Some(done) = done else { break 'bridge };
+                on_read(&shared, done, &mut json, &mut targets).await;
             }
             _ = ticker.tick() => {
                 let now = Instant::now();
@@ -346,6 +523,8 @@ async fn run(
                         warn!(connected, "Redis bridge not ready: publishes stay on this node");
                     }
                     BridgeStats::set(&shared.bridge().ready, verdict.ready);
+                    let all: Vec<ShardId> = (0..shared.shards).map(ShardId).collect();
+                    shared.deliver(&all, ShardMessage::BusState { ready: verdict.ready }).await;
                 }
                 if verdict.force_reconnect {
                     warn!(timeout = ?settings.heartbeat_timeout, "Redis heartbeat lost: forcing a reconnect");
@@ -370,9 +549,10 @@ async fn run(
                         let op = interest_op(&shared, shard, change);
                         let _ = ops_tx.send(op);
                     }
-                    BusCommand::Publish { event, reply_to } => {
-                        publish(&shared, &jobs_tx, event, reply_to, &mut targets).await;
+                    BusCommand::Publish { event, options, reply_to } => {
+                        publish(&shared, &jobs_tx, event, options, reply_to, &mut targets).await;
                     }
+                    BusCommand::Replay(request) => replay_requested(&shared, *request),
                 }
             }
             () = shared.room.notified() => {}
@@ -382,6 +562,7 @@ async fn run(
     drop(ops_tx);
     let _ = publishes.await;
     subscriptions.abort();
+    reads.abort();
     let bye = async {
         let _ = subscriber.quit().await;
         let _ = publisher.quit().await;
@@ -489,9 +670,33 @@ async fn receive(
             return;
         }
     };
-    let delivery = wire::delivery_from(route, text, json);
+    let delivery = Arc::new(wire::delivery_from(route.clone(), text, json));
     BridgeStats::add(&shared.bridge().messages_in, 1);
-    shared.deliver(targets, ShardMessage::Deliver(Arc::new(delivery))).await;
+    let tracked = delivery.id.and_then(|id| {
+        let mut trackers = shared.trackers.borrow_mut();
+        trackers.get_mut(&route).map(|tracker| tracker.live(id, &delivery))
+    });
+    let Some((action, lost)) = tracked else {
+        // No id (another publisher's payload, or a stream without history).
+        shared.deliver(targets, ShardMessage::Deliver(delivery)).await;
+        return;
+    };
+    if lost {
+        shared.lost(&route, targets).await;
+    }
+    match action {
+        Live::Deliver => shared.deliver(targets, ShardMessage::Deliver(delivery)).await,
+        Live::Duplicate => {}
+        Live::Held(Some(after)) => {
+            debug!(?route, after = %after, "gap in a stream: reading it from the history");
+            shared.fill(route, after);
+        }
+        Live::Held(None) => {}
+        Live::GaveUp => {
+            let ready = shared.trackers.borrow_mut().get_mut(&route).map(StreamTracker::take_ready);
+            shared.deliver_all(&route, ready.unwrap_or_default(), targets).await;
+        }
+    }
 }
 
 /// Applies a shard's interest change to the table; returns what Redis must do about it.
@@ -512,12 +717,45 @@ fn interest_op(shared: &Shared, shard: ShardId, change: InterestChange) -> Subsc
     }
 }
 
-/// A client's event: to Redis when the bridge is ready, else to this node's shards only
-/// (and the v1 publisher is told).
+/// The SHA-1s of the scripts (EVALSHA).
+static PUBLISH_SHA: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| history::script_sha(PUBLISH_SCRIPT));
+static READ_SHA: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| history::script_sha(READ_SCRIPT));
+
+/// `EVALSHA sha numkeys key... arg...` (fred's pipelines have no Lua interface).
+fn evalsha() -> fred::types::CustomCommand {
+    fred::types::CustomCommand::new_static("EVALSHA", fred::types::ClusterHash::FirstKey, false)
+}
+
+/// Loads both scripts into Redis's script cache (after every publisher connection).
+async fn load_scripts(publisher: &Client) {
+    for script in [PUBLISH_SCRIPT, READ_SCRIPT] {
+        if let Err(e) = publisher.script_load::<String, _>(script).await {
+            debug!(cause = %e.details(), "SCRIPT LOAD failed (retried on NOSCRIPT)");
+        }
+    }
+}
+
+/// Whether Redis answered that it does not know the script (it restarted): nothing was
+/// executed, so the command can be sent again.
+fn is_noscript(error: &RedisError) -> bool {
+    error.details().starts_with("NOSCRIPT")
+}
+
+/// Seconds for an EXPIRE (at least 1).
+fn seconds(d: Duration) -> String {
+    d.as_secs().max(1).to_string()
+}
+
+/// A client's event: to Redis when the bridge is ready (through the history script when
+/// its stream keeps history), else to this node's shards only (and the v1 publisher is
+/// told).
 async fn publish(
     shared: &Shared,
     jobs: &mpsc::UnboundedSender<PublishJob>,
     event: Event,
+    options: PublishOptions,
     reply_to: Option<(ShardId, ConnId)>,
     targets: &mut Vec<ShardId>,
 ) {
@@ -525,7 +763,31 @@ async fn publish(
     if shared.ready() {
         let mut payload = String::new();
         wire::write_payload(&event, &mut payload);
-        let job = PublishJob { channel: shared.channels.of_route(&event.route), payload, reply_to };
+        let retention = shared.retention(&event.route);
+        let stored = retention.enabled().then(|| {
+            // The script writes `{"id":"...",` and then the rest of the object.
+            payload.remove(0);
+            let keys = StreamKeys::of(&shared.prefix, &event.route);
+            let mut retention = vec![
+                retention.size.to_string(),
+                seconds(retention.ttl),
+                seconds(shared.history.meta_ttl.max(retention.ttl)),
+            ];
+            let mut script_keys = vec![keys.stream.clone(), keys.meta.clone()];
+            if let Some(key) = &options.idempotency_key {
+                script_keys.push(keys.idempotency(&shared.prefix, key));
+                retention.push(seconds(shared.idempotency_window));
+            }
+            StoredPublish { keys: script_keys, retention }
+        });
+        let job = PublishJob {
+            channel: shared.channels.of_route(&event.route),
+            payload,
+            stored,
+            route: event.route,
+            ack: options.ack,
+            reply_to,
+        };
         shared.in_flight.set(shared.in_flight.get() + 1);
         let _ = jobs.send(job);
         return;
@@ -533,17 +795,51 @@ async fn publish(
     BridgeStats::add(&shared.bridge().publish_errors, 1);
     shared.interest.borrow().targets(&event.route, shared.shards, targets);
     if !targets.is_empty() {
-        let delivery = event.encode(&shared.stats.node);
+        let delivery = event.encode(&shared.stats.node, None);
         shared.deliver(targets, ShardMessage::Deliver(Arc::new(delivery))).await;
     }
     if let Some(to) = reply_to {
-        let message = "Redis is unavailable: delivered to this node's clients only".to_owned();
+        let message =
+            "Redis is unavailable: delivered to this node's clients only, not stored".to_owned();
         shared.reply_unavailable(to, message).await;
     }
 }
 
+/// Sends `jobs` to Redis in one pipeline; one result per job, in order.
+async fn send_publishes(publisher: &Client, jobs: &[PublishJob]) -> Vec<Result<Value, RedisError>> {
+    let pipeline = publisher.pipeline();
+    let mut queued = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let result: Result<(), RedisError> = match &job.stored {
+            None => pipeline.publish(job.channel.as_str(), job.payload.as_str()).await,
+            Some(stored) => {
+                let mut args = Vec::with_capacity(4 + stored.keys.len() + stored.retention.len());
+                args.push(PUBLISH_SHA.clone());
+                args.push(stored.keys.len().to_string());
+                args.extend(stored.keys.iter().cloned());
+                args.push(job.channel.clone());
+                args.push(job.payload.clone());
+                args.extend(stored.retention.iter().cloned());
+                pipeline.custom(evalsha(), args).await
+            }
+        };
+        queued.push(result);
+    }
+    let mut results = pipeline.try_all::<Value>().await.into_iter();
+    queued
+        .into_iter()
+        .map(|queued| match queued {
+            Err(e) => Err(e),
+            Ok(()) => results.next().unwrap_or_else(|| {
+                Err(RedisError::new(fred::error::ErrorKind::Unknown, "no reply"))
+            }),
+        })
+        .collect()
+}
+
 /// The publisher task: pipelines publishes to Redis in arrival order, one batch in
-/// flight; every failure is counted and told to its v1 publisher.
+/// flight; every failure is counted and told to its v1 publisher, every stored event's id
+/// to a publisher that asked for a receipt.
 async fn publish_jobs(
     shared: Rc<Shared>,
     publisher: Client,
@@ -551,36 +847,318 @@ async fn publish_jobs(
 ) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     while jobs.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
-        let pipeline = publisher.pipeline();
-        let mut queued = Vec::with_capacity(batch.len());
-        for job in batch.drain(..) {
-            let PublishJob { channel, payload, reply_to } = job;
-            let result: Result<(), RedisError> = pipeline.publish(channel, payload).await;
-            queued.push((result, reply_to));
-        }
-        let results = pipeline.try_all::<Value>().await;
-        let mut results = results.into_iter();
-        let sent = queued.len();
-        for (queued_result, reply_to) in queued {
-            let error = match queued_result {
-                Err(e) => Some(e),
-                Ok(()) => results.next().and_then(Result::err),
-            };
-            if let Some(e) = error {
-                BridgeStats::add(&shared.bridge().publish_errors, 1);
-                debug!(cause = %e.details(), "publish to Redis failed");
-                if let Some(to) = reply_to {
-                    let message = format!(
-                        "could not publish to Redis ({}): other nodes may not have received it",
-                        e.details()
-                    );
-                    shared.reply_unavailable(to, message).await;
-                }
+        let mut results = send_publishes(&publisher, &batch).await;
+        if results.iter().any(|r| r.as_ref().is_err_and(is_noscript)) {
+            // Redis restarted and forgot the script; those publishes did not run: load
+            // it and send them again, in the same order.
+            load_scripts(&publisher).await;
+            let again: Vec<usize> = (0..results.len())
+                .filter(|&i| results[i].as_ref().is_err_and(is_noscript))
+                .collect();
+            let retry: Vec<PublishJob> = again
+                .iter()
+                .rev()
+                .map(|&i| batch.remove(i))
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            let retried = send_publishes(&publisher, &retry).await;
+            for (&i, (job, result)) in again.iter().zip(retry.into_iter().zip(retried)) {
+                batch.insert(i, job);
+                results[i] = result;
             }
+        }
+        let sent = batch.len();
+        for (job, result) in batch.drain(..).zip(results) {
+            answer_publish(&shared, job, result).await;
         }
         shared.in_flight.set(shared.in_flight.get().saturating_sub(sent));
         shared.room.notify_one();
     }
+}
+
+/// Tells the publisher how its publish went: an error reply if it failed, the receipt if
+/// it asked for one.
+async fn answer_publish(shared: &Shared, job: PublishJob, result: Result<Value, RedisError>) {
+    let PublishJob { stored, route, ack, reply_to, .. } = job;
+    match result {
+        Err(e) => {
+            BridgeStats::add(&shared.bridge().publish_errors, 1);
+            debug!(cause = %e.details(), "publish to Redis failed");
+            if let Some(to) = reply_to {
+                let message = format!(
+                    "could not publish to Redis ({}): other nodes may not have received it",
+                    e.details()
+                );
+                shared.reply_unavailable(to, message).await;
+            }
+        }
+        Ok(value) => {
+            let Some((shard, conn, user)) = reply_to.filter(|_| ack) else { return };
+            let id = stored.and_then(|_| value.as_str().and_then(|id| id.parse::<EventId>().ok()));
+            let json = published_json(&route, id).into_boxed_str();
+            shared.deliver(&[shard], ShardMessage::Reply { conn, user, json }).await;
+        }
+    }
+}
+
+/// The reads task: runs history reads in pipelines, in order, and hands each result back
+/// to the bridge's loop.
+async fn read_jobs(
+    publisher: Client,
+    prefix: String,
+    mut jobs: mpsc::UnboundedReceiver<ReadJob>,
+    done: mpsc::UnboundedSender<ReadDone>,
+) {
+    let mut batch = Vec::with_capacity(READ_BATCH);
+    while jobs.recv_many(&mut batch, READ_BATCH).await > 0 {
+        let mut results = send_reads(&publisher, &prefix, &batch).await;
+        if results.iter().any(|r| r.as_ref().is_err_and(is_noscript)) {
+            load_scripts(&publisher).await;
+            results = send_reads(&publisher, &prefix, &batch).await;
+        }
+        for (job, result) in batch.drain(..).zip(results) {
+            let result =
+                result.map_err(|e| e.details().to_owned()).and_then(history::parse_snapshot);
+            if done.send(ReadDone { job, result }).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Sends `jobs` to Redis in one pipeline; one result per job, in order.
+async fn send_reads(
+    publisher: &Client,
+    prefix: &str,
+    jobs: &[ReadJob],
+) -> Vec<Result<Value, RedisError>> {
+    let pipeline = publisher.pipeline();
+    let mut queued = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let keys = StreamKeys::of(prefix, &job.route);
+        let from = match job.from {
+            ReadFrom::Offset(offset) => offset.max(1).to_string(),
+            ReadFrom::Latest => "latest".to_owned(),
+        };
+        let args = vec![
+            READ_SHA.clone(),
+            "2".to_owned(),
+            keys.stream,
+            keys.meta,
+            from,
+            job.count.to_string(),
+        ];
+        let result: Result<(), RedisError> = pipeline.custom(evalsha(), args).await;
+        queued.push(result);
+    }
+    let mut results = pipeline.try_all::<Value>().await.into_iter();
+    queued
+        .into_iter()
+        .map(|queued| match queued {
+            Err(e) => Err(e),
+            Ok(()) => results.next().unwrap_or_else(|| {
+                Err(RedisError::new(fred::error::ErrorKind::Unknown, "no reply"))
+            }),
+        })
+        .collect()
+}
+
+/// Frames a snapshot's entries once each (they carry their ids).
+fn deliveries_of(
+    route: &Route,
+    entries: Vec<(u64, String)>,
+    json: &mut String,
+) -> Vec<Arc<Delivery>> {
+    entries
+        .into_iter()
+        .map(|(_, payload)| Arc::new(wire::delivery_from(route.clone(), &payload, json)))
+        .filter(|d| d.id.is_some())
+        .collect()
+}
+
+/// A history read came back.
+async fn on_read(shared: &Shared, done: ReadDone, json: &mut String, targets: &mut Vec<ShardId>) {
+    BridgeStats::add(&shared.bridge().history_reads, 1);
+    let ReadDone { job, result } = done;
+    if let Err(why) = &result {
+        debug!(route = ?job.route, cause = %why, "history read failed");
+    }
+    match job.purpose {
+        // Positions are read by the subscription task itself (`learn_positions`).
+        ReadFor::Position => {}
+        ReadFor::Fill(after) => {
+            let failed = result.is_err();
+            let snapshot = result
+                .map(|s| s.map(|s| (s.state, deliveries_of(&job.route, s.entries, json))))
+                .map_err(|_| ());
+            let filled = {
+                let mut trackers = shared.trackers.borrow_mut();
+                let Some(tracker) = trackers.get_mut(&job.route) else { return };
+                tracker.filled(after, snapshot, job.count)
+            };
+            if filled.lost {
+                shared.lost(&job.route, targets).await;
+            }
+            BridgeStats::add(&shared.bridge().gaps_filled, filled.deliver.len() as u64);
+            shared.deliver_all(&job.route, filled.deliver, targets).await;
+            if let Some(after) = filled.again {
+                if failed {
+                    // Tried again after a pause (Redis may be away), without holding up
+                    // the bridge.
+                    let reads = shared.reads.clone();
+                    tokio::task::spawn_local(async move {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let from = ReadFrom::Offset(after.offset + 1);
+                        let job = ReadJob {
+                            route: job.route,
+                            from,
+                            count: FILL_COUNT,
+                            purpose: ReadFor::Fill(after),
+                        };
+                        let _ = reads.send(job);
+                    });
+                } else {
+                    shared.fill(job.route, after);
+                }
+            }
+        }
+        ReadFor::Replay => {
+            let snapshot =
+                result.map(|s| s.map(|s| (s.state, deliveries_of(&job.route, s.entries, json))));
+            answer_replays(shared, &job.route, snapshot).await;
+        }
+    }
+}
+
+/// A client asked for a replay: it joins the stream's waiting group; one read serves the
+/// group.
+fn replay_requested(shared: &Shared, request: ReplayRequest) {
+    let route = request.route.clone();
+    let mut replays = shared.replays.borrow_mut();
+    let group = replays.entry(route.clone()).or_default();
+    group.waiting.push(request);
+    if !group.reading {
+        group.reading = true;
+        let (from, count) = read_range(&shared.history, &group.waiting);
+        drop(replays);
+        shared.read(route, from, count, ReadFor::Replay);
+    }
+}
+
+/// One read for every waiting replay of a stream: from the earliest position asked for,
+/// enough entries for the replay limit and the largest history page.
+fn read_range(history: &HistorySettings, waiting: &[ReplayRequest]) -> (ReadFrom, usize) {
+    let max_replay = usize::try_from(history.max_replay).unwrap_or(usize::MAX);
+    let mut from: Option<u64> = None;
+    let mut count = 1;
+    for request in waiting {
+        let start = match request.since {
+            Since::After(id) => Some(id.offset + 1),
+            Since::Oldest => Some(1),
+            Since::Latest | Since::Malformed => None,
+        };
+        if let Some(start) = start {
+            from = Some(from.map_or(start, |f| f.min(start)));
+        }
+        let wanted = if request.limit == u64::MAX { max_replay } else { request.limit as usize };
+        count =
+            count.max(wanted.min(max_replay.max(crate::conn::command::HISTORY_PAGE.1 as usize)));
+    }
+    match from {
+        Some(offset) => (ReadFrom::Offset(offset), count.max(1)),
+        None => (ReadFrom::Latest, 1),
+    }
+}
+
+/// Answers the replays waiting for `route`'s read. A recovery (or `latest`) is answered up
+/// to the node's delivery position — the shard holds the client's live events until the
+/// answer, which the shard receives behind every live event up to that position — so the
+/// client gets each event exactly once. Waiters the read did not cover are read again.
+async fn answer_replays(
+    shared: &Shared,
+    route: &Route,
+    snapshot: Result<Option<FramedSnapshot>, String>,
+) {
+    let waiting = {
+        let mut replays = shared.replays.borrow_mut();
+        let Some(group) = replays.get_mut(route) else { return };
+        group.reading = false;
+        std::mem::take(&mut group.waiting)
+    };
+    let position = shared.trackers.borrow().get(route).map(|t| (t.is_known(), t.position()));
+    let max_replay = shared.history.max_replay;
+    let mut again = Vec::new();
+    for request in waiting {
+        let answer = match &snapshot {
+            Err(_) => Some(ReplayAnswer { recovered: false, ..ReplayAnswer::default() }),
+            Ok(snapshot) => replay_answer(&request, snapshot.as_ref(), position, max_replay),
+        };
+        match answer {
+            Some(answer) => {
+                let shard = request.to.shard;
+                let message =
+                    ShardMessage::Replayed { to: Box::new(request.to), answer: Box::new(answer) };
+                shared.deliver(&[shard], message).await;
+            }
+            None => again.push(request),
+        }
+    }
+    if !again.is_empty() {
+        let mut replays = shared.replays.borrow_mut();
+        let group = replays.entry(route.clone()).or_default();
+        group.waiting.extend(again);
+        if !group.reading {
+            group.reading = true;
+            let (from, count) = read_range(&shared.history, &group.waiting);
+            drop(replays);
+            shared.read(route.clone(), from, count, ReadFor::Replay);
+        }
+    }
+}
+
+/// The answer to one replay from a history snapshot; `None` when the snapshot does not
+/// cover it (read again). `position`: whether the node's delivery position of the stream
+/// is known, and what it is.
+fn replay_answer(
+    request: &ReplayRequest,
+    snapshot: Option<&FramedSnapshot>,
+    position: Option<(bool, Option<EventId>)>,
+    max_replay: u64,
+) -> Option<ReplayAnswer> {
+    let live = request.to.purpose != ReplayPurpose::History;
+    let mut state = snapshot.map(|(state, _)| *state);
+    if live {
+        // Stitched to live delivery: answered up to the node's position, never past it.
+        match (position, state) {
+            (Some((true, Some(at))), Some(s)) if at.epoch == s.epoch => {
+                if at.offset > s.top {
+                    return None; // the read is older than what was delivered: read again
+                }
+                state = Some(StreamState { top: at.offset, ..s });
+            }
+            // The stream had no history when the node started delivering it and has
+            // delivered nothing since: nothing to replay beyond the start.
+            (Some((true, None)), Some(s)) => state = Some(StreamState { top: 0, first: None, ..s }),
+            (Some((true, None)), None) => {}
+            // Not delivering the stream, or its position is unknown or in another epoch:
+            // the answer could not be stitched to live delivery without a gap.
+            _ => return Some(ReplayAnswer { recovered: false, ..ReplayAnswer::default() }),
+        }
+    }
+    let entries = snapshot.map(|(_, e)| e.as_slice()).unwrap_or_default();
+    let mut covered = true;
+    let answer = recovery::answer(request.since, state, max_replay, request.limit, |from, to| {
+        let events: Vec<Arc<Delivery>> = entries
+            .iter()
+            .filter(|d| d.id.is_some_and(|id| (from..=to).contains(&id.offset)))
+            .cloned()
+            .collect();
+        covered = events.len() as u64 == to - from + 1;
+        events
+    });
+    covered.then_some(answer)
 }
 
 /// The subscription task: applies subscription changes in order, consecutive ones of a
@@ -588,6 +1166,7 @@ async fn publish_jobs(
 async fn apply_subscriptions(
     shared: Rc<Shared>,
     subscriber: Client,
+    publisher: Client,
     mut ops: mpsc::UnboundedReceiver<SubscriptionOp>,
 ) {
     let mut subscribed: HashSet<String> = HashSet::new();
@@ -598,21 +1177,33 @@ async fn apply_subscriptions(
                 Step::ResubscribeAll => {
                     subscribed.clear();
                     let all = shared.channels_of_interest();
+                    // Streams whose position was never learned learn it now; the others
+                    // are read from their position once subscribed (what was published
+                    // while the node was away is in the history).
+                    learn_positions(&shared, &publisher, &all).await;
                     for chunk in all.chunks(SUBSCRIBE_BATCH) {
                         if subscribe(&subscriber, chunk.to_vec()).await {
                             subscribed.extend(chunk.iter().cloned());
                         }
                     }
+                    shared.fill_all();
                 }
                 Step::Unsubscribe(channels) => {
                     for c in &channels {
                         subscribed.remove(c);
+                        if let Incoming::Event(route) = shared.channels.classify(c) {
+                            shared.trackers.borrow_mut().remove(&route);
+                        }
                     }
                     if let Err(e) = subscriber.unsubscribe(channels).await {
                         debug!(cause = %e.details(), "UNSUBSCRIBE failed (the next reconnect forgets it)");
                     }
                 }
                 Step::Subscribe { channels, confirms } => {
+                    // Where each new stream stands, read before subscribing: an event
+                    // published in between comes live past that position, and the gap
+                    // before it is read from the history.
+                    learn_positions(&shared, &publisher, &channels).await;
                     if !channels.is_empty() && subscribe(&subscriber, channels.clone()).await {
                         subscribed.extend(channels);
                     }
@@ -625,6 +1216,56 @@ async fn apply_subscriptions(
             }
             let count = subscribed.len() as u64;
             shared.bridge().subscribed_channels.store(count, Relaxed);
+        }
+    }
+}
+
+/// Reads where each stream of `channels` with history stands, for the streams whose
+/// position the node does not know; creates their trackers. A failed read leaves the
+/// position unknown (the first live event sets it).
+async fn learn_positions(shared: &Shared, publisher: &Client, channels: &[String]) {
+    let mut jobs = Vec::new();
+    for channel in channels {
+        let Incoming::Event(route) = shared.channels.classify(channel) else { continue };
+        if !shared.retention(&route).enabled() {
+            continue;
+        }
+        let known = shared.trackers.borrow().get(&route).is_some_and(StreamTracker::is_known);
+        if !known {
+            jobs.push(ReadJob {
+                route,
+                from: ReadFrom::Latest,
+                count: 0,
+                purpose: ReadFor::Position,
+            });
+        }
+    }
+    for chunk in jobs.chunks(READ_BATCH) {
+        let results = if publisher.is_connected() {
+            send_reads(publisher, &shared.prefix, chunk).await
+        } else {
+            Vec::new()
+        };
+        BridgeStats::add(&shared.bridge().history_reads, results.len() as u64);
+        let mut results = results.into_iter();
+        for job in chunk {
+            let result = results.next().map(|r| r.map_err(|e| e.details().to_owned()));
+            let position = match result.map(|r| r.and_then(history::parse_snapshot)) {
+                Some(Ok(None)) => Position::Empty,
+                Some(Ok(Some(snapshot))) => Position::At(snapshot.state.position()),
+                Some(Err(why)) => {
+                    debug!(route = ?job.route, cause = %why, "could not read a stream's position");
+                    Position::Unknown
+                }
+                None => Position::Unknown,
+            };
+            let mut trackers = shared.trackers.borrow_mut();
+            let tracker = trackers
+                .entry(job.route.clone())
+                .or_insert_with(|| StreamTracker::new(Position::Unknown));
+            if !tracker.is_known() {
+                *tracker = StreamTracker::new(position);
+            }
         }
     }
 }

@@ -27,7 +27,7 @@ use serde_json::value::RawValue;
 use crate::{
     event::{Event, push_json_str},
     frame,
-    xshard::{Delivery, Interest, NodeId, Route},
+    xshard::{Delivery, EventId, Interest, NodeId, Route},
 };
 
 /// The channel of broadcasts, shared with the Python nodes.
@@ -108,8 +108,8 @@ pub(crate) fn write_payload(event: &Event, out: &mut String) {
     out.clear();
     out.reserve(64 + event.payload_len());
     match event.route {
-        Route::Broadcast => event.write_seed(out, true),
-        Route::Topic(_) | Route::Direct(_) => event.write_v1(out),
+        Route::Broadcast => event.write_seed(out, true, None),
+        Route::Topic(_) | Route::Direct(_) => event.write_v1(out, None),
     }
 }
 
@@ -141,13 +141,27 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
     <&RawValue>::deserialize(d).map(Some)
 }
 
+/// The id of a stored event: the payload starts with `{"id":"<epoch>:<offset>"` (the
+/// publish script puts it first). `None` for payloads without one (other publishers).
+pub(crate) fn event_id_of(text: &str) -> Option<EventId> {
+    let rest = text.strip_prefix(r#"{"id":""#)?;
+    let end = rest.find('"')?;
+    rest[..end].parse().ok()
+}
+
 /// Frames a message (its payload as text) received on `route`'s channel: each frame
-/// built once, here.
+/// built once, here. A stored event's id (first field) is kept, in both formats.
 pub(crate) fn delivery_from(route: Route, text: &str, json: &mut String) -> Delivery {
     json.clear();
+    let id = event_id_of(text);
     let (v1, seed) = match &route {
         Route::Broadcast => {
-            json.push_str(r#"{"type":"broadcast","sender":"#);
+            json.push('{');
+            if let Some(id) = id {
+                use std::fmt::Write;
+                let _ = write!(json, r#""id":"{id}","#);
+            }
+            json.push_str(r#""type":"broadcast","sender":"#);
             match serde_json::from_str::<BroadcastPayload<'_>>(text) {
                 Ok(p) => {
                     push_json_str(json, &p.sender);
@@ -183,7 +197,7 @@ pub(crate) fn delivery_from(route: Route, text: &str, json: &mut String) -> Deli
             (frame::encode_text(json), None)
         }
     };
-    Delivery { route, id: None, origin: NodeId::redis(), v1, seed }
+    Delivery { route, id, origin: NodeId::redis(), v1, seed }
 }
 
 /// Whether `text` is one well-formed JSON object.
@@ -266,6 +280,24 @@ mod tests {
             expected.push('}');
             assert_eq!(v1, expected);
             assert_eq!(seed.as_deref(), Some(odd));
+        }
+    }
+
+    #[test]
+    fn stored_events_keep_their_id_in_both_formats() {
+        let stored = r#"{"id":"17:4","sender":"al","text":"hi"}"#;
+        let d = delivery_from(Route::Broadcast, stored, &mut String::new());
+        assert_eq!(d.id, Some(EventId { epoch: 17, offset: 4 }));
+        assert_eq!(text_of(&d.v1), r#"{"id":"17:4","type":"broadcast","sender":"al","data":"hi"}"#);
+        assert_eq!(text_of(d.seed.as_ref().unwrap()), stored);
+        let topic = r#"{"id":"17:5","type":"message","topic":"t","sender":"al","data":1}"#;
+        let d = delivery_from(Route::Topic("t".into()), topic, &mut String::new());
+        assert_eq!(
+            (d.id, text_of(&d.v1)),
+            (Some(EventId { epoch: 17, offset: 5 }), topic.to_owned())
+        );
+        for none in [r#"{"sender":"py","text":"x"}"#, r#"{"id":"x:1"}"#, r#"{"id":"1:2"#, "plain"] {
+            assert_eq!(event_id_of(none), None, "{none}");
         }
     }
 

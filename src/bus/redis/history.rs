@@ -1,0 +1,582 @@
+//! History in Redis: the Lua scripts that store and read it, and the per-stream position
+//! tracker that makes the node's live delivery gap-free.
+//!
+//! Runs on: the bridge thread. Pure: no I/O (the bridge runs the scripts).
+//!
+//! - **Publish** ([`PUBLISH_SCRIPT`]): one script per event assigns the next offset
+//!   (`HINCRBY` of the stream's meta hash, whose `e` field is the epoch — created from
+//!   Redis's clock when the hash is missing, which also deletes any stale stream), appends
+//!   the payload to the stream with the offset as its entry id (`XADD key MAXLEN ~ size
+//!   <offset>-0`), refreshes both keys' expiry, and PUBLISHes the payload — with
+//!   `"id":"<epoch>:<offset>"` as its first field — on the stream's channel. Atomic: no
+//!   reader ever sees an id without its event, and the channel carries a stream's events
+//!   in offset order. With an idempotency key, a retry within the window returns the
+//!   first id instead.
+//! - **Read** ([`READ_SCRIPT`]): the stream's epoch, last offset and oldest kept offset,
+//!   and up to `count` entries from an offset — one consistent snapshot.
+//! - **Tracking** ([`StreamTracker`]): per stream this node delivers, the last offset it
+//!   delivered **contiguously**. A live event past a gap is held and the gap is read from
+//!   the history (never skipped: advancing past a gap and backfilling later loses events);
+//!   what the history no longer has is reported as lost, so the stream's clients are told
+//!   `recovered: false`.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use fred::types::Value;
+
+use crate::{
+    history::StreamState,
+    xshard::{Delivery, EventId, Route},
+};
+
+/// Stores one event and publishes it (module docs).
+///
+/// KEYS: stream, meta[, idempotency key]. ARGV: channel, payload without its opening `{`,
+/// size, ttl (s), meta ttl (s)[, idempotency window (s)]. Returns the id.
+pub(crate) const PUBLISH_SCRIPT: &str = r#"
+if #KEYS == 3 then
+  local first = redis.call('GET', KEYS[3])
+  if first then return first end
+end
+local epoch = redis.call('HGET', KEYS[2], 'e')
+if not epoch then
+  local now = redis.call('TIME')
+  epoch = now[1] .. string.format('%06d', tonumber(now[2]))
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'e', epoch, 'o', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[2], 'o', 1)
+local id = epoch .. ':' .. offset
+local payload = '{"id":"' .. id .. '",' .. ARGV[2]
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], offset .. '-0', 'd', payload)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+if #KEYS == 3 then redis.call('SET', KEYS[3], id, 'EX', ARGV[6]) end
+redis.call('PUBLISH', ARGV[1], payload)
+return id
+"#;
+
+/// Reads a snapshot of one stream (module docs).
+///
+/// KEYS: stream, meta. ARGV: first offset wanted (`latest`: the last event only), most
+/// entries. Returns `{}` when the stream has no meta, else `{epoch, top, oldest entry id
+/// or "", entries}`.
+pub(crate) const READ_SCRIPT: &str = r#"
+local meta = redis.call('HMGET', KEYS[2], 'e', 'o')
+if not meta[1] then return {} end
+local top = tonumber(meta[2]) or 0
+local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+local first = ''
+if #oldest > 0 then first = oldest[1][1] end
+local from = ARGV[1]
+if from == 'latest' then from = top end
+local entries = {}
+if tonumber(ARGV[2]) > 0 and tonumber(from) <= top then
+  entries = redis.call('XRANGE', KEYS[1], from .. '-0', '+', 'COUNT', ARGV[2])
+end
+return {meta[1], tostring(top), first, entries}
+"#;
+
+/// The SHA-1 of a script, as EVALSHA wants it (lowercase hex).
+pub(crate) fn script_sha(script: &str) -> String {
+    use sha1::Digest;
+    sha1::Sha1::digest(script.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The Redis keys of one stream's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StreamKeys {
+    /// The Redis Stream of events.
+    pub stream: String,
+    /// The meta hash: epoch `e`, last offset `o`.
+    pub meta: String,
+}
+
+impl StreamKeys {
+    /// `<prefix>history:<stream>` and `<prefix>meta:<stream>`, where `<stream>` is
+    /// `broadcast`, `topic:<T>` or `user:<U>`.
+    pub(crate) fn of(prefix: &str, route: &Route) -> StreamKeys {
+        let name = match route {
+            Route::Broadcast => "broadcast".to_owned(),
+            Route::Topic(t) => format!("topic:{t}"),
+            Route::Direct(u) => format!("user:{u}"),
+        };
+        StreamKeys {
+            stream: format!("{prefix}history:{name}"),
+            meta: format!("{prefix}meta:{name}"),
+        }
+    }
+
+    /// The key remembering the first id of a publish with idempotency key `key`.
+    pub(crate) fn idempotency(&self, prefix: &str, key: &str) -> String {
+        let stream = self.meta.strip_prefix(prefix).and_then(|m| m.strip_prefix("meta:"));
+        format!("{prefix}idem:{}:{key}", stream.unwrap_or_default())
+    }
+}
+
+/// What a read returned: the stream's state and entries `(offset, payload)`, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    pub state: StreamState,
+    pub entries: Vec<(u64, String)>,
+}
+
+/// Parses [`READ_SCRIPT`]'s answer: `None` when the stream has no history.
+///
+/// # Errors
+/// What is malformed (never panics on a strange answer).
+pub(crate) fn parse_snapshot(value: Value) -> Result<Option<Snapshot>, String> {
+    let Value::Array(parts) = value else { return Err(format!("unexpected answer {value:?}")) };
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    let [epoch, top, first, entries]: [Value; 4] =
+        parts.try_into().map_err(|p: Vec<Value>| format!("expected 4 parts, got {}", p.len()))?;
+    let number = |v: &Value, what: &str| -> Result<u64, String> {
+        text_of(v).and_then(|t| t.parse().ok()).ok_or_else(|| format!("bad {what}: {v:?}"))
+    };
+    let epoch = number(&epoch, "epoch")?;
+    let top = number(&top, "top offset")?;
+    let first = match text_of(&first) {
+        Some("") => None,
+        Some(id) => Some(entry_offset(id).ok_or_else(|| format!("bad entry id {id}"))?),
+        None => return Err(format!("bad oldest entry {first:?}")),
+    };
+    let Value::Array(raw) = entries else { return Err(format!("bad entries {entries:?}")) };
+    let mut out = Vec::with_capacity(raw.len());
+    for entry in raw {
+        let Value::Array(entry) = entry else { return Err("bad entry".into()) };
+        let [id, fields]: [Value; 2] =
+            entry.try_into().map_err(|_| "bad entry shape".to_owned())?;
+        let offset = text_of(&id).and_then(entry_offset).ok_or("bad entry id")?;
+        let Value::Array(fields) = fields else { return Err("bad entry fields".into()) };
+        // Fields come as name, value pairs; the payload is field `d`.
+        let payload = fields
+            .chunks(2)
+            .find(|pair| text_of(&pair[0]) == Some("d"))
+            .and_then(|pair| pair.get(1))
+            .and_then(text_of)
+            .ok_or("entry without its payload")?;
+        out.push((offset, payload.to_owned()));
+    }
+    Ok(Some(Snapshot { state: StreamState { epoch, top, first }, entries: out }))
+}
+
+fn text_of(value: &Value) -> Option<&str> {
+    match value {
+        Value::String(s) => Some(s),
+        Value::Bytes(b) => std::str::from_utf8(b).ok(),
+        _ => None,
+    }
+}
+
+/// The offset of a stream entry id `<offset>-0`.
+fn entry_offset(id: &str) -> Option<u64> {
+    id.split_once('-').and_then(|(ms, _)| ms.parse().ok())
+}
+
+/// A read of the history, its entries framed: the stream's state and its events.
+pub(crate) type FramedSnapshot = (StreamState, Vec<Arc<Delivery>>);
+
+/// Where a stream stood for this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Position {
+    /// Never learned (Redis was away when the node started reading the stream): the
+    /// first event sets it.
+    Unknown,
+    /// The stream had no history when the node started reading it: the next event is
+    /// the first of a new epoch.
+    Empty,
+    /// The last event delivered contiguously.
+    At(EventId),
+}
+
+/// Most live events held behind a gap before the gap is given up as lost.
+pub(crate) const MAX_HELD: usize = 65_536;
+
+/// What to do with a live event.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Live {
+    /// Deliver it (the next one in order).
+    Deliver,
+    /// Already delivered (it came back through the history first): drop it.
+    Duplicate,
+    /// Held behind a gap; read the history after this position to fill it (`None`: a
+    /// read is on its way already).
+    Held(Option<EventId>),
+    /// Too many events held behind a gap that is not being filled: the gap is lost, and
+    /// the held events are ready ([`StreamTracker::take_ready`]).
+    GaveUp,
+}
+
+/// The result of filling a gap.
+#[derive(Debug, Default)]
+pub(crate) struct Filled {
+    /// To deliver now, in order.
+    pub deliver: Vec<Arc<Delivery>>,
+    /// Events were lost for good (trimmed, expired, or the epoch changed): the stream's
+    /// clients must resync.
+    pub lost: bool,
+    /// Read again after this position (the read stopped at its count, or events arrived
+    /// live past what it saw).
+    pub again: Option<EventId>,
+}
+
+/// One stream's delivery position on this node.
+#[derive(Debug)]
+pub(crate) struct StreamTracker {
+    position: Position,
+    /// Live events past a gap, by offset (all of the position's epoch).
+    held: BTreeMap<u64, Arc<Delivery>>,
+    /// A read to fill the gap is on its way.
+    filling: bool,
+}
+
+impl StreamTracker {
+    pub(crate) fn new(position: Position) -> StreamTracker {
+        StreamTracker { position, held: BTreeMap::new(), filling: false }
+    }
+
+    /// The last event delivered contiguously, when known.
+    pub(crate) fn position(&self) -> Option<EventId> {
+        match self.position {
+            Position::At(id) => Some(id),
+            Position::Unknown | Position::Empty => None,
+        }
+    }
+
+    /// The position is certain (the node knows where its delivery stands).
+    pub(crate) fn is_known(&self) -> bool {
+        !matches!(self.position, Position::Unknown)
+    }
+
+    /// Whether a gap read is on its way.
+    #[cfg(test)]
+    pub(crate) fn is_filling(&self) -> bool {
+        self.filling
+    }
+
+    /// Starts a read after the position (a reconnect, or a `Lagged`): `None` when one is
+    /// on its way already or the position is not known.
+    pub(crate) fn start_fill(&mut self) -> Option<EventId> {
+        if self.filling {
+            return None;
+        }
+        let from = match self.position {
+            Position::At(id) => id,
+            // Nothing was delivered yet: from the start of whatever epoch Redis has.
+            Position::Empty => EventId { epoch: 0, offset: 0 },
+            Position::Unknown => return None,
+        };
+        self.filling = true;
+        Some(from)
+    }
+
+    /// A live event `id` arrived. Returns `(what to do, lost)`: `lost` when the epoch
+    /// changed (the history was lost: what this node had not delivered of the old epoch
+    /// is gone).
+    pub(crate) fn live(&mut self, id: EventId, delivery: &Arc<Delivery>) -> (Live, bool) {
+        let mut lost = false;
+        let at = match self.position {
+            Position::Unknown => {
+                self.position = Position::At(id);
+                return (Live::Deliver, false);
+            }
+            Position::Empty => EventId { epoch: id.epoch, offset: 0 },
+            Position::At(at) if at.epoch != id.epoch => {
+                lost = true;
+                self.held.clear();
+                EventId { epoch: id.epoch, offset: 0 }
+            }
+            Position::At(at) => at,
+        };
+        self.position = Position::At(at);
+        if id.offset <= at.offset {
+            return (Live::Duplicate, lost);
+        }
+        if id.offset == at.offset + 1 && self.held.is_empty() {
+            self.position = Position::At(id);
+            return (Live::Deliver, lost);
+        }
+        self.held.insert(id.offset, delivery.clone());
+        if self.held.len() > MAX_HELD {
+            // The gap is not being filled (Redis is away): give it up, go on from the
+            // first held event (`take_ready` hands them over).
+            let first = self.held.keys().next().copied().unwrap_or(id.offset);
+            self.position = Position::At(EventId { epoch: id.epoch, offset: first - 1 });
+            self.filling = false;
+            return (Live::GaveUp, true);
+        }
+        if self.filling {
+            return (Live::Held(None), lost);
+        }
+        self.filling = true;
+        (Live::Held(Some(at)), lost)
+    }
+
+    /// Takes held events that are now next in order.
+    fn release_held(&mut self, filled: &mut Filled) {
+        let Position::At(mut at) = self.position else { return };
+        while let Some(entry) = self.held.first_entry() {
+            if *entry.key() != at.offset + 1 {
+                break;
+            }
+            at.offset += 1;
+            filled.deliver.push(entry.remove());
+        }
+        self.position = Position::At(at);
+    }
+
+    /// Hands over held events that have become next in order (after the position moved).
+    pub(crate) fn take_ready(&mut self) -> Vec<Arc<Delivery>> {
+        let mut filled = Filled::default();
+        self.release_held(&mut filled);
+        filled.deliver
+    }
+
+    /// A gap read came back: `snapshot` is the history read after `from` (`Err`: the read
+    /// failed, retried later), `count` the most entries it asked for; `entries` are its
+    /// entries framed as deliveries.
+    pub(crate) fn filled(
+        &mut self,
+        from: EventId,
+        snapshot: Result<Option<FramedSnapshot>, ()>,
+        count: usize,
+    ) -> Filled {
+        self.filling = false;
+        let mut out = Filled::default();
+        let Ok(snapshot) = snapshot else {
+            out.again = Some(from);
+            return out;
+        };
+        let Some((state, entries)) = snapshot else {
+            // No history at all any more (Redis lost it, or it expired).
+            if matches!(self.position, Position::At(at) if at.offset > 0) {
+                out.lost = true;
+            }
+            self.position = Position::Empty;
+            self.held.clear();
+            return out;
+        };
+        let at = match self.position {
+            Position::At(at) => at,
+            Position::Empty | Position::Unknown => EventId { epoch: state.epoch, offset: 0 },
+        };
+        if at.epoch != state.epoch {
+            // The epoch changed under us: what we missed of the old one is gone. Start
+            // from where the new epoch stands now (its clients resync anyway).
+            out.lost = true;
+            self.held.retain(|&offset, d| {
+                d.id.is_some_and(|i| i.epoch == state.epoch) && offset > state.top
+            });
+            self.position = Position::At(state.position());
+            self.release_held(&mut out);
+            return out;
+        }
+        let mut at = EventId { epoch: state.epoch, offset: at.offset };
+        let read_all = entries.len() < count;
+        let read_upto = entries.last().and_then(|d| d.id).map_or(at.offset, |i| i.offset);
+        for delivery in entries {
+            if let Some(id) = delivery.id {
+                self.held.entry(id.offset).or_insert(delivery);
+            }
+        }
+        while let Some(entry) = self.held.first_entry() {
+            let offset = *entry.key();
+            if offset <= at.offset {
+                entry.remove();
+                continue;
+            }
+            if offset == at.offset + 1 {
+                at.offset = offset;
+                out.deliver.push(entry.remove());
+                continue;
+            }
+            // A gap before `offset`. The read covered it (its entries went past it, or it
+            // reached the end of what existed), so the history no longer has it: lost.
+            let covered = at.offset < state.top && (at.offset < read_upto || read_all);
+            if covered {
+                out.lost = true;
+                at.offset = offset - 1;
+                continue;
+            }
+            break;
+        }
+        // Events that existed at read time and are still missing: the history lost them.
+        if read_all && at.offset < state.top && self.held.is_empty() {
+            out.lost = true;
+            at.offset = state.top;
+        }
+        self.position = Position::At(at);
+        if !read_all || !self.held.is_empty() {
+            self.filling = true;
+            out.again = Some(at);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{frame, xshard::NodeId};
+
+    fn event(epoch: u64, offset: u64) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            route: Route::Topic("t".into()),
+            id: Some(EventId { epoch, offset }),
+            origin: NodeId::redis(),
+            v1: frame::encode_text("{}"),
+            seed: None,
+        })
+    }
+
+    fn offsets(events: &[Arc<Delivery>]) -> Vec<u64> {
+        events.iter().filter_map(|d| d.id).map(|i| i.offset).collect()
+    }
+
+    fn at(offset: u64) -> EventId {
+        EventId { epoch: 5, offset }
+    }
+
+    fn state(top: u64, first: Option<u64>) -> StreamState {
+        StreamState { epoch: 5, top, first }
+    }
+
+    #[test]
+    fn contiguous_events_go_out_and_duplicates_are_dropped() {
+        let mut t = StreamTracker::new(Position::At(at(3)));
+        assert_eq!(t.live(at(4), &event(5, 4)), (Live::Deliver, false));
+        assert_eq!(t.live(at(4), &event(5, 4)), (Live::Duplicate, false));
+        assert_eq!(t.live(at(2), &event(5, 2)), (Live::Duplicate, false));
+        assert_eq!(t.position(), Some(at(4)));
+        // A stream first seen empty starts at offset 1 of whatever epoch comes.
+        let mut t = StreamTracker::new(Position::Empty);
+        assert_eq!(t.live(EventId { epoch: 9, offset: 1 }, &event(9, 1)), (Live::Deliver, false));
+    }
+
+    #[test]
+    fn a_gap_is_held_and_filled_from_the_history_in_order() {
+        let mut t = StreamTracker::new(Position::At(at(3)));
+        // 4 and 5 were lost on the way; 6 and 7 arrive.
+        assert_eq!(t.live(at(6), &event(5, 6)), (Live::Held(Some(at(3))), false));
+        assert_eq!(t.live(at(7), &event(5, 7)), (Live::Held(None), false));
+        assert!(t.is_filling());
+        // The read (after 3) finds 4..=6 (6 was stored before the read, 7 after).
+        let read = Ok(Some((state(6, Some(1)), vec![event(5, 4), event(5, 5), event(5, 6)])));
+        let filled = t.filled(at(3), read, 1000);
+        assert_eq!(offsets(&filled.deliver), [4, 5, 6, 7]);
+        assert!(!filled.lost);
+        assert_eq!(filled.again, None);
+        assert_eq!(t.position(), Some(at(7)));
+        assert!(!t.is_filling());
+        assert_eq!(t.live(at(8), &event(5, 8)), (Live::Deliver, false));
+    }
+
+    #[test]
+    fn what_the_history_no_longer_has_is_lost_not_skipped_silently() {
+        let mut t = StreamTracker::new(Position::At(at(3)));
+        t.live(at(9), &event(5, 9));
+        // Trimmed: the oldest kept entry is 7.
+        let read = Ok(Some((state(9, Some(7)), vec![event(5, 7), event(5, 8), event(5, 9)])));
+        let filled = t.filled(at(3), read, 1000);
+        assert_eq!(offsets(&filled.deliver), [7, 8, 9]);
+        assert!(filled.lost);
+        assert_eq!(t.position(), Some(at(9)));
+    }
+
+    #[test]
+    fn a_read_that_stops_at_its_count_continues() {
+        let mut t = StreamTracker::new(Position::At(at(0)));
+        assert_eq!(t.start_fill(), Some(at(0)));
+        assert_eq!(t.start_fill(), None, "one read at a time");
+        let read = Ok(Some((state(5, Some(1)), vec![event(5, 1), event(5, 2)])));
+        let filled = t.filled(at(0), read, 2);
+        assert_eq!(offsets(&filled.deliver), [1, 2]);
+        assert_eq!(filled.again, Some(at(2)));
+        let read = Ok(Some((state(5, Some(1)), vec![event(5, 3), event(5, 4), event(5, 5)])));
+        let filled = t.filled(at(2), read, 4);
+        assert_eq!(
+            (offsets(&filled.deliver), filled.lost, filled.again),
+            (vec![3, 4, 5], false, None)
+        );
+    }
+
+    #[test]
+    fn a_reconnect_read_with_nothing_missed_changes_nothing() {
+        let mut t = StreamTracker::new(Position::At(at(5)));
+        let from = t.start_fill().unwrap();
+        let filled = t.filled(from, Ok(Some((state(5, Some(1)), vec![]))), 1000);
+        assert!(filled.deliver.is_empty() && !filled.lost && filled.again.is_none());
+        assert_eq!(t.position(), Some(at(5)));
+        // A failed read is retried from the same place.
+        let from = t.start_fill().unwrap();
+        assert_eq!(t.filled(from, Err(()), 1000).again, Some(at(5)));
+    }
+
+    #[test]
+    fn a_new_epoch_means_the_rest_of_the_old_one_is_lost() {
+        let mut t = StreamTracker::new(Position::At(at(5)));
+        let (action, lost) = t.live(EventId { epoch: 6, offset: 1 }, &event(6, 1));
+        assert_eq!((action, lost), (Live::Deliver, true));
+        assert_eq!(t.position(), Some(EventId { epoch: 6, offset: 1 }));
+        // Found by a reconnect read instead: lost, and the position moves to the new top.
+        let mut t = StreamTracker::new(Position::At(at(5)));
+        let from = t.start_fill().unwrap();
+        let read = Ok(Some((
+            StreamState { epoch: 6, top: 2, first: Some(1) },
+            vec![event(6, 1), event(6, 2)],
+        )));
+        let filled = t.filled(from, read, 1000);
+        assert!(filled.lost);
+        assert_eq!(t.position(), Some(EventId { epoch: 6, offset: 2 }));
+        // No history at all any more: lost; the next event starts a new epoch.
+        let mut t = StreamTracker::new(Position::At(at(5)));
+        let from = t.start_fill().unwrap();
+        assert!(t.filled(from, Ok(None), 1000).lost);
+        assert_eq!(t.live(EventId { epoch: 7, offset: 1 }, &event(7, 1)), (Live::Deliver, false));
+    }
+
+    #[test]
+    fn snapshots_are_parsed_without_trusting_the_answer() {
+        let s = |x: &str| Value::String(x.into());
+        let entry = |id: &str, payload: &str| {
+            Value::Array(vec![s(id), Value::Array(vec![s("d"), s(payload)])])
+        };
+        let answer = Value::Array(vec![
+            s("17"),
+            s("9"),
+            s("8-0"),
+            Value::Array(vec![entry("8-0", "a"), entry("9-0", "b")]),
+        ]);
+        let snapshot = parse_snapshot(answer).unwrap().unwrap();
+        assert_eq!(snapshot.state, StreamState { epoch: 17, top: 9, first: Some(8) });
+        assert_eq!(snapshot.entries, vec![(8, "a".to_owned()), (9, "b".to_owned())]);
+        assert_eq!(parse_snapshot(Value::Array(vec![])), Ok(None));
+        let empty = Value::Array(vec![s("17"), s("9"), s(""), Value::Array(vec![])]);
+        assert_eq!(parse_snapshot(empty).unwrap().unwrap().state.first, None);
+        for bad in [
+            Value::Integer(3),
+            Value::Array(vec![s("x"), s("9"), s(""), Value::Array(vec![])]),
+            Value::Array(vec![
+                s("1"),
+                s("9"),
+                s("8-0"),
+                Value::Array(vec![Value::Array(vec![s("8-0")])]),
+            ]),
+            Value::Array(vec![s("1"), s("9")]),
+        ] {
+            assert!(parse_snapshot(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn keys_and_script_hashes() {
+        let keys = StreamKeys::of("cc:", &Route::Topic("chat.1".into()));
+        assert_eq!(keys.stream, "cc:history:topic:chat.1");
+        assert_eq!(keys.meta, "cc:meta:topic:chat.1");
+        assert_eq!(keys.idempotency("cc:", "k1"), "cc:idem:topic:chat.1:k1");
+        assert_eq!(StreamKeys::of("cc:", &Route::Broadcast).stream, "cc:history:broadcast");
+        assert_eq!(script_sha("return 1"), "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
+    }
+}
