@@ -16,6 +16,8 @@ mod cluster;
 mod hostile;
 /// Configured limits: connection cap, heartbeat deadlines, application pings.
 mod limits;
+/// Event ids, history and recovery, embedded and across nodes, with Redis faults.
+mod recovery;
 /// The binary as a process: SIGTERM closes clients with 1001 and exits 0; configuration
 /// precedence with real environment variables.
 mod shutdown;

@@ -17,7 +17,7 @@ use crate::{config::HumanDuration, xshard::Route};
 /// What one stream keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Retention {
-    /// Most events kept (approximately, in Redis: `XADD MAXLEN ~`); 0 = no history and no ids.
+    /// Most events kept (`XADD MAXLEN` in Redis); 0 = no history and no ids.
     pub(crate) size: u64,
     /// How long the history is kept after the stream's last event.
     pub(crate) ttl: Duration,

@@ -285,6 +285,43 @@ impl RedisServer {
         let _ = client.quit().await;
     }
 
+    /// `CLIENT KILL TYPE pubsub`: drops every subscriber connection (what a proxy or
+    /// Redis's output-buffer limit does); returns how many were killed.
+    pub async fn kill_subscribers(&self) -> i64 {
+        let client = self.client().await;
+        let command = fred::types::CustomCommand::new_static(
+            "CLIENT",
+            fred::types::ClusterHash::Random,
+            false,
+        );
+        let killed: i64 =
+            within(WAIT, "CLIENT KILL", client.custom(command, vec!["KILL", "TYPE", "pubsub"]))
+                .await
+                .expect("CLIENT KILL");
+        let _ = client.quit().await;
+        killed
+    }
+
+    /// `DEBUG SLEEP secs` (the server must run with `--enable-debug-command yes`): Redis
+    /// stops answering for that long. Returns when the sleep is over.
+    pub async fn debug_sleep(&self, secs: u32) {
+        let client = self.client().await;
+        let command = fred::types::CustomCommand::new_static(
+            "DEBUG",
+            fred::types::ClusterHash::Random,
+            false,
+        );
+        let limit = Duration::from_secs(u64::from(secs) + 10);
+        let slept: Result<Value, _> = within(
+            limit,
+            "DEBUG SLEEP",
+            client.custom(command, vec!["SLEEP".to_owned(), secs.to_string()]),
+        )
+        .await;
+        slept.expect("DEBUG SLEEP");
+        let _ = client.quit().await;
+    }
+
     /// A client subscribed to `channel`, with its message receiver.
     pub async fn subscribe(
         &self,

@@ -6,7 +6,7 @@
 //! - **Publish** ([`PUBLISH_SCRIPT`]): one script per event assigns the next offset
 //!   (`HINCRBY` of the stream's meta hash, whose `e` field is the epoch — created from
 //!   Redis's clock when the hash is missing, which also deletes any stale stream), appends
-//!   the payload to the stream with the offset as its entry id (`XADD key MAXLEN ~ size
+//!   the payload to the stream with the offset as its entry id (`XADD key MAXLEN size
 //!   <offset>-0`), refreshes both keys' expiry, and PUBLISHes the payload — with
 //!   `"id":"<epoch>:<offset>"` as its first field — on the stream's channel. Atomic: no
 //!   reader ever sees an id without its event, and the channel carries a stream's events
@@ -48,7 +48,7 @@ end
 local offset = redis.call('HINCRBY', KEYS[2], 'o', 1)
 local id = epoch .. ':' .. offset
 local payload = '{"id":"' .. id .. '",' .. ARGV[2]
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], offset .. '-0', 'd', payload)
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], offset .. '-0', 'd', payload)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 if #KEYS == 3 then redis.call('SET', KEYS[3], id, 'EX', ARGV[6]) end

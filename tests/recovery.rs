@@ -1,0 +1,358 @@
+//! Event ids, history and recovery, on one node (embedded bus) and on several nodes over a
+//! real Redis (the harness's own `redis-server`, killed, frozen and put to sleep):
+//! clients coming back get every missed event once and in order, or `recovered: false`;
+//! connected clients lose nothing to Pub/Sub faults.
+
+use std::{collections::HashSet, net::SocketAddr};
+
+use corecast::config::{Name, RedisUrl};
+use serde_json::{Value, json};
+
+use crate::support::{
+    ChildServer, Client, TestServer, WAIT, connect, redis::RedisServer, take_id, within,
+};
+
+/// A node on `redis`, ready, with `tweak` applied.
+async fn redis_node(
+    redis: &RedisServer,
+    name: &str,
+    tweak: impl FnOnce(&mut corecast::Config),
+) -> TestServer {
+    let url = redis.url();
+    let server = TestServer::start(|c| {
+        c.redis = RedisUrl(Some(url));
+        c.node_id = Name(name.into());
+        tweak(c);
+    });
+    server.wait_health("bridge ready", |h| h["bridge"]["ready"] == true).await;
+    server
+}
+
+/// Subscribes, with `since` when given; returns after `subscribed`.
+async fn subscribe(client: &mut Client, topic: &str, since: Option<&str>) {
+    let mut command = json!({"op":"subscribe","topic":topic});
+    if let Some(since) = since {
+        command["since"] = json!(since);
+    }
+    client.send_json(command).await;
+    assert_eq!(next_not_state(client).await, json!({"type":"subscribed","topic":topic}));
+}
+
+/// The next message that is not `degraded` / `restored`.
+async fn next_not_state(client: &mut Client) -> Value {
+    loop {
+        let m = client.recv_json().await;
+        if m["type"] != "degraded" && m["type"] != "restored" {
+            return m;
+        }
+    }
+}
+
+/// Publishes `data` on `topic` with a receipt; returns the event id.
+async fn publish(client: &mut Client, topic: &str, data: Value) -> String {
+    client.send_json(json!({"op":"publish","topic":topic,"data":data,"ack":true})).await;
+    let receipt = next_not_state(client).await;
+    assert_eq!(receipt["type"], "published", "{receipt}");
+    assert_eq!(receipt["topic"], topic, "{receipt}");
+    receipt["id"].as_str().unwrap_or_else(|| panic!("receipt without id: {receipt}")).to_owned()
+}
+
+fn parse_id(id: &str) -> (u64, u64) {
+    let (e, o) = id.split_once(':').expect("epoch:offset");
+    (e.parse().expect("epoch"), o.parse().expect("offset"))
+}
+
+/// Receives `n` events of a topic; returns `(offset, data)` of each (all of one epoch).
+async fn events(client: &mut Client, n: usize) -> Vec<(u64, Value)> {
+    let mut out = Vec::new();
+    let mut epochs = HashSet::new();
+    while out.len() < n {
+        let mut m = next_not_state(client).await;
+        assert_eq!(m["type"], "message", "{m}");
+        let (epoch, offset) = take_id(&mut m);
+        epochs.insert(epoch);
+        out.push((offset, m["data"].clone()));
+    }
+    assert_eq!(epochs.len(), 1, "one epoch");
+    out
+}
+
+/// A recovery on one topic, publisher and recovering client on `pub_addr` / `sub_addr`
+/// (the same node with the embedded bus, two nodes with Redis): the missed events once,
+/// in order, `recovered: true`, then live ones.
+async fn recovers_missed_events(pub_addr: SocketAddr, sub_addr: SocketAddr) {
+    let mut publisher = connect(pub_addr, "pub", true).await;
+    let mut reader = connect(sub_addr, "reader", true).await;
+    subscribe(&mut reader, "t", None).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(publish(&mut publisher, "t", json!(i)).await);
+    }
+    let got = events(&mut reader, 3).await;
+    assert_eq!(got.iter().map(|(o, _)| *o).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(parse_id(&ids[2]).1, 3);
+    drop(reader);
+    // Missed while away.
+    for i in 3..6 {
+        ids.push(publish(&mut publisher, "t", json!(i)).await);
+    }
+    let mut back = connect(sub_addr, "reader", true).await;
+    subscribe(&mut back, "t", Some(&ids[2])).await;
+    let replayed = events(&mut back, 3).await;
+    assert_eq!(replayed, vec![(4, json!(3)), (5, json!(4)), (6, json!(5))]);
+    assert_eq!(
+        next_not_state(&mut back).await,
+        json!({"type":"recovered","topic":"t","recovered":true})
+    );
+    publish(&mut publisher, "t", json!("live")).await;
+    assert_eq!(events(&mut back, 1).await, vec![(7, json!("live"))]);
+}
+
+/// A recovery while the topic is busy: events published during the replay are neither
+/// lost nor sent twice (the replay and live delivery meet at one position).
+async fn recovers_while_the_topic_is_busy(pub_addr: SocketAddr, sub_addr: SocketAddr) {
+    const TOTAL: usize = 400;
+    let mut publisher = connect(pub_addr, "busy-pub", true).await;
+    let mut first = connect(sub_addr, "busy", true).await;
+    subscribe(&mut first, "busy", None).await;
+    let since = publish(&mut publisher, "busy", json!(0)).await;
+    assert_eq!(events(&mut first, 1).await.len(), 1);
+    let (epoch, offset) = parse_id(&since);
+    // The publisher keeps going (no receipts: as fast as the socket takes them) while a
+    // second connection recovers from the first event.
+    let flood = tokio::spawn(async move {
+        for i in 1..TOTAL {
+            publisher.send_json(json!({"op":"publish","topic":"busy","data":i})).await;
+        }
+        publisher
+    });
+    let mut second = connect(sub_addr, "busy", true).await;
+    subscribe(&mut second, "busy", Some(&since)).await;
+    let mut offsets = Vec::new();
+    let mut recovered = 0;
+    within(WAIT, "every event once", async {
+        while offsets.len() < TOTAL - 1 {
+            let mut m = next_not_state(&mut second).await;
+            if m["type"] == "recovered" {
+                assert_eq!(m, json!({"type":"recovered","topic":"busy","recovered":true}));
+                recovered += 1;
+                continue;
+            }
+            assert_eq!(
+                take_id(&mut m),
+                (epoch, offset + 1 + offsets.len() as u64),
+                "no gap, no duplicate"
+            );
+            offsets.push(m["data"].as_u64().expect("numbered"));
+        }
+    })
+    .await;
+    assert_eq!(offsets, (1..TOTAL as u64).collect::<Vec<_>>());
+    let mut publisher = flood.await.expect("publisher");
+    // Exactly one `recovered`, before the marker.
+    publish(&mut publisher, "busy", json!("marker")).await;
+    loop {
+        let m = next_not_state(&mut second).await;
+        if m["type"] == "recovered" {
+            recovered += 1;
+            continue;
+        }
+        assert_eq!(m["data"], "marker", "{m}");
+        break;
+    }
+    assert_eq!(recovered, 1);
+}
+
+/// Positions that cannot be recovered are told, never skipped silently: trimmed (the
+/// history keeps 5 events here), in the future, of another epoch, or malformed.
+async fn unrecoverable_positions_are_told(pub_addr: SocketAddr, sub_addr: SocketAddr) {
+    let mut publisher = connect(pub_addr, "lost-pub", true).await;
+    let mut last = String::new();
+    for i in 0..12 {
+        last = publish(&mut publisher, "short", json!(i)).await;
+    }
+    let (epoch, top) = parse_id(&last);
+    let mut client = connect(sub_addr, "lost", true).await;
+    let not_recovered = json!({"type":"recovered","topic":"short","recovered":false});
+    for since in [
+        format!("{epoch}:2"),           // trimmed: only the last 5 are kept
+        format!("{epoch}:{}", top + 5), // in the future
+        format!("{}:{top}", epoch - 1), // another epoch (the history was lost)
+    ] {
+        subscribe(&mut client, "short", Some(&since)).await;
+        assert_eq!(next_not_state(&mut client).await, not_recovered, "since {since}");
+        client.send_json(json!({"op":"unsubscribe","topic":"short"})).await;
+        assert_eq!(next_not_state(&mut client).await["type"], "unsubscribed");
+    }
+    // Within the window: recovered.
+    subscribe(&mut client, "short", Some(&format!("{epoch}:{}", top - 2))).await;
+    assert_eq!(
+        events(&mut client, 2).await.iter().map(|e| e.0).collect::<Vec<_>>(),
+        [top - 1, top]
+    );
+    assert_eq!(next_not_state(&mut client).await["recovered"], true);
+    // Malformed: an error reply (the subscription is not made).
+    client.send_json(json!({"op":"subscribe","topic":"other","since":"12"})).await;
+    assert_eq!(next_not_state(&mut client).await["code"], "invalid_since");
+}
+
+/// `since: "latest"` gives the last event before live ones; `history` pages stitch to a
+/// following `subscribe` with `since` without overlap or gap.
+async fn latest_and_history_pages(pub_addr: SocketAddr, sub_addr: SocketAddr) {
+    let mut publisher = connect(pub_addr, "page-pub", true).await;
+    for i in 1..=7 {
+        publish(&mut publisher, "pages", json!(i)).await;
+    }
+    let mut late = connect(sub_addr, "late", true).await;
+    subscribe(&mut late, "pages", Some("latest")).await;
+    assert_eq!(events(&mut late, 1).await, vec![(7, json!(7))]);
+    publish(&mut publisher, "pages", json!(8)).await;
+    assert_eq!(events(&mut late, 1).await, vec![(8, json!(8))]);
+
+    let mut reader = connect(sub_addr, "pager", true).await;
+    let mut since: Option<String> = None;
+    let mut seen = Vec::new();
+    loop {
+        let mut command = json!({"op":"history","topic":"pages","limit":3});
+        if let Some(since) = &since {
+            command["since"] = json!(since);
+        }
+        reader.send_json(command).await;
+        let page = next_not_state(&mut reader).await;
+        assert_eq!(
+            (&page["type"], &page["recovered"]),
+            (&json!("history"), &json!(true)),
+            "{page}"
+        );
+        for event in page["events"].as_array().expect("events") {
+            seen.push(event["data"].as_u64().expect("numbered"));
+        }
+        since = page["position"].as_str().map(str::to_owned);
+        if page["more"] == false {
+            break;
+        }
+    }
+    assert_eq!(seen, (1..=8).collect::<Vec<_>>());
+    // A publish after the last page, then a subscribe from the page's position: exactly
+    // what followed it.
+    publish(&mut publisher, "pages", json!(9)).await;
+    subscribe(&mut reader, "pages", since.as_deref()).await;
+    assert_eq!(events(&mut reader, 1).await, vec![(9, json!(9))]);
+    assert_eq!(next_not_state(&mut reader).await["recovered"], true);
+}
+
+/// Receipts for every kind of publish; a retry with the same idempotency key gets the
+/// first id and is delivered once.
+async fn receipts_and_idempotency(pub_addr: SocketAddr, sub_addr: SocketAddr) {
+    let mut publisher = connect(pub_addr, "idem-pub", true).await;
+    let mut reader = connect(sub_addr, "idem", true).await;
+    subscribe(&mut reader, "orders", None).await;
+    let order = json!({"op":"publish","topic":"orders","data":"shipped","ack":true,"idempotency_key":"order-17"});
+    publisher.send_json(order.clone()).await;
+    let first = next_not_state(&mut publisher).await;
+    publisher.send_json(order).await;
+    let retry = next_not_state(&mut publisher).await;
+    assert_eq!(first["type"], "published");
+    assert_eq!(first, retry, "a retry gets the first publish's receipt");
+    let other = publish(&mut publisher, "orders", json!("other")).await;
+    let got = events(&mut reader, 2).await;
+    assert_eq!(
+        got.iter().map(|e| e.1.clone()).collect::<Vec<_>>(),
+        [json!("shipped"), json!("other")]
+    );
+    assert_eq!(parse_id(&other).1, parse_id(first["id"].as_str().unwrap()).1 + 1);
+
+    publisher.send_json(json!({"op":"direct","to":"idem","data":1,"ack":true})).await;
+    let receipt = next_not_state(&mut publisher).await;
+    assert_eq!(
+        (&receipt["type"], &receipt["to"]),
+        (&json!("published"), &json!("idem")),
+        "{receipt}"
+    );
+    assert!(receipt["id"].is_string(), "{receipt}");
+    publisher.send_json(json!({"op":"broadcast","data":1,"ack":true})).await;
+    // The publisher gets its own broadcast and the receipt, in that order.
+    assert_eq!(next_not_state(&mut publisher).await["type"], "broadcast");
+    let receipt = next_not_state(&mut publisher).await;
+    assert_eq!(receipt["type"], "published", "{receipt}");
+    assert!(receipt.get("topic").is_none() && receipt["id"].is_string(), "{receipt}");
+}
+
+/// Seed mode: `?lastEventId=` replays the missed broadcasts, then `recovered`; a
+/// malformed one is answered `recovered: false` at once.
+async fn seed_last_event_id(pub_addr: SocketAddr, sub_addr: SocketAddr) {
+    let mut publisher = connect(pub_addr, "seed-pub", false).await;
+    let mut watcher = connect(sub_addr, "watcher", false).await;
+    publisher.send_text("one").await;
+    let mut first = without_state(&mut watcher).await;
+    let (epoch, offset) = take_id(&mut first);
+    assert_eq!(first, json!({"sender":"seed-pub","text":"one"}));
+    drop(watcher);
+    publisher.send_text("two").await;
+    publisher.send_text("three").await;
+    // The publisher sees its own three, so both are stored before the reconnect.
+    for _ in 0..3 {
+        without_state(&mut publisher).await;
+    }
+    // `:` percent-encoded, as browsers' EventSource-style clients send it.
+    let url_id = format!("{epoch}%3A{offset}");
+    let mut back = connect_with_query(sub_addr, "watcher", &format!("lastEventId={url_id}")).await;
+    for (n, text) in [(1, "two"), (2, "three")] {
+        let mut m = without_state(&mut back).await;
+        assert_eq!(take_id(&mut m), (epoch, offset + n));
+        assert_eq!(m["text"], text);
+    }
+    assert_eq!(without_state(&mut back).await, json!({"type":"recovered","recovered":true}));
+    let mut bad = connect_with_query(sub_addr, "watcher", "lastEventId=yesterday").await;
+    assert_eq!(without_state(&mut bad).await, json!({"type":"recovered","recovered":false}));
+}
+
+/// The next seed message (seed clients get no `degraded`; pings are JSON too).
+async fn without_state(client: &mut Client) -> Value {
+    loop {
+        let m = client.recv_json().await;
+        if m["type"] != "ping" {
+            return m;
+        }
+    }
+}
+
+/// A seed-mode connection with a query string.
+async fn connect_with_query(addr: SocketAddr, user: &str, query: &str) -> Client {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let request = format!("ws://{addr}/ws/{user}?{query}").into_client_request().unwrap();
+    let (ws, resp) = within(WAIT, "connect", tokio_tungstenite::connect_async(request))
+        .await
+        .expect("upgrade succeeds");
+    let shard = resp.headers().get("x-corecast-shard").unwrap().to_str().unwrap().parse().unwrap();
+    Client { ws, shard, user: user.to_owned() }
+}
+
+fn short_history(c: &mut corecast::Config) {
+    c.history_rules = "short=5/5m".parse().expect("rules");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_recovery() {
+    let server = TestServer::start(short_history);
+    let a = server.addr;
+    recovers_missed_events(a, a).await;
+    recovers_while_the_topic_is_busy(a, a).await;
+    unrecoverable_positions_are_told(a, a).await;
+    latest_and_history_pages(a, a).await;
+    receipts_and_idempotency(a, a).await;
+    seed_last_event_id(a, a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_across_nodes() {
+    let redis = RedisServer::start().await;
+    let a = redis_node(&redis, "a", short_history).await;
+    let b = redis_node(&redis, "b", short_history).await;
+    recovers_missed_events(a.addr, b.addr).await;
+    recovers_while_the_topic_is_busy(a.addr, b.addr).await;
+    unrecoverable_positions_are_told(a.addr, b.addr).await;
+    latest_and_history_pages(a.addr, b.addr).await;
+    receipts_and_idempotency(a.addr, b.addr).await;
+    seed_last_event_id(a.addr, b.addr).await;
+}
