@@ -12,7 +12,9 @@ use std::{
 use corecast::config::{Name, RedisUrl};
 use serde_json::{Value, json};
 
-use crate::support::{Client, TestServer, WAIT, connect, redis::RedisServer, take_id, within};
+use crate::support::{
+    ChildServer, Client, TestServer, WAIT, connect, redis::RedisServer, take_id, within,
+};
 
 /// A node on `redis`, ready, with `tweak` applied.
 async fn redis_node(
@@ -382,7 +384,7 @@ async fn numbered_publisher(
     let mut client = connect(addr, "numbered", true).await;
     let mut published = Published::default();
     let mut pace = tokio::time::interval(Duration::from_millis(5));
-    let mut send = async |client: &mut Client, data: Value| {
+    let send = async |client: &mut Client, data: Value| {
         client.send_json(json!({"op":"publish","topic":topic,"data":data,"ack":true})).await;
         let reply = next_not_state(client).await;
         match reply["type"].as_str() {
@@ -658,4 +660,111 @@ async fn redis_restarted_empty_starts_a_new_epoch() {
         next_not_state(&mut back).await,
         json!({"type":"recovered","topic":"t","recovered":false})
     );
+}
+
+/// A node killed mid-stream (kill -9 of the real binary): its clients reconnect to another
+/// node with their last ids and get every event they missed, once and in order
+/// (`recovered: true`) — a topic subscriber (v1) and a seed-mode client (broadcasts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_killed_node_recover_on_another() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let mut doomed =
+        ChildServer::start(&["--redis", &url, "--node-id", "doomed", "--shards", "2"]).await;
+    doomed.wait_health("bridge ready", |h| h["bridge"]["ready"] == true).await;
+    // The history must cover the reconnect (the default keeps 100 events; this stream
+    // carries 200 per second).
+    let b = redis_node(&redis, "b", |c| c.history_size = 10_000).await;
+    let mut topic_client = connect(doomed.addr, "tc", true).await;
+    subscribe(&mut topic_client, "live", None).await;
+    let mut seed_client = connect(doomed.addr, "sc", false).await;
+
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let b_addr = b.addr;
+    let publisher = tokio::spawn(async move {
+        let mut topics = connect(b_addr, "tp", true).await;
+        let mut seed = connect(b_addr, "sp", false).await;
+        let mut pace = tokio::time::interval(Duration::from_millis(5));
+        let mut n = 0u64;
+        while !*stopped.borrow_and_update() {
+            pace.tick().await;
+            n += 1;
+            topics.send_json(json!({"op":"publish","topic":"live","data":n})).await;
+            seed.send_text(n.to_string()).await;
+        }
+        topics.send_json(json!({"op":"publish","topic":"live","data":"end"})).await;
+        seed.send_text("end").await;
+        (topics, seed)
+    });
+    // Both clients follow the streams for a while, then their node dies.
+    let mut last_topic = (0, 0);
+    let mut seen = 0;
+    while seen < 100 {
+        // A v1 client also gets the broadcasts (live only: it recovers the topic).
+        let mut m = next_not_state(&mut topic_client).await;
+        if m["type"] == "message" {
+            last_topic = take_id(&mut m);
+            seen += 1;
+        }
+    }
+    let mut last_broadcast = (0, 0);
+    for _ in 0..100 {
+        let mut m = without_state(&mut seed_client).await;
+        last_broadcast = take_id(&mut m);
+    }
+    doomed.child.kill().expect("kill -9");
+    doomed.child.wait().expect("reaped");
+    drop((topic_client, seed_client));
+
+    let since = format!("{}:{}", last_topic.0, last_topic.1);
+    let mut topic_client = connect(b.addr, "tc", true).await;
+    topic_client.send_json(json!({"op":"subscribe","topic":"live","since":since})).await;
+    // Broadcasts keep coming meanwhile (live only for this client).
+    loop {
+        let m = next_not_state(&mut topic_client).await;
+        if m["type"] != "broadcast" {
+            assert_eq!(m, json!({"type":"subscribed","topic":"live"}));
+            break;
+        }
+    }
+    let query = format!("lastEventId={}:{}", last_broadcast.0, last_broadcast.1);
+    let mut seed_client = connect_with_query(b.addr, "sc", &query).await;
+    // Traffic after the reconnect is part of the scenario: this wait is its length.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = stop.send(true);
+
+    for (client, mut at, v1) in
+        [(&mut topic_client, last_topic, true), (&mut seed_client, last_broadcast, false)]
+    {
+        let mut recovered = 0;
+        within(WAIT, "every missed event, then live ones, to the end", async {
+            loop {
+                let mut m =
+                    if v1 { next_not_state(client).await } else { without_state(client).await };
+                if m["type"] == "broadcast" {
+                    continue;
+                }
+                if m["type"] == "recovered" {
+                    assert_eq!(m["recovered"], true, "{m}");
+                    recovered += 1;
+                    continue;
+                }
+                let id = take_id(&mut m);
+                assert_eq!(id, (at.0, at.1 + 1), "{}: no gap, no duplicate", client.user);
+                at = id;
+                let data = if v1 {
+                    m["data"].to_string()
+                } else {
+                    m["text"].as_str().unwrap_or_default().to_owned()
+                };
+                if data.contains("end") {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert_eq!(recovered, 1, "{}: told once", client.user);
+        assert!(at.1 > last_topic.1.min(last_broadcast.1), "events followed");
+    }
+    publisher.await.expect("publisher");
 }
