@@ -9,7 +9,12 @@
 # the load tool on CPU 1. So the servers share one core in every configuration.
 # Every Redis here is the script's own redis-server on a free port.
 #
+# A config name ending in `-nohistory` runs corecast with `--history-size 0` (no event ids,
+# no history: plain PUBLISH instead of the history script), to measure what history costs.
+# For Redis configs, Redis's own CPU (INFO cpu) is sampled around each run.
+#
 # Usage: N=10000 RATES="2 20 100" FASTAPI_RATES="2 20" DURATION=5 ROUNDS=3 bench/cluster.sh
+#        CONFIGS="embedded embedded-nohistory redis-2 redis-2-nohistory" bench/cluster.sh
 # Results: target/cluster/<config>-<rate>-r<round>.json and a summary with ratios against
 # the embedded single node.
 set -euo pipefail
@@ -51,20 +56,27 @@ start_redis() { # port
   wait_until "redis on $1" redis-cli -p "$1" ping
 }
 
-start_config() { # config -> sets addrs, first_pid
-  case "$1" in
+redis_cpu() { # port -> used_cpu_sys + used_cpu_user of that Redis, in seconds
+  redis-cli -p "$1" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(sys|user):/ {s += $2} END {printf "%.6f", s}'
+}
+
+start_config() { # config -> sets addrs, first_pid, redis_port
+  local extra=()
+  case "$1" in *-nohistory) extra=(--history-size 0) ;; esac
+  redis_port=""
+  case "${1%-nohistory}" in
     embedded)
       local port; port=$(free_port)
-      taskset -c 0 "$bin" --listen "127.0.0.1:$port" --shards 1 >/dev/null 2>&1 &
+      taskset -c 0 "$bin" --listen "127.0.0.1:$port" --shards 1 "${extra[@]}" >/dev/null 2>&1 &
       pids+=($!); first_pid=$!
       wait_until "corecast on $port" ready "$port"
       addrs="127.0.0.1:$port" ;;
     redis-2)
       local rport a b; rport=$(free_port); a=$(free_port); b=$(free_port)
-      start_redis "$rport"
-      taskset -c 0 "$bin" --listen "127.0.0.1:$a" --shards 1 --redis "redis://127.0.0.1:$rport/0" --node-id a >/dev/null 2>&1 &
+      start_redis "$rport"; redis_port=$rport
+      taskset -c 0 "$bin" --listen "127.0.0.1:$a" --shards 1 --redis "redis://127.0.0.1:$rport/0" --node-id a "${extra[@]}" >/dev/null 2>&1 &
       pids+=($!); first_pid=$!
-      taskset -c 0 "$bin" --listen "127.0.0.1:$b" --shards 1 --redis "redis://127.0.0.1:$rport/0" --node-id b >/dev/null 2>&1 &
+      taskset -c 0 "$bin" --listen "127.0.0.1:$b" --shards 1 --redis "redis://127.0.0.1:$rport/0" --node-id b "${extra[@]}" >/dev/null 2>&1 &
       pids+=($!)
       wait_until "node a ready" ready "$a"; wait_until "node b ready" ready "$b"
       addrs="127.0.0.1:$a,127.0.0.1:$b" ;;
@@ -89,10 +101,15 @@ for round in $(seq 1 "$ROUNDS"); do
     rates=$RATES; [ "$config" = fastapi-redis-2 ] && rates=$FASTAPI_RATES
     for rate in $rates; do
       start_config "$config"
+      [ -n "$redis_port" ] && cpu_before=$(redis_cpu "$redis_port")
       taskset -c 1 "$root/target/release/corecast-load" --addr "$addrs" --connections "$N" \
         --publishers 1 --rate "$rate" --duration "$DURATION" --settle 2 --cpu 1 --max-drain 10 \
         --server-cpus 0 --json "$out/$config-$rate-r$round.json" \
         >/dev/null 2>"$out/$config-$rate-r$round.log" || true
+      if [ -n "$redis_port" ]; then
+        cpu_after=$(redis_cpu "$redis_port")
+        echo "{\"redis_cpu_secs\": $(python3 -c "print($cpu_after - $cpu_before)")}" > "$out/$config-$rate-r$round.redis.json"
+      fi
       stop_all
     done
   done
@@ -105,6 +122,13 @@ out, rounds, n, configs, rates = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 def runs(c, r):
     return [json.load(open(p)) for k in range(1, rounds + 1)
             if os.path.exists(p := os.path.join(out, f"{c}-{r}-r{k}.json"))]
+def redis_us(c, r):
+    vals = []
+    for k in range(1, rounds + 1):
+        p, q = os.path.join(out, f"{c}-{r}-r{k}.redis.json"), os.path.join(out, f"{c}-{r}-r{k}.json")
+        if os.path.exists(p) and os.path.exists(q) and json.load(open(q))["sent"]:
+            vals.append(json.load(open(p))["redis_cpu_secs"] * 1e6 / json.load(open(q))["sent"])
+    return statistics.median(vals) if vals else None
 def med(rs, f):
     vals = [v for v in (f(r) for r in rs) if v is not None]
     return statistics.median(vals) if vals else None
@@ -126,4 +150,15 @@ for rate in rates:
         print(f"  {c:16} {m['dps']:>10,.0f}/s ({ratio(m['dps'], base['dps'])})  delivered {min(r['delivery_ratio'] for r in rs):.4f}"
               f"  core/delivery {core} us ({ratio(m['core'], base['core'])})"
               f"  p50 {m['p50'] / 1000:.2f} ms ({ratio(m['p50'], base['p50'])})  p99 {m['p99'] / 1000:.2f} ms ({ratio(m['p99'], base['p99'])})  [{len(rs)} runs]")
+    # What history (ids, the history script) costs: each config against its -nohistory twin.
+    for c in configs:
+        twin = c + "-nohistory"
+        if c.endswith("-nohistory") or twin not in configs or not runs(c, rate) or not runs(twin, rate):
+            continue
+        on = {k: med(runs(c, rate), f) for k, f in fields.items()}
+        off = {k: med(runs(twin, rate), f) for k, f in fields.items()}
+        ru_on, ru_off = redis_us(c, rate), redis_us(twin, rate)
+        redis = f"  Redis CPU/publish {ru_on:.1f} us vs {ru_off:.1f} us ({ratio(ru_on, ru_off)})" if ru_on and ru_off else ""
+        print(f"  history on/off, {c}: deliveries/s {ratio(on['dps'], off['dps'])}  core/delivery {ratio(on['core'], off['core'])}"
+              f"  p99 {ratio(on['p99'], off['p99'])}{redis}")
 PY

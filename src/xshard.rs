@@ -325,6 +325,9 @@ pub struct BridgeStats {
     /// Reads of the history in Redis (gap fills and client replays; concurrent replays of
     /// one stream share one read).
     pub history_reads: AtomicU64,
+    /// Reads of where a stream stands, before the node subscribes to it (one per new
+    /// topic or user on the node, pipelined).
+    pub position_reads: AtomicU64,
     /// Events live delivery had missed (lost in Pub/Sub) and the node delivered from the
     /// history instead.
     pub gaps_filled: AtomicU64,

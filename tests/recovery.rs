@@ -77,7 +77,7 @@ async fn events(client: &mut Client, n: usize) -> Vec<(u64, Value)> {
         epochs.insert(epoch);
         out.push((offset, m["data"].clone()));
     }
-    assert_eq!(epochs.len(), 1, "one epoch");
+    assert!(epochs.len() <= 1, "one epoch");
     out
 }
 
@@ -767,4 +767,75 @@ async fn clients_of_a_killed_node_recover_on_another() {
         assert!(at.1 > last_topic.1.min(last_broadcast.1), "events followed");
     }
     publisher.await.expect("publisher");
+}
+
+/// A reconnect storm: clients (1,000; `CORECAST_STORM_CLIENTS` for the measurement)
+/// reconnect at once with `since` ids spread over the last 50 events of a topic. Each
+/// recovers exactly what it missed, and the node reads the topic's history a handful of
+/// times — not once per client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_storm_shares_history_reads() {
+    let clients: usize =
+        std::env::var("CORECAST_STORM_CLIENTS").ok().and_then(|n| n.parse().ok()).unwrap_or(1000);
+    let redis = RedisServer::start().await;
+    let node = redis_node(&redis, "b", |c| {
+        // Every client of the storm comes from 127.0.0.1.
+        c.max_pending_handshakes_per_ip = clients + 16;
+    })
+    .await;
+    let mut publisher = connect(node.addr, "storm-pub", true).await;
+    // The node delivers the topic (a subscriber that stays).
+    let mut keeper = connect(node.addr, "keeper", true).await;
+    subscribe(&mut keeper, "storm", None).await;
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        ids.push(publish(&mut publisher, "storm", json!(i)).await);
+    }
+    assert_eq!(events(&mut keeper, 50).await.len(), 50);
+    let reads_before = node.health().await["bridge"]["history_reads"].as_u64().expect("reads");
+    let evalsha_before = redis.command_calls("evalsha").await;
+
+    let start = Instant::now();
+    let storm: Vec<_> = (0..clients)
+        .map(|i| {
+            let (since, missed) = (ids[i % 50].clone(), 49 - i % 50);
+            let addr = node.addr;
+            tokio::spawn(async move {
+                let mut client = connect(addr, &format!("storm-{i}"), true).await;
+                subscribe(&mut client, "storm", Some(&since)).await;
+                let got = events(&mut client, missed).await;
+                assert_eq!(got.last().map(|e| e.0), (missed > 0).then_some(50));
+                assert_eq!(
+                    next_not_state(&mut client).await,
+                    json!({"type":"recovered","topic":"storm","recovered":true})
+                );
+                (Instant::now(), client)
+            })
+        })
+        .collect();
+    let mut live_at = start;
+    let mut connected = Vec::with_capacity(clients);
+    for task in storm {
+        let (at, client) =
+            within(Duration::from_secs(60), "the storm", task).await.expect("client");
+        live_at = live_at.max(at);
+        connected.push(client);
+    }
+    let reads =
+        node.health().await["bridge"]["history_reads"].as_u64().expect("reads") - reads_before;
+    // Every client is a new user of the node: one read of where its direct-message stream
+    // stands (pipelined); the topic's history itself is read a handful of times.
+    let evalsha = redis.command_calls("evalsha").await - evalsha_before;
+    let positions = node.health().await["bridge"]["position_reads"].as_u64().expect("positions");
+    eprintln!(
+        "RESULT storm clients={clients} topic_history_reads={reads} redis_evalsha={evalsha} \
+         (user stream positions: {positions}) all_live_after_ms={}",
+        live_at.duration_since(start).as_millis()
+    );
+    assert!(reads <= 10, "{reads} history reads for {clients} clients");
+    // And they are live: one more event reaches all of them.
+    publish(&mut publisher, "storm", json!("after")).await;
+    for client in &mut connected {
+        assert_eq!(events(client, 1).await[0].1, json!("after"));
+    }
 }

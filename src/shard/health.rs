@@ -49,6 +49,7 @@ struct Bridge {
     messages_in: u64,
     dropped_messages: u64,
     history_reads: u64,
+    position_reads: u64,
     gaps_filled: u64,
     streams_lost: u64,
 }
@@ -122,6 +123,7 @@ impl Health {
                 messages_in: b.messages_in.load(Relaxed),
                 dropped_messages: b.dropped_messages.load(Relaxed),
                 history_reads: b.history_reads.load(Relaxed),
+                position_reads: b.position_reads.load(Relaxed),
                 gaps_filled: b.gaps_filled.load(Relaxed),
                 streams_lost: b.streams_lost.load(Relaxed),
             }),

@@ -98,6 +98,9 @@ const SUBSCRIBE_BATCH: usize = 1024;
 const FILL_COUNT: usize = 1000;
 /// Most history reads in one pipeline.
 const READ_BATCH: usize = 256;
+/// How long a stream's last replay read answers further replays (a reconnect storm:
+/// thousands of clients asking about one stream within a second).
+const REPLAY_CACHE_FOR: Duration = Duration::from_secs(1);
 
 /// How the bridge talks to Redis (from the node's configuration).
 #[derive(Clone)]
@@ -306,6 +309,9 @@ struct Shared {
     trackers: RefCell<HashMap<Route, StreamTracker>>,
     /// Client replays waiting for a history read, per stream.
     replays: RefCell<HashMap<Route, ReplayGroup>>,
+    /// Each stream's last history read for replays, and when it was made (kept
+    /// [`REPLAY_CACHE_FOR`]).
+    replay_cache: RefCell<HashMap<Route, (Instant, Rc<FramedSnapshot>)>>,
     /// To the reads task.
     reads: mpsc::UnboundedSender<ReadJob>,
 }
@@ -338,6 +344,12 @@ impl Shared {
     /// The retention of `route`'s stream.
     fn retention(&self, route: &Route) -> Retention {
         self.history.rules.retention_of(route, self.history.default)
+    }
+
+    /// Whether the node's delivery position of `route` is known, and what it is (`None`:
+    /// the node does not deliver the stream).
+    fn position_of(&self, route: &Route) -> Option<(bool, Option<EventId>)> {
+        self.trackers.borrow().get(route).map(|t| (t.is_known(), t.position()))
     }
 
     /// Queues a history read.
@@ -422,6 +434,7 @@ async fn run(
         idempotency_window: settings.idempotency_window,
         trackers: RefCell::default(),
         replays: RefCell::default(),
+        replay_cache: RefCell::default(),
         reads: reads_tx,
     });
     // Receivers first: nothing published after the connection is up is missed.
@@ -513,6 +526,7 @@ async fn run(
             }
             _ = ticker.tick() => {
                 let now = Instant::now();
+                shared.replay_cache.borrow_mut().retain(|_, (at, _)| now.duration_since(*at) < REPLAY_CACHE_FOR);
                 let connected = subscriber.is_connected() && publisher.is_connected();
                 let verdict = watchdog.check(now, connected);
                 BridgeStats::set(&shared.bridge().connected, connected);
@@ -552,7 +566,7 @@ async fn run(
                     BusCommand::Publish { event, options, reply_to } => {
                         publish(&shared, &jobs_tx, event, options, reply_to, &mut targets).await;
                     }
-                    BusCommand::Replay(request) => replay_requested(&shared, *request),
+                    BusCommand::Replay(request) => replay_requested(&shared, *request).await,
                 }
             }
             () = shared.room.notified() => {}
@@ -1032,9 +1046,29 @@ async fn on_read(shared: &Shared, done: ReadDone, json: &mut String, targets: &m
     }
 }
 
-/// A client asked for a replay: it joins the stream's waiting group; one read serves the
-/// group.
-fn replay_requested(shared: &Shared, request: ReplayRequest) {
+/// A client asked for a replay: answered from the stream's last read when that is recent
+/// and reaches the node's delivery position (a reconnect storm reads each stream about
+/// once); else it joins the stream's waiting group, which one read serves.
+async fn replay_requested(shared: &Shared, request: ReplayRequest) {
+    if request.to.purpose != ReplayPurpose::History {
+        let cached = shared
+            .replay_cache
+            .borrow()
+            .get(&request.route)
+            .filter(|(at, _)| at.elapsed() < REPLAY_CACHE_FOR)
+            .map(|(_, snapshot)| snapshot.clone());
+        if let Some(snapshot) = cached {
+            let position = shared.position_of(&request.route);
+            let max_replay = shared.history.max_replay;
+            if let Some(answer) = replay_answer(&request, Some(&*snapshot), position, max_replay) {
+                let shard = request.to.shard;
+                let message =
+                    ShardMessage::Replayed { to: Box::new(request.to), answer: Box::new(answer) };
+                shared.deliver(&[shard], message).await;
+                return;
+            }
+        }
+    }
     let route = request.route.clone();
     let mut replays = shared.replays.borrow_mut();
     let group = replays.entry(route.clone()).or_default();
@@ -1087,7 +1121,11 @@ async fn answer_replays(
         group.reading = false;
         std::mem::take(&mut group.waiting)
     };
-    let position = shared.trackers.borrow().get(route).map(|t| (t.is_known(), t.position()));
+    if let Ok(Some(snapshot)) = &snapshot {
+        let entry = (Instant::now(), Rc::new(snapshot.clone()));
+        shared.replay_cache.borrow_mut().insert(route.clone(), entry);
+    }
+    let position = shared.position_of(route);
     let max_replay = shared.history.max_replay;
     let mut again = Vec::new();
     for request in waiting {
@@ -1246,7 +1284,7 @@ async fn learn_positions(shared: &Shared, publisher: &Client, channels: &[String
         } else {
             Vec::new()
         };
-        BridgeStats::add(&shared.bridge().history_reads, results.len() as u64);
+        BridgeStats::add(&shared.bridge().position_reads, results.len() as u64);
         let mut results = results.into_iter();
         for job in chunk {
             let result = results.next().map(|r| r.map_err(|e| e.details().to_owned()));
