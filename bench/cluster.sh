@@ -10,7 +10,8 @@
 # Every Redis here is the script's own redis-server on a free port.
 #
 # A config name ending in `-nohistory` runs corecast with `--history-size 0` (no event ids,
-# no history: plain PUBLISH instead of the history script), to measure what history costs.
+# no history: plain PUBLISH instead of the history script), to measure what history costs;
+# one ending in `-streams` runs it with `--delivery streams` (XREAD instead of Pub/Sub).
 # For Redis configs, Redis's own CPU (INFO cpu) is sampled around each run.
 #
 # Usage: N=10000 RATES="2 20 100" FASTAPI_RATES="2 20" DURATION=5 ROUNDS=3 bench/cluster.sh
@@ -62,9 +63,10 @@ redis_cpu() { # port -> used_cpu_sys + used_cpu_user of that Redis, in seconds
 
 start_config() { # config -> sets addrs, first_pid, redis_port
   local extra=()
-  case "$1" in *-nohistory) extra=(--history-size 0) ;; esac
+  case "$1" in *-nohistory) extra=(--history-size 0) ;; *-streams) extra=(--delivery streams) ;; esac
   redis_port=""
-  case "${1%-nohistory}" in
+  local base=${1%-nohistory}; base=${base%-streams}
+  case "$base" in
     embedded)
       local port; port=$(free_port)
       taskset -c 0 "$bin" --listen "127.0.0.1:$port" --shards 1 "${extra[@]}" >/dev/null 2>&1 &
@@ -150,8 +152,16 @@ for rate in rates:
         print(f"  {c:16} {m['dps']:>10,.0f}/s ({ratio(m['dps'], base['dps'])})  delivered {min(r['delivery_ratio'] for r in rs):.4f}"
               f"  core/delivery {core} us ({ratio(m['core'], base['core'])})"
               f"  p50 {m['p50'] / 1000:.2f} ms ({ratio(m['p50'], base['p50'])})  p99 {m['p99'] / 1000:.2f} ms ({ratio(m['p99'], base['p99'])})  [{len(rs)} runs]")
-    # What history (ids, the history script) costs: each config against its -nohistory twin.
+    # What history (ids, the history script) costs: each config against its -nohistory twin;
+    # and what streams mode costs against Pub/Sub.
     for c in configs:
+        if c.endswith("-streams") and c[:-8] in configs and runs(c, rate) and runs(c[:-8], rate):
+            on = {k: med(runs(c, rate), f) for k, f in fields.items()}
+            off = {k: med(runs(c[:-8], rate), f) for k, f in fields.items()}
+            ru_on, ru_off = redis_us(c, rate), redis_us(c[:-8], rate)
+            redis = f"  Redis CPU/publish {ru_on:.1f} us vs {ru_off:.1f} us ({ratio(ru_on, ru_off)})" if ru_on and ru_off else ""
+            print(f"  streams/pubsub, {c}: deliveries/s {ratio(on['dps'], off['dps'])}  core/delivery {ratio(on['core'], off['core'])}"
+                  f"  p50 {ratio(on['p50'], off['p50'])}  p99 {ratio(on['p99'], off['p99'])}{redis}")
         twin = c + "-nohistory"
         if c.endswith("-nohistory") or twin not in configs or not runs(c, rate) or not runs(twin, rate):
             continue

@@ -407,6 +407,42 @@ impl fmt::Display for CpuChoice {
 }
 deserialize_via_fromstr!(CpuChoice, |n: u64| CpuChoice::Cpu(n as usize));
 
+/// How a node gets the events stored in Redis: `pubsub` (Pub/Sub, gaps filled from the
+/// history) or `streams` (blocking XREADs of the history streams).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryMode {
+    /// Redis Pub/Sub, with gap fill from the history.
+    PubSub,
+    /// XREAD of every stream the node delivers, from its position.
+    Streams,
+}
+
+impl FromStr for DeliveryMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "pubsub" => Ok(DeliveryMode::PubSub),
+            "streams" => Ok(DeliveryMode::Streams),
+            other => Err(format!("`{other}`: delivery is `pubsub` or `streams`")),
+        }
+    }
+}
+
+impl fmt::Display for DeliveryMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DeliveryMode::PubSub => "pubsub",
+            DeliveryMode::Streams => "streams",
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for DeliveryMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Declares every option once: field, type, default, env name and doc.
 macro_rules! config_options {
     ($( $(#[doc = $doc:literal])+ $name:ident : $ty:ty = $default:expr, env = $env:literal; )+) => {
@@ -564,6 +600,8 @@ config_options! {
     history_meta_ttl: HumanDuration = HumanDuration(Duration::from_secs(86_400)), env = "CORECAST_HISTORY_META_TTL";
     /// Most events replayed to one client recovering a stream; a longer gap is answered `recovered: false`.
     recovery_max_replay: Count = 1000, env = "CORECAST_RECOVERY_MAX_REPLAY";
+    /// With `--redis`: how stored events reach the node — `pubsub` (Redis Pub/Sub; what it drops is filled from the history) or `streams` (blocking XREAD of every stream the node delivers, from its position; no dependence on Pub/Sub, more Redis work per stream).
+    delivery: DeliveryMode = DeliveryMode::PubSub, env = "CORECAST_DELIVERY";
     /// How long a publish `idempotency_key` is remembered: a retry within it gets the first publish's id.
     idempotency_window: HumanDuration = HumanDuration(Duration::from_secs(300)), env = "CORECAST_IDEMPOTENCY_WINDOW";
 }
@@ -607,6 +645,9 @@ impl Config {
         }
         if self.send_batch > 4096 {
             return bad("send_batch must be at most 4096 (0 turns io_uring sends off)".into());
+        }
+        if self.delivery == DeliveryMode::Streams && self.redis.0.is_none() {
+            return bad("delivery = streams needs --redis (the embedded bus has no Pub/Sub)".into());
         }
         if self.history_meta_ttl.0 < self.history_ttl.0 {
             return bad("history_meta_ttl must be at least history_ttl".into());

@@ -177,6 +177,7 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
                 max_payload: cfg.outbound_queue_limit.0,
                 history: crate::history::memory::HistorySettings::of(&cfg),
                 idempotency_window: cfg.idempotency_window.0,
+                delivery: cfg.delivery,
             };
             let core = cpu.map(|id| core_affinity::CoreId { id });
             let (lane, thread) = bus::redis::spawn(

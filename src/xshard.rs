@@ -325,6 +325,8 @@ pub struct BridgeStats {
     /// Reads of the history in Redis (gap fills and client replays; concurrent replays of
     /// one stream share one read).
     pub history_reads: AtomicU64,
+    /// Streams mode: XREADs that returned events.
+    pub stream_reads: AtomicU64,
     /// Reads of where a stream stands, before the node subscribes to it (one per new
     /// topic or user on the node, pipelined).
     pub position_reads: AtomicU64,

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use corecast::config::{Name, RedisUrl};
+use corecast::config::{DeliveryMode, Name, RedisUrl};
 use serde_json::{Value, json};
 
 use crate::support::{
@@ -504,8 +504,18 @@ fn check_receiver(
 /// fault is over; the publisher goes on for 1 s after it. Connected clients must lose
 /// nothing stored and get nothing twice.
 async fn survives(name: &str, redis: &mut RedisServer, fault: impl AsyncFnOnce(&mut RedisServer)) {
-    let a = redis_node(redis, "a", |_| {}).await;
-    let b = redis_node(redis, "b", |_| {}).await;
+    survives_with(name, redis, DeliveryMode::PubSub, fault).await;
+}
+
+/// [`survives`], the nodes getting stored events by `delivery`.
+async fn survives_with(
+    name: &str,
+    redis: &mut RedisServer,
+    delivery: DeliveryMode,
+    fault: impl AsyncFnOnce(&mut RedisServer),
+) {
+    let a = redis_node(redis, "a", |c| c.delivery = delivery).await;
+    let b = redis_node(redis, "b", |c| c.delivery = delivery).await;
     let mut on_a = connect(a.addr, "ra", true).await;
     let mut on_b = connect(b.addr, "rb", true).await;
     subscribe(&mut on_a, "numbers", None).await;
@@ -535,7 +545,7 @@ async fn survives(name: &str, redis: &mut RedisServer, fault: impl AsyncFnOnce(&
     let gaps = b.health().await["bridge"]["gaps_filled"].as_u64().unwrap_or(0)
         + a.health().await["bridge"]["gaps_filled"].as_u64().unwrap_or(0);
     eprintln!(
-        "RESULT fault={name:?} lasted_ms={} stored={} failed_visibly={} lost=0 duplicated=0 \
+        "RESULT fault={name:?} delivery={delivery} lasted_ms={} stored={} failed_visibly={} lost=0 duplicated=0 \
          gap_events_filled={gaps} full_delivery_after_fault_ms={} worst_event_delay_ms={}",
         fault_end.duration_since(fault_start).as_millis(),
         published.acked.len(),
@@ -838,4 +848,84 @@ async fn reconnect_storm_shares_history_reads() {
     for client in &mut connected {
         assert_eq!(events(client, 1).await[0].1, json!("after"));
     }
+    drop(connected);
+
+    // The baseline, same node, same run: as many clients subscribing without `since`.
+    let start = Instant::now();
+    let plain: Vec<_> = (0..clients)
+        .map(|i| {
+            let addr = node.addr;
+            tokio::spawn(async move {
+                let mut client = connect(addr, &format!("plain-{i}"), true).await;
+                subscribe(&mut client, "storm", None).await;
+                (Instant::now(), client)
+            })
+        })
+        .collect();
+    let mut subscribed_at = start;
+    let mut connected = Vec::with_capacity(clients);
+    for task in plain {
+        let (at, client) =
+            within(Duration::from_secs(60), "the plain storm", task).await.expect("client");
+        subscribed_at = subscribed_at.max(at);
+        connected.push(client);
+    }
+    eprintln!(
+        "RESULT storm baseline clients={clients} without since: all subscribed after {} ms",
+        subscribed_at.duration_since(start).as_millis()
+    );
+}
+
+/// Streams mode: the nodes read the history streams with XREAD instead of Pub/Sub; killing
+/// the subscriber connections twice, and freezing Redis, lose nothing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_mode_survives_the_same_faults() {
+    let mut redis = RedisServer::start().await;
+    survives_with(
+        "CLIENT KILL TYPE pubsub x2",
+        &mut redis,
+        DeliveryMode::Streams,
+        async |redis: &mut RedisServer| {
+            assert!(redis.kill_subscribers().await >= 2);
+            redis.wait_numsub("corecast:topic:numbers", 2).await;
+            assert!(redis.kill_subscribers().await >= 2);
+        },
+    )
+    .await;
+    let mut redis = RedisServer::start().await;
+    survives_with(
+        "SIGSTOP 3s",
+        &mut redis,
+        DeliveryMode::Streams,
+        async |redis: &mut RedisServer| {
+            redis.freeze();
+            // The fault is 3 s long: this wait is its duration, not a synchronisation.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            redis.thaw();
+        },
+    )
+    .await;
+}
+
+/// Streams mode: recovery across nodes behaves as with Pub/Sub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_across_nodes_in_streams_mode() {
+    let redis = RedisServer::start().await;
+    let streams = |c: &mut corecast::Config| {
+        short_history(c);
+        c.delivery = DeliveryMode::Streams;
+        // A node reading streams gets only what the history still holds when it reads:
+        // the busy topic's burst of 400 events must fit.
+        c.history_size = 1000;
+    };
+    let a = redis_node(&redis, "a", streams).await;
+    let b = redis_node(&redis, "b", streams).await;
+    recovers_missed_events(a.addr, b.addr).await;
+    recovers_while_the_topic_is_busy(a.addr, b.addr).await;
+    unrecoverable_positions_are_told(a.addr, b.addr).await;
+    latest_and_history_pages(a.addr, b.addr).await;
+    receipts_and_idempotency(a.addr, b.addr).await;
+    seed_last_event_id(a.addr, b.addr).await;
+    let h = b.health().await;
+    assert!(h["bridge"]["stream_reads"].as_u64() > Some(0), "{h}");
 }

@@ -50,6 +50,7 @@ struct Bridge {
     dropped_messages: u64,
     history_reads: u64,
     position_reads: u64,
+    stream_reads: u64,
     gaps_filled: u64,
     streams_lost: u64,
 }
@@ -124,6 +125,7 @@ impl Health {
                 dropped_messages: b.dropped_messages.load(Relaxed),
                 history_reads: b.history_reads.load(Relaxed),
                 position_reads: b.position_reads.load(Relaxed),
+                stream_reads: b.stream_reads.load(Relaxed),
                 gaps_filled: b.gaps_filled.load(Relaxed),
                 streams_lost: b.streams_lost.load(Relaxed),
             }),

@@ -162,6 +162,51 @@ pub(crate) fn parse_snapshot(value: Value) -> Result<Option<Snapshot>, String> {
     Ok(Some(Snapshot { state: StreamState { epoch, top, first }, entries: out }))
 }
 
+/// One stream's entries in an XREAD answer: its key, and `(offset, payload)`s.
+pub(crate) type StreamEntries = (String, Vec<(u64, String)>);
+
+/// Parses an XREAD answer: per stream key, its entries `(offset, payload)`; empty when
+/// the read timed out.
+///
+/// # Errors
+/// What is malformed.
+pub(crate) fn parse_xread(value: Value) -> Result<Vec<StreamEntries>, String> {
+    let streams = match value {
+        Value::Null => return Ok(Vec::new()),
+        // RESP2 (the clients' protocol): an array of [key, entries].
+        Value::Array(streams) => streams,
+        other => return Err(format!("unexpected XREAD answer {other:?}")),
+    };
+    let mut out = Vec::with_capacity(streams.len());
+    for stream in streams {
+        let Value::Array(parts) = stream else { return Err("bad XREAD stream".into()) };
+        let [key, entries]: [Value; 2] =
+            parts.try_into().map_err(|_| "bad XREAD stream shape".to_owned())?;
+        let key = text_of(&key).ok_or("bad XREAD key")?.to_owned();
+        // The same shape as a read's entries.
+        let snapshot = parse_snapshot(Value::Array(vec![
+            Value::String("0".into()),
+            Value::String("0".into()),
+            Value::String("".into()),
+            entries,
+        ]))?;
+        out.push((key, snapshot.map(|s| s.entries).unwrap_or_default()));
+    }
+    Ok(out)
+}
+
+/// The route of a stream name (`broadcast`, `topic:<T>`, `user:<U>`), the inverse of
+/// [`StreamKeys::of`] without the prefix.
+pub(crate) fn route_of_stream(name: &str) -> Option<Route> {
+    if name == "broadcast" {
+        Some(Route::Broadcast)
+    } else if let Some(topic) = name.strip_prefix("topic:") {
+        Some(Route::Topic(topic.into()))
+    } else {
+        name.strip_prefix("user:").map(|user| Route::Direct(user.into()))
+    }
+}
+
 fn text_of(value: &Value) -> Option<&str> {
     match value {
         Value::String(s) => Some(s),
@@ -567,6 +612,33 @@ mod tests {
             Value::Array(vec![s("1"), s("9")]),
         ] {
             assert!(parse_snapshot(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn xread_answers_are_parsed() {
+        let s = |x: &str| Value::String(x.into());
+        let entry = |id: &str, payload: &str| {
+            Value::Array(vec![s(id), Value::Array(vec![s("d"), s(payload)])])
+        };
+        let answer = Value::Array(vec![Value::Array(vec![
+            s("cc:history:topic:t"),
+            Value::Array(vec![entry("4-0", "a"), entry("5-0", "b")]),
+        ])]);
+        let parsed = parse_xread(answer).unwrap();
+        assert_eq!(
+            parsed,
+            vec![("cc:history:topic:t".to_owned(), vec![(4, "a".to_owned()), (5, "b".to_owned())])]
+        );
+        assert_eq!(parse_xread(Value::Null), Ok(vec![]));
+        assert!(parse_xread(Value::Integer(1)).is_err());
+        assert_eq!(route_of_stream("topic:a.b"), Some(Route::Topic("a.b".into())));
+        assert_eq!(route_of_stream("user:al"), Some(Route::Direct("al".into())));
+        assert_eq!(route_of_stream("broadcast"), Some(Route::Broadcast));
+        assert_eq!(route_of_stream("other"), None);
+        for route in [Route::Broadcast, Route::Topic("x".into()), Route::Direct("y".into())] {
+            let key = StreamKeys::of("p:", &route).stream;
+            assert_eq!(route_of_stream(key.strip_prefix("p:history:").unwrap()), Some(route));
         }
     }
 

@@ -66,6 +66,7 @@ use super::{
     BusCommand, BusCommands, ReplayRequest,
     interest::{InterestTable, NodeInterest},
 };
+pub(crate) use crate::config::DeliveryMode;
 use crate::{
     conn::command::{CommandError, published_json},
     event::{Event, PublishOptions},
@@ -128,6 +129,8 @@ pub(crate) struct BridgeSettings {
     pub history: HistorySettings,
     /// How long a publish idempotency key is remembered.
     pub idempotency_window: Duration,
+    /// How stored events reach the node: Pub/Sub (with gap fill) or XREAD of the streams.
+    pub delivery: DeliveryMode,
 }
 
 impl std::fmt::Debug for BridgeSettings {
@@ -314,6 +317,8 @@ struct Shared {
     replay_cache: RefCell<HashMap<Route, (Instant, Rc<FramedSnapshot>)>>,
     /// To the reads task.
     reads: mpsc::UnboundedSender<ReadJob>,
+    /// How stored events reach the node.
+    delivery: DeliveryMode,
 }
 
 impl Shared {
@@ -413,7 +418,7 @@ impl Shared {
 /// The bridge's life: until every shard has closed its lane (shutdown).
 async fn run(
     settings: BridgeSettings,
-    (subscriber, publisher): (Client, Client),
+    (subscriber, publisher, reader): (Client, Client, Client),
     commands: BusCommands,
     inboxes: ShardInboxes,
     stats: Arc<NodeStats>,
@@ -436,6 +441,7 @@ async fn run(
         replays: RefCell::default(),
         replay_cache: RefCell::default(),
         reads: reads_tx,
+        delivery: settings.delivery,
     });
     // Receivers first: nothing published after the connection is up is missed.
     let mut messages = subscriber.message_rx();
@@ -457,6 +463,10 @@ async fn run(
         publisher.clone(),
         ops_rx,
     ));
+    let streams = (settings.delivery == DeliveryMode::Streams).then(|| {
+        let _reader_task = reader.connect();
+        tokio::task::spawn_local(read_streams(shared.clone(), reader.clone()))
+    });
     let (done_tx, mut reads_done) = mpsc::unbounded_channel();
     let reads = tokio::task::spawn_local(read_jobs(
         publisher.clone(),
@@ -577,6 +587,10 @@ async fn run(
     let _ = publishes.await;
     subscriptions.abort();
     reads.abort();
+    if let Some(streams) = streams {
+        streams.abort();
+        let _ = tokio::time::timeout(Duration::from_millis(200), reader.quit()).await;
+    }
     let bye = async {
         let _ = subscriber.quit().await;
         let _ = publisher.quit().await;
@@ -587,8 +601,10 @@ async fn run(
     info!("Redis bridge stopped");
 }
 
-/// The two fred clients, configured from `settings`.
-fn clients(settings: &BridgeSettings) -> Result<(Client, Client), RedisError> {
+/// The three fred clients, configured from `settings`: subscriber, publisher, and the
+/// stream reader (blocking XREADs need a connection of their own; it connects only in
+/// streams mode).
+fn clients(settings: &BridgeSettings) -> Result<(Client, Client, Client), RedisError> {
     let mut config = RedisConfig::from_url(&settings.url)?;
     if let Some(ca) = &settings.tls_ca {
         let roots = load_ca(ca).map_err(|e| RedisError::new(fred::error::ErrorKind::Tls, e))?;
@@ -619,7 +635,7 @@ fn clients(settings: &BridgeSettings) -> Result<(Client, Client), RedisError> {
         // Forever, 100 ms doubling up to 1 s: delivery resumes within about a second of
         // Redis coming back, at a cost of one connection attempt per second while away.
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 1_000, 2));
-    Ok((builder.build()?, builder.build()?))
+    Ok((builder.build()?, builder.build()?, builder.build()?))
 }
 
 /// Logs a Redis connection error once per different reason.
@@ -686,6 +702,24 @@ async fn receive(
     };
     let delivery = Arc::new(wire::delivery_from(route.clone(), text, json));
     BridgeStats::add(&shared.bridge().messages_in, 1);
+    if shared.delivery == DeliveryMode::Streams
+        && delivery.id.is_some()
+        && shared.trackers.borrow().get(&route).is_some_and(StreamTracker::is_known)
+    {
+        return; // the stream reader delivers stored events (`read_streams`)
+    }
+    deliver_tracked(shared, route, delivery, targets).await;
+}
+
+/// Delivers one event of `route` through the stream's tracker (in order, gaps filled from
+/// the history, duplicates dropped); an event without id, or of a stream the node does
+/// not track, goes out as it is. `targets` holds the shards that want the stream.
+async fn deliver_tracked(
+    shared: &Shared,
+    route: Route,
+    delivery: Arc<Delivery>,
+    targets: &mut Vec<ShardId>,
+) {
     let tracked = delivery.id.and_then(|id| {
         let mut trackers = shared.trackers.borrow_mut();
         trackers.get_mut(&route).map(|tracker| tracker.live(id, &delivery))
@@ -913,6 +947,82 @@ async fn answer_publish(shared: &Shared, job: PublishJob, result: Result<Value, 
             let id = stored.and_then(|_| value.as_str().and_then(|id| id.parse::<EventId>().ok()));
             let json = published_json(&route, id).into_boxed_str();
             shared.deliver(&[shard], ShardMessage::Reply { conn, user, json }).await;
+        }
+    }
+}
+
+/// How long one XREAD of the stream reader blocks: new streams join the read within
+/// this time.
+const STREAM_BLOCK: Duration = Duration::from_millis(100);
+
+/// Streams mode: reads every stream the node delivers with blocking XREADs from its
+/// position, and delivers what comes in order through the streams' trackers. Pub/Sub
+/// still brings payloads without ids (other publishers) and is the node's liveness
+/// signal; stored events come from here only.
+async fn read_streams(shared: Rc<Shared>, reader: Client) {
+    let command = || {
+        fred::types::CustomCommand::new_static("XREAD", fred::types::ClusterHash::FirstKey, true)
+    };
+    let mut json = String::new();
+    let mut targets = Vec::new();
+    loop {
+        // Each stream from where the node stands (its contiguous position).
+        let wanted: Vec<(Route, EventId)> = shared
+            .trackers
+            .borrow()
+            .iter()
+            .filter(|(_, t)| t.is_known())
+            .map(|(route, t)| {
+                (route.clone(), t.position().unwrap_or(EventId { epoch: 0, offset: 0 }))
+            })
+            .collect();
+        if wanted.is_empty() || !reader.is_connected() {
+            tokio::time::sleep(STREAM_BLOCK).await;
+            continue;
+        }
+        let mut args = Vec::with_capacity(6 + 2 * wanted.len());
+        args.extend([
+            "BLOCK".to_owned(),
+            STREAM_BLOCK.as_millis().to_string(),
+            "COUNT".to_owned(),
+            FILL_COUNT.to_string(),
+            "STREAMS".to_owned(),
+        ]);
+        args.extend(wanted.iter().map(|(route, _)| StreamKeys::of(&shared.prefix, route).stream));
+        args.extend(wanted.iter().map(|(_, at)| format!("{}-0", at.offset)));
+        let reply: Result<Value, RedisError> = reader.custom(command(), args).await;
+        let batches = match reply {
+            Ok(value) => match history::parse_xread(value) {
+                Ok(batches) => batches,
+                Err(why) => {
+                    warn!(cause = %why, "unexpected XREAD answer");
+                    tokio::time::sleep(STREAM_BLOCK).await;
+                    continue;
+                }
+            },
+            Err(e) => {
+                debug!(cause = %e.details(), "XREAD failed (retried)");
+                tokio::time::sleep(STREAM_BLOCK).await;
+                continue;
+            }
+        };
+        BridgeStats::add(&shared.bridge().stream_reads, 1);
+        let prefix = format!("{}history:", shared.prefix);
+        for (key, entries) in batches {
+            let Some(route) = key.strip_prefix(&prefix).and_then(history::route_of_stream) else {
+                continue;
+            };
+            shared.interest.borrow().targets(&route, shared.shards, &mut targets);
+            if targets.is_empty() {
+                continue;
+            }
+            for (_, payload) in entries {
+                let delivery = Arc::new(wire::delivery_from(route.clone(), &payload, &mut json));
+                if delivery.id.is_some() {
+                    BridgeStats::add(&shared.bridge().messages_in, 1);
+                    deliver_tracked(&shared, route.clone(), delivery, &mut targets).await;
+                }
+            }
         }
     }
 }
