@@ -25,6 +25,67 @@ pub struct RedisServer {
     args: Vec<String>,
     /// Serves TLS only, on `port`, with these files.
     tls: Option<TlsFiles>,
+    /// Runs inside this network namespace (reached through a veth pair).
+    netns: Option<Netns>,
+}
+
+/// A network namespace the harness creates, joined to this one by a veth pair
+/// (`10.231.N.1` here, `10.231.N.2` inside), so a link can be cut like a network
+/// partition. Deleted (with the pair) on drop.
+pub struct Netns {
+    name: String,
+    /// The veth end in this namespace.
+    host_if: String,
+    /// The address inside the namespace.
+    inner: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+impl Netns {
+    /// Creates the namespace and the pair; the reason when this machine does not allow it
+    /// (not root, no `ip`).
+    pub fn create() -> Result<Netns, String> {
+        let n = std::process::id() % 250 + 1;
+        let name = format!("cc-test-{}", std::process::id());
+        let (host_if, peer_if) = (format!("cch{n}"), format!("ccp{n}"));
+        ip(&["netns", "add", &name])?;
+        let netns = Netns { name, host_if, inner: format!("10.231.{n}.2") };
+        let ns = netns.name.as_str();
+        ip(&["link", "add", &netns.host_if, "type", "veth", "peer", "name", &peer_if])?;
+        ip(&["link", "set", &peer_if, "netns", ns])?;
+        ip(&["addr", "add", &format!("10.231.{n}.1/30"), "dev", &netns.host_if])?;
+        ip(&["link", "set", &netns.host_if, "up"])?;
+        ip(&[
+            "netns",
+            "exec",
+            ns,
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/30", netns.inner),
+            "dev",
+            &peer_if,
+        ])?;
+        ip(&["netns", "exec", ns, "ip", "link", "set", &peer_if, "up"])?;
+        ip(&["netns", "exec", ns, "ip", "link", "set", "lo", "up"])?;
+        Ok(netns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the pair.
+        let _ = ip(&["netns", "del", &self.name]);
+        let _ = ip(&["link", "del", &self.host_if]);
+    }
 }
 
 /// A private CA and a server certificate for 127.0.0.1 signed by it (made with the
@@ -122,7 +183,8 @@ impl RedisServer {
         ));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let args = args.iter().map(|a| (*a).to_owned()).collect();
-        let mut server = RedisServer { child: None, port: free_port(), dir, args, tls: None };
+        let mut server =
+            RedisServer { child: None, port: free_port(), dir, args, tls: None, netns: None };
         server.spawn().await;
         server
     }
@@ -136,13 +198,62 @@ impl RedisServer {
         ));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let tls = Some(files.clone());
-        let mut server = RedisServer { child: None, port: free_port(), dir, args: Vec::new(), tls };
+        let mut server =
+            RedisServer { child: None, port: free_port(), dir, args: Vec::new(), tls, netns: None };
         server.spawn().await;
         server
     }
 
+    /// A server inside a network namespace of its own (see [`Netns`]), for partitions;
+    /// the reason when this machine cannot make one.
+    pub async fn start_in_netns() -> Result<RedisServer, String> {
+        let netns = Netns::create()?;
+        let dir = std::env::temp_dir().join(format!(
+            "corecast-redis-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir,
+            // Reached from outside its namespace (through the private veth pair only),
+            // which protected mode refuses without a password.
+            args: vec!["--protected-mode".into(), "no".into()],
+            tls: None,
+            netns: Some(netns),
+        };
+        server.spawn().await;
+        Ok(server)
+    }
+
+    /// The address the server listens on.
+    fn host(&self) -> &str {
+        self.netns.as_ref().map_or("127.0.0.1", |n| n.inner.as_str())
+    }
+
+    /// Cuts the link to the namespace: packets are dropped, no connection is reset.
+    pub fn partition(&self) {
+        let netns = self.netns.as_ref().expect("a server in a namespace");
+        ip(&["link", "set", &netns.host_if, "down"]).expect("link down");
+    }
+
+    /// Restores the link.
+    pub fn heal(&self) {
+        let netns = self.netns.as_ref().expect("a server in a namespace");
+        ip(&["link", "set", &netns.host_if, "up"]).expect("link up");
+    }
+
     async fn spawn(&mut self) {
-        let mut command = Command::new("redis-server");
+        let mut command = match &self.netns {
+            None => Command::new("redis-server"),
+            Some(netns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &netns.name, "redis-server"]);
+                c
+            }
+        };
         match &self.tls {
             None => command.args(["--port", &self.port.to_string()]),
             Some(files) => command
@@ -162,7 +273,7 @@ impl RedisServer {
                 .arg(&files.ca),
         };
         let child = command
-            .args(["--bind", "127.0.0.1"])
+            .args(["--bind", self.host()])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
             .arg("--dir")
             .arg(&self.dir)
@@ -181,9 +292,10 @@ impl RedisServer {
         self.child = Some(child);
         let port = self.port;
         let tls = self.tls.is_some();
-        poll_until(WAIT, "redis-server answers PING", || async move {
+        let host = self.host().to_owned();
+        poll_until(WAIT, "redis-server answers PING", || async {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+            let mut s = tokio::net::TcpStream::connect((host.as_str(), port)).await.ok()?;
             if tls {
                 return Some(()); // listening; the nodes' TLS handshake is the real check
             }
@@ -198,7 +310,7 @@ impl RedisServer {
     /// `redis://127.0.0.1:<port>/0` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
-        format!("{scheme}://127.0.0.1:{}/0", self.port)
+        format!("{scheme}://{}:{}/0", self.host(), self.port)
     }
 
     fn pid(&self) -> i32 {
