@@ -142,14 +142,20 @@ async fn recovers_while_the_topic_is_busy(pub_addr: SocketAddr, sub_addr: Socket
     let since = publish(&mut publisher, "busy", json!(0)).await;
     assert_eq!(events(&mut first, 1).await.len(), 1);
     let (epoch, offset) = parse_id(&since);
-    // The publisher keeps going (no receipts: as fast as the socket takes them) while a
-    // second connection recovers from the first event.
+    // The publisher keeps going (no receipts, one event per millisecond) while a second
+    // connection recovers from the first event: live events keep arriving while its
+    // replay is read and queued.
+    let (progress, mut published) = tokio::sync::watch::channel(0);
     let flood = tokio::spawn(async move {
+        let mut pace = tokio::time::interval(Duration::from_millis(1));
         for i in 1..TOTAL {
+            pace.tick().await;
             publisher.send_json(json!({"op":"publish","topic":"busy","data":i})).await;
+            let _ = progress.send(i);
         }
         publisher
     });
+    within(WAIT, "50 published", published.wait_for(|n| *n >= 50)).await.expect("flood runs");
     let mut second = connect(sub_addr, "busy", true).await;
     subscribe(&mut second, "busy", Some(&since)).await;
     let mut offsets = Vec::new();
@@ -218,6 +224,27 @@ async fn unrecoverable_positions_are_told(pub_addr: SocketAddr, sub_addr: Socket
     // Malformed: an error reply (the subscription is not made).
     client.send_json(json!({"op":"subscribe","topic":"other","since":"12"})).await;
     assert_eq!(next_not_state(&mut client).await["code"], "invalid_since");
+}
+
+/// A client offline for longer than the history's age (`expiring` keeps 1 s here) is
+/// told `recovered: false`.
+async fn offline_longer_than_the_history(pub_addr: SocketAddr, sub_addr: SocketAddr) {
+    let mut publisher = connect(pub_addr, "ttl-pub", true).await;
+    let last = publish(&mut publisher, "expiring", json!("soon gone")).await;
+    let (epoch, offset) = parse_id(&last);
+    // The client is away for 2 s (the scenario's length, not a synchronisation), and one
+    // more event is published meanwhile, after the first expired.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let missed = publish(&mut publisher, "expiring", json!("missed")).await;
+    assert_eq!(parse_id(&missed), (epoch, offset + 1), "the position outlives the events");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let mut client = connect(sub_addr, "ttl", true).await;
+    // It saw the first event, and missed the second, which expired meanwhile.
+    subscribe(&mut client, "expiring", Some(&last)).await;
+    assert_eq!(
+        next_not_state(&mut client).await,
+        json!({"type":"recovered","topic":"expiring","recovered":false})
+    );
 }
 
 /// `since: "latest"` gives the last event before live ones; `history` pages stitch to a
@@ -362,7 +389,7 @@ async fn connect_with_query(addr: SocketAddr, user: &str, query: &str) -> Client
 }
 
 fn short_history(c: &mut corecast::Config) {
-    c.history_rules = "short=5/5m".parse().expect("rules");
+    c.history_rules = "short=5/5m,expiring=100/1s".parse().expect("rules");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,6 +399,7 @@ async fn embedded_recovery() {
     recovers_missed_events(a, a).await;
     recovers_while_the_topic_is_busy(a, a).await;
     unrecoverable_positions_are_told(a, a).await;
+    offline_longer_than_the_history(a, a).await;
     latest_and_history_pages(a, a).await;
     receipts_and_idempotency(a, a).await;
     seed_last_event_id(a, a).await;
@@ -385,6 +413,7 @@ async fn recovery_across_nodes() {
     recovers_missed_events(a.addr, b.addr).await;
     recovers_while_the_topic_is_busy(a.addr, b.addr).await;
     unrecoverable_positions_are_told(a.addr, b.addr).await;
+    offline_longer_than_the_history(a.addr, b.addr).await;
     latest_and_history_pages(a.addr, b.addr).await;
     receipts_and_idempotency(a.addr, b.addr).await;
     seed_last_event_id(a.addr, b.addr).await;
