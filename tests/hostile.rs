@@ -186,12 +186,24 @@ async fn pending_handshake_cap_per_ip() {
     // held one holds a pending slot. Then every socket sends a complete upgrade: the held
     // ones get 101, the refused ones have their 503 (sent before the request) — so each
     // socket's first answer classifies it, with no timing involved.
+    let elsewhere: std::net::IpAddr = [127, 0, 0, 2].into();
+    let rejected = |h: &serde_json::Value| h["rejected_handshakes"].as_u64().unwrap_or(0);
+    let rejected_before = rejected(&health_from(server.addr, elsewhere).await);
     let mut sockets = Vec::new();
     for _ in 0..40 {
         sockets.push(
             within(WAIT, "connect", tokio::net::TcpStream::connect(server.addr)).await.unwrap(),
         );
     }
+    // The server has accepted all 40 (each is pending or refused) before any request is
+    // sent: otherwise a socket accepted after an earlier one's upgrade could take its
+    // freed slot. The health request itself, from another address, is pending too.
+    poll_until(WAIT, "all 40 accepted", || async {
+        let h = health_from(server.addr, elsewhere).await;
+        let pending = h["pending_handshakes"].as_u64().unwrap_or(0).saturating_sub(1);
+        (pending + rejected(&h) - rejected_before == 40).then_some(())
+    })
+    .await;
     let answers = futures_util::future::join_all(sockets.iter_mut().map(|s| async move {
         // A refused socket may already be closed: the write can fail, the 503 is read anyway.
         let _ = s.write_all(upgrade_request("capped").as_bytes()).await;

@@ -22,6 +22,7 @@ pub(crate) struct Health {
     max_connections: usize,
     connections_per_shard: Vec<u64>,
     upgrades: u64,
+    pending_handshakes: usize,
     rejected_handshakes: u64,
     messages_in: u64,
     deliveries: u64,
@@ -88,6 +89,7 @@ impl Health {
         draining: bool,
         stats: &NodeStats,
         budget: &ConnectionBudget,
+        pending: &ConnectionBudget,
     ) -> Health {
         use std::sync::atomic::Ordering::Relaxed;
         Health {
@@ -102,6 +104,7 @@ impl Health {
                 .map(|s| s.connections.load(Relaxed))
                 .collect(),
             upgrades: stats.total(|s| &s.upgrades),
+            pending_handshakes: pending.used(),
             rejected_handshakes: stats.total(|s| &s.rejected_handshakes),
             messages_in: stats.total(|s| &s.messages_in),
             deliveries: stats.total(|s| &s.deliveries),
@@ -149,9 +152,10 @@ mod tests {
     fn protocol_md_documents_exactly_the_emitted_fields() {
         let stats = NodeStats::new(2, NodeId("n".into()), true);
         let budget = ConnectionBudget::new(10);
-        let json: serde_json::Value =
-            serde_json::from_str(&Health::read(ShardId(1), false, &stats, &budget).to_json())
-                .expect("valid JSON");
+        let json: serde_json::Value = serde_json::from_str(
+            &Health::read(ShardId(1), false, &stats, &budget, &budget).to_json(),
+        )
+        .expect("valid JSON");
         let mut emitted: Vec<String> = Vec::new();
         for (key, value) in json.as_object().expect("an object") {
             emitted.push(key.clone());

@@ -99,6 +99,7 @@ async fn upgrade(
                 shard.shutting_down.get(),
                 ctx.node_stats(),
                 &shard.budget,
+                &shard.pending_budget,
             )
             .to_json();
             let response = handshake::http_response(200, "application/json", &body);

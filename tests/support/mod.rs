@@ -240,6 +240,24 @@ pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> String {
     .await
 }
 
+/// `GET /healthz` from the source address `from` (another 127.0.0.x: not counted against
+/// the per-IP handshake cap of the clients under test).
+pub async fn health_from(addr: SocketAddr, from: std::net::IpAddr) -> Value {
+    let raw = within(WAIT, "healthz from another source address", async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(from, 0)).unwrap();
+        let mut s = socket.connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n").await.unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await;
+    let (status, body) = parse_http(&raw);
+    assert_eq!(status, 200, "{raw}");
+    serde_json::from_str(&body).expect("healthz JSON")
+}
+
 /// (status, body) of an HTTP response.
 pub fn parse_http(raw: &str) -> (u16, String) {
     let status = raw
