@@ -36,6 +36,9 @@ const RESERVED_FDS_PER_SHARD: u64 = 16;
 /// glommio refuses to start below this locked-memory limit.
 const GLOMMIO_MIN_MEMLOCK: u64 = 512 << 10;
 
+/// How long `start` waits for every shard's executor to run.
+const SHARD_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A node that is running. Dropping it does not stop it: call [`shutdown`](Self::shutdown)
 /// then [`join`](Self::join).
 #[derive(Debug)]
@@ -200,6 +203,10 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
 
     let mut controls = Vec::with_capacity(shard_count);
     let mut shards = Vec::with_capacity(shard_count);
+    // Each shard reports once its executor runs: `spawn` returns before the executor
+    // exists, so an executor that fails to start (io_uring setup, locked memory) is only
+    // seen here — instead of a listener whose connections nobody ever accepts.
+    let (started_tx, started_rx) = flume::unbounded();
     sequencers.resize_with(shard_count, || None);
     let per_shard = listeners.into_iter().zip(inbox_rxs).zip(sequencers);
     for (i, ((listener, inbox), lane)) in per_shard.enumerate() {
@@ -216,6 +223,7 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
             stats: stats.clone(),
             budget: budget.clone(),
             pending_budget: pending_budget.clone(),
+            started: started_tx.clone(),
         };
         let started = LocalExecutorBuilder::new(Placement::Fixed(cpus[i]))
             .name(&format!("shard-{i}"))
@@ -236,6 +244,25 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
     }
     drop(lane_txs);
     drop(inbox_txs);
+    drop(started_tx);
+    let mut reported = Vec::with_capacity(shard_count);
+    while reported.len() < shard_count {
+        // A shard that could not start drops its sender without reporting: once every
+        // running shard has reported, the channel is disconnected.
+        match started_rx.recv_timeout(SHARD_START_TIMEOUT) {
+            Ok(id) => reported.push(id),
+            Err(_) => {
+                let missing =
+                    (0..shard_count).find(|i| !reported.contains(&ShardId(*i as u16))).unwrap_or(0);
+                let partial = RunningServer { addr, controls, shards, bridge, stats, budget };
+                partial.shutdown();
+                let _ = partial.join();
+                let message =
+                    "its executor did not start (io_uring setup or locked memory; see tuning/)";
+                return Err(Error::ShardStart { shard: missing, message: message.into() });
+            }
+        }
+    }
     let bus = if bridge.is_some() { "redis" } else { "embedded" };
     info!(%addr, shards = shard_count, ?cpus, node = %node, bus, "corecast listening");
     Ok(RunningServer { addr, controls, shards, bridge, stats, budget })

@@ -89,6 +89,8 @@ pub(crate) struct ShardParts {
     pub budget: Arc<ConnectionBudget>,
     /// Node-wide count of sockets in the HTTP handshake.
     pub pending_budget: Arc<ConnectionBudget>,
+    /// Told once this shard's executor runs (the node's start waits for every shard).
+    pub started: flume::Sender<ShardId>,
 }
 
 /// How long a shard's tasks run before the executor polls for I/O again. The inbox
@@ -471,6 +473,7 @@ pub(crate) async fn run(parts: ShardParts) {
         stats,
         budget,
         pending_budget,
+        started,
     } = parts;
     let listener = crate::sys::glommio_listener(listener);
     let sequencer = sequencer.map(|(lane, inboxes)| {
@@ -486,6 +489,8 @@ pub(crate) async fn run(parts: ShardParts) {
     let heartbeat = glommio::spawn_local(heartbeat::run(shard.clone()));
     let sequencer = sequencer.map(|s| glommio::spawn_local(s.run()));
     info!(shard = %id, cpu = ?crate::sys::current_cpu(), "shard started");
+    let _ = started.send(id);
+    drop(started);
 
     // Any message, or the main thread going away, means shut down.
     let _ = control.recv_async().await;
