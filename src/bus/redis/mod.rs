@@ -873,16 +873,7 @@ async fn send_publishes(publisher: &Client, jobs: &[PublishJob]) -> Vec<Result<V
         };
         queued.push(result);
     }
-    let mut results = pipeline.try_all::<Value>().await.into_iter();
-    queued
-        .into_iter()
-        .map(|queued| match queued {
-            Err(e) => Err(e),
-            Ok(()) => results.next().unwrap_or_else(|| {
-                Err(RedisError::new(fred::error::ErrorKind::Unknown, "no reply"))
-            }),
-        })
-        .collect()
+    replies(pipeline, queued).await
 }
 
 /// The publisher task: pipelines publishes to Redis in arrival order, one batch in
@@ -1077,6 +1068,15 @@ async fn send_reads(
         let result: Result<(), RedisError> = pipeline.custom(evalsha(), args).await;
         queued.push(result);
     }
+    replies(pipeline, queued).await
+}
+
+/// Sends `pipeline` and pairs each queued command with its reply, in order: a command
+/// that could not be queued keeps its error, a missing reply is an error.
+async fn replies(
+    pipeline: fred::clients::Pipeline<Client>,
+    queued: Vec<Result<(), RedisError>>,
+) -> Vec<Result<Value, RedisError>> {
     let mut results = pipeline.try_all::<Value>().await.into_iter();
     queued
         .into_iter()
