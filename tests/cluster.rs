@@ -371,15 +371,19 @@ async fn mixed_fleet_with_the_python_design() {
         json!({"type":"broadcast","sender":"p1","data":"hi from python"})
     );
 
-    // corecast → Python, from a seed client and from a v1 client.
+    // corecast → Python, from a seed client and then from a v1 client. Two senders have
+    // no order between them (they may sit on different shards), so the second sends only
+    // after everyone has the first. The Python nodes forward corecast's payloads
+    // verbatim, ids included.
     seed.send_text("hi from corecast").await;
-    v1.send_json(json!({"op":"broadcast","data":{"k":[1]}})).await;
-    // The Python nodes forward corecast's payloads verbatim, ids included.
     for c in [&mut p1, &mut p2, &mut seed] {
         assert_eq!(
             without_id(c.recv_json().await),
             json!({"sender":"s","text":"hi from corecast"})
         );
+    }
+    v1.send_json(json!({"op":"broadcast","data":{"k":[1]}})).await;
+    for c in [&mut p1, &mut p2, &mut seed] {
         assert_eq!(
             without_id(c.recv_json().await),
             json!({"sender":"v","text":"{\"k\":[1]}","data":{"k":[1]}})
