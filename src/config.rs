@@ -15,6 +15,7 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 use clap::{ArgMatches, FromArgMatches, parser::ValueSource};
 use serde::Deserialize;
 
+pub use crate::auth::permissions::DefaultPermissions;
 use crate::error::{Error, Result};
 pub use crate::history::retention::HistoryRules;
 
@@ -319,6 +320,36 @@ pub(crate) fn redact_url(url: &str) -> String {
     }
 }
 
+/// A secret (the JWT secret, the API key), or empty for none. Shown (Display, Debug,
+/// `--check-config`) as `***`.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(pub Option<String>);
+
+impl FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(Secret((!s.is_empty()).then(|| s.to_owned())))
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "***" } else { "" })
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({self})")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A name made of `[A-Za-z0-9_.:-]` (node ids, channel prefixes); empty allowed where
 /// the option says so.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -604,6 +635,16 @@ config_options! {
     delivery: DeliveryMode = DeliveryMode::PubSub, env = "CORECAST_DELIVERY";
     /// How long a publish `idempotency_key` is remembered: a retry within it gets the first publish's id.
     idempotency_window: HumanDuration = HumanDuration(Duration::from_secs(300)), env = "CORECAST_IDEMPOTENCY_WINDOW";
+    /// HS256 secret for connection and subscription tokens (JWT); setting it (or `jwt_secret_file` or `jwt_public_key`) turns authentication on. Never logged. Prefer the environment or the file over the command line.
+    jwt_secret: Secret = Secret::default(), env = "CORECAST_JWT_SECRET";
+    /// File holding the HS256 secret (a trailing newline is ignored), or `none`.
+    jwt_secret_file: OptionalPath = OptionalPath::default(), env = "CORECAST_JWT_SECRET_FILE";
+    /// PEM public key (RSA for RS256, P-256 EC for ES256) that verifies tokens, or `none`. Works alongside `jwt_secret`.
+    jwt_public_key: OptionalPath = OptionalPath::default(), env = "CORECAST_JWT_PUBLIC_KEY";
+    /// What a connection whose token has no `channels` claim may do: `open` (everything), `closed` (receive broadcasts and its own direct messages only), or `auto` (`open` with authentication off, `closed` with it on).
+    default_permissions: DefaultPermissions = DefaultPermissions::Auto, env = "CORECAST_DEFAULT_PERMISSIONS";
+    /// After a v1 connection's token expires unrefreshed it gets `{"type":"token_expired"}`, and this long after its expiry a Close 1008 (seed connections are closed at expiry).
+    token_expiry_grace: HumanDuration = HumanDuration(Duration::from_secs(5)), env = "CORECAST_TOKEN_EXPIRY_GRACE";
 }
 
 /// Largest accepted user id, in bytes (ids are `[A-Za-z0-9_.-]`).
@@ -695,6 +736,7 @@ impl Config {
             }
             crate::bus::redis::load_ca(ca).map_err(Error::Config)?;
         }
+        crate::auth::Verifier::from_config(self).map_err(Error::Config)?;
         if self.redis_command_queue == 0 || self.redis_receive_buffer == 0 {
             return bad("redis_command_queue and redis_receive_buffer must be at least 1".into());
         }

@@ -107,6 +107,7 @@ pub fn command(data: &[u8]) {
             assert!(command::is_valid_topic(&t));
             return;
         }
+        Ok(command::Command::Refresh { .. }) => return,
         Err(e) => {
             assert!(!e.code.is_empty());
             return;

@@ -61,6 +61,10 @@
 //!   `bus::interest` is the pure interest table both use.
 //! - `xshard` (any thread): every type that crosses threads — deliveries, inbox
 //!   messages, interest changes, node counters, the connection budget.
+//! - `auth` (main thread builds it, shards use it; pure): token verification (JWT via
+//!   `jsonwebtoken`) and the permissions a token grants; `conn::auth` is one connection's
+//!   rules (expiry, permissions, subscription-token grants). `topic_pattern` is the `*`
+//!   matcher shared by permissions and history rules.
 //! - `history` (whoever sequences a stream, pure): event ids, retention rules, the
 //!   recovery decision, and the embedded bus's in-memory history.
 //! - `event`, `frame` (any thread, pure): events and their encoding; the frame codec.
@@ -76,6 +80,7 @@ pub mod fuzz_harness;
 #[doc(hidden)]
 pub mod testing;
 
+mod auth;
 mod bus;
 mod conn;
 mod event;
@@ -86,6 +91,7 @@ mod server;
 mod shard;
 #[allow(unsafe_code)]
 mod sys;
+mod topic_pattern;
 mod xshard;
 
 pub use config::Config;

@@ -17,7 +17,7 @@ use std::{net::SocketAddr, os::fd::OwnedFd, sync::Arc};
 
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     bus,
@@ -158,6 +158,14 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
     let stats = NodeStats::new(shard_count, node.clone(), cfg.redis.0.is_some());
     let budget = ConnectionBudget::new(max_connections);
     let pending_budget = ConnectionBudget::new(cfg.max_pending_handshakes);
+    let verifier = crate::auth::Verifier::from_config(&cfg).map_err(Error::Config)?;
+    if verifier.is_none() && !addr.ip().is_loopback() {
+        warn!(
+            %addr,
+            "AUTHENTICATION IS OFF on a non-loopback address: anyone who reaches this port \
+             may connect as any user; set jwt_secret or jwt_public_key"
+        );
+    }
 
     // The bus: with Redis, the bridge thread (spawned before the shards, so that it gets
     // its own pin and not a shard's mask) and one lane to it; embedded, one sequencer
@@ -220,10 +228,13 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
             control: control_rx,
             bus_lanes: lane_txs.clone(),
             sequencer: lane.map(|lane| (lane, inbox_txs.clone())),
-            stats: stats.clone(),
-            budget: budget.clone(),
-            pending_budget: pending_budget.clone(),
             started: started_tx.clone(),
+            node: shard::NodeShared {
+                stats: stats.clone(),
+                budget: budget.clone(),
+                pending_budget: pending_budget.clone(),
+                verifier: verifier.clone(),
+            },
         };
         let started = LocalExecutorBuilder::new(Placement::Fixed(cpus[i]))
             .name(&format!("shard-{i}"))

@@ -291,6 +291,14 @@ pub struct ShardStats {
     pub batched_sends: AtomicU64,
     /// `io_uring_enter` calls that carried those writes.
     pub send_batches: AtomicU64,
+    /// Upgrades refused for their token, per reason (`auth::AuthFailure::ALL` order).
+    pub auth_rejected: [AtomicU64; 8],
+    /// v1 commands refused with `forbidden` (and invalid subscription tokens).
+    pub forbidden: AtomicU64,
+    /// Seed-mode texts dropped because the user may not broadcast.
+    pub seed_texts_dropped: AtomicU64,
+    /// Connections closed (1008) because their token expired unrefreshed.
+    pub token_expiry_closes: AtomicU64,
 }
 
 impl ShardStats {

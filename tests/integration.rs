@@ -4,6 +4,8 @@
 
 mod support;
 
+/// Connection tokens, refresh and expiry, permissions and subscription tokens.
+mod auth;
 /// Slow consumers are cut off with 1013 without slowing anyone else; memory stays bounded.
 mod backpressure;
 /// Seed protocol fan-out: every client's text reaches every connection, once, in order.

@@ -22,6 +22,13 @@ pub(crate) enum Command {
         topic: String,
         /// Where to replay from, if anywhere.
         since: Option<Since>,
+        /// A subscription token for a topic the connection's permissions do not cover.
+        token: Option<String>,
+    },
+    /// `{"op":"refresh","token":J}`: a later connection token for the same user.
+    Refresh {
+        /// The new token.
+        token: String,
     },
     /// `{"op":"unsubscribe","topic":T}`
     Unsubscribe(String),
@@ -73,7 +80,7 @@ pub(crate) struct CommandError {
 }
 
 impl CommandError {
-    fn new(code: &'static str, message: impl Into<String>) -> CommandError {
+    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> CommandError {
         CommandError { code, message: message.into() }
     }
 
@@ -115,8 +122,10 @@ pub(crate) fn parse(
     match op {
         "subscribe" => {
             let since = optional_str(&value, "since")?.map(parse_since).transpose()?;
-            Ok(Command::Subscribe { topic: topic_field(&value)?, since })
+            let token = optional_str(&value, "token")?.map(str::to_owned);
+            Ok(Command::Subscribe { topic: topic_field(&value)?, since, token })
         }
+        "refresh" => Ok(Command::Refresh { token: str_field(&value, "token")?.to_owned() }),
         "unsubscribe" => Ok(Command::Unsubscribe(topic_field(&value)?)),
         "history" => {
             let topic = topic_field(&value)?;
@@ -250,6 +259,11 @@ pub(crate) fn is_valid_topic(topic: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'/' | b'-'))
 }
 
+/// `{"type":"refreshed","exp":N}`.
+pub(crate) fn refreshed_json(exp: u64) -> String {
+    format!(r#"{{"type":"refreshed","exp":{exp}}}"#)
+}
+
 /// `{"type":"subscribed","topic":T}` or `{"type":"unsubscribed","topic":T}`.
 pub(crate) fn ack_json(kind: &str, topic: &str) -> String {
     let mut out = String::with_capacity(40 + topic.len());
@@ -348,18 +362,32 @@ mod tests {
     fn parses_every_op() {
         assert_eq!(
             parse_str(r#"{"op":"subscribe","topic":"a/b"}"#),
-            Ok(Command::Subscribe { topic: "a/b".into(), since: None })
+            Ok(Command::Subscribe { topic: "a/b".into(), since: None, token: None })
         );
+        assert_eq!(
+            parse_str(r#"{"op":"subscribe","topic":"vip","token":"a.b.c"}"#),
+            Ok(Command::Subscribe {
+                topic: "vip".into(),
+                since: None,
+                token: Some("a.b.c".into())
+            })
+        );
+        assert_eq!(
+            parse_str(r#"{"op":"refresh","token":"a.b.c"}"#),
+            Ok(Command::Refresh { token: "a.b.c".into() })
+        );
+        assert_eq!(parse_str(r#"{"op":"refresh"}"#).unwrap_err().code, "missing_field");
         assert_eq!(
             parse_str(r#"{"op":"subscribe","topic":"a","since":"5:7"}"#),
             Ok(Command::Subscribe {
                 topic: "a".into(),
-                since: Some(Since::After(crate::xshard::EventId { epoch: 5, offset: 7 }))
+                since: Some(Since::After(crate::xshard::EventId { epoch: 5, offset: 7 })),
+                token: None,
             })
         );
         assert_eq!(
             parse_str(r#"{"op":"subscribe","topic":"a","since":"latest"}"#),
-            Ok(Command::Subscribe { topic: "a".into(), since: Some(Since::Latest) })
+            Ok(Command::Subscribe { topic: "a".into(), since: Some(Since::Latest), token: None })
         );
         assert_eq!(
             parse_str(r#"{"op":"history","topic":"a"}"#),

@@ -8,8 +8,9 @@
 
 use std::{cell::RefCell, collections::VecDeque, rc::Rc, sync::Arc, time::Instant};
 
-use super::{Conn, reader::InboundLimits, state::Timing};
+use super::{Conn, auth::ConnAuth, reader::InboundLimits, state::Timing};
 use crate::{
+    auth::{AuthFailure, Verifier},
     config::Config,
     frame::{self, FrameDecoder, SharedFrame},
     xshard::{NodeStats, ShardId, ShardStats},
@@ -33,6 +34,8 @@ impl std::fmt::Debug for JsonBuffers {
 pub struct ShardContext {
     /// The shard's index.
     pub id: ShardId,
+    /// Verifies tokens; `None` when authentication is off.
+    pub(crate) verifier: Option<Arc<Verifier>>,
     /// Node configuration (the shard's copy).
     pub cfg: Config,
     /// The connection rules derived from `cfg`.
@@ -60,7 +63,12 @@ pub struct ShardContext {
 
 impl ShardContext {
     /// The context of shard `id`.
-    pub fn new(id: ShardId, cfg: Config, node_stats: Arc<NodeStats>) -> ShardContext {
+    pub(crate) fn new(
+        id: ShardId,
+        cfg: Config,
+        node_stats: Arc<NodeStats>,
+        verifier: Option<Arc<Verifier>>,
+    ) -> ShardContext {
         let timing = Timing {
             ping_interval: cfg.ping_interval.enabled(),
             pong_timeout: cfg.pong_timeout.0,
@@ -71,6 +79,7 @@ impl ShardContext {
         };
         ShardContext {
             id,
+            verifier,
             timing,
             decoder: FrameDecoder { max_frame_payload: cfg.max_message_size.0 },
             inbound_limits: InboundLimits {
@@ -94,6 +103,30 @@ impl ShardContext {
     /// This shard's counters.
     pub fn stats(&self) -> &ShardStats {
         &self.node_stats.shards[self.id.0 as usize]
+    }
+
+    /// The rules of a new connection of `user` with `token` at `now` (Unix seconds):
+    /// `None` when there are none to apply (authentication off, default permissions
+    /// open).
+    ///
+    /// # Errors
+    /// Why the token is refused (the upgrade is answered 401 or 403).
+    pub(crate) fn admit(
+        &self,
+        token: Option<&str>,
+        user: &str,
+        now: u64,
+    ) -> Result<Option<Box<ConnAuth>>, AuthFailure> {
+        match &self.verifier {
+            Some(verifier) => {
+                let identity = verifier.connection(token, user, now)?;
+                Ok(Some(Box::new(ConnAuth::with_token(identity))))
+            }
+            None => {
+                let defaults = self.cfg.default_permissions.resolve(false);
+                Ok((!defaults.is_open()).then(|| Box::new(ConnAuth::without_token(defaults))))
+            }
+        }
     }
 
     /// Every shard's counters.

@@ -43,6 +43,9 @@ pub(crate) enum Request {
         /// `?lastEventId=<id>`: replay the broadcasts after it (a value that is not an
         /// event id is [`Since::Malformed`]: answered `recovered: false`).
         last_event_id: Option<Since>,
+        /// The connection token from `Authorization: Bearer` or `?token=` (the header wins);
+        /// checked by the shard when authentication is on.
+        token: Option<String>,
     },
     /// `GET /healthz`.
     Health,
@@ -160,18 +163,31 @@ fn decide(req: &httparse::Request<'_, '_>, policy: Policy<'_>) -> Request {
     } else {
         Mode::Seed
     };
-    let last_event_id = target
-        .split_once('?')
-        .and_then(|(_, query)| query_value(query, "lastEventId"))
-        .map(|value| match percent_decoded(value) {
+    let query = target.split_once('?').map(|(_, query)| query);
+    let last_event_id = query.and_then(|q| query_value(q, "lastEventId")).map(|value| {
+        match percent_decoded(value, MAX_EVENT_ID_TEXT) {
             Some(text) => Since::parse(&text).unwrap_or(Since::Malformed),
             None => Since::Malformed,
+        }
+    });
+    // A token that is not readable as such is kept as given: the verifier calls it
+    // malformed (401), rather than the node calling it missing.
+    let token = header("authorization")
+        .and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().to_owned())
+        })
+        .or_else(|| {
+            query.and_then(|q| query_value(q, "token")).map(|value| {
+                percent_decoded(value, MAX_TOKEN_TEXT).unwrap_or_else(|| value.to_owned())
+            })
         });
     Request::Upgrade {
         user: user.to_owned(),
         mode,
         accept_key: tungstenite::handshake::derive_accept_key(key.as_bytes()),
         last_event_id,
+        token,
     }
 }
 
@@ -183,10 +199,16 @@ fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
     })
 }
 
-/// `%XX`-decodes a short query value; `None` when it is malformed, not UTF-8 or longer
-/// than any event id.
-fn percent_decoded(value: &str) -> Option<String> {
-    if value.len() > 64 {
+/// Longest `lastEventId` value read (no event id is longer).
+const MAX_EVENT_ID_TEXT: usize = 64;
+
+/// Longest `token` query value decoded (the request head's own limit bounds it anyway).
+const MAX_TOKEN_TEXT: usize = 16 << 10;
+
+/// `%XX`-decodes a query value; `None` when it is malformed, not UTF-8 or longer than
+/// `max`.
+fn percent_decoded(value: &str, max: usize) -> Option<String> {
+    if value.len() > max {
         return None;
     }
     let mut out = Vec::with_capacity(value.len());
@@ -349,6 +371,28 @@ mod tests {
             Request::Upgrade { mode: Mode::Echo, .. }
         ));
         assert_eq!(status(req(&echo)), 404, "echo is off by default");
+    }
+
+    #[test]
+    fn the_token_comes_from_the_bearer_header_or_the_query() {
+        let token = |r: Request| match r {
+            Request::Upgrade { token, .. } => token,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(token(req(GOOD)), None);
+        assert_eq!(
+            token(req(&format!("{GOOD}\nAuthorization: Bearer a.b.c"))).as_deref(),
+            Some("a.b.c")
+        );
+        assert_eq!(
+            token(req(&format!("{GOOD}\nAuthorization: bearer  a.b.c "))).as_deref(),
+            Some("a.b.c")
+        );
+        assert_eq!(token(req(&format!("{GOOD}\nAuthorization: Basic eA=="))), None);
+        let query = GOOD.replace("/ws/alice", "/ws/alice?lastEventId=1:2&token=x.y%2Ez");
+        assert_eq!(token(req(&query)).as_deref(), Some("x.y.z"));
+        let both = format!("{query}\nAuthorization: Bearer h.h.h");
+        assert_eq!(token(req(&both)).as_deref(), Some("h.h.h"), "the header wins");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! frames into it and, when the socket is full or the connection must close, wake the
 //! task through [`Conn::wake`].
 
+pub(crate) mod auth;
 pub(crate) mod command;
 pub(crate) mod context;
 pub(crate) mod handshake;
@@ -39,6 +40,7 @@ use crate::{
     hub::ConnId,
     xshard::ShardStats,
 };
+use auth::{Action, ConnAuth, ExpiryStep};
 use reader::Inbound;
 use state::{Close, ConnState, Enqueued, Phase};
 
@@ -114,11 +116,22 @@ pub struct Conn {
     /// Events decoded from the client, waiting for the bus (published by the task, which
     /// may wait for room: that pauses this client's reads, nobody else's).
     pending_events: RefCell<Vec<(Event, PublishOptions)>>,
+    /// What the connection may do and until when; `None` when nothing is checked
+    /// (authentication off, default permissions open): no memory, no check.
+    auth: Option<Box<RefCell<ConnAuth>>>,
 }
 
 impl Conn {
-    /// A connection on socket `fd` (−1 for a connection with no socket, in benchmarks).
-    pub fn new(fd: RawFd, user: String, mode: Mode, ctx: &ShardContext, now: Instant) -> Conn {
+    /// A connection on socket `fd` (−1 for a connection with no socket, in benchmarks),
+    /// under the rules `auth` (from [`ShardContext::admit`]).
+    pub(crate) fn new(
+        fd: RawFd,
+        user: String,
+        mode: Mode,
+        auth: Option<Box<ConnAuth>>,
+        ctx: &ShardContext,
+        now: Instant,
+    ) -> Conn {
         Conn {
             id: Cell::new(ConnId(u32::MAX)),
             fd,
@@ -130,6 +143,7 @@ impl Conn {
             waker: WakerSlot::default(),
             inbound: RefCell::default(),
             pending_events: RefCell::default(),
+            auth: auth.map(|a| Box::new(RefCell::new(*a))),
         }
     }
 
@@ -248,6 +262,49 @@ impl Conn {
             self.enqueue(ctx, &ctx.app_ping_frame);
         }
         due.timed_out
+    }
+
+    /// Whether the connection may do `action` (always, when it has no rules).
+    pub(crate) fn permits(&self, action: Action<'_>) -> bool {
+        self.auth.as_ref().is_none_or(|a| a.borrow().permits(action))
+    }
+
+    /// The connection's rules, for `refresh` and subscription tokens (`None` when it has
+    /// none: authentication off, default permissions open).
+    pub(crate) fn auth(&self) -> Option<&RefCell<ConnAuth>> {
+        self.auth.as_deref()
+    }
+
+    /// Runs the token expiry rules at `now_ms` (Unix milliseconds): warns a v1 client
+    /// once, or starts the 1008 close. Returns whether it closed.
+    pub(crate) fn handle_token_expiry(
+        self: &Rc<Self>,
+        ctx: &ShardContext,
+        now_ms: u64,
+        grace_ms: u64,
+    ) -> bool {
+        let Some(auth) = &self.auth else { return false };
+        let step = auth.borrow_mut().poll_expiry(now_ms, grace_ms, self.mode == Mode::V1);
+        match step {
+            ExpiryStep::Nothing => false,
+            ExpiryStep::Warn => {
+                self.enqueue(
+                    ctx,
+                    &Rc::new(crate::frame::encode_text(r#"{"type":"token_expired"}"#)),
+                );
+                false
+            }
+            ExpiryStep::Close => {
+                let close = Close {
+                    code: crate::frame::close_code::POLICY_VIOLATION,
+                    reason: "token expired",
+                    discard_queued: false,
+                };
+                let closing = self.phase() == Phase::Open;
+                self.begin_close(ctx, close, ctx.timing.close_grace);
+                closing
+            }
+        }
     }
 
     /// Events decoded since the last call, in order.

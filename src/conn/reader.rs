@@ -21,10 +21,13 @@ use std::{rc::Rc, time::Instant};
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use super::{
-    Conn, Mode, ShardContext, SubscribeReply, Subscriptions, command,
+    Conn, Mode, ShardContext, SubscribeReply, Subscriptions,
+    auth::Action,
+    command,
     state::{Close, Phase},
 };
 use crate::{
+    auth::token::unix_now,
     config::MAX_TOPICS_PER_CONN,
     event::{Event, Payload, PublishOptions},
     frame::{self, FrameDecoder, FrameError, close_code, unmask_at},
@@ -494,6 +497,12 @@ fn handle_message(
     let Ok(text) = std::str::from_utf8(payload) else { return Err(INVALID_UTF8) };
     ShardStats::add(&ctx.stats().messages_in, 1);
     if conn.mode == Mode::Seed {
+        if !conn.permits(Action::Broadcast) {
+            // The seed protocol has no error channel: dropped, counted, logged.
+            ShardStats::add(&ctx.stats().seed_texts_dropped, 1);
+            tracing::debug!(shard = %ctx.id, conn = conn.id().0, "seed text dropped: no broadcast permission");
+            return Ok(());
+        }
         let event = Event {
             sender: conn.user.to_string(),
             route: Route::Broadcast,
@@ -509,7 +518,11 @@ fn handle_message(
         None
     };
     let reply = match parsed {
-        Ok(command::Command::Subscribe { topic, since }) => {
+        Ok(command::Command::Subscribe { topic, since, token }) => {
+            if let Err(refused) = authorize_subscribe(ctx, conn, &topic, token.as_deref()) {
+                send_reply(ctx, conn, &refused.to_json());
+                return Ok(());
+            }
             match subs.subscribe(conn.id(), &topic, since) {
                 SubscribeReply::Now => Some(command::ack_json("subscribed", &topic)),
                 SubscribeReply::WhenConfirmed => None,
@@ -526,15 +539,28 @@ fn handle_message(
             subs.unsubscribe(conn.id(), &topic);
             Some(command::ack_json("unsubscribed", &topic))
         }
+        Ok(command::Command::Refresh { token }) => Some(refresh(ctx, conn, &token)),
+        Ok(command::Command::History { topic, .. }) if !conn.permits(Action::Subscribe(&topic)) => {
+            Some(forbidden(ctx, format!("not allowed to read topic \"{topic}\"")))
+        }
         Ok(command::Command::History { topic, since, limit }) => {
             subs.history(conn.id(), &topic, since, limit);
             None
         }
+        Ok(command::Command::Publish { topic, .. }) if !conn.permits(Action::Publish(&topic)) => {
+            Some(forbidden(ctx, format!("not allowed to publish on topic \"{topic}\"")))
+        }
         Ok(command::Command::Publish { topic, payload, options }) => {
             publish(Route::Topic(topic.into()), payload, options)
         }
+        Ok(command::Command::Direct { .. }) if !conn.permits(Action::Direct) => {
+            Some(forbidden(ctx, "not allowed to send direct messages".into()))
+        }
         Ok(command::Command::Direct { to, payload, options }) => {
             publish(Route::Direct(to.into()), payload, options)
+        }
+        Ok(command::Command::Broadcast(..)) if !conn.permits(Action::Broadcast) => {
+            Some(forbidden(ctx, "not allowed to broadcast".into()))
         }
         Ok(command::Command::Broadcast(payload, options)) => {
             publish(Route::Broadcast, payload, options)
@@ -542,9 +568,61 @@ fn handle_message(
         Err(e) => Some(e.to_json()),
     };
     if let Some(json) = reply {
-        conn.enqueue(ctx, &Rc::new(frame::encode_text(&json)));
+        send_reply(ctx, conn, &json);
     }
     Ok(())
+}
+
+fn send_reply(ctx: &ShardContext, conn: &Rc<Conn>, json: &str) {
+    conn.enqueue(ctx, &Rc::new(frame::encode_text(json)));
+}
+
+/// A `forbidden` error, counted.
+fn forbidden(ctx: &ShardContext, message: String) -> String {
+    ShardStats::add(&ctx.stats().forbidden, 1);
+    command::CommandError::new("forbidden", message).to_json()
+}
+
+/// Whether `conn` may subscribe to `topic`: by its permissions, or by a subscription
+/// token (which then grants the topic for the connection's life).
+fn authorize_subscribe(
+    ctx: &ShardContext,
+    conn: &Conn,
+    topic: &str,
+    token: Option<&str>,
+) -> Result<(), command::CommandError> {
+    if conn.permits(Action::Subscribe(topic)) {
+        return Ok(());
+    }
+    let refuse = |code, message: String| {
+        ShardStats::add(&ctx.stats().forbidden, 1);
+        Err(command::CommandError::new(code, message))
+    };
+    let (Some(token), Some(verifier), Some(auth)) = (token, &ctx.verifier, conn.auth()) else {
+        return refuse("forbidden", format!("not allowed to subscribe to topic \"{topic}\""));
+    };
+    match verifier.subscription(token, conn.user(), topic, unix_now()) {
+        Ok(_exp) if auth.borrow_mut().grant(topic) => Ok(()),
+        Ok(_) => refuse("forbidden", "too many topics granted by subscription tokens".into()),
+        Err(failure) => {
+            refuse("invalid_token", format!("subscription token refused: {}", failure.message()))
+        }
+    }
+}
+
+/// `{"op":"refresh"}`: the reply (`refreshed`, or `invalid_token` keeping the old token).
+fn refresh(ctx: &ShardContext, conn: &Conn, token: &str) -> String {
+    let invalid = |message: &str| command::CommandError::new("invalid_token", message).to_json();
+    let (Some(verifier), Some(auth)) = (&ctx.verifier, conn.auth()) else {
+        return invalid("authentication is off on this node");
+    };
+    match verifier.connection(Some(token), conn.user(), unix_now()) {
+        Ok(identity) => match auth.borrow_mut().refresh(identity) {
+            Ok(exp) => command::refreshed_json(exp),
+            Err(_) => invalid("the new token must expire later than the current one"),
+        },
+        Err(failure) => invalid(failure.message()),
+    }
 }
 
 #[cfg(test)]

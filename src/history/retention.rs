@@ -12,7 +12,7 @@
 
 use std::{fmt, str::FromStr, time::Duration};
 
-use crate::{config::HumanDuration, xshard::Route};
+use crate::{config::HumanDuration, topic_pattern::matches, xshard::Route};
 
 /// What one stream keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,19 +53,6 @@ impl HistoryRules {
             .iter()
             .find(|rule| matches(rule.pattern.as_bytes(), name.as_bytes()))
             .map_or(default, |rule| rule.retention)
-    }
-}
-
-/// Whether `name` matches `pattern` (`*`: one or more characters other than `.`).
-fn matches(pattern: &[u8], name: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*', rest)) => {
-            // One or more non-dot characters, then the rest of the pattern.
-            let run = name.iter().take_while(|&&b| b != b'.').count();
-            (1..=run).any(|n| matches(rest, &name[n..]))
-        }
-        Some((&c, rest)) => name.first() == Some(&c) && matches(rest, &name[1..]),
     }
 }
 

@@ -8,6 +8,7 @@
 use serde::Serialize;
 
 use crate::{
+    auth::AuthFailure,
     sys,
     xshard::{ConnectionBudget, NodeStats, ShardId},
 };
@@ -32,6 +33,11 @@ pub(crate) struct Health {
     queued_bytes: u64,
     batched_sends: u64,
     send_batches: u64,
+    auth: bool,
+    auth_rejected: std::collections::BTreeMap<&'static str, u64>,
+    forbidden: u64,
+    seed_texts_dropped: u64,
+    token_expiry_closes: u64,
     rss_bytes: u64,
     node_id: String,
     bus: &'static str,
@@ -90,6 +96,7 @@ impl Health {
         stats: &NodeStats,
         budget: &ConnectionBudget,
         pending: &ConnectionBudget,
+        auth: bool,
     ) -> Health {
         use std::sync::atomic::Ordering::Relaxed;
         Health {
@@ -114,6 +121,14 @@ impl Health {
             queued_bytes: stats.total(|s| &s.queued_bytes),
             batched_sends: stats.total(|s| &s.batched_sends),
             send_batches: stats.total(|s| &s.send_batches),
+            auth,
+            auth_rejected: AuthFailure::ALL
+                .iter()
+                .map(|r| (r.key(), stats.total(|s| &s.auth_rejected[r.index()])))
+                .collect(),
+            forbidden: stats.total(|s| &s.forbidden),
+            seed_texts_dropped: stats.total(|s| &s.seed_texts_dropped),
+            token_expiry_closes: stats.total(|s| &s.token_expiry_closes),
             rss_bytes: sys::process_rss_bytes().unwrap_or(0),
             node_id: stats.node.0.to_string(),
             bus: if stats.bridge.is_some() { "redis" } else { "embedded" },
@@ -153,7 +168,7 @@ mod tests {
         let stats = NodeStats::new(2, NodeId("n".into()), true);
         let budget = ConnectionBudget::new(10);
         let json: serde_json::Value = serde_json::from_str(
-            &Health::read(ShardId(1), false, &stats, &budget, &budget).to_json(),
+            &Health::read(ShardId(1), false, &stats, &budget, &budget, true).to_json(),
         )
         .expect("valid JSON");
         let mut emitted: Vec<String> = Vec::new();

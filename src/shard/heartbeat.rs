@@ -6,6 +6,9 @@
 //! connection's schedule starts at its upgrade, so pings spread out over the interval
 //! instead of bursting. The frames are encoded once per shard.
 //!
+//! With authentication on, the same sweep applies token expiry (`conn::auth`): a v1
+//! client is told `token_expired`, and closed with 1008 when the grace has passed.
+//!
 //! A connection whose Pong has not arrived `pong_timeout` after our Ping is closed with
 //! 1008: this is how a peer that vanished without a FIN is detected.
 
@@ -19,6 +22,8 @@ use crate::xshard::ShardStats;
 /// Finest and coarsest sweep period.
 const MIN_TICK: Duration = Duration::from_millis(10);
 const MAX_TICK: Duration = Duration::from_secs(1);
+/// Coarsest sweep period with authentication on: token expiries are acted on within it.
+const TOKEN_TICK: Duration = Duration::from_millis(250);
 
 /// Sweeps forever (until the task is dropped at shutdown).
 pub(super) async fn run(shard: Rc<Shard>) {
@@ -29,19 +34,32 @@ pub(super) async fn run(shard: Rc<Shard>) {
         .flatten()
         .min();
     // The tick also samples queued bytes for /healthz, so it runs even with heartbeats off.
-    let tick = shortest.map_or(MAX_TICK, |d| (d / 4).clamp(MIN_TICK, MAX_TICK));
+    let mut tick = shortest.map_or(MAX_TICK, |d| (d / 4).clamp(MIN_TICK, MAX_TICK));
+    let tokens = shard.ctx.verifier.is_some();
+    if tokens {
+        tick = tick.min(TOKEN_TICK);
+    }
+    // The close of an expired token is due `grace` after its expiry; asking for it one
+    // tick early keeps it within the grace whatever the phase of the sweep.
+    let grace_ms = shard.ctx.cfg.token_expiry_grace.0.saturating_sub(tick).as_millis() as u64;
     loop {
         Timer::new(tick).await;
         let now = std::time::Instant::now();
+        let now_ms = crate::auth::token::unix_now_ms();
         let mut queued = 0u64;
         let mut timeouts = 0u64;
+        let mut expired = 0u64;
         shard.table.for_each(|conn| {
             queued += conn.state().out().bytes() as u64;
             timeouts += u64::from(conn.handle_heartbeat(&shard.ctx, now));
+            if tokens {
+                expired += u64::from(conn.handle_token_expiry(&shard.ctx, now_ms, grace_ms));
+            }
         });
         shard.flush_dirty();
         let stats = shard.ctx.stats();
         stats.queued_bytes.store(queued, Ordering::Relaxed);
         ShardStats::add(&stats.heartbeat_timeouts, timeouts);
+        ShardStats::add(&stats.token_expiry_closes, expired);
     }
 }

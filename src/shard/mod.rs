@@ -52,6 +52,7 @@ use awaiting::AwaitingBus;
 use recovering::Recoveries;
 
 use crate::{
+    auth::Verifier,
     bus::{BusCommand, BusCommands, BusHandle, ReplayRequest, embedded::LocalSequencer},
     config::{Config, MAX_TOPICS_PER_CONN},
     conn::{Conn, Mode, ShardContext, SubscribeReply, Subscriptions, command, state::Close},
@@ -83,14 +84,23 @@ pub(crate) struct ShardParts {
     /// With the embedded bus: this shard's sequencer lane (commands about the streams it
     /// owns) and every shard's inbox (the sequencer delivers into them).
     pub sequencer: Option<(BusCommands, ShardInboxes)>,
+    /// Told once this shard's executor runs (the node's start waits for every shard).
+    pub started: flume::Sender<ShardId>,
+    /// What every shard of the node shares.
+    pub node: NodeShared,
+}
+
+/// What every shard of a node shares (all `Send + Sync`).
+#[derive(Debug, Clone)]
+pub(crate) struct NodeShared {
     /// Node counters and the node's id.
     pub stats: Arc<NodeStats>,
     /// Node-wide connection count.
     pub budget: Arc<ConnectionBudget>,
     /// Node-wide count of sockets in the HTTP handshake.
     pub pending_budget: Arc<ConnectionBudget>,
-    /// Told once this shard's executor runs (the node's start waits for every shard).
-    pub started: flume::Sender<ShardId>,
+    /// Verifies tokens; `None` when authentication is off.
+    pub verifier: Option<Arc<Verifier>>,
 }
 
 /// How long a shard's tasks run before the executor polls for I/O again. The inbox
@@ -141,10 +151,9 @@ impl Shard {
         cfg: Config,
         bus: Vec<flume::Sender<BusCommand>>,
         sequencer: Option<Rc<LocalSequencer>>,
-        stats: Arc<NodeStats>,
-        budget: Arc<ConnectionBudget>,
-        pending_budget: Arc<ConnectionBudget>,
+        node: NodeShared,
     ) -> Rc<Shard> {
+        let NodeShared { stats, budget, pending_budget, verifier } = node;
         Rc::new(Shard {
             table: table::ConnTable::default(),
             hub: RefCell::new(Hub::new()),
@@ -156,7 +165,7 @@ impl Shard {
             pending_budget,
             budget,
             shutting_down: Cell::new(false),
-            ctx: ShardContext::new(id, cfg, stats),
+            ctx: ShardContext::new(id, cfg, stats, verifier),
         })
     }
 
@@ -201,13 +210,15 @@ impl Shard {
         let budget = ConnectionBudget::new(usize::MAX);
         let (bus, _) = crate::bus::command_channel(1);
         let stats = NodeStats::new(1, NodeId("detached".into()), false);
-        Shard::new(ShardId(0), cfg, vec![bus], None, stats, budget.clone(), budget)
+        let node =
+            NodeShared { stats, budget: budget.clone(), pending_budget: budget, verifier: None };
+        Shard::new(ShardId(0), cfg, vec![bus], None, node)
     }
 
     /// Registers a connection with no socket (fd −1) on a detached shard; it stays
     /// registered while the returned guard lives.
     pub fn add_detached(self: &Rc<Self>, user: &str, mode: Mode) -> table::Registered {
-        let conn = Rc::new(Conn::new(-1, user.to_owned(), mode, &self.ctx, Instant::now()));
+        let conn = Rc::new(Conn::new(-1, user.to_owned(), mode, None, &self.ctx, Instant::now()));
         let slot = self.budget.try_acquire().expect("a detached shard's budget is unlimited");
         table::Registered::new(self, conn, slot)
     }
@@ -462,26 +473,15 @@ impl Drop for PendingHandshake {
 
 /// Runs a shard until it is told to shut down and has drained.
 pub(crate) async fn run(parts: ShardParts) {
-    let ShardParts {
-        id,
-        cfg,
-        listener,
-        inbox,
-        control,
-        bus_lanes,
-        sequencer,
-        stats,
-        budget,
-        pending_budget,
-        started,
-    } = parts;
+    let ShardParts { id, cfg, listener, inbox, control, bus_lanes, sequencer, started, node } =
+        parts;
     let listener = crate::sys::glommio_listener(listener);
     let sequencer = sequencer.map(|(lane, inboxes)| {
         let history = HistorySettings::of(&cfg);
         let window = cfg.idempotency_window.0;
-        LocalSequencer::new(id, lane, inboxes, stats.node.clone(), history, window)
+        LocalSequencer::new(id, lane, inboxes, node.stats.node.clone(), history, window)
     });
-    let shard = Shard::new(id, cfg, bus_lanes, sequencer.clone(), stats, budget, pending_budget);
+    let shard = Shard::new(id, cfg, bus_lanes, sequencer.clone(), node);
     // The ring is set up on this thread: it is its only submitter.
     shard.flusher.start_ring(&shard.ctx);
     let accept = glommio::spawn_local(listener::run(shard.clone(), listener));

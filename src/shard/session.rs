@@ -89,9 +89,9 @@ async fn upgrade(
             return None;
         }
     };
-    let (user, mode, accept_key, last_event_id) = match request {
-        Request::Upgrade { user, mode, accept_key, last_event_id } => {
-            (user, mode, accept_key, last_event_id)
+    let (user, mode, accept_key, last_event_id, token) = match request {
+        Request::Upgrade { user, mode, accept_key, last_event_id, token } => {
+            (user, mode, accept_key, last_event_id, token)
         }
         Request::Health => {
             let body = super::health::Health::read(
@@ -100,6 +100,7 @@ async fn upgrade(
                 ctx.node_stats(),
                 &shard.budget,
                 &shard.pending_budget,
+                ctx.verifier.is_some(),
             )
             .to_json();
             let response = handshake::http_response(200, "application/json", &body);
@@ -116,6 +117,21 @@ async fn upgrade(
             return None;
         }
         Request::Reject(rejection) => {
+            refuse(shard, stream, peer, rejection).await;
+            return None;
+        }
+    };
+    let auth = if mode == Mode::Echo {
+        Ok(None)
+    } else {
+        ctx.admit(token.as_deref(), &user, crate::auth::token::unix_now())
+    };
+    let auth = match auth {
+        Ok(auth) => auth,
+        Err(failure) => {
+            ShardStats::add(&ctx.stats().auth_rejected[failure.index()], 1);
+            let rejection =
+                handshake::Rejection { status: failure.status(), reason: failure.message() };
             refuse(shard, stream, peer, rejection).await;
             return None;
         }
@@ -137,7 +153,7 @@ async fn upgrade(
     // fanned out after this point is queued behind the 101, so a client that has its 101
     // misses nothing published afterwards.
     use std::os::fd::AsRawFd;
-    let conn = Rc::new(Conn::new(stream.as_raw_fd(), user, mode, ctx, Instant::now()));
+    let conn = Rc::new(Conn::new(stream.as_raw_fd(), user, mode, auth, ctx, Instant::now()));
     let response = handshake::upgrade_response(&accept_key, mode, ctx.id.0);
     conn.push_handshake_response(Rc::new(SharedFrame::from(response)));
     let registered = Registered::new(shard, conn, slot);
