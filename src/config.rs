@@ -645,6 +645,12 @@ config_options! {
     default_permissions: DefaultPermissions = DefaultPermissions::Auto, env = "CORECAST_DEFAULT_PERMISSIONS";
     /// After a v1 connection's token expires unrefreshed it gets `{"type":"token_expired"}`, and this long after its expiry a Close 1008 (seed connections are closed at expiry).
     token_expiry_grace: HumanDuration = HumanDuration(Duration::from_secs(5)), env = "CORECAST_TOKEN_EXPIRY_GRACE";
+    /// Key of the server API (`Authorization: Bearer <key>` on `/api/...`); setting it (or `api_key_file`) turns the API on. Never logged. Prefer the environment or the file over the command line.
+    api_key: Secret = Secret::default(), env = "CORECAST_API_KEY";
+    /// File holding the API key (a trailing newline is ignored), or `none`.
+    api_key_file: OptionalPath = OptionalPath::default(), env = "CORECAST_API_KEY_FILE";
+    /// Largest server-API request body; larger gets 413.
+    max_api_body: ByteSize = ByteSize(1 << 20), env = "CORECAST_MAX_API_BODY";
 }
 
 /// Largest accepted user id, in bytes (ids are `[A-Za-z0-9_.-]`).
@@ -737,10 +743,31 @@ impl Config {
             crate::bus::redis::load_ca(ca).map_err(Error::Config)?;
         }
         crate::auth::Verifier::from_config(self).map_err(Error::Config)?;
+        self.api_key().map_err(Error::Config)?;
         if self.redis_command_queue == 0 || self.redis_receive_buffer == 0 {
             return bad("redis_command_queue and redis_receive_buffer must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// The server API's key: `None` when the API is off.
+    ///
+    /// # Errors
+    /// Both `api_key` and `api_key_file` set, an unreadable file, or an empty key.
+    pub(crate) fn api_key(&self) -> std::result::Result<Option<String>, String> {
+        let key = match (&self.api_key.0, &self.api_key_file.0) {
+            (Some(_), Some(_)) => return Err("api_key and api_key_file: set one, not both".into()),
+            (Some(key), None) => key.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| format!("api_key_file {}: {e}", path.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+            (None, None) => return Ok(None),
+        };
+        if key.is_empty() {
+            return Err("the API key is empty".into());
+        }
+        Ok(Some(key))
     }
 
     /// Parses options from an argument list (used by tests and `main`).

@@ -80,6 +80,7 @@ pub mod fuzz_harness;
 #[doc(hidden)]
 pub mod testing;
 
+mod api;
 mod auth;
 mod bus;
 mod conn;

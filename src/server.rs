@@ -159,6 +159,7 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
     let budget = ConnectionBudget::new(max_connections);
     let pending_budget = ConnectionBudget::new(cfg.max_pending_handshakes);
     let verifier = crate::auth::Verifier::from_config(&cfg).map_err(Error::Config)?;
+    let api_key: Option<Arc<str>> = cfg.api_key().map_err(Error::Config)?.map(Arc::from);
     if verifier.is_none() && !addr.ip().is_loopback() {
         warn!(
             %addr,
@@ -234,6 +235,7 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
                 budget: budget.clone(),
                 pending_budget: pending_budget.clone(),
                 verifier: verifier.clone(),
+                api_key: api_key.clone(),
             },
         };
         let started = LocalExecutorBuilder::new(Placement::Fixed(cpus[i]))

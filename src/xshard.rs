@@ -151,17 +151,48 @@ pub(crate) enum ShardMessage {
         /// Whether publishes reach every node.
         ready: bool,
     },
+    /// A cluster command to apply to this shard's connections.
+    Control(Arc<ClusterControl>),
     /// A reply for one connection (a v1 publisher whose event could not reach the other
-    /// nodes, or its publish receipt). `user` guards against a connection id reused in
-    /// the meantime.
+    /// nodes, or its publish receipt) or one API request. `user` guards against a
+    /// connection id reused in the meantime.
     Reply {
-        /// The connection.
-        conn: ConnId,
+        /// The connection or API request.
+        to: Publisher,
         /// Its user id.
         user: Box<str>,
         /// The JSON text to send it.
         json: Box<str>,
     },
+}
+
+/// A command every node applies to its own connections (the server API's
+/// `/api/disconnect`). With Redis it travels as JSON on `<prefix>control`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub(crate) enum ClusterControl {
+    /// Close every connection of `user` with `code` and `reason`; refuse its upgrades
+    /// (403) until `until_ms` (Unix milliseconds; 0: no block).
+    Disconnect {
+        /// The user.
+        user: String,
+        /// Close code (4000–4999).
+        code: u16,
+        /// Close reason (at most 123 bytes).
+        reason: String,
+        /// End of the block, Unix milliseconds.
+        until_ms: u64,
+    },
+}
+
+/// Who is told how a publish went: a v1 connection, or a server-API request waiting on
+/// its shard (by ticket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Publisher {
+    /// A v1 connection of the shard.
+    Conn(ConnId),
+    /// An API request of the shard.
+    Api(u64),
 }
 
 /// What a connection asked the bus for a stream's past events for.

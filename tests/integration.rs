@@ -4,6 +4,8 @@
 
 mod support;
 
+/// The server API: every endpoint across nodes, errors, idempotency, disconnect.
+mod api;
 /// Connection tokens, refresh and expiry, permissions and subscription tokens.
 mod auth;
 /// Slow consumers are cut off with 1013 without slowing anyone else; memory stays bounded.

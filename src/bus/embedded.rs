@@ -19,13 +19,14 @@ use std::{
     cell::RefCell,
     collections::VecDeque,
     rc::Rc,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use glommio::sync::Semaphore;
 use tracing::debug;
 
-use super::{BusCommand, BusCommands, BusError, ReplayRequest, interest::InterestTable};
+use super::{BusCommand, BusCommands, BusError, DONE_JSON, ReplayRequest, interest::InterestTable};
 use crate::{
     conn::command::published_json,
     history::{
@@ -193,7 +194,7 @@ impl Sequencer {
                     let (shard, conn) = reply_to?;
                     let json = published_json(&route, id).into_boxed_str();
                     let user = event.sender.as_str().into();
-                    Some((shard, ShardMessage::Reply { conn, user, json }))
+                    Some((shard, ShardMessage::Reply { to: conn, user, json }))
                 };
                 let key = options.idempotency_key.as_deref();
                 if let Some(first) = key.and_then(|k| self.idempotency.seen(&route, k, now)) {
@@ -219,6 +220,14 @@ impl Sequencer {
                 let message = (!targets.is_empty()).then_some(ShardMessage::Deliver(delivery));
                 let reply = if options.ack { receipt(id) } else { None };
                 Output { message, reply }
+            }
+            BusCommand::Control { control, reply_to } => {
+                targets.extend((0..self.shards).map(ShardId));
+                let reply = reply_to.map(|(shard, to)| {
+                    let json = DONE_JSON.into();
+                    (shard, ShardMessage::Reply { to, user: "".into(), json })
+                });
+                Output { message: Some(ShardMessage::Control(Arc::new(control))), reply }
             }
             BusCommand::Replay(request) => {
                 let ReplayRequest { route, since, limit, to } = *request;
@@ -323,7 +332,7 @@ mod tests {
                 payload: Payload::Text("x".into()),
             },
             options: PublishOptions { ack: true, idempotency_key: key.map(Into::into) },
-            reply_to: Some((ShardId(0), crate::hub::ConnId(4))),
+            reply_to: Some((ShardId(0), crate::xshard::Publisher::Conn(crate::hub::ConnId(4)))),
         };
         let mut ids = Vec::new();
         for key in [None, Some("k"), Some("k"), None] {

@@ -52,8 +52,7 @@ use std::{
 use crate::{
     event::{Event, PublishOptions},
     history::Since,
-    hub::ConnId,
-    xshard::{Interest, InterestChange, ReplayTo, Route, ShardId},
+    xshard::{ClusterControl, Interest, InterestChange, Publisher, ReplayTo, Route, ShardId},
 };
 
 /// Why a publish failed.
@@ -76,10 +75,18 @@ pub(crate) enum BusCommand {
         /// The publishing v1 connection, told if the event could not reach every node,
         /// and sent its receipt (`None` for seed-mode publishers: that protocol has no
         /// replies).
-        reply_to: Option<(ShardId, ConnId)>,
+        reply_to: Option<(ShardId, Publisher)>,
     },
     /// A connection wants past events of a stream (recovery, `latest`, a history page).
     Replay(Box<ReplayRequest>),
+    /// A command for every node's connections (server API), answered `{"type":"done"}`
+    /// once every node will apply it (with Redis: once published), or `unavailable`.
+    Control {
+        /// The command.
+        control: ClusterControl,
+        /// The API request to answer.
+        reply_to: Option<(ShardId, Publisher)>,
+    },
     /// A shard's interest changed.
     Interest {
         /// The shard whose interest it is.
@@ -102,6 +109,7 @@ impl BusCommand {
                 Route::Broadcast => "",
                 Route::Topic(name) | Route::Direct(name) => name,
             },
+            BusCommand::Control { .. } => "",
             BusCommand::Interest { change, .. } => match change {
                 InterestChange::Gained(i) | InterestChange::Lost(i) => match i {
                     Interest::Topic(name) | Interest::User(name) => name,
@@ -110,6 +118,9 @@ impl BusCommand {
         }
     }
 }
+
+/// The answer to a [`BusCommand::Control`] that every node will apply.
+pub(crate) const DONE_JSON: &str = r#"{"type":"done"}"#;
 
 /// A connection's request for past events of one stream. Answered with
 /// `ShardMessage::Replayed` in the asking shard's inbox, **after** every live event of
@@ -245,7 +256,7 @@ impl BusHandle {
         self: &Rc<Self>,
         event: Event,
         options: PublishOptions,
-        reply_to: Option<ConnId>,
+        reply_to: Option<Publisher>,
     ) -> Result<(), BusError> {
         let reply_to = reply_to.map(|conn| (self.shard, conn));
         let command = BusCommand::Publish { event, options, reply_to };
@@ -277,6 +288,12 @@ impl BusHandle {
     /// Never waits (like an interest change), and stays in order with them.
     pub(crate) fn request_replay(self: &Rc<Self>, request: ReplayRequest) {
         self.send_in_background(BusCommand::Replay(Box::new(request)));
+    }
+
+    /// Sends a cluster command (server API); the answer goes to `reply_to`. Never waits.
+    pub(crate) fn control(self: &Rc<Self>, control: ClusterControl, reply_to: Publisher) {
+        let reply_to = Some((self.shard, reply_to));
+        self.send_in_background(BusCommand::Control { control, reply_to });
     }
 
     /// Sends `command` now, or through the lane's backlog task when the lane is full.

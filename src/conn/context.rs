@@ -36,6 +36,8 @@ pub struct ShardContext {
     pub id: ShardId,
     /// Verifies tokens; `None` when authentication is off.
     pub(crate) verifier: Option<Arc<Verifier>>,
+    /// The server API's key; `None` when the API is off.
+    pub(crate) api_key: Option<Arc<str>>,
     /// Node configuration (the shard's copy).
     pub cfg: Config,
     /// The connection rules derived from `cfg`.
@@ -68,6 +70,7 @@ impl ShardContext {
         cfg: Config,
         node_stats: Arc<NodeStats>,
         verifier: Option<Arc<Verifier>>,
+        api_key: Option<Arc<str>>,
     ) -> ShardContext {
         let timing = Timing {
             ping_interval: cfg.ping_interval.enabled(),
@@ -80,6 +83,7 @@ impl ShardContext {
         ShardContext {
             id,
             verifier,
+            api_key,
             timing,
             decoder: FrameDecoder { max_frame_payload: cfg.max_message_size.0 },
             inbound_limits: InboundLimits {

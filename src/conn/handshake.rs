@@ -5,6 +5,7 @@
 //! decision is unit-tested and the parser can be fuzzed.
 
 use crate::{
+    api::http::ApiHead,
     config::{EchoPath, Origins},
     conn::{Mode, command::is_valid_user_id},
     history::Since,
@@ -47,6 +48,8 @@ pub(crate) enum Request {
         /// checked by the shard when authentication is on.
         token: Option<String>,
     },
+    /// A request to the server API (`/api/...`); the shard reads the body and answers.
+    Api(ApiHead),
     /// `GET /healthz`.
     Health,
     /// `GET /readyz`.
@@ -98,9 +101,6 @@ fn decide(req: &httparse::Request<'_, '_>, policy: Policy<'_>) -> Request {
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .and_then(|h| std::str::from_utf8(h.value).ok())
     };
-    if req.method != Some("GET") {
-        return reject(405, "only GET is supported");
-    }
     // RFC 7230 §5.4 (and RFC 6455 §4.2.1, item 2): exactly one Host header.
     let count =
         |name: &str| req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).count();
@@ -108,6 +108,12 @@ fn decide(req: &httparse::Request<'_, '_>, policy: Policy<'_>) -> Request {
         1 => {}
         0 => return reject(400, "missing Host header"),
         _ => return reject(400, "more than one Host header"),
+    }
+    if let Some(endpoint) = path.strip_prefix("/api/") {
+        return Request::Api(ApiHead::of(req, endpoint));
+    }
+    if req.method != Some("GET") {
+        return reject(405, "only GET is supported");
     }
     if path == "/healthz" {
         return Request::Health;

@@ -235,7 +235,7 @@ impl Conn {
 
     /// Starts a server-side close (the only way): see [`Close`]. The client has `grace`
     /// to read the Close and answer. Nothing happens when a close is already under way.
-    pub fn begin_close(self: &Rc<Self>, ctx: &ShardContext, close: Close, grace: Duration) {
+    pub fn begin_close(self: &Rc<Self>, ctx: &ShardContext, close: Close<'_>, grace: Duration) {
         if self.state.borrow_mut().begin_close(close, Instant::now(), grace) {
             self.close_started(ctx);
         }

@@ -38,19 +38,19 @@ pub enum Phase {
 
 /// The one way to start a server-side close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Close {
+pub struct Close<'a> {
     /// The close code sent.
     pub code: u16,
     /// The close reason sent (at most 123 bytes).
-    pub reason: &'static str,
+    pub reason: &'a str,
     /// Drop the frames that have not started going out (a slow consumer's backlog);
     /// otherwise the Close goes after everything already queued.
     pub discard_queued: bool,
 }
 
-impl Close {
+impl Close<'static> {
     /// The close of a slow consumer: its backlog is dropped, 1013 follows at once.
-    pub const SLOW_CONSUMER: Close = Close {
+    pub const SLOW_CONSUMER: Close<'static> = Close {
         code: close_code::TRY_AGAIN_LATER,
         reason: "slow consumer: outbound queue limit",
         discard_queued: true,
@@ -182,7 +182,7 @@ impl ConnState {
     /// Starts a server-side close: Close `close.code` is queued (after what is queued,
     /// unless `discard_queued`), and the client has `grace` to read it and answer.
     /// Returns `false` (and does nothing) when a close is already under way.
-    pub fn begin_close(&mut self, close: Close, now: Instant, grace: Duration) -> bool {
+    pub fn begin_close(&mut self, close: Close<'_>, now: Instant, grace: Duration) -> bool {
         if self.phase != Phase::Open {
             return false;
         }

@@ -64,8 +64,12 @@ fn handle(shard: &Shard, message: ShardMessage) -> u64 {
             shard.bus_state(ready);
             0
         }
-        ShardMessage::Reply { conn, user, json } => {
-            shard.reply_to(conn, &user, &json);
+        ShardMessage::Control(control) => {
+            shard.apply_control(&control);
+            0
+        }
+        ShardMessage::Reply { to, user, json } => {
+            shard.reply_to(to, &user, &json);
             0
         }
     }

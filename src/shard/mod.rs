@@ -26,6 +26,7 @@
 //! put the connection on the dirty list; a flush pass then writes each dirty socket once,
 //! with all its queued frames (`flush`).
 
+mod api;
 mod awaiting;
 mod flush;
 mod health;
@@ -60,8 +61,8 @@ use crate::{
     history::{Since, memory::HistorySettings},
     hub::{ConnId, Hub, Subscribed},
     xshard::{
-        BudgetSlot, ConnectionBudget, Delivery, NodeId, NodeStats, ReplayAnswer, ReplayPurpose,
-        ReplayTo, Route, ShardControl, ShardId, ShardInbox, ShardInboxes,
+        BudgetSlot, ConnectionBudget, Delivery, NodeId, NodeStats, Publisher, ReplayAnswer,
+        ReplayPurpose, ReplayTo, Route, ShardControl, ShardId, ShardInbox, ShardInboxes,
     },
 };
 
@@ -101,6 +102,8 @@ pub(crate) struct NodeShared {
     pub pending_budget: Arc<ConnectionBudget>,
     /// Verifies tokens; `None` when authentication is off.
     pub verifier: Option<Arc<Verifier>>,
+    /// The server API's key; `None` when the API is off.
+    pub api_key: Option<Arc<str>>,
 }
 
 /// How long a shard's tasks run before the executor polls for I/O again. The inbox
@@ -142,6 +145,10 @@ pub struct Shard {
     budget: Arc<ConnectionBudget>,
     /// Set once shutdown has begun: no new upgrades.
     shutting_down: Cell<bool>,
+    /// Server-API requests waiting for the bus's answer.
+    api_waiters: Rc<api::ApiWaiters>,
+    /// Users refused until a time (`/api/disconnect` with a block).
+    blocks: api::Blocks,
 }
 
 impl Shard {
@@ -153,7 +160,7 @@ impl Shard {
         sequencer: Option<Rc<LocalSequencer>>,
         node: NodeShared,
     ) -> Rc<Shard> {
-        let NodeShared { stats, budget, pending_budget, verifier } = node;
+        let NodeShared { stats, budget, pending_budget, verifier, api_key } = node;
         Rc::new(Shard {
             table: table::ConnTable::default(),
             hub: RefCell::new(Hub::new()),
@@ -165,7 +172,9 @@ impl Shard {
             pending_budget,
             budget,
             shutting_down: Cell::new(false),
-            ctx: ShardContext::new(id, cfg, stats, verifier),
+            api_waiters: Rc::default(),
+            blocks: api::Blocks::default(),
+            ctx: ShardContext::new(id, cfg, stats, verifier, api_key),
         })
     }
 
@@ -210,8 +219,13 @@ impl Shard {
         let budget = ConnectionBudget::new(usize::MAX);
         let (bus, _) = crate::bus::command_channel(1);
         let stats = NodeStats::new(1, NodeId("detached".into()), false);
-        let node =
-            NodeShared { stats, budget: budget.clone(), pending_budget: budget, verifier: None };
+        let node = NodeShared {
+            stats,
+            budget: budget.clone(),
+            pending_budget: budget,
+            verifier: None,
+            api_key: None,
+        };
         Shard::new(ShardId(0), cfg, vec![bus], None, node)
     }
 
@@ -438,7 +452,14 @@ impl Shard {
     }
 
     /// Sends `json` to connection `id` if it is still `user`'s.
-    fn reply_to(&self, id: ConnId, user: &str, json: &str) {
+    fn reply_to(&self, to: Publisher, user: &str, json: &str) {
+        let id = match to {
+            Publisher::Conn(id) => id,
+            Publisher::Api(ticket) => {
+                self.api_waiters.answer(ticket, json);
+                return;
+            }
+        };
         let conns = self.table.borrow();
         if let Some(conn) = conns.get(id.0 as usize)
             && conn.user() == user

@@ -30,7 +30,7 @@ use crate::{
         state::Close,
     },
     frame::{SharedFrame, close_code},
-    xshard::ShardStats,
+    xshard::{Publisher, ShardStats},
 };
 
 /// Serves one accepted socket until it closes. Never returns an error: problems end
@@ -116,6 +116,10 @@ async fn upgrade(
             let _ = write_and_close(stream, &response).await;
             return None;
         }
+        Request::Api(head) => {
+            super::api::serve(shard, stream, head, leftover.unwrap_or_default()).await;
+            return None;
+        }
         Request::Reject(rejection) => {
             refuse(shard, stream, peer, rejection).await;
             return None;
@@ -136,6 +140,11 @@ async fn upgrade(
             return None;
         }
     };
+    if mode != Mode::Echo && shard.blocks.is_blocked(&user, crate::auth::token::unix_now_ms()) {
+        let rejection = handshake::Rejection { status: 403, reason: "user blocked by the server" };
+        refuse(shard, stream, peer, rejection).await;
+        return None;
+    }
     let slot = if shard.shutting_down.get() {
         Err("server shutting down")
     } else {
@@ -255,7 +264,7 @@ async fn after_progress(shard: &Rc<Shard>, conn: &Rc<Conn>) {
 /// Publishes the events the reader decoded, in order; waits when the bus is full (this
 /// client's reads pause meanwhile, nobody else's).
 async fn publish_pending(shard: &Rc<Shard>, conn: &Rc<Conn>) {
-    let reply_to = (conn.mode() == Mode::V1).then(|| conn.id());
+    let reply_to = (conn.mode() == Mode::V1).then(|| Publisher::Conn(conn.id()));
     for (event, options) in conn.take_events() {
         if shard.bus.publish(event, options, reply_to).await.is_err() {
             let close = Close {

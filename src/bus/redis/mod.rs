@@ -48,7 +48,7 @@ use std::{
 };
 
 use fred::{
-    interfaces::{ClientLike, EventInterface, LuaInterface, PubsubInterface},
+    interfaces::{ClientLike, EventInterface, HashesInterface, LuaInterface, PubsubInterface},
     prelude::{Builder, Client, Error as RedisError},
     types::{
         Value,
@@ -73,10 +73,9 @@ use crate::{
     history::{
         self as recovery, Since, StreamState, memory::HistorySettings, retention::Retention,
     },
-    hub::ConnId,
     xshard::{
-        BridgeStats, Delivery, EventId, Interest, InterestChange, NodeStats, ReplayAnswer,
-        ReplayPurpose, Route, ShardId, ShardInboxes, ShardMessage,
+        BridgeStats, ClusterControl, Delivery, EventId, Interest, InterestChange, NodeStats,
+        Publisher, ReplayAnswer, ReplayPurpose, Route, ShardId, ShardInboxes, ShardMessage,
     },
 };
 use history::{
@@ -236,7 +235,7 @@ struct PublishJob {
     route: Route,
     /// Send the publisher its receipt.
     ack: bool,
-    reply_to: Option<(ShardId, ConnId, Box<str>)>,
+    reply_to: Option<(ShardId, Publisher, Box<str>)>,
 }
 
 /// The script's keys and retention arguments for one stored publish.
@@ -337,8 +336,15 @@ impl Shared {
         let mut all = Vec::with_capacity(interest.len() + 2);
         all.push(BROADCAST_CHANNEL.to_owned());
         all.push(self.channels.heartbeat().to_owned());
+        all.push(self.channels.control().to_owned());
         all.extend(interest.streams().map(|i| self.channels.of_interest(&i)));
         all
+    }
+
+    /// Hands a cluster command to every shard.
+    async fn apply_everywhere(&self, control: ClusterControl) {
+        let all: Vec<ShardId> = (0..self.shards).map(ShardId).collect();
+        self.deliver(&all, ShardMessage::Control(Arc::new(control))).await;
     }
 
     /// Hands `message` to each shard in `targets` (`xshard::deliver_to`).
@@ -408,10 +414,10 @@ impl Shared {
     }
 
     /// Tells a v1 publisher its event did not reach every node.
-    async fn reply_unavailable(&self, to: (ShardId, ConnId, Box<str>), message: String) {
+    async fn reply_unavailable(&self, to: (ShardId, Publisher, Box<str>), message: String) {
         let (shard, conn, user) = to;
         let json = CommandError { code: "unavailable", message }.to_json().into_boxed_str();
-        self.deliver(&[shard], ShardMessage::Reply { conn, user, json }).await;
+        self.deliver(&[shard], ShardMessage::Reply { to: conn, user, json }).await;
     }
 }
 
@@ -577,6 +583,12 @@ async fn run(
                         publish(&shared, &jobs_tx, event, options, reply_to, &mut targets).await;
                     }
                     BusCommand::Replay(request) => replay_requested(&shared, *request).await,
+                    BusCommand::Control { control, reply_to } => {
+                        let (shared, publisher) = (shared.clone(), publisher.clone());
+                        tokio::task::spawn_local(async move {
+                            send_control(&shared, &publisher, control, reply_to).await;
+                        });
+                    }
                 }
             }
             () = shared.room.notified() => {}
@@ -663,6 +675,17 @@ async fn on_message(
     match shared.channels.classify(&message.channel) {
         Incoming::Event(route) => receive(shared, route, &message.value, json, targets).await,
         Incoming::Heartbeat => {}
+        Incoming::Control => {
+            let control = value_text(&message.value)
+                .and_then(|text| serde_json::from_str::<ClusterControl>(text).ok());
+            match control {
+                Some(control) => shared.apply_everywhere(control).await,
+                None => {
+                    BridgeStats::add(&shared.bridge().dropped_messages, 1);
+                    debug!("dropped a malformed cluster command");
+                }
+            }
+        }
         Incoming::Unknown(channel) => debug!(channel, "message on an unread channel"),
     }
 }
@@ -804,7 +827,7 @@ async fn publish(
     jobs: &mpsc::UnboundedSender<PublishJob>,
     event: Event,
     options: PublishOptions,
-    reply_to: Option<(ShardId, ConnId)>,
+    reply_to: Option<(ShardId, Publisher)>,
     targets: &mut Vec<ShardId>,
 ) {
     let reply_to = reply_to.map(|(shard, conn)| (shard, conn, event.sender.as_str().into()));
@@ -850,6 +873,73 @@ async fn publish(
         let message =
             "Redis is unavailable: delivered to this node's clients only, not stored".to_owned();
         shared.reply_unavailable(to, message).await;
+    }
+}
+
+/// Publishes a cluster command on the control channel (every node, this one included,
+/// applies it when it comes back); a `disconnect` with a block is also stored in the
+/// blocks hash, so that nodes that were away or start later refuse the user too. The
+/// API request is answered `done`, or `unavailable`.
+async fn send_control(
+    shared: &Shared,
+    publisher: &Client,
+    control: ClusterControl,
+    reply_to: Option<(ShardId, Publisher)>,
+) {
+    let result: Result<(), String> = async {
+        if !shared.ready() {
+            return Err("Redis is unavailable".to_owned());
+        }
+        let json = serde_json::to_string(&control).map_err(|e| e.to_string())?;
+        let ClusterControl::Disconnect { user, until_ms, .. } = &control;
+        if *until_ms > crate::auth::token::unix_now_ms() {
+            let _: Value = publisher
+                .hset(shared.channels.blocks(), (user.as_str(), json.as_str()))
+                .await
+                .map_err(|e| e.details().to_string())?;
+        }
+        let _: Value = publisher
+            .publish(shared.channels.control(), json)
+            .await
+            .map_err(|e| e.details().to_string())?;
+        Ok(())
+    }
+    .await;
+    let Some((shard, to)) = reply_to else { return };
+    let json = match result {
+        Ok(()) => crate::bus::DONE_JSON.into(),
+        Err(why) => {
+            BridgeStats::add(&shared.bridge().publish_errors, 1);
+            CommandError { code: "unavailable", message: why }.to_json().into_boxed_str()
+        }
+    };
+    shared.deliver(&[shard], ShardMessage::Reply { to, user: "".into(), json }).await;
+}
+
+/// Reads the blocks hash and applies every block still running (expired ones are
+/// removed): a node that starts, or comes back, refuses blocked users at once.
+async fn load_blocks(shared: &Shared, publisher: &Client) {
+    let blocks: Result<HashMap<String, String>, _> =
+        publisher.hgetall(shared.channels.blocks()).await;
+    let blocks = match blocks {
+        Ok(blocks) => blocks,
+        Err(e) => {
+            debug!(cause = %e.details(), "could not read the blocked users");
+            return;
+        }
+    };
+    let now = crate::auth::token::unix_now_ms();
+    let mut expired = Vec::new();
+    for (user, json) in blocks {
+        match serde_json::from_str::<ClusterControl>(&json) {
+            Ok(control @ ClusterControl::Disconnect { until_ms, .. }) if until_ms > now => {
+                shared.apply_everywhere(control).await;
+            }
+            _ => expired.push(user),
+        }
+    }
+    if !expired.is_empty() {
+        let _: Result<Value, _> = publisher.hdel(shared.channels.blocks(), expired).await;
     }
 }
 
@@ -937,7 +1027,7 @@ async fn answer_publish(shared: &Shared, job: PublishJob, result: Result<Value, 
             let Some((shard, conn, user)) = reply_to.filter(|_| ack) else { return };
             let id = stored.and_then(|_| value.as_str().and_then(|id| id.parse::<EventId>().ok()));
             let json = published_json(&route, id).into_boxed_str();
-            shared.deliver(&[shard], ShardMessage::Reply { conn, user, json }).await;
+            shared.deliver(&[shard], ShardMessage::Reply { to: conn, user, json }).await;
         }
     }
 }
@@ -1334,6 +1424,8 @@ async fn apply_subscriptions(
                             subscribed.extend(chunk.iter().cloned());
                         }
                     }
+                    // Blocks set while this node was away (or before it started).
+                    load_blocks(&shared, &publisher).await;
                     shared.fill_all();
                 }
                 Step::Unsubscribe(channels) => {

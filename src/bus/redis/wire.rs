@@ -42,6 +42,10 @@ pub(crate) struct Channels {
     user: String,
     /// `<prefix>node:<node id>`: this node's heartbeat.
     heartbeat: String,
+    /// `<prefix>control`: cluster commands (server API), JSON.
+    control: String,
+    /// `<prefix>blocks`: a hash of user → the `disconnect` command that blocks it.
+    blocks: String,
 }
 
 /// What a received message is, by its channel.
@@ -51,6 +55,8 @@ pub(crate) enum Incoming<'a> {
     Event(Route),
     /// This node's heartbeat came back.
     Heartbeat,
+    /// A cluster command (server API).
+    Control,
     /// A channel this node does not read (never subscribed; ignored).
     Unknown(&'a str),
 }
@@ -62,6 +68,8 @@ impl Channels {
             topic: format!("{prefix}topic:"),
             user: format!("{prefix}user:"),
             heartbeat: format!("{prefix}node:{node}"),
+            control: format!("{prefix}control"),
+            blocks: format!("{prefix}blocks"),
         }
     }
 
@@ -87,6 +95,16 @@ impl Channels {
         &self.heartbeat
     }
 
+    /// The channel of cluster commands.
+    pub(crate) fn control(&self) -> &str {
+        &self.control
+    }
+
+    /// The hash key of the users blocked by `/api/disconnect`.
+    pub(crate) fn blocks(&self) -> &str {
+        &self.blocks
+    }
+
     /// What a message on `channel` is.
     pub(crate) fn classify<'a>(&self, channel: &'a str) -> Incoming<'a> {
         if channel == BROADCAST_CHANNEL {
@@ -97,6 +115,8 @@ impl Channels {
             Incoming::Event(Route::Direct(user.into()))
         } else if channel == self.heartbeat {
             Incoming::Heartbeat
+        } else if channel == self.control {
+            Incoming::Control
         } else {
             Incoming::Unknown(channel)
         }
