@@ -350,6 +350,58 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// A limit that is on by default only with authentication: `auto`, `off` (or `0`), or a
+/// number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoLimit {
+    /// The documented default with authentication on, off without.
+    Auto,
+    /// Off.
+    Off,
+    /// This many.
+    Exactly(u64),
+}
+
+impl AutoLimit {
+    /// The limit in force: `auto` is `with_auth` when authentication is on.
+    pub fn resolve(self, auth_on: bool, with_auth: u64) -> Option<u64> {
+        match self {
+            AutoLimit::Auto => auth_on.then_some(with_auth),
+            AutoLimit::Off => None,
+            AutoLimit::Exactly(n) => Some(n),
+        }
+    }
+}
+
+impl FromStr for AutoLimit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "auto" => Ok(AutoLimit::Auto),
+            "off" | "0" => Ok(AutoLimit::Off),
+            n => n
+                .parse()
+                .map(AutoLimit::Exactly)
+                .map_err(|_| format!("`{n}`: `auto`, `off` or a number")),
+        }
+    }
+}
+
+impl fmt::Display for AutoLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AutoLimit::Auto => f.write_str("auto"),
+            AutoLimit::Off => f.write_str("off"),
+            AutoLimit::Exactly(n) => write!(f, "{n}"),
+        }
+    }
+}
+deserialize_via_fromstr!(AutoLimit, |n| if n == 0 {
+    AutoLimit::Off
+} else {
+    AutoLimit::Exactly(n)
+});
+
 /// A name made of `[A-Za-z0-9_.:-]` (node ids, channel prefixes); empty allowed where
 /// the option says so.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -651,6 +703,14 @@ config_options! {
     api_key_file: OptionalPath = OptionalPath::default(), env = "CORECAST_API_KEY_FILE";
     /// Largest server-API request body; larger gets 413.
     max_api_body: ByteSize = ByteSize(1 << 20), env = "CORECAST_MAX_API_BODY";
+    /// Messages a connection may send per second (a token bucket): `auto` (100 with authentication on, off without — benchmarks and trusted single-node setups are never throttled silently), `off`, or a number. Over it, v1 clients get `rate_limited` and the message is dropped.
+    rate_limit_messages: AutoLimit = AutoLimit::Auto, env = "CORECAST_RATE_LIMIT_MESSAGES";
+    /// Bucket size of the message rate limit: how many messages may come at once.
+    rate_limit_burst: Count = 200, env = "CORECAST_RATE_LIMIT_BURST";
+    /// A connection over the message rate limit for this long (its bucket never refilled) is closed with 1008.
+    rate_limit_close_after: HumanDuration = HumanDuration(Duration::from_secs(10)), env = "CORECAST_RATE_LIMIT_CLOSE_AFTER";
+    /// New connections per second from one IP address, node-wide (0 = no limit); more get HTTP 429 before the upgrade. Behind a proxy that hides client addresses, every client shares the proxy's.
+    max_connects_per_ip: Count = 0, env = "CORECAST_MAX_CONNECTS_PER_IP";
 }
 
 /// Largest accepted user id, in bytes (ids are `[A-Za-z0-9_.-]`).
@@ -701,6 +761,9 @@ impl Config {
         }
         if self.recovery_max_replay == 0 {
             return bad("recovery_max_replay must be at least 1".into());
+        }
+        if self.rate_limit_burst == 0 {
+            return bad("rate_limit_burst must be at least 1".into());
         }
         if self.idempotency_window.enabled().is_none() {
             return bad("idempotency_window cannot be off".into());

@@ -160,6 +160,7 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
     let pending_budget = ConnectionBudget::new(cfg.max_pending_handshakes);
     let verifier = crate::auth::Verifier::from_config(&cfg).map_err(Error::Config)?;
     let api_key: Option<Arc<str>> = cfg.api_key().map_err(Error::Config)?.map(Arc::from);
+    let connect_rate = xshard::ConnectRate::new(cfg.max_connects_per_ip);
     if verifier.is_none() && !addr.ip().is_loopback() {
         warn!(
             %addr,
@@ -236,6 +237,7 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
                 pending_budget: pending_budget.clone(),
                 verifier: verifier.clone(),
                 api_key: api_key.clone(),
+                connect_rate: connect_rate.clone(),
             },
         };
         let started = LocalExecutorBuilder::new(Placement::Fixed(cpus[i]))

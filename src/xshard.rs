@@ -185,6 +185,42 @@ pub(crate) enum ClusterControl {
     },
 }
 
+/// New connections per second per source IP, node-wide (`max_connects_per_ip`): a
+/// one-second window per address, shared by every shard (a mutex: taken once per
+/// accepted socket, and only when the limit is on).
+#[derive(Debug)]
+pub(crate) struct ConnectRate {
+    per_second: usize,
+    windows: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u64, usize)>>,
+}
+
+/// Addresses remembered before windows of past seconds are swept.
+const CONNECT_RATE_SWEEP: usize = 4096;
+
+impl ConnectRate {
+    /// A limit of `per_second` new connections per address (0 = none).
+    pub(crate) fn new(per_second: usize) -> Arc<ConnectRate> {
+        Arc::new(ConnectRate { per_second, windows: Default::default() })
+    }
+
+    /// Counts a new connection from `ip` in second `now_s`; `false` when over the limit.
+    pub(crate) fn allow(&self, ip: std::net::IpAddr, now_s: u64) -> bool {
+        if self.per_second == 0 {
+            return true;
+        }
+        let mut windows = self.windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if windows.len() >= CONNECT_RATE_SWEEP {
+            windows.retain(|_, (second, _)| *second == now_s);
+        }
+        let window = windows.entry(ip).or_insert((now_s, 0));
+        if window.0 != now_s {
+            *window = (now_s, 0);
+        }
+        window.1 += 1;
+        window.1 <= self.per_second
+    }
+}
+
 /// Who is told how a publish went: a v1 connection, or a server-API request waiting on
 /// its shard (by ticket).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,6 +366,12 @@ pub struct ShardStats {
     pub seed_texts_dropped: AtomicU64,
     /// Connections closed (1008) because their token expired unrefreshed.
     pub token_expiry_closes: AtomicU64,
+    /// Client messages dropped by the message rate limit.
+    pub rate_limited: AtomicU64,
+    /// Connections closed (1008) for staying over the message rate limit.
+    pub rate_limit_closes: AtomicU64,
+    /// Upgrades refused (429) by the per-IP connection rate.
+    pub connects_limited: AtomicU64,
 }
 
 impl ShardStats {

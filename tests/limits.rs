@@ -89,3 +89,147 @@ async fn seed_clients_get_application_pings() {
         "no application ping reached the v1 client in two ping periods"
     );
 }
+
+/// A flooding connection is limited (v1: `rate_limited`, message dropped) while a
+/// bystander on the same shard keeps receiving everything else in order; staying over
+/// the limit closes the flooder with 1008.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_is_limited_and_a_bystander_is_not() {
+    use serde_json::json;
+    let server = TestServer::start(|cfg| {
+        cfg.rate_limit_messages = "10".parse().unwrap();
+        cfg.rate_limit_burst = 20;
+        cfg.rate_limit_close_after.0 = Duration::from_secs(1);
+    });
+    let mut flooder = connect(server.addr, "flooder", true).await;
+    let mut bystander = loop {
+        let c = connect(server.addr, "bystander", true).await;
+        if c.shard == flooder.shard {
+            break c;
+        }
+    };
+    let mut speaker = connect(server.addr, "speaker", true).await;
+    // 100 broadcasts at once: the first 20 (the burst) pass, the rest are refused.
+    for i in 0..100 {
+        flooder.send_json(json!({"op":"broadcast","data":i})).await;
+    }
+    let mut limited = 0;
+    let mut passed = Vec::new();
+    while limited + passed.len() < 100 {
+        let m = flooder.recv_json().await;
+        match m["type"].as_str() {
+            Some("error") => {
+                assert_eq!(m["code"], "rate_limited", "{m}");
+                limited += 1;
+            }
+            Some("broadcast") => passed.push(m["data"].as_u64().unwrap()),
+            _ => panic!("{m}"),
+        }
+    }
+    assert!((20..=25).contains(&passed.len()), "passed {}", passed.len());
+    assert!(passed.windows(2).all(|w| w[0] < w[1]), "in order: {passed:?}");
+    // The bystander got exactly the passed ones, in order, then the speaker's.
+    speaker.send_json(json!({"op":"broadcast","data":"after the flood"})).await;
+    for want in &passed {
+        assert_eq!(bystander.recv_json().await["data"], json!(want));
+    }
+    assert_eq!(bystander.recv_json().await["data"], "after the flood");
+
+    // Keep flooding (one message every 5 ms, 200/s against a limit of 10/s): closed 1008
+    // once it has been over the limit for 1 s.
+    let close = within(WAIT, "the flooder is closed", async {
+        loop {
+            if flooder.ws.send(Message::text(r#"{"op":"broadcast","data":"more"}"#)).await.is_err()
+            {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await; // the flood's pace
+            while let Some(Ok(m)) =
+                futures_util::FutureExt::now_or_never(flooder.ws.next()).flatten()
+            {
+                if let Message::Close(frame) = m {
+                    return frame;
+                }
+            }
+        }
+    })
+    .await
+    .expect("a close frame");
+    assert_eq!(u16::from(close.code), 1008);
+    assert_eq!(close.reason.as_str(), "rate limit exceeded");
+    speaker.send_json(json!({"op":"broadcast","data":"still fine"})).await;
+    loop {
+        let m = bystander.recv_json().await;
+        if m["data"] == "still fine" {
+            break;
+        }
+        assert_eq!(m["sender"], "flooder", "only the flooder's passed messages before: {m}");
+    }
+    let h = server.health().await;
+    assert_eq!(h["rate_limit_closes"], 1, "{h}");
+    assert!(h["rate_limited"].as_u64().unwrap() >= 80, "{h}");
+}
+
+/// The message limit is on by default with authentication (100/s, burst 200), and off
+/// without it: a node with neither setting never throttles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_message_limit_is_on_by_default_only_with_auth() {
+    use serde_json::json;
+    let open = TestServer::start(|_| {});
+    let mut c = connect(open.addr, "c", true).await;
+    for i in 0..400 {
+        c.send_json(json!({"op":"unsubscribe","topic":format!("t{i}")})).await;
+    }
+    for _ in 0..400 {
+        assert_eq!(c.recv_json().await["type"], "unsubscribed");
+    }
+    assert_eq!(open.health().await["rate_limited"], 0);
+
+    let secret = "limits-secret";
+    let authed = TestServer::start(|cfg| cfg.jwt_secret.0 = Some(secret.into()));
+    let exp =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub":"c","exp":exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let url = format!("ws://{}/ws/c?token={token}", authed.addr);
+    let (mut ws, _) = within(WAIT, "connect", tokio_tungstenite::connect_async(url)).await.unwrap();
+    for i in 0..400 {
+        ws.send(Message::text(format!("seed text {i}"))).await.unwrap();
+    }
+    authed
+        .wait_health("the default limit dropped some", |h| h["rate_limited"].as_u64() >= Some(150))
+        .await;
+}
+
+/// `max_connects_per_ip`: more new connections per second from one address get 429
+/// before the upgrade; another address is not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_connections_per_ip_are_limited() {
+    let server = TestServer::start(|cfg| cfg.max_connects_per_ip = 5);
+    let from = |last: u8| std::net::IpAddr::from([127, 0, 0, last]);
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let raw = within(WAIT, "upgrade from 127.0.0.7", async {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(std::net::SocketAddr::new(from(7), 0)).unwrap();
+            let mut s = socket.connect(server.addr).await.unwrap();
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            s.write_all(upgrade_request("u").as_bytes()).await.unwrap();
+            let mut buf = vec![0; 1024];
+            let n = s.read(&mut buf).await.unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        })
+        .await;
+        statuses.push(parse_http(&raw).0);
+    }
+    // Twelve within at most two one-second windows: at most ten pass.
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert!(refused >= 2, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 101 || *s == 429), "{statuses:?}");
+    let h = health_from(server.addr, from(9)).await;
+    assert_eq!(h["connects_limited"].as_u64(), Some(refused as u64), "{h}");
+}

@@ -8,7 +8,7 @@
 
 use std::{cell::RefCell, collections::VecDeque, rc::Rc, sync::Arc, time::Instant};
 
-use super::{Conn, auth::ConnAuth, reader::InboundLimits, state::Timing};
+use super::{Conn, auth::ConnAuth, rate::RateLimit, reader::InboundLimits, state::Timing};
 use crate::{
     auth::{AuthFailure, Verifier},
     config::Config,
@@ -38,6 +38,8 @@ pub struct ShardContext {
     pub(crate) verifier: Option<Arc<Verifier>>,
     /// The server API's key; `None` when the API is off.
     pub(crate) api_key: Option<Arc<str>>,
+    /// Every connection's inbound message limit; `None` when off.
+    pub(crate) rate_limit: Option<RateLimit>,
     /// Node configuration (the shard's copy).
     pub cfg: Config,
     /// The connection rules derived from `cfg`.
@@ -80,10 +82,17 @@ impl ShardContext {
             queue_limit: cfg.outbound_queue_limit.0,
             max_control_frames_per_sec: cfg.max_control_frames_per_sec,
         };
+        let rate_limit =
+            cfg.rate_limit_messages.resolve(verifier.is_some(), 100).map(|rate| RateLimit {
+                rate: rate as f64,
+                burst: cfg.rate_limit_burst as f64,
+                close_after_ms: cfg.rate_limit_close_after.0.as_millis() as u64,
+            });
         ShardContext {
             id,
             verifier,
             api_key,
+            rate_limit,
             timing,
             decoder: FrameDecoder { max_frame_payload: cfg.max_message_size.0 },
             inbound_limits: InboundLimits {
@@ -131,6 +140,11 @@ impl ShardContext {
                 Ok((!defaults.is_open()).then(|| Box::new(ConnAuth::without_token(defaults))))
             }
         }
+    }
+
+    /// Milliseconds on the shard's clock (since it started).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     /// Every shard's counters.

@@ -258,6 +258,7 @@ pub(crate) fn http_response(status: u16, content_type: &str, body: &str) -> Vec<
         404 => "Not Found",
         405 => "Method Not Allowed",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Error",

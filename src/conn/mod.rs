@@ -17,6 +17,7 @@ pub(crate) mod command;
 pub(crate) mod context;
 pub(crate) mod handshake;
 pub(crate) mod io;
+pub(crate) mod rate;
 pub(crate) mod reader;
 pub(crate) mod state;
 pub(crate) mod writer;
@@ -119,6 +120,8 @@ pub struct Conn {
     /// What the connection may do and until when; `None` when nothing is checked
     /// (authentication off, default permissions open): no memory, no check.
     auth: Option<Box<RefCell<ConnAuth>>>,
+    /// The inbound message rate limit's bucket; `None` when the limit is off.
+    bucket: Option<Box<RefCell<rate::TokenBucket>>>,
 }
 
 impl Conn {
@@ -144,6 +147,9 @@ impl Conn {
             inbound: RefCell::default(),
             pending_events: RefCell::default(),
             auth: auth.map(|a| Box::new(RefCell::new(*a))),
+            bucket: ctx
+                .rate_limit
+                .map(|limit| Box::new(RefCell::new(rate::TokenBucket::new(&limit, ctx.now_ms())))),
         }
     }
 
@@ -262,6 +268,14 @@ impl Conn {
             self.enqueue(ctx, &ctx.app_ping_frame);
         }
         due.timed_out
+    }
+
+    /// Takes one inbound message from the rate limit (always passes when it is off).
+    pub(crate) fn take_message(&self, ctx: &ShardContext) -> rate::Verdict {
+        match (&self.bucket, &ctx.rate_limit) {
+            (Some(bucket), Some(limit)) => bucket.borrow_mut().take(limit, ctx.now_ms()),
+            _ => rate::Verdict::Pass,
+        }
     }
 
     /// Whether the connection may do `action` (always, when it has no rules).

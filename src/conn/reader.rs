@@ -23,7 +23,7 @@ use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use super::{
     Conn, Mode, ShardContext, SubscribeReply, Subscriptions,
     auth::Action,
-    command,
+    command, rate,
     state::{Close, Phase},
 };
 use crate::{
@@ -496,6 +496,26 @@ fn handle_message(
     // The reader already validated the text; this only converts.
     let Ok(text) = std::str::from_utf8(payload) else { return Err(INVALID_UTF8) };
     ShardStats::add(&ctx.stats().messages_in, 1);
+    match conn.take_message(ctx) {
+        rate::Verdict::Pass => {}
+        rate::Verdict::Limited => {
+            ShardStats::add(&ctx.stats().rate_limited, 1);
+            if conn.mode == Mode::V1 {
+                let error =
+                    command::CommandError::new("rate_limited", "message rate limit: dropped");
+                send_reply(ctx, conn, &error.to_json());
+            }
+            return Ok(());
+        }
+        rate::Verdict::Close => {
+            ShardStats::add(&ctx.stats().rate_limited, 1);
+            ShardStats::add(&ctx.stats().rate_limit_closes, 1);
+            return Err(Violation {
+                code: close_code::POLICY_VIOLATION,
+                reason: "rate limit exceeded",
+            });
+        }
+    }
     if conn.mode == Mode::Seed {
         if !conn.permits(Action::Broadcast) {
             // The seed protocol has no error channel: dropped, counted, logged.

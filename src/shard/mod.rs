@@ -61,8 +61,9 @@ use crate::{
     history::{Since, memory::HistorySettings},
     hub::{ConnId, Hub, Subscribed},
     xshard::{
-        BudgetSlot, ConnectionBudget, Delivery, NodeId, NodeStats, Publisher, ReplayAnswer,
-        ReplayPurpose, ReplayTo, Route, ShardControl, ShardId, ShardInbox, ShardInboxes,
+        BudgetSlot, ConnectRate, ConnectionBudget, Delivery, NodeId, NodeStats, Publisher,
+        ReplayAnswer, ReplayPurpose, ReplayTo, Route, ShardControl, ShardId, ShardInbox,
+        ShardInboxes,
     },
 };
 
@@ -104,6 +105,8 @@ pub(crate) struct NodeShared {
     pub verifier: Option<Arc<Verifier>>,
     /// The server API's key; `None` when the API is off.
     pub api_key: Option<Arc<str>>,
+    /// New connections per second per IP, node-wide.
+    pub connect_rate: Arc<ConnectRate>,
 }
 
 /// How long a shard's tasks run before the executor polls for I/O again. The inbox
@@ -149,6 +152,8 @@ pub struct Shard {
     api_waiters: Rc<api::ApiWaiters>,
     /// Users refused until a time (`/api/disconnect` with a block).
     blocks: api::Blocks,
+    /// New connections per second per IP, node-wide.
+    connect_rate: Arc<ConnectRate>,
 }
 
 impl Shard {
@@ -160,7 +165,7 @@ impl Shard {
         sequencer: Option<Rc<LocalSequencer>>,
         node: NodeShared,
     ) -> Rc<Shard> {
-        let NodeShared { stats, budget, pending_budget, verifier, api_key } = node;
+        let NodeShared { stats, budget, pending_budget, verifier, api_key, connect_rate } = node;
         Rc::new(Shard {
             table: table::ConnTable::default(),
             hub: RefCell::new(Hub::new()),
@@ -174,6 +179,7 @@ impl Shard {
             shutting_down: Cell::new(false),
             api_waiters: Rc::default(),
             blocks: api::Blocks::default(),
+            connect_rate,
             ctx: ShardContext::new(id, cfg, stats, verifier, api_key),
         })
     }
@@ -225,6 +231,7 @@ impl Shard {
             pending_budget: budget,
             verifier: None,
             api_key: None,
+            connect_rate: ConnectRate::new(0),
         };
         Shard::new(ShardId(0), cfg, vec![bus], None, node)
     }

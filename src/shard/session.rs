@@ -76,6 +76,17 @@ async fn upgrade(
         refuse(shard, stream, peer, rejection).await;
         return None;
     };
+    if let Some(ip) = peer.map(|p| p.ip())
+        && !shard.connect_rate.allow(ip, crate::auth::token::unix_now())
+    {
+        ShardStats::add(&ctx.stats().connects_limited, 1);
+        let rejection = handshake::Rejection {
+            status: 429,
+            reason: "too many new connections from this address",
+        };
+        refuse(shard, stream, peer, rejection).await;
+        return None;
+    }
     let deadline = ctx.cfg.handshake_timeout.0;
     let handshake = read_request(shard, stream).or(async {
         Timer::new(deadline).await;
