@@ -185,39 +185,58 @@ pub(crate) enum ClusterControl {
     },
 }
 
-/// New connections per second per source IP, node-wide (`max_connects_per_ip`): a
-/// one-second window per address, shared by every shard (a mutex: taken once per
-/// accepted socket, and only when the limit is on).
+/// New connections per second per source IP, node-wide (`max_connects_per_ip`), shared
+/// by every shard without a lock: a table of atomic slots, one per address hash, each
+/// packing (second, address tag, count). Two addresses landing on one slot in the same
+/// second: the second one is not counted (it may pass, it is never refused for the
+/// other's connections).
 #[derive(Debug)]
 pub(crate) struct ConnectRate {
-    per_second: usize,
-    windows: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u64, usize)>>,
+    per_second: u64,
+    hasher: std::hash::RandomState,
+    slots: Box<[AtomicU64]>,
 }
 
-/// Addresses remembered before windows of past seconds are swept.
-const CONNECT_RATE_SWEEP: usize = 4096;
+/// Slots of the connect-rate table (8 bytes each).
+const CONNECT_RATE_SLOTS: usize = 16 << 10;
 
 impl ConnectRate {
     /// A limit of `per_second` new connections per address (0 = none).
     pub(crate) fn new(per_second: usize) -> Arc<ConnectRate> {
-        Arc::new(ConnectRate { per_second, windows: Default::default() })
+        let slots = if per_second == 0 { 0 } else { CONNECT_RATE_SLOTS };
+        Arc::new(ConnectRate {
+            per_second: per_second as u64,
+            hasher: std::hash::RandomState::new(),
+            slots: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+        })
     }
 
     /// Counts a new connection from `ip` in second `now_s`; `false` when over the limit.
     pub(crate) fn allow(&self, ip: std::net::IpAddr, now_s: u64) -> bool {
+        use std::hash::BuildHasher;
         if self.per_second == 0 {
             return true;
         }
-        let mut windows = self.windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if windows.len() >= CONNECT_RATE_SWEEP {
-            windows.retain(|_, (second, _)| *second == now_s);
+        let hash = self.hasher.hash_one(ip);
+        let slot = &self.slots[hash as usize % self.slots.len()];
+        let (second, tag) = (now_s & 0xffff, (hash >> 48) & 0xffff);
+        let mut current = slot.load(Ordering::Relaxed);
+        loop {
+            let (was_second, was_tag, count) =
+                (current >> 48, (current >> 32) & 0xffff, current & 0xffff_ffff);
+            let count = if was_second != second || count == 0 {
+                1
+            } else if was_tag != tag {
+                return true; // another address holds the slot this second
+            } else {
+                count.saturating_add(1).min(0xffff_ffff)
+            };
+            let next = (second << 48) | (tag << 32) | count;
+            match slot.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return count <= self.per_second,
+                Err(seen) => current = seen,
+            }
         }
-        let window = windows.entry(ip).or_insert((now_s, 0));
-        if window.0 != now_s {
-            *window = (now_s, 0);
-        }
-        window.1 += 1;
-        window.1 <= self.per_second
     }
 }
 
@@ -511,6 +530,17 @@ impl Drop for BudgetSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connect_rate_counts_per_address_and_second() {
+        let rate = ConnectRate::new(3);
+        let (a, b) = (std::net::IpAddr::from([10, 0, 0, 1]), std::net::IpAddr::from([10, 0, 0, 2]));
+        let first: Vec<bool> = (0..5).map(|_| rate.allow(a, 100)).collect();
+        assert_eq!(first, [true, true, true, false, false]);
+        assert!(rate.allow(b, 100), "another address has its own count");
+        assert!(rate.allow(a, 101), "a new second starts over");
+        assert!(ConnectRate::new(0).allow(a, 1), "0 = no limit");
+    }
 
     const fn assert_send_sync<T: Send + Sync>() {}
     const _: () = assert_send_sync::<Delivery>();
