@@ -177,6 +177,38 @@ impl<'de> Deserialize<'de> for ListenAddr {
     }
 }
 
+/// An optional `ADDR:PORT`, or `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+impl FromStr for OptionalAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() || s.eq_ignore_ascii_case("none") {
+            return Ok(OptionalAddr(None));
+        }
+        s.parse()
+            .map(|a| OptionalAddr(Some(a)))
+            .map_err(|_| format!("`{s}` is not an ADDR:PORT or `none`"))
+    }
+}
+
+impl fmt::Display for OptionalAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            None => f.write_str("none"),
+            Some(a) => a.fmt(f),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OptionalAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A plain count (connections, frames, events).
 pub type Count = usize;
 
@@ -701,6 +733,8 @@ config_options! {
     api_key: Secret = Secret::default(), env = "CORECAST_API_KEY";
     /// File holding the API key (a trailing newline is ignored), or `none`.
     api_key_file: OptionalPath = OptionalPath::default(), env = "CORECAST_API_KEY_FILE";
+    /// Address of a listener that serves only the server API (SO_REUSEPORT, one per shard; port 0 picks a free port), or `none`: the API is then served under `/api/` on `listen`.
+    api_listen: OptionalAddr = OptionalAddr::default(), env = "CORECAST_API_LISTEN";
     /// Largest server-API request body; larger gets 413.
     max_api_body: ByteSize = ByteSize(1 << 20), env = "CORECAST_MAX_API_BODY";
     /// Messages a connection may send per second (a token bucket): `auto` (100 with authentication on, off without — benchmarks and trusted single-node setups are never throttled silently), `off`, or a number. Over it, v1 clients get `rate_limited` and the message is dropped.

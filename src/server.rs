@@ -44,6 +44,8 @@ const SHARD_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 #[derive(Debug)]
 pub struct RunningServer {
     addr: SocketAddr,
+    /// The API-only listener's address (`api_listen`).
+    api_addr: Option<SocketAddr>,
     controls: Vec<flume::Sender<ShardControl>>,
     shards: Vec<ExecutorJoinHandle<()>>,
     /// The Redis bridge thread; it stops when every shard has closed its lane.
@@ -56,6 +58,11 @@ impl RunningServer {
     /// The address the node listens on (with the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the API-only listener (`api_listen`), with its real port.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
     }
 
     /// Node counters.
@@ -149,7 +156,16 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
         )));
     }
 
-    let (addr, listeners) = bind_listeners(&cfg, shard_count)?;
+    let (addr, listeners) = bind_listeners(cfg.listen.0, cfg.backlog, shard_count)?;
+    let (api_addr, mut api_listeners) = match cfg.api_listen.0 {
+        Some(at) => {
+            let (bound, fds) = bind_listeners(at, cfg.backlog, shard_count)?;
+            (Some(bound), fds.into_iter().map(Some).collect())
+        }
+        None => (None, Vec::new()),
+    };
+    api_listeners.resize_with(shard_count, || None);
+    let mut api_listeners = api_listeners.into_iter();
     let (inbox_txs, inbox_rxs) = xshard::shard_inboxes(shard_count, cfg.inbox_capacity);
     let node = match cfg.node_id.0.as_str() {
         "" => NodeId::for_this_process(),
@@ -226,6 +242,7 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
             id: ShardId(i as u16),
             cfg: cfg.clone(),
             listener,
+            api_listener: api_listeners.next().flatten(),
             inbox,
             control: control_rx,
             bus_lanes: lane_txs.clone(),
@@ -250,7 +267,8 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
             Ok(handle) => shards.push(handle),
             Err(e) => {
                 drop(lane_txs);
-                let partial = RunningServer { addr, controls, shards, bridge, stats, budget };
+                let partial =
+                    RunningServer { addr, api_addr, controls, shards, bridge, stats, budget };
                 partial.shutdown();
                 let _ = partial.join();
                 return Err(Error::ShardStart { shard: i, message: e.to_string() });
@@ -269,7 +287,8 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
             Err(_) => {
                 let missing =
                     (0..shard_count).find(|i| !reported.contains(&ShardId(*i as u16))).unwrap_or(0);
-                let partial = RunningServer { addr, controls, shards, bridge, stats, budget };
+                let partial =
+                    RunningServer { addr, api_addr, controls, shards, bridge, stats, budget };
                 partial.shutdown();
                 let _ = partial.join();
                 let message =
@@ -279,14 +298,17 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
         }
     }
     let bus = if bridge.is_some() { "redis" } else { "embedded" };
-    info!(%addr, shards = shard_count, ?cpus, node = %node, bus, "corecast listening");
-    Ok(RunningServer { addr, controls, shards, bridge, stats, budget })
+    info!(%addr, ?api_addr, shards = shard_count, ?cpus, node = %node, bus, "corecast listening");
+    Ok(RunningServer { addr, api_addr, controls, shards, bridge, stats, budget })
 }
 
 /// Binds one SO_REUSEPORT listener per shard on the configured address. The first bind
 /// resolves port 0; the others bind the same port so the kernel balances between them.
-fn bind_listeners(cfg: &Config, shards: usize) -> Result<(SocketAddr, Vec<OwnedFd>)> {
-    let mut addr = cfg.listen.0;
+fn bind_listeners(
+    mut addr: SocketAddr,
+    backlog: usize,
+    shards: usize,
+) -> Result<(SocketAddr, Vec<OwnedFd>)> {
     let mut fds = Vec::with_capacity(shards);
     for _ in 0..shards {
         let socket = (|| {
@@ -296,7 +318,7 @@ fn bind_listeners(cfg: &Config, shards: usize) -> Result<(SocketAddr, Vec<OwnedF
             socket.set_nonblocking(true)?;
             socket.set_cloexec(true)?;
             socket.bind(&addr.into())?;
-            socket.listen(cfg.backlog as i32)?;
+            socket.listen(backlog as i32)?;
             Ok::<_, std::io::Error>(socket)
         })()
         .map_err(|source| Error::Bind { addr, source })?;

@@ -306,3 +306,30 @@ async fn unavailable_while_redis_is_away() {
     let (status, _) = api.post("/api/disconnect", json!({"user":"u"})).await;
     assert_eq!(status, 503);
 }
+
+/// `api_listen`: the API on its own port, and only there; WebSockets only on `listen`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_on_its_own_listener() {
+    let node = TestServer::start(|c| {
+        c.api_key.0 = Some(KEY.into());
+        c.api_listen = "127.0.0.1:0".parse().unwrap();
+    });
+    let api_addr = node.api_addr().expect("an API listener");
+    assert_ne!(api_addr, node.addr);
+    let mut receiver = connect(node.addr, "r", true).await;
+    let (status, ok) = Api::connect(api_addr)
+        .await
+        .post("/api/direct", json!({"user":"r","data":"via the API port"}))
+        .await;
+    assert_eq!(status, 200, "{ok}");
+    assert_eq!(
+        without_id(receiver.recv_json().await),
+        json!({"type":"direct","sender":"server","data":"via the API port"})
+    );
+    let (status, error) =
+        Api::connect(node.addr).await.post("/api/direct", json!({"user":"r","data":"x"})).await;
+    assert_eq!((status, error["error"]["code"].as_str()), (404, Some("not_found")), "{error}");
+    let (status, body) = parse_http(&raw_request(api_addr, upgrade_request("r").as_bytes()).await);
+    assert_eq!(status, 404, "no upgrades on the API port: {body}");
+    assert_eq!(http_get(api_addr, "/healthz").await.0, 200);
+}

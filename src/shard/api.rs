@@ -133,22 +133,24 @@ pub(super) async fn serve(
     stream: &mut TcpStream,
     first: ApiHead,
     mut buffered: Vec<u8>,
+    served_elsewhere: bool,
 ) {
     let timeout = shard.ctx.cfg.handshake_timeout.0;
     let mut head = first;
     loop {
-        let (status, body, keep_alive) = match one_request(shard, stream, &head, &mut buffered)
-            .or(async {
-                Timer::new(timeout).await;
-                Err(None)
-            })
-            .await
-        {
-            Ok((status, body)) => (status, body, head.keep_alive),
-            // The body could not be read: answer and close (its bytes are not a request).
-            Err(Some(error)) => (error.status, error.to_body(), false),
-            Err(None) => return, // timed out, or the peer went away
-        };
+        let (status, body, keep_alive) =
+            match one_request(shard, stream, &head, &mut buffered, served_elsewhere)
+                .or(async {
+                    Timer::new(timeout).await;
+                    Err(None)
+                })
+                .await
+            {
+                Ok((status, body)) => (status, body, head.keep_alive),
+                // The body could not be read: answer and close (its bytes are not a request).
+                Err(Some(error)) => (error.status, error.to_body(), false),
+                Err(None) => return, // timed out, or the peer went away
+            };
         let response = api_http::response(status, &body, keep_alive);
         if stream.write_all(&response).await.is_err() || !keep_alive {
             let _ = stream.close().await;
@@ -218,8 +220,16 @@ async fn one_request(
     stream: &mut TcpStream,
     head: &ApiHead,
     buffered: &mut Vec<u8>,
+    served_elsewhere: bool,
 ) -> Result<(u16, String), Option<ApiError>> {
     let ctx = &shard.ctx;
+    if served_elsewhere {
+        return Err(Some(ApiError::new(
+            404,
+            "not_found",
+            "the server API is served on api_listen",
+        )));
+    }
     let Some(key) = &ctx.api_key else {
         return Err(Some(ApiError::new(404, "not_found", "the server API is off (set api_key)")));
     };

@@ -11,8 +11,8 @@ use std::{os::fd::AsRawFd, rc::Rc, time::Duration};
 use glommio::{net::TcpListener, timer::Timer};
 use tracing::warn;
 
-use super::Shard;
 use super::session;
+use super::{Serves, Shard};
 use crate::sys;
 
 /// Longest pause after repeated accept errors (e.g. `EMFILE`: out of file descriptors).
@@ -23,7 +23,7 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// # Errors
 /// None returned: accept errors are logged and retried with exponential backoff, so a
 /// full fd table slows accepting down instead of spinning.
-pub(super) async fn run(shard: Rc<Shard>, listener: TcpListener) {
+pub(super) async fn run(shard: Rc<Shard>, listener: TcpListener, serves: Serves) {
     let mut backoff = Duration::ZERO;
     loop {
         match listener.accept().await {
@@ -36,7 +36,7 @@ pub(super) async fn run(shard: Rc<Shard>, listener: TcpListener) {
                         shard.ctx.cfg.socket_send_buffer.0,
                     );
                 }
-                glommio::spawn_local(session::run(shard.clone(), stream)).detach();
+                glommio::spawn_local(session::run(shard.clone(), stream, serves)).detach();
             }
             Err(e) => {
                 backoff = (backoff * 2).clamp(Duration::from_millis(5), MAX_ACCEPT_BACKOFF);

@@ -76,6 +76,8 @@ pub(crate) struct ShardParts {
     pub cfg: Config,
     /// The bound, listening SO_REUSEPORT socket for this shard.
     pub listener: OwnedFd,
+    /// With `api_listen`: this shard's API-only listening socket.
+    pub api_listener: Option<OwnedFd>,
     /// Messages from the bus.
     pub inbox: ShardInbox,
     /// Shutdown command from the main thread.
@@ -122,6 +124,15 @@ pub(crate) const PREEMPT_TIMER: Duration = Duration::from_millis(2);
 /// 1.7% of the core at 20 k deliveries/s); with 4,096, the table has its full size.
 /// Costs about 1 MiB of kernel memory per shard.
 pub(crate) const RING_DEPTH: usize = 4096;
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Serves {
+    /// Upgrades, `/healthz`, `/readyz`, and `/api/` unless `api_listen` is set.
+    Everything,
+    /// `/api/`, `/healthz` and `/readyz` only (`api_listen`).
+    ApiOnly,
+}
 
 /// Per-core state. See the module docs.
 #[derive(Debug)]
@@ -501,8 +512,18 @@ impl Drop for PendingHandshake {
 
 /// Runs a shard until it is told to shut down and has drained.
 pub(crate) async fn run(parts: ShardParts) {
-    let ShardParts { id, cfg, listener, inbox, control, bus_lanes, sequencer, started, node } =
-        parts;
+    let ShardParts {
+        id,
+        cfg,
+        listener,
+        api_listener,
+        inbox,
+        control,
+        bus_lanes,
+        sequencer,
+        started,
+        node,
+    } = parts;
     let listener = crate::sys::glommio_listener(listener);
     let sequencer = sequencer.map(|(lane, inboxes)| {
         let history = HistorySettings::of(&cfg);
@@ -512,7 +533,11 @@ pub(crate) async fn run(parts: ShardParts) {
     let shard = Shard::new(id, cfg, bus_lanes, sequencer.clone(), node);
     // The ring is set up on this thread: it is its only submitter.
     shard.flusher.start_ring(&shard.ctx);
-    let accept = glommio::spawn_local(listener::run(shard.clone(), listener));
+    let accept = glommio::spawn_local(listener::run(shard.clone(), listener, Serves::Everything));
+    let accept_api = api_listener.map(|fd| {
+        let api = crate::sys::glommio_listener(fd);
+        glommio::spawn_local(listener::run(shard.clone(), api, Serves::ApiOnly))
+    });
     let fanout = glommio::spawn_local(inbox::run(shard.clone(), inbox));
     let heartbeat = glommio::spawn_local(heartbeat::run(shard.clone()));
     let sequencer = sequencer.map(|s| glommio::spawn_local(s.run()));
@@ -524,6 +549,7 @@ pub(crate) async fn run(parts: ShardParts) {
     let _ = control.recv_async().await;
     shard.shutting_down.set(true);
     drop(accept); // cancels the accept loop and closes this shard's listening socket
+    drop(accept_api);
     let drain = shard.ctx.cfg.drain_timeout.0;
     let open = shard.table.all();
     info!(shard = %id, connections = open.len(), "shutting down: closing connections with 1001");
@@ -574,7 +600,7 @@ async fn drained_within(shard: &Shard, limit: Duration) -> bool {
 pub(crate) fn session_future_size() -> usize {
     fn size_of_future<F, Fut>(_: F) -> usize
     where
-        F: Fn(Rc<Shard>, glommio::net::TcpStream) -> Fut,
+        F: Fn(Rc<Shard>, glommio::net::TcpStream, Serves) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }

@@ -20,7 +20,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use glommio::{net::TcpStream, timer::Timer};
 use tracing::{debug, trace};
 
-use super::{Shard, table::Registered};
+use super::{Serves, Shard, table::Registered};
 use crate::{
     conn::{
         Conn, Mode,
@@ -43,12 +43,17 @@ use crate::{
 /// A plain function returning the task (an `async fn` would store its arguments, the
 /// 144-byte socket included, twice in every idle connection's task).
 #[allow(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
-pub(super) fn run(shard: Rc<Shard>, mut stream: TcpStream) -> impl Future<Output = ()> {
+pub(super) fn run(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    serves: Serves,
+) -> impl Future<Output = ()> {
     async move {
         // The upgrade's state (request buffer, deadline timer) lives in its own
         // allocation, freed when the upgrade is done: this task lives as long as the
         // connection, and its size is paid by every idle socket.
-        let Some((registered, leftover)) = Box::pin(upgrade(&shard, &mut stream)).await else {
+        let Some((registered, leftover)) = Box::pin(upgrade(&shard, &mut stream, serves)).await
+        else {
             return;
         };
         let conn = registered.conn();
@@ -68,6 +73,7 @@ pub(super) fn run(shard: Rc<Shard>, mut stream: TcpStream) -> impl Future<Output
 async fn upgrade(
     shard: &Rc<Shard>,
     stream: &mut TcpStream,
+    serves: Serves,
 ) -> Option<(Registered, Option<Vec<u8>>)> {
     let peer = stream.peer_addr().ok();
     let ctx = &shard.ctx;
@@ -101,6 +107,11 @@ async fn upgrade(
         }
     };
     let (user, mode, accept_key, last_event_id, token) = match request {
+        Request::Upgrade { .. } if serves == Serves::ApiOnly => {
+            let reason = "this listener serves only /api/ (WebSockets are on `listen`)";
+            refuse(shard, stream, peer, handshake::Rejection { status: 404, reason }).await;
+            return None;
+        }
         Request::Upgrade { user, mode, accept_key, last_event_id, token } => {
             (user, mode, accept_key, last_event_id, token)
         }
@@ -128,7 +139,8 @@ async fn upgrade(
             return None;
         }
         Request::Api(head) => {
-            super::api::serve(shard, stream, head, leftover.unwrap_or_default()).await;
+            let elsewhere = serves == Serves::Everything && ctx.cfg.api_listen.0.is_some();
+            super::api::serve(shard, stream, head, leftover.unwrap_or_default(), elsewhere).await;
             return None;
         }
         Request::Reject(rejection) => {

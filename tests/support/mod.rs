@@ -72,6 +72,11 @@ impl TestServer {
         TestServer { server: Some(server), addr }
     }
 
+    /// The API-only listener's address (`api_listen`).
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.server.as_ref().and_then(|s| s.api_addr())
+    }
+
     /// `/healthz` as JSON.
     pub async fn health(&self) -> Value {
         health_of(self.addr).await
