@@ -45,7 +45,9 @@ fn args() -> Args {
             "--api-key" => a.api_key = value,
             "--mode" => a.mode = value,
             "--connections" => a.connections = value.parse().expect("--connections N"),
-            "--duration" => a.duration = Duration::from_secs_f64(value.parse().expect("--duration S")),
+            "--duration" => {
+                a.duration = Duration::from_secs_f64(value.parse().expect("--duration S"))
+            }
             other => panic!("unknown flag {other}"),
         }
     }
@@ -82,7 +84,11 @@ async fn api_client(args: &Args, until: Instant, i: usize) -> Histogram<u64> {
         }
         let mut body = vec![0; length];
         stream.read_exact(&mut body).await.unwrap();
-        assert!(body.starts_with(br#"{"id""#) || body.starts_with(br#"{"ok":true"#), "{}", String::from_utf8_lossy(&body));
+        assert!(
+            body.starts_with(br#"{"id""#) || body.starts_with(br#"{"ok":true"#),
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
         hist.record(sent.elapsed().as_micros() as u64).unwrap();
     }
     hist
@@ -118,7 +124,11 @@ async fn main() {
     let runs = (0..args.connections).map(|i| {
         let args = &args;
         async move {
-            if args.mode == "api" { api_client(args, until, i).await } else { ws_client(args, until, i).await }
+            if args.mode == "api" {
+                api_client(args, until, i).await
+            } else {
+                ws_client(args, until, i).await
+            }
         }
     });
     let mut total = Histogram::<u64>::new(3).unwrap();

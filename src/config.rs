@@ -743,6 +743,8 @@ config_options! {
     rate_limit_burst: Count = 200, env = "CORECAST_RATE_LIMIT_BURST";
     /// A connection over the message rate limit for this long (its bucket never refilled) is closed with 1008.
     rate_limit_close_after: HumanDuration = HumanDuration(Duration::from_secs(10)), env = "CORECAST_RATE_LIMIT_CLOSE_AFTER";
+    /// Simultaneous connections of one user across the cluster (0 = no limit); more get HTTP 429 before the upgrade. With Redis each upgrade of a new connection then costs one script call; while Redis is unreachable the limit is not enforced (connections are admitted and not counted).
+    max_connections_per_user: Count = 0, env = "CORECAST_MAX_CONNECTIONS_PER_USER";
     /// New connections per second from one IP address, node-wide (0 = no limit); more get HTTP 429 before the upgrade. Behind a proxy that hides client addresses, every client shares the proxy's.
     max_connects_per_ip: Count = 0, env = "CORECAST_MAX_CONNECTS_PER_IP";
 }

@@ -207,6 +207,7 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
                 history: crate::history::memory::HistorySettings::of(&cfg),
                 idempotency_window: cfg.idempotency_window.0,
                 delivery: cfg.delivery,
+                count_users: cfg.max_connections_per_user > 0,
             };
             let core = cpu.map(|id| core_affinity::CoreId { id });
             let (lane, thread) = bus::redis::spawn(

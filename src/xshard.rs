@@ -240,14 +240,15 @@ impl ConnectRate {
     }
 }
 
-/// Who is told how a publish went: a v1 connection, or a server-API request waiting on
-/// its shard (by ticket).
+/// Who is told how a bus command went: a v1 connection, or a task of the shard waiting
+/// for the answer by ticket (a server-API request, an upgrade waiting for its user's
+/// connection count).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Publisher {
     /// A v1 connection of the shard.
     Conn(ConnId),
-    /// An API request of the shard.
-    Api(u64),
+    /// A waiting task of the shard (`shard::api::ApiWaiters`).
+    Waiter(u64),
 }
 
 /// What a connection asked the bus for a stream's past events for.
@@ -391,6 +392,8 @@ pub struct ShardStats {
     pub rate_limit_closes: AtomicU64,
     /// Upgrades refused (429) by the per-IP connection rate.
     pub connects_limited: AtomicU64,
+    /// Upgrades refused (429) by the per-user connection limit.
+    pub user_limited: AtomicU64,
 }
 
 impl ShardStats {
@@ -519,7 +522,7 @@ impl ConnectionBudget {
 /// One slot of a [`ConnectionBudget`]; dropping it gives the slot back, so no path can
 /// forget to.
 #[derive(Debug)]
-pub struct BudgetSlot(Arc<ConnectionBudget>);
+pub(crate) struct BudgetSlot(Arc<ConnectionBudget>);
 
 impl Drop for BudgetSlot {
     fn drop(&mut self) {

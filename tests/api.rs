@@ -333,3 +333,50 @@ async fn the_api_on_its_own_listener() {
     assert_eq!(status, 404, "no upgrades on the API port: {body}");
     assert_eq!(http_get(api_addr, "/healthz").await.0, 200);
 }
+
+/// `max_connections_per_user` across nodes: the count is the cluster's; a node killed
+/// with -9 stops counting within 3 × the heartbeat timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_user_across_nodes() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let limited = |name: &'static str| {
+        let url = url.clone();
+        move |c: &mut corecast::Config| {
+            c.redis = RedisUrl(Some(url));
+            c.node_id = Name(name.into());
+            c.max_connections_per_user = 2;
+        }
+    };
+    let n1 = TestServer::start(limited("n1"));
+    n1.wait_health("bridge ready", |h| h["bridge"]["ready"] == true).await;
+    let doomed = ChildServer::start(&[
+        "--redis",
+        &url,
+        "--node-id",
+        "doomed",
+        "--shards",
+        "1",
+        "--max-connections-per-user",
+        "2",
+    ])
+    .await;
+    doomed.wait_health("bridge ready", |h| h["bridge"]["ready"] == true).await;
+    let _on1 = connect(n1.addr, "alice", false).await;
+    let _on_doomed = connect(doomed.addr, "alice", false).await;
+    for addr in [n1.addr, doomed.addr] {
+        assert_eq!(upgrade_status(addr, "alice").await, 429, "a third connection anywhere");
+    }
+    let _bob = connect(doomed.addr, "bob", false).await;
+    // The node dies without closing anything: its connection stops counting once its
+    // heartbeat is older than 3 × 1.5 s.
+    let mut doomed = doomed;
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+    let killed = std::time::Instant::now();
+    let admitted = poll_until(WAIT, "the dead node's connection stops counting", || async {
+        (upgrade_status(n1.addr, "alice").await == 101).then(|| killed.elapsed())
+    })
+    .await;
+    assert!(admitted < std::time::Duration::from_secs(6), "took {admitted:?}");
+}

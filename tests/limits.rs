@@ -233,3 +233,20 @@ async fn new_connections_per_ip_are_limited() {
     let h = health_from(server.addr, from(9)).await;
     assert_eq!(h["connects_limited"].as_u64(), Some(refused as u64), "{h}");
 }
+
+/// `max_connections_per_user` on one node: the third connection of a user gets 429,
+/// others are not affected, and a closed connection frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_user_on_one_node() {
+    let server = TestServer::start(|cfg| cfg.max_connections_per_user = 2);
+    let first = connect(server.addr, "alice", false).await;
+    let _second = connect(server.addr, "alice", true).await;
+    assert_eq!(upgrade_status(server.addr, "alice").await, 429);
+    let _bob = connect(server.addr, "bob", false).await;
+    drop(first);
+    poll_until(WAIT, "alice's closed connection frees its place", || async {
+        (upgrade_status(server.addr, "alice").await == 101).then_some(())
+    })
+    .await;
+    assert!(server.health().await["user_limited"].as_u64() >= Some(1));
+}

@@ -26,7 +26,9 @@ use std::{
 use glommio::sync::Semaphore;
 use tracing::debug;
 
-use super::{BusCommand, BusCommands, BusError, DONE_JSON, ReplayRequest, interest::InterestTable};
+use super::{
+    BusCommand, BusCommands, BusError, DONE_JSON, ReplayRequest, UserCount, interest::InterestTable,
+};
 use crate::{
     conn::command::published_json,
     history::{
@@ -156,6 +158,8 @@ struct Sequencer {
     history: MemoryHistory,
     /// Publish idempotency keys.
     idempotency: Idempotency,
+    /// Connections of the users this sequencer owns (`max_connections_per_user`).
+    user_counts: std::collections::HashMap<Box<str>, u64>,
 }
 
 impl Sequencer {
@@ -167,6 +171,7 @@ impl Sequencer {
             node,
             history: MemoryHistory::new(history, Instant::now()),
             idempotency: Idempotency::new(window, MAX_IDEMPOTENCY_KEYS),
+            user_counts: std::collections::HashMap::new(),
         }
     }
 
@@ -221,6 +226,28 @@ impl Sequencer {
                 let reply = if options.ack { receipt(id) } else { None };
                 Output { message, reply }
             }
+            BusCommand::CountUser { user, change } => match change {
+                UserCount::Admit { limit, reply_to: (shard, to) } => {
+                    let count = self.user_counts.entry(user).or_insert(0);
+                    let json = if *count < limit {
+                        *count += 1;
+                        super::admitted_json(true)
+                    } else {
+                        super::refused_json(*count)
+                    };
+                    let reply = ShardMessage::Reply { to, user: "".into(), json: json.into() };
+                    Output { message: None, reply: Some((shard, reply)) }
+                }
+                UserCount::Release => {
+                    if let Some(count) = self.user_counts.get_mut(&user) {
+                        *count = count.saturating_sub(1);
+                        if *count == 0 {
+                            self.user_counts.remove(&user);
+                        }
+                    }
+                    Output::default()
+                }
+            },
             BusCommand::Control { control, reply_to } => {
                 targets.extend((0..self.shards).map(ShardId));
                 let reply = reply_to.map(|(shard, to)| {

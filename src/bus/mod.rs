@@ -79,6 +79,14 @@ pub(crate) enum BusCommand {
     },
     /// A connection wants past events of a stream (recovery, `latest`, a history page).
     Replay(Box<ReplayRequest>),
+    /// A user's connection count (`max_connections_per_user`), kept by the user's
+    /// sequencer: the embedded owner shard, or Redis.
+    CountUser {
+        /// The user.
+        user: Box<str>,
+        /// Admit one more, or release one.
+        change: UserCount,
+    },
     /// A command for every node's connections (server API), answered `{"type":"done"}`
     /// once every node will apply it (with Redis: once published), or `unavailable`.
     Control {
@@ -110,6 +118,7 @@ impl BusCommand {
                 Route::Topic(name) | Route::Direct(name) => name,
             },
             BusCommand::Control { .. } => "",
+            BusCommand::CountUser { user, .. } => user,
             BusCommand::Interest { change, .. } => match change {
                 InterestChange::Gained(i) | InterestChange::Lost(i) => match i {
                     Interest::Topic(name) | Interest::User(name) => name,
@@ -117,6 +126,32 @@ impl BusCommand {
             },
         }
     }
+}
+
+/// A change of a user's connection count.
+#[derive(Debug)]
+pub(crate) enum UserCount {
+    /// One more connection if the user has fewer than `limit` across the cluster: answered
+    /// [`admitted_json`] (counted or, Redis being away, not) or [`refused_json`].
+    Admit {
+        /// The limit.
+        limit: u64,
+        /// The waiting upgrade.
+        reply_to: (ShardId, Publisher),
+    },
+    /// A counted connection closed.
+    Release,
+}
+
+/// The answer to an admitted [`UserCount::Admit`]; `counted: false` when the count could
+/// not be kept (Redis away: the limit is not enforced then).
+pub(crate) fn admitted_json(counted: bool) -> String {
+    format!(r#"{{"type":"admitted","counted":{counted}}}"#)
+}
+
+/// The answer to a refused [`UserCount::Admit`]: the user already has `connections`.
+pub(crate) fn refused_json(connections: u64) -> String {
+    format!(r#"{{"type":"refused","connections":{connections}}}"#)
 }
 
 /// The answer to a [`BusCommand::Control`] that every node will apply.
@@ -294,6 +329,20 @@ impl BusHandle {
     pub(crate) fn control(self: &Rc<Self>, control: ClusterControl, reply_to: Publisher) {
         let reply_to = Some((self.shard, reply_to));
         self.send_in_background(BusCommand::Control { control, reply_to });
+    }
+
+    /// Asks for one more connection of `user` under `limit`; the answer goes to the
+    /// waiter `ticket`. Never waits.
+    pub(crate) fn admit_user(self: &Rc<Self>, user: &str, limit: u64, ticket: u64) {
+        let reply_to = (self.shard, Publisher::Waiter(ticket));
+        let change = UserCount::Admit { limit, reply_to };
+        self.send_in_background(BusCommand::CountUser { user: user.into(), change });
+    }
+
+    /// A counted connection of `user` closed. Never waits.
+    pub(crate) fn release_user(self: &Rc<Self>, user: &str) {
+        let change = UserCount::Release;
+        self.send_in_background(BusCommand::CountUser { user: user.into(), change });
     }
 
     /// Sends `command` now, or through the lane's backlog task when the lane is full.

@@ -125,6 +125,53 @@ impl Shard {
     }
 }
 
+/// A connection counted in its user's cluster-wide count (`max_connections_per_user`);
+/// released when it drops (the registration holds it, so the count follows the
+/// connection's life).
+#[derive(Debug)]
+pub(crate) struct UserSlot {
+    shard: Rc<Shard>,
+    user: Box<str>,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        self.shard.bus.release_user(&self.user);
+    }
+}
+
+/// Why an upgrade was refused by the per-user limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UserAtLimit {
+    /// The user's connections across the cluster.
+    pub(crate) connections: u64,
+}
+
+impl Shard {
+    /// Asks the bus for one more connection of `user` under `limit`: a counted slot, no
+    /// slot (admitted without counting: Redis away, or no answer in time), or refused.
+    pub(super) async fn admit_user(
+        self: &Rc<Self>,
+        user: &str,
+        limit: u64,
+    ) -> Result<Option<UserSlot>, UserAtLimit> {
+        let (ticket, answer) = self.api_waiters.register();
+        self.bus.admit_user(user, limit, ticket.ticket);
+        let Ok(reply) = answer_of(&Waiting { _ticket: ticket, answer }).await else {
+            return Ok(None);
+        };
+        match reply.get("type").and_then(Value::as_str) {
+            Some("refused") => Err(UserAtLimit {
+                connections: reply.get("connections").and_then(Value::as_u64).unwrap_or(limit),
+            }),
+            _ if reply.get("counted") == Some(&Value::Bool(true)) => {
+                Ok(Some(UserSlot { shard: self.clone(), user: user.into() }))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
 /// Serves API requests on `stream`, the first one's head already read (`buffered` holds
 /// the bytes after it), until the client closes, asks to close, or idles past the
 /// handshake timeout.
@@ -334,7 +381,7 @@ struct Waiting {
 async fn start_publish(shard: &Rc<Shard>, publish: ApiPublish) -> Result<Waiting, ApiError> {
     let (ticket, answer) = shard.api_waiters.register();
     let ApiPublish { event, options } = publish;
-    let to = Publisher::Api(ticket.ticket);
+    let to = Publisher::Waiter(ticket.ticket);
     shard
         .bus
         .publish(event, options, Some(to))
@@ -385,7 +432,7 @@ async fn disconnect_everywhere(shard: &Rc<Shard>, d: ApiDisconnect) -> Result<Va
     let control =
         ClusterControl::Disconnect { user: d.user, code: d.code, reason: d.reason, until_ms };
     let (ticket, answer) = shard.api_waiters.register();
-    shard.bus.control(control, Publisher::Api(ticket.ticket));
+    shard.bus.control(control, Publisher::Waiter(ticket.ticket));
     let reply = answer_of(&Waiting { _ticket: ticket, answer }).await?;
     match reply.get("type").and_then(Value::as_str) {
         Some("done") => Ok(json!({"ok": true})),

@@ -252,7 +252,7 @@ impl Shard {
     pub fn add_detached(self: &Rc<Self>, user: &str, mode: Mode) -> table::Registered {
         let conn = Rc::new(Conn::new(-1, user.to_owned(), mode, None, &self.ctx, Instant::now()));
         let slot = self.budget.try_acquire().expect("a detached shard's budget is unlimited");
-        table::Registered::new(self, conn, slot)
+        table::Registered::new(self, conn, slot, None)
     }
 
     /// Forgets every queued frame and the dirty list (benchmarks of a detached shard).
@@ -473,7 +473,7 @@ impl Shard {
     fn reply_to(&self, to: Publisher, user: &str, json: &str) {
         let id = match to {
             Publisher::Conn(id) => id,
-            Publisher::Api(ticket) => {
+            Publisher::Waiter(ticket) => {
                 self.api_waiters.answer(ticket, json);
                 return;
             }

@@ -168,6 +168,20 @@ async fn upgrade(
         refuse(shard, stream, peer, rejection).await;
         return None;
     }
+    let user_slot = match ctx.cfg.max_connections_per_user {
+        0 => None,
+        limit if mode != Mode::Echo => match shard.admit_user(&user, limit as u64).await {
+            Ok(slot) => slot,
+            Err(at_limit) => {
+                ShardStats::add(&ctx.stats().user_limited, 1);
+                debug!(shard = %ctx.id, connections = at_limit.connections, "user at its connection limit");
+                let reason = "too many connections for this user";
+                refuse(shard, stream, peer, handshake::Rejection { status: 429, reason }).await;
+                return None;
+            }
+        },
+        _ => None,
+    };
     let slot = if shard.shutting_down.get() {
         Err("server shutting down")
     } else {
@@ -188,7 +202,7 @@ async fn upgrade(
     let conn = Rc::new(Conn::new(stream.as_raw_fd(), user, mode, auth, ctx, Instant::now()));
     let response = handshake::upgrade_response(&accept_key, mode, ctx.id.0);
     conn.push_handshake_response(Rc::new(SharedFrame::from(response)));
-    let registered = Registered::new(shard, conn, slot);
+    let registered = Registered::new(shard, conn, slot, user_slot);
     if let Some(since) = last_event_id.filter(|_| mode != Mode::Echo) {
         // Before any broadcast can reach it (no await since registering): the missed ones
         // come first, then live ones.

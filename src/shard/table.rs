@@ -18,7 +18,7 @@ use std::{
 
 use slab::Slab;
 
-use super::Shard;
+use super::{Shard, api::UserSlot};
 use crate::{
     conn::Conn,
     hub::ConnId,
@@ -75,11 +75,18 @@ pub struct Registered {
     conn: Rc<Conn>,
     /// The connection's slot of the node-wide budget; released when this drops.
     _slot: BudgetSlot,
+    /// Its place in its user's cluster-wide count; released when this drops.
+    _user_slot: Option<UserSlot>,
 }
 
 impl Registered {
     /// Registers `conn` on `shard`.
-    pub fn new(shard: &Rc<Shard>, conn: Rc<Conn>, slot: BudgetSlot) -> Registered {
+    pub(crate) fn new(
+        shard: &Rc<Shard>,
+        conn: Rc<Conn>,
+        slot: BudgetSlot,
+        user_slot: Option<UserSlot>,
+    ) -> Registered {
         shard.flusher.register_socket(conn.fd());
         let id = ConnId(shard.table.conns.borrow_mut().insert(conn.clone()) as u32);
         conn.set_id(id);
@@ -89,7 +96,7 @@ impl Registered {
         let stats = shard.ctx.stats();
         ShardStats::add(&stats.connections, 1);
         ShardStats::add(&stats.upgrades, 1);
-        Registered { shard: shard.clone(), conn, _slot: slot }
+        Registered { shard: shard.clone(), conn, _slot: slot, _user_slot: user_slot }
     }
 
     /// The connection.

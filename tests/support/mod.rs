@@ -245,6 +245,25 @@ pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> String {
     .await
 }
 
+/// The status of an upgrade of `/ws/{user}` (the response head only: a 101 leaves the
+/// connection open, and it is closed when this returns).
+pub async fn upgrade_status(addr: SocketAddr, user: &str) -> u16 {
+    within(WAIT, "upgrade status", async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(upgrade_request(user).as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                break;
+            }
+            head.push(byte[0]);
+        }
+        parse_http(&String::from_utf8_lossy(&head)).0
+    })
+    .await
+}
+
 /// `GET /healthz` from the source address `from` (another 127.0.0.x: not counted against
 /// the per-IP handshake cap of the clients under test).
 pub async fn health_from(addr: SocketAddr, from: std::net::IpAddr) -> Value {

@@ -37,6 +37,7 @@
 //!   same time — and answered behind the live events up to the node's position.
 
 pub(crate) mod history;
+pub(crate) mod user_count;
 pub(crate) mod wire;
 
 use std::{
@@ -130,6 +131,8 @@ pub(crate) struct BridgeSettings {
     pub idempotency_window: Duration,
     /// How stored events reach the node: Pub/Sub (with gap fill) or XREAD of the streams.
     pub delivery: DeliveryMode,
+    /// Keep users' connection counts in Redis (`max_connections_per_user` is set).
+    pub count_users: bool,
 }
 
 impl std::fmt::Debug for BridgeSettings {
@@ -318,6 +321,8 @@ struct Shared {
     reads: mpsc::UnboundedSender<ReadJob>,
     /// How stored events reach the node.
     delivery: DeliveryMode,
+    /// Users' connection counts; `None` without `max_connections_per_user`.
+    users: Option<user_count::UserCounts>,
 }
 
 impl Shared {
@@ -448,6 +453,13 @@ async fn run(
         replay_cache: RefCell::default(),
         reads: reads_tx,
         delivery: settings.delivery,
+        users: settings.count_users.then(|| {
+            user_count::UserCounts::new(
+                &settings.prefix,
+                &node.to_string(),
+                settings.heartbeat_timeout * 3,
+            )
+        }),
     });
     // Receivers first: nothing published after the connection is up is missed.
     let mut messages = subscriber.message_rx();
@@ -533,8 +545,13 @@ async fn run(
                 info!("Redis publisher connected");
                 // A Redis that restarted has forgotten the scripts (EVALSHA would fail
                 // with NOSCRIPT until they are loaded again).
-                let publisher = publisher.clone();
-                tokio::task::spawn_local(async move { load_scripts(&publisher).await });
+                let (shared, publisher) = (shared.clone(), publisher.clone());
+                tokio::task::spawn_local(async move {
+                    load_scripts(&publisher).await;
+                    if let Some(users) = &shared.users {
+                        users.rewrite(&publisher).await;
+                    }
+                });
             }
             done = reads_done.recv() => {
                 let Some(done) = done else { break 'bridge };
@@ -564,6 +581,14 @@ async fn run(
                         });
                     }
                 }
+                if connected && shared.users.is_some() {
+                    let (shared, publisher) = (shared.clone(), publisher.clone());
+                    tokio::task::spawn_local(async move {
+                        if let Some(users) = &shared.users {
+                            users.heartbeat(&publisher).await;
+                        }
+                    });
+                }
                 if connected {
                     let (publisher, channel) = (publisher.clone(), shared.channels.heartbeat().to_owned());
                     let beat = node.to_string();
@@ -583,6 +608,12 @@ async fn run(
                         publish(&shared, &jobs_tx, event, options, reply_to, &mut targets).await;
                     }
                     BusCommand::Replay(request) => replay_requested(&shared, *request).await,
+                    BusCommand::CountUser { user, change } => {
+                        let (shared, publisher) = (shared.clone(), publisher.clone());
+                        tokio::task::spawn_local(async move {
+                            count_user(&shared, &publisher, &user, change).await;
+                        });
+                    }
                     BusCommand::Control { control, reply_to } => {
                         let (shared, publisher) = (shared.clone(), publisher.clone());
                         tokio::task::spawn_local(async move {
@@ -914,6 +945,31 @@ async fn send_control(
         }
     };
     shared.deliver(&[shard], ShardMessage::Reply { to, user: "".into(), json }).await;
+}
+
+/// Admits or releases one connection of `user` (`max_connections_per_user`). While
+/// Redis is away an upgrade is admitted without being counted.
+async fn count_user(shared: &Shared, publisher: &Client, user: &str, change: super::UserCount) {
+    let Some(users) = &shared.users else { return };
+    match change {
+        super::UserCount::Release => users.release(publisher, user).await,
+        super::UserCount::Admit { limit, reply_to: (shard, to) } => {
+            let json = if shared.ready() {
+                match users.admit(publisher, user, limit).await {
+                    Ok(user_count::Admission::Counted(_)) => super::admitted_json(true),
+                    Ok(user_count::Admission::Refused(n)) => super::refused_json(n),
+                    Err(why) => {
+                        debug!(cause = %why, "could not count a user's connection: admitted uncounted");
+                        super::admitted_json(false)
+                    }
+                }
+            } else {
+                super::admitted_json(false)
+            };
+            let reply = ShardMessage::Reply { to, user: "".into(), json: json.into() };
+            shared.deliver(&[shard], reply).await;
+        }
+    }
 }
 
 /// Reads the blocks hash and applies every block still running (expired ones are
