@@ -89,6 +89,27 @@ impl std::fmt::Debug for WakerSlot {
     }
 }
 
+/// A connection's in-flight frame and message reassembly: a `Cell`, because it is only
+/// ever taken out and put back, never borrowed (8 bytes where a `RefCell` takes 16).
+#[derive(Default)]
+struct InboundSlot(Cell<Option<Box<Inbound>>>);
+
+impl InboundSlot {
+    fn take(&self) -> Option<Box<Inbound>> {
+        self.0.take()
+    }
+
+    fn set(&self, inbound: Option<Box<Inbound>>) {
+        self.0.set(inbound);
+    }
+}
+
+impl std::fmt::Debug for InboundSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InboundSlot")
+    }
+}
+
 /// One upgraded WebSocket connection, owned by its shard's table. `repr(C)`: the fields
 /// that the fan-out touches for every frame (the state's queue and phase, the dirty flag)
 /// come first, so queueing a frame touches as few cache lines as possible.
@@ -113,15 +134,24 @@ pub struct Conn {
     /// The connection task's waker; woken when the task has something to do.
     waker: WakerSlot,
     /// Partial frame and message reassembly (`None` while idle: no memory).
-    inbound: RefCell<Option<Box<Inbound>>>,
+    inbound: InboundSlot,
     /// Events decoded from the client, waiting for the bus (published by the task, which
     /// may wait for room: that pauses this client's reads, nobody else's).
     pending_events: RefCell<Vec<(Event, PublishOptions)>>,
-    /// What the connection may do and until when; `None` when nothing is checked
-    /// (authentication off, default permissions open): no memory, no check.
-    auth: Option<Box<RefCell<ConnAuth>>>,
-    /// The inbound message rate limit's bucket; `None` when the limit is off.
-    bucket: Option<Box<RefCell<rate::TokenBucket>>>,
+    /// What the connection may do, until when, and how fast it may send; `None` when
+    /// nothing is checked (authentication off, default permissions open, no rate limit):
+    /// no memory, no check. One pointer for both keeps an idle `Conn` in its allocator
+    /// size class.
+    rules: Option<Box<ConnRules>>,
+}
+
+/// A connection's rules, boxed together (see [`Conn`]'s `rules`).
+#[derive(Debug)]
+struct ConnRules {
+    /// Expiry and permissions (`None`: everything allowed, nothing expires).
+    auth: Option<RefCell<ConnAuth>>,
+    /// The inbound message rate limit's bucket (`None`: no limit).
+    bucket: Option<RefCell<rate::TokenBucket>>,
 }
 
 impl Conn {
@@ -144,12 +174,15 @@ impl Conn {
             dirty: Cell::new(false),
             write_blocked: Cell::new(false),
             waker: WakerSlot::default(),
-            inbound: RefCell::default(),
+            inbound: InboundSlot::default(),
             pending_events: RefCell::default(),
-            auth: auth.map(|a| Box::new(RefCell::new(*a))),
-            bucket: ctx
-                .rate_limit
-                .map(|limit| Box::new(RefCell::new(rate::TokenBucket::new(&limit, ctx.now_ms())))),
+            rules: {
+                let auth = auth.map(|a| RefCell::new(*a));
+                let bucket = ctx
+                    .rate_limit
+                    .map(|limit| RefCell::new(rate::TokenBucket::new(&limit, ctx.now_ms())));
+                (auth.is_some() || bucket.is_some()).then(|| Box::new(ConnRules { auth, bucket }))
+            },
         }
     }
 
@@ -272,7 +305,8 @@ impl Conn {
 
     /// Takes one inbound message from the rate limit (always passes when it is off).
     pub(crate) fn take_message(&self, ctx: &ShardContext) -> rate::Verdict {
-        match (&self.bucket, &ctx.rate_limit) {
+        let bucket = self.rules.as_ref().and_then(|r| r.bucket.as_ref());
+        match (bucket, &ctx.rate_limit) {
             (Some(bucket), Some(limit)) => bucket.borrow_mut().take(limit, ctx.now_ms()),
             _ => rate::Verdict::Pass,
         }
@@ -280,13 +314,13 @@ impl Conn {
 
     /// Whether the connection may do `action` (always, when it has no rules).
     pub(crate) fn permits(&self, action: Action<'_>) -> bool {
-        self.auth.as_ref().is_none_or(|a| a.borrow().permits(action))
+        self.auth().is_none_or(|a| a.borrow().permits(action))
     }
 
     /// The connection's rules, for `refresh` and subscription tokens (`None` when it has
     /// none: authentication off, default permissions open).
     pub(crate) fn auth(&self) -> Option<&RefCell<ConnAuth>> {
-        self.auth.as_deref()
+        self.rules.as_ref().and_then(|r| r.auth.as_ref())
     }
 
     /// Runs the token expiry rules at `now_ms` (Unix milliseconds): warns a v1 client
@@ -297,7 +331,7 @@ impl Conn {
         now_ms: u64,
         grace_ms: u64,
     ) -> bool {
-        let Some(auth) = &self.auth else { return false };
+        let Some(auth) = self.auth() else { return false };
         let step = auth.borrow_mut().poll_expiry(now_ms, grace_ms, self.mode == Mode::V1);
         match step {
             ExpiryStep::Nothing => false,

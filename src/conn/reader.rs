@@ -405,14 +405,14 @@ pub(crate) fn handle_input(
 ) {
     // An idle connection keeps no reader state: it is taken out of its box (or made
     // fresh) for this read, and boxed again only while a frame or message is in flight.
-    let taken = conn.inbound.borrow_mut().take();
+    let taken = conn.inbound.take();
     let mut inbound = taken.map_or_else(Inbound::default, |b| *b);
     let result = inbound.feed(&ctx.decoder, &ctx.inbound_limits, data, &mut |frame| {
         handle_frame(ctx, conn, subs, frame)
     });
     match result {
         Ok(()) if inbound.is_idle() => {}
-        Ok(()) => *conn.inbound.borrow_mut() = Some(Box::new(inbound)),
+        Ok(()) => conn.inbound.set(Some(Box::new(inbound))),
         Err(v) => {
             ShardStats::add(&ctx.stats().protocol_closes, 1);
             tracing::debug!(shard = %ctx.id, conn = conn.id().0, code = v.code, cause = v.reason, "closing for protocol violation");

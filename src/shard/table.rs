@@ -31,6 +31,9 @@ pub(super) struct ConnTable {
     conns: RefCell<Slab<Rc<Conn>>>,
     /// Tasks waiting for the table to become empty (shutdown).
     empty_waiters: RefCell<Vec<Waker>>,
+    /// The places in their users' cluster-wide counts of the connections that have one
+    /// (`max_connections_per_user`), released when they unregister.
+    user_slots: RefCell<std::collections::HashMap<ConnId, UserSlot>>,
 }
 
 impl ConnTable {
@@ -75,8 +78,6 @@ pub struct Registered {
     conn: Rc<Conn>,
     /// The connection's slot of the node-wide budget; released when this drops.
     _slot: BudgetSlot,
-    /// Its place in its user's cluster-wide count; released when this drops.
-    _user_slot: Option<UserSlot>,
 }
 
 impl Registered {
@@ -96,7 +97,12 @@ impl Registered {
         let stats = shard.ctx.stats();
         ShardStats::add(&stats.connections, 1);
         ShardStats::add(&stats.upgrades, 1);
-        Registered { shard: shard.clone(), conn, _slot: slot, _user_slot: user_slot }
+        if let Some(user_slot) = user_slot {
+            // Kept by the table, not in this guard: the guard lives in every idle
+            // connection's task, and only connections under a per-user limit have a slot.
+            shard.table.user_slots.borrow_mut().insert(id, user_slot);
+        }
+        Registered { shard: shard.clone(), conn, _slot: slot }
     }
 
     /// The connection.
@@ -119,6 +125,8 @@ impl Drop for Registered {
             shard.bus.change_interest(change);
         }
         shard.table.conns.borrow_mut().try_remove(id.0 as usize);
+        // Its place in its user's count is released (`UserSlot`'s drop).
+        shard.table.user_slots.borrow_mut().remove(&id);
         // Before the socket closes: the ring's file table holds a reference to it.
         shard.flusher.unregister_socket(conn.fd());
         shard.ctx.stats().connections.fetch_sub(1, Ordering::Relaxed);
