@@ -24,5 +24,6 @@ pub fn idle_connection_sizes() -> Vec<(&'static str, usize)> {
         ("  ConnState", size_of::<crate::conn::state::ConnState>()),
         ("  OutQueue (in ConnState)", size_of::<crate::conn::writer::OutQueue>()),
         ("Inbound (boxed, only mid-frame)", size_of::<crate::conn::reader::Inbound>()),
+        ("ConnRules (boxed, only with auth or a rate limit)", crate::conn::rules_size()),
     ]
 }

@@ -145,6 +145,12 @@ pub struct Conn {
     rules: Option<Box<ConnRules>>,
 }
 
+/// Size of a connection's boxed rules (with authentication or a rate limit on), before
+/// the heap parts of its permissions (one boxed string per pattern).
+pub(crate) fn rules_size() -> usize {
+    std::mem::size_of::<ConnRules>()
+}
+
 /// A connection's rules, boxed together (see [`Conn`]'s `rules`).
 #[derive(Debug)]
 struct ConnRules {

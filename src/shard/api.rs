@@ -249,15 +249,14 @@ async fn next_head(
     }
 }
 
+/// Reads what the socket has into the end of `buffered` (at most 16 KiB); 0 at EOF or
+/// on an error.
 async fn read_more(stream: &mut TcpStream, buffered: &mut Vec<u8>) -> usize {
-    let mut chunk = [0u8; 16 << 10];
-    match stream.read(&mut chunk).await {
-        Ok(n) => {
-            buffered.extend_from_slice(&chunk[..n]);
-            n
-        }
-        Err(_) => 0,
-    }
+    let filled = buffered.len();
+    buffered.resize(filled + (16 << 10), 0);
+    let n = stream.read(&mut buffered[filled..]).await.unwrap_or(0);
+    buffered.truncate(filled + n);
+    n
 }
 
 /// One request: checks, body, execution. `Err(Some)` is an error answered before the

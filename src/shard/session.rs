@@ -140,7 +140,9 @@ async fn upgrade(
         }
         Request::Api(head) => {
             let elsewhere = serves == Serves::Everything && ctx.cfg.api_listen.0.is_some();
-            super::api::serve(shard, stream, head, leftover.unwrap_or_default(), elsewhere).await;
+            // Boxed: only API connections pay for its state, not every upgrade.
+            let buffered = leftover.unwrap_or_default();
+            Box::pin(super::api::serve(shard, stream, head, buffered, elsewhere)).await;
             return None;
         }
         Request::Reject(rejection) => {
@@ -170,16 +172,18 @@ async fn upgrade(
     }
     let user_slot = match ctx.cfg.max_connections_per_user {
         0 => None,
-        limit if mode != Mode::Echo => match shard.admit_user(&user, limit as u64).await {
-            Ok(slot) => slot,
-            Err(at_limit) => {
-                ShardStats::add(&ctx.stats().user_limited, 1);
-                debug!(shard = %ctx.id, connections = at_limit.connections, "user at its connection limit");
-                let reason = "too many connections for this user";
-                refuse(shard, stream, peer, handshake::Rejection { status: 429, reason }).await;
-                return None;
+        limit if mode != Mode::Echo => {
+            match Box::pin(shard.admit_user(&user, limit as u64)).await {
+                Ok(slot) => slot,
+                Err(at_limit) => {
+                    ShardStats::add(&ctx.stats().user_limited, 1);
+                    debug!(shard = %ctx.id, connections = at_limit.connections, "user at its connection limit");
+                    let reason = "too many connections for this user";
+                    refuse(shard, stream, peer, handshake::Rejection { status: 429, reason }).await;
+                    return None;
+                }
             }
-        },
+        }
         _ => None,
     };
     let slot = if shard.shutting_down.get() {
