@@ -61,6 +61,10 @@
 //!   `bus::interest` is the pure interest table both use.
 //! - `xshard` (any thread): every type that crosses threads — deliveries, inbox
 //!   messages, interest changes, node counters, the connection budget.
+//! - `api` (shard threads, pure): the server API's requests (`/api/...` heads, JSON
+//!   bodies → calls, errors naming the field) and responses; `shard::api` executes them
+//!   through the bus, waits for receipts by ticket, and applies cluster commands
+//!   (disconnect, blocks) to the shard's connections.
 //! - `auth` (main thread builds it, shards use it; pure): token verification (JWT via
 //!   `jsonwebtoken`) and the permissions a token grants; `conn::auth` is one connection's
 //!   rules (expiry, permissions, subscription-token grants). `topic_pattern` is the `*`
