@@ -205,7 +205,10 @@ async fn the_token_matrix() {
 /// `token_expired` then Close 1008 within the grace, and a seed client only the Close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_and_expiry() {
-    let grace = Duration::from_secs(1);
+    let grace = Duration::from_secs(2);
+    // What the client may see beyond the grace: the sweep's jitter and the delivery of the
+    // Close on a loaded CI machine.
+    let slack = Duration::from_millis(700);
     let node = TestServer::start(|c| {
         c.jwt_secret.0 = Some(SECRET.into());
         c.token_expiry_grace.0 = grace;
@@ -243,8 +246,8 @@ async fn refresh_and_expiry() {
     assert_eq!(u16::from(close.code), 1008);
     assert_eq!(close.reason.as_str(), "token expired");
     let late = SystemTime::now().duration_since(expired_at).unwrap_or_default();
-    assert!(late <= grace + Duration::from_millis(300), "closed {late:?} after expiry");
-    assert!(warned.elapsed() < grace + Duration::from_millis(300));
+    assert!(late <= grace + slack, "closed {late:?} after expiry");
+    assert!(warned.elapsed() < grace + slack);
     let close = seed.recv_close().await.expect("a close frame");
     assert_eq!(u16::from(close.code), 1008);
 
