@@ -13,6 +13,30 @@ pub use crate::{
     xshard::{Delivery, NodeId, NodeStats, Route},
 };
 
+/// The node's token verifier, for benchmarks of the cost of authentication per upgrade.
+#[derive(Debug)]
+pub struct TokenVerifier(crate::auth::Verifier);
+
+impl TokenVerifier {
+    /// A verifier for an HS256 secret and/or a PEM public key (as `jwt_secret` and
+    /// `jwt_public_key` configure it).
+    ///
+    /// # Panics
+    /// On a key the node would refuse to start with.
+    pub fn new(secret: Option<&[u8]>, public_key_pem: Option<&[u8]>) -> TokenVerifier {
+        let verifier =
+            crate::auth::Verifier::new(secret, public_key_pem, crate::auth::Permissions::closed())
+                .expect("a usable key")
+                .expect("a key");
+        TokenVerifier(verifier)
+    }
+
+    /// Whether `token` admits `user` at `now` (Unix seconds), as an upgrade checks it.
+    pub fn admits(&self, token: &str, user: &str, now: u64) -> bool {
+        self.0.connection(Some(token), user, now).is_ok()
+    }
+}
+
 /// The sizes that make up the memory of an idle connection, in bytes: the connection
 /// task's future, the glommio stream, the `Conn` (in an `Rc`) and its parts.
 pub fn idle_connection_sizes() -> Vec<(&'static str, usize)> {
