@@ -120,6 +120,54 @@ pub fn command(data: &[u8]) {
     }
 }
 
+/// The server API's body parser: never panics; the first byte picks the endpoint (one of
+/// the five, or an unknown one), the rest is the body. Whatever it accepts is a valid
+/// call: valid topics, users and senders, batch sizes within the limit, Close codes in
+/// 4000–4999, idempotency keys scoped to their endpoint.
+pub fn api_body(data: &[u8]) {
+    use crate::{
+        api::{self, ApiCall, MAX_BATCH},
+        conn::command::{is_valid_topic, is_valid_user_id},
+        xshard::Route,
+    };
+    let Some((&pick, body)) = data.split_first() else { return };
+    let endpoint =
+        ["publish", "broadcast", "direct", "batch", "disconnect", "nope"][pick as usize % 6];
+    let check_publish = |p: &api::ApiPublish| {
+        assert!(is_valid_user_id(&p.event.sender), "{:?}", p.event.sender);
+        match &p.event.route {
+            Route::Topic(t) => assert!(is_valid_topic(t)),
+            Route::Direct(u) => assert!(is_valid_user_id(u)),
+            Route::Broadcast => {}
+        }
+        assert!(p.options.ack);
+        if let Some(key) = &p.options.idempotency_key {
+            assert!(key.starts_with("api."), "{key}");
+        }
+    };
+    match api::parse_call(endpoint, body) {
+        Ok(ApiCall::Publish(p)) => check_publish(&p),
+        Ok(ApiCall::Batch(calls)) => {
+            assert!((1..=MAX_BATCH).contains(&calls.len()));
+            for call in calls {
+                match call {
+                    Ok(p) => check_publish(&p),
+                    Err(e) => assert_eq!(e.status, 400),
+                }
+            }
+        }
+        Ok(ApiCall::Disconnect(d)) => {
+            assert!(is_valid_user_id(&d.user));
+            assert!((4000..=4999).contains(&d.code));
+            assert!(d.reason.len() <= api::MAX_CLOSE_REASON);
+        }
+        Err(e) => {
+            assert!(matches!(e.status, 400 | 404), "{e:?}");
+            assert!(serde_json::from_str::<serde_json::Value>(&e.to_body()).is_ok());
+        }
+    }
+}
+
 /// The outbound queue (the single writer per socket): a random sequence of pushes,
 /// partial writes and slow-consumer drops, checked against a plain byte model. The
 /// bytes that leave must be exactly whole frames in order, except that a drop only

@@ -36,3 +36,8 @@ fn command_corpus() {
 fn out_queue_corpus() {
     replay("out_queue", corecast::fuzz_harness::out_queue);
 }
+
+#[test]
+fn api_body_corpus() {
+    replay("api_body", corecast::fuzz_harness::api_body);
+}
