@@ -459,3 +459,42 @@ async fn secrets_are_never_shown() {
         assert!(!logs.contains(hidden), "{hidden} appears in the logs:\n{logs}");
     }
 }
+
+/// A subscription token's `exp` ends the subscription it granted (the client is told);
+/// subscribing again with a later token before then extends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_tokens_expire() {
+    let node = TestServer::start(|c| c.jwt_secret.0 = Some(SECRET.into()));
+    let t = now();
+    let connect_as = |user: &'static str| {
+        let token = hs256(&json!({"sub":user,"exp":t + 600}));
+        async move { connect_with(node.addr, user, &token, true, false).await }
+    };
+    let mut lapses = connect_as("lapses").await;
+    let mut renews = connect_as("renews").await;
+    let admin_claims =
+        json!({"sub":"admin","exp":t + 600,"channels":{"publish":["vip"],"direct":true}});
+    let mut admin = connect_with(node.addr, "admin", &hs256(&admin_claims), true, false).await;
+    let vip = |sub: &str, exp: u64| hs256(&json!({"sub":sub,"exp":exp,"channel":"vip"}));
+    for (c, user) in [(&mut lapses, "lapses"), (&mut renews, "renews")] {
+        c.send_json(json!({"op":"subscribe","topic":"vip","token":vip(user, t + 2)})).await;
+        assert_eq!(c.recv_json().await, json!({"type":"subscribed","topic":"vip"}));
+    }
+    renews.send_json(json!({"op":"subscribe","topic":"vip","token":vip("renews", t + 600)})).await;
+    assert_eq!(renews.recv_json().await, json!({"type":"subscribed","topic":"vip"}));
+    assert_eq!(
+        lapses.recv_json().await,
+        json!({"type":"unsubscribed","topic":"vip","reason":"subscription token expired"})
+    );
+    admin.send_json(json!({"op":"publish","topic":"vip","data":"after"})).await;
+    admin.send_json(json!({"op":"direct","to":"lapses","data":"marker"})).await;
+    assert_eq!(without_id(renews.recv_json().await)["data"], "after", "the renewed grant holds");
+    assert_eq!(
+        without_id(lapses.recv_json().await),
+        json!({"type":"direct","sender":"admin","data":"marker"}),
+        "nothing of vip after the grant ended"
+    );
+    lapses.send_json(json!({"op":"subscribe","topic":"vip"})).await;
+    let reply = lapses.recv_json().await;
+    assert_eq!(reply["code"], "forbidden", "{reply}");
+}

@@ -41,8 +41,9 @@ pub(crate) struct ConnAuth {
     /// The token's `exp` in Unix seconds (`u64::MAX` without a token).
     exp: u64,
     permissions: Permissions,
-    /// Topics granted by subscription tokens (beyond `permissions`).
-    granted: Vec<Box<str>>,
+    /// Topics granted by subscription tokens (beyond `permissions`), with the token's
+    /// `exp` (Unix seconds).
+    granted: Vec<(Box<str>, u64)>,
     /// `token_expired` was sent (v1), the close is due at the end of the grace.
     warned: bool,
 }
@@ -70,7 +71,8 @@ impl ConnAuth {
     pub(crate) fn permits(&self, action: Action<'_>) -> bool {
         match action {
             Action::Subscribe(topic) => {
-                self.permissions.may_subscribe(topic) || self.granted.iter().any(|t| **t == *topic)
+                self.permissions.may_subscribe(topic)
+                    || self.granted.iter().any(|(t, _)| **t == *topic)
             }
             Action::Publish(topic) => self.permissions.may_publish(topic),
             Action::Broadcast => self.permissions.may_broadcast(),
@@ -78,17 +80,35 @@ impl ConnAuth {
         }
     }
 
-    /// Records that a subscription token granted `topic`. `false` when the connection
-    /// already holds [`MAX_GRANTED_TOPICS`] grants.
-    pub(crate) fn grant(&mut self, topic: &str) -> bool {
-        if self.granted.iter().any(|t| **t == *topic) {
+    /// Records that a subscription token granted `topic` until `exp` (a later token for
+    /// the same topic extends it). `false` when the connection already holds
+    /// [`MAX_GRANTED_TOPICS`] grants.
+    pub(crate) fn grant(&mut self, topic: &str, exp: u64) -> bool {
+        if let Some((_, until)) = self.granted.iter_mut().find(|(t, _)| **t == *topic) {
+            *until = (*until).max(exp);
             return true;
         }
         if self.granted.len() >= MAX_GRANTED_TOPICS {
             return false;
         }
-        self.granted.push(topic.into());
+        self.granted.push((topic.into(), exp));
         true
+    }
+
+    /// Removes and returns the grants whose token expired by `now_ms` (Unix ms) for
+    /// topics the connection's own permissions do not cover: their subscriptions end.
+    pub(crate) fn take_expired_grants(&mut self, now_ms: u64) -> Vec<Box<str>> {
+        let expired = |exp: u64| now_ms >= exp.saturating_add(1).saturating_mul(1000);
+        if !self.granted.iter().any(|(_, exp)| expired(*exp)) {
+            return Vec::new();
+        }
+        let (gone, kept): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.granted).into_iter().partition(|(_, exp)| expired(*exp));
+        self.granted = kept;
+        gone.into_iter()
+            .map(|(topic, _)| topic)
+            .filter(|topic| !self.permissions.may_subscribe(topic))
+            .collect()
     }
 
     /// Takes a refreshed token (already verified for this connection's user): it must
@@ -148,14 +168,20 @@ mod tests {
         assert!(!a.permits(Action::Publish("chat.x")));
         assert!(!a.permits(Action::Broadcast));
         assert!(a.permits(Action::Direct));
-        assert!(a.grant("vip"));
+        assert!(a.grant("vip", 50));
         assert!(a.permits(Action::Subscribe("vip")));
         assert!(!a.permits(Action::Publish("vip")), "a grant is for subscribing only");
+        assert!(a.grant("chat.x", 50), "a grant for a topic the claim covers");
+        assert!(a.take_expired_grants(50_999).is_empty(), "valid through exp");
+        assert!(a.grant("vip", 60), "a later token extends the grant");
+        assert!(a.take_expired_grants(51_000).is_empty(), "vip extended; chat.x covered anyway");
+        assert_eq!(a.take_expired_grants(61_000), vec![Box::<str>::from("vip")]);
+        assert!(!a.permits(Action::Subscribe("vip")));
         for i in 0..MAX_GRANTED_TOPICS {
-            a.grant(&format!("t{i}"));
+            a.grant(&format!("t{i}"), 100);
         }
-        assert!(!a.grant("one-more"));
-        assert!(a.grant("vip"), "an existing grant is still fine");
+        assert!(!a.grant("one-more", 100));
+        assert!(a.grant("t1", 100), "an existing grant is still fine");
     }
 
     #[test]

@@ -361,6 +361,12 @@ impl Conn {
         }
     }
 
+    /// The topics whose subscription token expired by `now_ms` (Unix ms): the caller
+    /// ends those subscriptions.
+    pub(crate) fn take_expired_grants(&self, now_ms: u64) -> Vec<Box<str>> {
+        self.auth().map(|a| a.borrow_mut().take_expired_grants(now_ms)).unwrap_or_default()
+    }
+
     /// Events decoded since the last call, in order.
     pub fn take_events(&self) -> Vec<(Event, PublishOptions)> {
         std::mem::take(&mut *self.pending_events.borrow_mut())

@@ -611,7 +611,8 @@ fn authorize_subscribe(
     topic: &str,
     token: Option<&str>,
 ) -> Result<(), command::CommandError> {
-    if conn.permits(Action::Subscribe(topic)) {
+    // A token is always checked when given (it may extend an earlier grant).
+    if token.is_none() && conn.permits(Action::Subscribe(topic)) {
         return Ok(());
     }
     let refuse = |code, message: String| {
@@ -622,7 +623,7 @@ fn authorize_subscribe(
         return refuse("forbidden", format!("not allowed to subscribe to topic \"{topic}\""));
     };
     match verifier.subscription(token, conn.user(), topic, unix_now()) {
-        Ok(_exp) if auth.borrow_mut().grant(topic) => Ok(()),
+        Ok(exp) if auth.borrow_mut().grant(topic, exp) => Ok(()),
         Ok(_) => refuse("forbidden", "too many topics granted by subscription tokens".into()),
         Err(failure) => {
             refuse("invalid_token", format!("subscription token refused: {}", failure.message()))

@@ -98,6 +98,19 @@ impl Blocks {
 }
 
 impl Shard {
+    /// Ends `conn`'s subscription to `topic`, whose subscription token expired, and tells
+    /// the client `{"type":"unsubscribed","topic":T,"reason":"subscription token expired"}`.
+    pub(super) fn end_expired_subscription(&self, conn: &Rc<crate::conn::Conn>, topic: &str) {
+        use crate::conn::Subscriptions;
+        self.unsubscribe(conn.id(), topic);
+        let json = serde_json::json!({
+            "type": "unsubscribed",
+            "topic": topic,
+            "reason": "subscription token expired",
+        });
+        conn.enqueue(&self.ctx, &Rc::new(crate::frame::encode_text(&json.to_string())));
+    }
+
     /// Applies a cluster command to this shard's connections.
     pub(super) fn apply_control(&self, control: &ClusterControl) {
         match control {

@@ -7,7 +7,8 @@
 //! instead of bursting. The frames are encoded once per shard.
 //!
 //! With authentication on, the same sweep applies token expiry (`conn::auth`): a v1
-//! client is told `token_expired`, and closed with 1008 when the grace has passed.
+//! client is told `token_expired`, and closed with 1008 when the grace has passed; a
+//! subscription whose subscription token expired ends (`unsubscribed` with a reason).
 //!
 //! A connection whose Pong has not arrived `pong_timeout` after our Ping is closed with
 //! 1008: this is how a peer that vanished without a FIN is detected.
@@ -49,13 +50,21 @@ pub(super) async fn run(shard: Rc<Shard>) {
         let mut queued = 0u64;
         let mut timeouts = 0u64;
         let mut expired = 0u64;
+        let mut ended = Vec::new();
         shard.table.for_each(|conn| {
             queued += conn.state().out().bytes() as u64;
             timeouts += u64::from(conn.handle_heartbeat(&shard.ctx, now));
             if tokens {
                 expired += u64::from(conn.handle_token_expiry(&shard.ctx, now_ms, grace_ms));
+                for topic in conn.take_expired_grants(now_ms) {
+                    ended.push((conn.clone(), topic));
+                }
             }
         });
+        // Outside the table's borrow: unsubscribing changes the shard's indexes.
+        for (conn, topic) in ended {
+            shard.end_expired_subscription(&conn, &topic);
+        }
         shard.flush_dirty();
         let stats = shard.ctx.stats();
         stats.queued_bytes.store(queued, Ordering::Relaxed);
