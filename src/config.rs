@@ -749,6 +749,31 @@ config_options! {
     max_connects_per_ip: Count = 0, env = "CORECAST_MAX_CONNECTS_PER_IP";
 }
 
+/// A secret given inline (option `name`) or in a file (`<name>_file`): its bytes, the
+/// file's without its trailing line end (editors add one). `None` with neither.
+///
+/// # Errors
+/// Both set, or the file cannot be read — naming the option.
+pub(crate) fn secret_bytes(
+    inline: &Secret,
+    file: &OptionalPath,
+    name: &str,
+) -> std::result::Result<Option<Vec<u8>>, String> {
+    match (&inline.0, &file.0) {
+        (Some(_), Some(_)) => Err(format!("{name} and {name}_file: set one, not both")),
+        (Some(secret), None) => Ok(Some(secret.clone().into_bytes())),
+        (None, Some(path)) => {
+            let mut bytes =
+                std::fs::read(path).map_err(|e| format!("{name}_file {}: {e}", path.display()))?;
+            while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                bytes.pop();
+            }
+            Ok(Some(bytes))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 /// Largest accepted user id, in bytes (ids are `[A-Za-z0-9_.-]`).
 pub const MAX_USER_ID_LEN: usize = 64;
 /// Largest accepted topic name, in bytes (names are `[A-Za-z0-9_.:/-]`).
@@ -854,15 +879,10 @@ impl Config {
     /// # Errors
     /// Both `api_key` and `api_key_file` set, an unreadable file, or an empty key.
     pub(crate) fn api_key(&self) -> std::result::Result<Option<String>, String> {
-        let key = match (&self.api_key.0, &self.api_key_file.0) {
-            (Some(_), Some(_)) => return Err("api_key and api_key_file: set one, not both".into()),
-            (Some(key), None) => key.clone(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| format!("api_key_file {}: {e}", path.display()))?
-                .trim_end_matches(['\r', '\n'])
-                .to_owned(),
-            (None, None) => return Ok(None),
+        let Some(key) = secret_bytes(&self.api_key, &self.api_key_file, "api_key")? else {
+            return Ok(None);
         };
+        let key = String::from_utf8(key).map_err(|_| "api_key_file: not UTF-8".to_owned())?;
         if key.is_empty() {
             return Err("the API key is empty".into());
         }

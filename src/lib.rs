@@ -91,6 +91,7 @@ mod conn;
 mod event;
 mod frame;
 mod history;
+mod http;
 mod hub;
 mod server;
 mod shard;

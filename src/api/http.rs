@@ -38,10 +38,8 @@ impl ApiHead {
                 (Some(n), None) => n.trim().parse().map(Some).map_err(|_| "invalid Content-Length"),
             }
         };
-        let bearer = values("authorization").next().and_then(|v| {
-            let (scheme, rest) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().to_owned())
-        });
+        let bearer =
+            values("authorization").next().and_then(crate::http::bearer_token).map(str::to_owned);
         let close = values("connection")
             .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
         ApiHead {
@@ -56,19 +54,7 @@ impl ApiHead {
 
 /// A complete JSON response; `keep_alive` says whether the connection stays open.
 pub(crate) fn response(status: u16, body: &str, keep_alive: bool) -> Vec<u8> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        503 => "Service Unavailable",
-        _ => "Error",
-    };
+    let reason = crate::http::reason_phrase(status);
     let extra = match status {
         401 => "WWW-Authenticate: Bearer\r\n",
         405 => "Allow: POST\r\n",

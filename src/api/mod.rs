@@ -20,7 +20,7 @@ use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::value::RawValue;
 
 use crate::{
-    conn::command::{is_valid_topic, is_valid_user_id},
+    conn::command::{is_valid_idempotency_key, is_valid_topic, is_valid_user_id},
     event::{Event, Payload, PublishOptions},
     xshard::Route,
 };
@@ -274,9 +274,7 @@ fn publish_of(kind: Kind, body: &[u8], path: &str) -> Result<ApiPublish, ApiErro
     let idempotency_key = match key {
         None => None,
         Some(key) => {
-            let valid = (1..=crate::conn::command::MAX_IDEMPOTENCY_KEY_LEN).contains(&key.len())
-                && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
-            if !valid {
+            if !is_valid_idempotency_key(&key) {
                 return Err(ApiError::field(
                     format!("{path}idempotency_key"),
                     "1-128 characters of A-Z a-z 0-9 _ . : -",

@@ -141,15 +141,8 @@ impl Verifier {
     /// An unreadable key file, an empty secret, or a PEM that is neither an RSA nor a P-256
     /// public key — each naming the option.
     pub(crate) fn from_config(cfg: &Config) -> Result<Option<Arc<Verifier>>, String> {
-        let mut secret = cfg.jwt_secret.0.clone().map(String::into_bytes);
-        if let Some(path) = &cfg.jwt_secret_file.0 {
-            if secret.is_some() {
-                return Err("jwt_secret and jwt_secret_file: set one, not both".into());
-            }
-            let bytes = std::fs::read(path)
-                .map_err(|e| format!("jwt_secret_file {}: {e}", path.display()))?;
-            secret = Some(trim_line_end(bytes));
-        }
+        let secret =
+            crate::config::secret_bytes(&cfg.jwt_secret, &cfg.jwt_secret_file, "jwt_secret")?;
         let pem = match &cfg.jwt_public_key.0 {
             Some(path) => Some(
                 std::fs::read(path)
@@ -300,14 +293,6 @@ fn failure_of(kind: &ErrorKind) -> AuthFailure {
         | ErrorKind::InvalidIssuer => AuthFailure::Claims,
         _ => AuthFailure::Malformed,
     }
-}
-
-/// A secret file's content without its trailing newline (editors add one).
-fn trim_line_end(mut bytes: Vec<u8>) -> Vec<u8> {
-    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        bytes.pop();
-    }
-    bytes
 }
 
 /// The current time in Unix seconds.

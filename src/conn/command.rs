@@ -211,7 +211,8 @@ fn options_field(value: &BorrowedValue<'_>) -> Result<PublishOptions, CommandErr
     Ok(PublishOptions { ack, idempotency_key: idempotency_key.map(Into::into) })
 }
 
-fn is_valid_idempotency_key(key: &str) -> bool {
+/// Idempotency keys: 1–[`MAX_IDEMPOTENCY_KEY_LEN`] bytes of `[A-Za-z0-9_.:-]`.
+pub(crate) fn is_valid_idempotency_key(key: &str) -> bool {
     (1..=MAX_IDEMPOTENCY_KEY_LEN).contains(&key.len())
         && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }

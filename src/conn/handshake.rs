@@ -179,10 +179,8 @@ fn decide(req: &httparse::Request<'_, '_>, policy: Policy<'_>) -> Request {
     // A token that is not readable as such is kept as given: the verifier calls it
     // malformed (401), rather than the node calling it missing.
     let token = header("authorization")
-        .and_then(|v| {
-            let (scheme, rest) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().to_owned())
-        })
+        .and_then(crate::http::bearer_token)
+        .map(str::to_owned)
         .or_else(|| {
             query.and_then(|q| query_value(q, "token")).map(|value| {
                 percent_decoded(value, MAX_TOKEN_TEXT).unwrap_or_else(|| value.to_owned())
@@ -251,19 +249,9 @@ pub(crate) fn upgrade_response(accept_key: &str, mode: Mode, shard: u16) -> Vec<
 
 /// A complete HTTP response with a body, after which the connection closes.
 pub(crate) fn http_response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        426 => "Upgrade Required",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Error",
-    };
+    let reason = crate::http::reason_phrase(status);
     let extra = match status {
+        401 => "WWW-Authenticate: Bearer\r\n",
         426 => "Sec-WebSocket-Version: 13\r\n",
         405 => "Allow: GET\r\n",
         _ => "",

@@ -345,6 +345,11 @@ fn unavailable(message: impl Into<String>) -> ApiError {
     ApiError::new(503, "unavailable", message)
 }
 
+/// The 503 for a bus answer that is not a success: its `message`, else `fallback`.
+fn failed(reply: &Value, fallback: &str) -> ApiError {
+    unavailable(reply.get("message").and_then(Value::as_str).unwrap_or(fallback))
+}
+
 async fn execute(shard: &Rc<Shard>, call: ApiCall) -> Result<Value, ApiError> {
     if !shard.ctx.node_stats().bus_ready() {
         return Err(unavailable("the node cannot reach Redis: nothing was published"));
@@ -414,9 +419,7 @@ async fn receipt(waiting: Waiting) -> Result<Value, ApiError> {
             }
             Ok(ok)
         }
-        _ => Err(unavailable(
-            reply.get("message").and_then(Value::as_str).unwrap_or("the publish failed").to_owned(),
-        )),
+        _ => Err(failed(&reply, "the publish failed")),
     }
 }
 
@@ -448,8 +451,6 @@ async fn disconnect_everywhere(shard: &Rc<Shard>, d: ApiDisconnect) -> Result<Va
     let reply = answer_of(&Waiting { _ticket: ticket, answer }).await?;
     match reply.get("type").and_then(Value::as_str) {
         Some("done") => Ok(json!({"ok": true})),
-        _ => Err(unavailable(
-            reply.get("message").and_then(Value::as_str).unwrap_or("the command failed").to_owned(),
-        )),
+        _ => Err(failed(&reply, "the command failed")),
     }
 }
