@@ -3,14 +3,16 @@
 
 use std::net::SocketAddr;
 
-use corecast::config::{Name, RedisUrl};
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::TcpStream,
 };
 
-use crate::support::{redis::RedisServer, *};
+use crate::support::{
+    redis::{RedisServer, redis_node},
+    *,
+};
 
 const KEY: &str = "api-test-key";
 
@@ -71,19 +73,7 @@ impl Api {
 }
 
 async fn api_node(redis: &RedisServer, name: &str) -> TestServer {
-    let url = redis.url();
-    let server = TestServer::start(|c| {
-        c.redis = RedisUrl(Some(url));
-        c.node_id = Name(name.into());
-        c.api_key.0 = Some(KEY.into());
-    });
-    server.wait_health("bridge ready", |h| h["bridge"]["ready"] == true).await;
-    server
-}
-
-async fn subscribe(client: &mut Client, topic: &str) {
-    client.send_json(json!({"op":"subscribe","topic":topic})).await;
-    assert_eq!(client.recv_json().await, json!({"type":"subscribed","topic":topic}));
+    redis_node(redis, name, |c| c.api_key.0 = Some(KEY.into())).await
 }
 
 /// Every endpoint on a three-node cluster: what node 1's API publishes reaches nodes 2
@@ -340,16 +330,7 @@ async fn the_api_on_its_own_listener() {
 async fn connections_per_user_across_nodes() {
     let redis = RedisServer::start().await;
     let url = redis.url();
-    let limited = |name: &'static str| {
-        let url = url.clone();
-        move |c: &mut corecast::Config| {
-            c.redis = RedisUrl(Some(url));
-            c.node_id = Name(name.into());
-            c.max_connections_per_user = 2;
-        }
-    };
-    let n1 = TestServer::start(limited("n1"));
-    n1.wait_health("bridge ready", |h| h["bridge"]["ready"] == true).await;
+    let n1 = redis_node(&redis, "n1", |c| c.max_connections_per_user = 2).await;
     let doomed = ChildServer::start(&[
         "--redis",
         &url,

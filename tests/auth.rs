@@ -391,7 +391,6 @@ async fn closed_defaults_without_authentication() {
 /// and a node's debug logs do not contain them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_are_never_shown() {
-    use std::process::{Command, Stdio};
     let (secret, key) = ("jwt-S3cr3t-value", "api-K3y-value");
     let check = Command::new(env!("CARGO_BIN_EXE_corecast"))
         .args(["--check-config", "--jwt-secret", secret, "--api-key", key])
@@ -405,55 +404,16 @@ async fn secrets_are_never_shown() {
     );
     assert!(!printed.contains(secret) && !printed.contains(key), "{printed}");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_corecast"))
-        .args(["--listen", "127.0.0.1:0", "--shards", "1"])
-        .env("CORECAST_JWT_SECRET", secret)
-        .env("CORECAST_API_KEY", key)
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let logs = std::thread::spawn(move || {
-        use std::io::Read;
-        let mut logs = String::new();
-        let _ = stderr.read_to_string(&mut logs);
-        logs
-    });
-    let first = within(WAIT, "listening line", async {
-        tokio::task::spawn_blocking(move || {
-            use std::io::BufRead;
-            let mut line = String::new();
-            std::io::BufReader::new(stdout).read_line(&mut line).map(|_| line)
-        })
-        .await
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let addr: std::net::SocketAddr = first
-        .trim()
-        .strip_prefix("corecast listening on ws://")
-        .and_then(|rest| rest.strip_suffix("/ws/{user_id}"))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+    let node =
+        LoggedNode::start(&[], &[("CORECAST_JWT_SECRET", secret), ("CORECAST_API_KEY", key)]).await;
     // A token in the query (signed with another secret): refused, and not logged.
     let token = hs256(&json!({"sub":"alice","exp":now() + 60}));
     let request = format!(
         "GET /ws/alice?token={token} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     );
-    assert_eq!(parse_http(&raw_request(addr, request.as_bytes()).await).0, 401);
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    let status =
-        within(WAIT, "exit", async { tokio::task::spawn_blocking(move || child.wait()).await })
-            .await
-            .unwrap()
-            .unwrap();
-    assert!(status.success(), "{status:?}");
-    let logs = logs.join().unwrap();
+    assert_eq!(parse_http(&raw_request(node.addr, request.as_bytes()).await).0, 401);
+    let logs = node.stop().await;
     assert!(logs.contains("request refused"), "debug logs captured: {logs}");
     for hidden in [secret, key, token.as_str()] {
         assert!(!logs.contains(hidden), "{hidden} appears in the logs:\n{logs}");

@@ -7,30 +7,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use corecast::config::{Name, OptionalPath, RedisUrl};
+use corecast::config::{OptionalPath, RedisUrl};
 use serde_json::{Value, json};
 
 use crate::support::{
-    Client, TestServer, WAIT, connect, http_get, poll_until,
+    Client, LoggedNode, TestServer, WAIT, connect, http_get, poll_until,
     python::PythonNode,
-    redis::{RedisServer, TlsFiles},
-    take_id, within, without_id,
+    redis::{RedisServer, TlsFiles, redis_node},
+    subscribe, take_id, within, without_id,
 };
 
 /// A node on `redis`, ready (its heartbeat came back through Redis).
 async fn node(redis: &RedisServer, name: &str) -> TestServer {
-    let url = redis.url();
-    let server = TestServer::start(|c| {
-        c.redis = RedisUrl(Some(url));
-        c.node_id = Name(name.into());
-    });
-    server.wait_health("bridge ready", |h| h["bridge"]["ready"] == true).await;
-    server
-}
-
-async fn subscribe(client: &mut Client, topic: &str) {
-    client.send_json(json!({"op":"subscribe","topic":topic})).await;
-    assert_eq!(client.recv_json().await, json!({"type":"subscribed","topic":topic}));
+    redis_node(redis, name, |_| {}).await
 }
 
 async fn readyz(addr: SocketAddr) -> u16 {
@@ -395,8 +384,7 @@ async fn mixed_fleet_with_the_python_design() {
 /// its logs (at debug level, fred's included) nor `--check-config` ever show it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_password_works_and_is_never_shown() {
-    use std::io::{BufRead, BufReader, Read};
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     let secret = "s3cret-Pw9";
     let redis = RedisServer::start_with(&["--requirepass", secret]).await;
     let url = format!("redis://:{secret}@127.0.0.1:{}/0", redis.port);
@@ -410,46 +398,10 @@ async fn redis_password_works_and_is_never_shown() {
     assert!(printed.contains("redis://:***@127.0.0.1"), "{printed}");
     assert!(!printed.contains(secret), "{printed}");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_corecast"))
-        .args(["--listen", "127.0.0.1:0", "--shards", "1", "--redis", &url])
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let logs = std::thread::spawn(move || {
-        let mut logs = String::new();
-        let _ = stderr.read_to_string(&mut logs);
-        logs
-    });
-    let first = within(WAIT, "listening line", async {
-        tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line).map(|_| line)
-        })
-        .await
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let addr: std::net::SocketAddr = first
-        .trim()
-        .strip_prefix("corecast listening on ws://")
-        .and_then(|rest| rest.strip_suffix("/ws/{user_id}"))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+    let node = LoggedNode::start(&["--redis", &url], &[]).await;
     // Ready means authenticated: the heartbeat went through Redis and came back.
-    wait_readyz(addr, 200, WAIT).await;
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    let status =
-        within(WAIT, "exit", async { tokio::task::spawn_blocking(move || child.wait()).await })
-            .await
-            .unwrap()
-            .unwrap();
-    assert!(status.success(), "{status:?}");
-    let logs = logs.join().unwrap();
+    wait_readyz(node.addr, 200, WAIT).await;
+    let logs = node.stop().await;
     assert!(logs.contains("Redis bridge"), "debug logs captured: {logs}");
     assert!(logs.contains("redis://:***@127.0.0.1"), "the URL is logged redacted: {logs}");
     assert!(!logs.contains(secret), "the password appears in the logs:\n{logs}");

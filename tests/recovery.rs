@@ -9,28 +9,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use corecast::config::{DeliveryMode, Name, RedisUrl};
+use corecast::config::DeliveryMode;
 use serde_json::{Value, json};
 
 use crate::support::{
-    ChildServer, Client, TestServer, WAIT, connect, redis::RedisServer, take_id, within,
+    ChildServer, Client, TestServer, WAIT, connect,
+    redis::{RedisServer, redis_node},
+    take_id, within,
 };
-
-/// A node on `redis`, ready, with `tweak` applied.
-async fn redis_node(
-    redis: &RedisServer,
-    name: &str,
-    tweak: impl FnOnce(&mut corecast::Config),
-) -> TestServer {
-    let url = redis.url();
-    let server = TestServer::start(|c| {
-        c.redis = RedisUrl(Some(url));
-        c.node_id = Name(name.into());
-        tweak(c);
-    });
-    server.wait_health("bridge ready", |h| h["bridge"]["ready"] == true).await;
-    server
-}
 
 /// Subscribes, with `since` when given; returns after `subscribed`.
 async fn subscribe(client: &mut Client, topic: &str, since: Option<&str>) {

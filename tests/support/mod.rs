@@ -423,6 +423,77 @@ fn parse_server_frame(buf: &[u8]) -> Option<(ServerFrame, usize)> {
     Some((ServerFrame { opcode, payload: buf[payload].to_vec() }, used))
 }
 
+/// The address in the binary's first stdout line, `corecast listening on
+/// ws://ADDR/ws/{user_id}`.
+pub fn listening_addr(line: &str) -> SocketAddr {
+    line.trim()
+        .strip_prefix("corecast listening on ws://")
+        .and_then(|rest| rest.strip_suffix("/ws/{user_id}"))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+}
+
+/// The real binary on 127.0.0.1:0 with `args` and `envs` and `RUST_LOG=debug`, its
+/// stderr (the logs) captured whole, for checks of what the logs never show.
+pub struct LoggedNode {
+    child: std::process::Child,
+    logs: std::thread::JoinHandle<String>,
+    pub addr: SocketAddr,
+}
+
+impl LoggedNode {
+    pub async fn start(args: &[&str], envs: &[(&str, &str)]) -> LoggedNode {
+        use std::{
+            io::{BufRead, BufReader, Read},
+            process::{Command, Stdio},
+        };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_corecast"))
+            .args(["--listen", "127.0.0.1:0", "--shards", "1"])
+            .args(args)
+            .envs(envs.iter().copied())
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("binary starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let logs = std::thread::spawn(move || {
+            let mut logs = String::new();
+            let _ = stderr.read_to_string(&mut logs);
+            logs
+        });
+        let read_line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        });
+        let line = within(WAIT, "listening line", read_line).await.unwrap().unwrap_or_default();
+        LoggedNode { child, logs, addr: listening_addr(&line) }
+    }
+
+    /// SIGTERM; the node must exit 0. Returns everything it logged.
+    pub async fn stop(self) -> String {
+        let LoggedNode { mut child, logs, .. } = self;
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let status =
+            within(WAIT, "exit", async { tokio::task::spawn_blocking(move || child.wait()).await })
+                .await
+                .unwrap()
+                .unwrap();
+        assert!(status.success(), "{status:?}");
+        logs.join().unwrap()
+    }
+}
+
+/// Subscribes a v1 client to `topic`; returns after `subscribed`.
+pub async fn subscribe(client: &mut Client, topic: &str) {
+    client.send_json(serde_json::json!({"op":"subscribe","topic":topic})).await;
+    assert_eq!(client.recv_json().await, serde_json::json!({"type":"subscribed","topic":topic}));
+}
+
 /// The real `corecast` binary as a child process on 127.0.0.1:0: its memory is its own
 /// (not shared with the other tests of this process). Killed and reaped on drop.
 pub struct ChildServer {
@@ -449,16 +520,7 @@ impl ChildServer {
             BufReader::new(stdout).read_line(&mut line).map(|_| line)
         });
         let line = within(WAIT, "listening line", read_line).await.unwrap().unwrap_or_default();
-        let server = |addr| ChildServer { child, addr };
-        match line
-            .trim()
-            .strip_prefix("corecast listening on ws://")
-            .and_then(|rest| rest.strip_suffix("/ws/{user_id}"))
-            .and_then(|a| a.parse().ok())
-        {
-            Some(addr) => server(addr),
-            None => panic!("unexpected first line {line:?}"),
-        }
+        ChildServer { child, addr: listening_addr(&line) }
     }
 
     /// The process's resident set size in bytes.

@@ -467,3 +467,20 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A node on `redis` named `name`, ready (its heartbeat came back through Redis), with
+/// `tweak` applied.
+pub async fn redis_node(
+    redis: &RedisServer,
+    name: &str,
+    tweak: impl FnOnce(&mut corecast::Config),
+) -> super::TestServer {
+    let url = redis.url();
+    let server = super::TestServer::start(|c| {
+        c.redis = corecast::config::RedisUrl(Some(url));
+        c.node_id = corecast::config::Name(name.into());
+        tweak(c);
+    });
+    server.wait_health("bridge ready", |h| h["bridge"]["ready"] == true).await;
+    server
+}
