@@ -747,6 +747,113 @@ config_options! {
     max_connections_per_user: Count = 0, env = "CORECAST_MAX_CONNECTIONS_PER_USER";
     /// New connections per second from one IP address, node-wide (0 = no limit); more get HTTP 429 before the upgrade. Behind a proxy that hides client addresses, every client shares the proxy's.
     max_connects_per_ip: Count = 0, env = "CORECAST_MAX_CONNECTS_PER_IP";
+    /// With Redis: a dead node's presence members (and its place in `/api/stats`) are removed this long after its last presence heartbeat (sent every fifth of it), with `leave` events; within at most twice this.
+    presence_ttl: HumanDuration = HumanDuration(Duration::from_secs(10)), env = "CORECAST_PRESENCE_TTL";
+    /// URL(s) that receive the webhooks (`POST`, JSON, signed); repeat the flag or separate them with commas; `none` = off. Requires `webhook_secret`. Set the same receivers on every node.
+    webhook_url: UrlList = UrlList::default(), env = "CORECAST_WEBHOOK_URL";
+    /// Secret that signs every webhook request (`X-Corecast-Signature`, HMAC-SHA256). Never logged.
+    webhook_secret: Secret = Secret::default(), env = "CORECAST_WEBHOOK_SECRET";
+    /// File holding the webhook secret (a trailing newline is ignored), or `none`.
+    webhook_secret_file: OptionalPath = OptionalPath::default(), env = "CORECAST_WEBHOOK_SECRET_FILE";
+    /// `channel_vacated` and `member_removed` wait this long and are cancelled (with the `channel_occupied` / `member_added` that follows) when the topic or member comes back in time, cluster-wide.
+    webhook_vacate_delay: HumanDuration = HumanDuration(Duration::from_secs(3)), env = "CORECAST_WEBHOOK_VACATE_DELAY";
+    /// Timeout of one webhook request (a timeout is retried like a 5xx).
+    webhook_timeout: HumanDuration = HumanDuration(Duration::from_secs(5)), env = "CORECAST_WEBHOOK_TIMEOUT";
+    /// Most webhook events waiting on a node; more are dropped and counted (`/healthz` `webhooks.dropped`).
+    webhook_queue: Count = 10_000, env = "CORECAST_WEBHOOK_QUEUE";
+}
+
+/// Webhook receivers: http(s) URLs, comma-separated (or a TOML array); `none` or empty
+/// for none. Shown by host only (a URL may carry credentials).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct UrlList(pub Vec<String>);
+
+impl FromStr for UrlList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() || s == "none" {
+            return Ok(UrlList::default());
+        }
+        let mut urls = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let url = reqwest::Url::parse(part).map_err(|e| format!("not a URL ({e})"))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err("webhook URLs must be http:// or https:// with a host".into());
+            }
+            urls.push(part.to_owned());
+        }
+        Ok(UrlList(urls))
+    }
+}
+
+impl fmt::Display for UrlList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        f.write_str(&self.0.join(","))
+    }
+}
+
+impl fmt::Debug for UrlList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hosts: Vec<String> = self
+            .0
+            .iter()
+            .map(|u| {
+                reqwest::Url::parse(u)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_owned))
+                    .unwrap_or_default()
+            })
+            .collect();
+        write!(f, "UrlList({hosts:?})")
+    }
+}
+
+impl<'de> Deserialize<'de> for UrlList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<String>),
+        }
+        let joined = match Raw::deserialize(d)? {
+            Raw::One(s) => s,
+            Raw::Many(v) => v.join(","),
+        };
+        joined.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Folds repeated `--<flag> V` / `--<flag>=V` arguments into one `--<flag> V1,V2` (the
+/// options parser keeps only the last occurrence of a flag).
+pub fn fold_repeated_flag(args: Vec<String>, flag: &str) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut values = Vec::new();
+    let mut first_at = None;
+    let mut it = args.into_iter();
+    let eq = format!("{flag}=");
+    while let Some(arg) = it.next() {
+        if arg == flag {
+            first_at.get_or_insert(out.len());
+            if let Some(v) = it.next() {
+                values.push(v);
+            }
+        } else if let Some(v) = arg.strip_prefix(&eq) {
+            first_at.get_or_insert(out.len());
+            values.push(v.to_owned());
+        } else {
+            out.push(arg);
+        }
+    }
+    if let Some(at) = first_at {
+        out.insert(at, values.join(","));
+        out.insert(at, flag.to_owned());
+    }
+    out
 }
 
 /// A secret given inline (option `name`) or in a file (`<name>_file`): its bytes, the
@@ -788,6 +895,16 @@ impl Config {
     /// [`Error::Config`] with a message naming the option.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::Config(msg));
+        if !self.webhook_url.0.is_empty() && self.webhook_secret().map_err(Error::Config)?.is_none()
+        {
+            return bad("webhook_url needs webhook_secret (or webhook_secret_file): every request is signed".into());
+        }
+        if self.presence_ttl.0 < Duration::from_millis(500) {
+            return bad("presence_ttl must be at least 500ms".into());
+        }
+        if self.webhook_queue == 0 {
+            return bad("webhook_queue must be at least 1".into());
+        }
         if let ShardCount::Exactly(0) = self.shards {
             return bad("shards must be at least 1 (or `all`)".into());
         }
@@ -877,6 +994,11 @@ impl Config {
     /// The server API's key: `None` when the API is off.
     ///
     /// # Errors
+    /// Both `webhook_secret` and `webhook_secret_file` set, or an unreadable file.
+    pub(crate) fn webhook_secret(&self) -> std::result::Result<Option<Vec<u8>>, String> {
+        secret_bytes(&self.webhook_secret, &self.webhook_secret_file, "webhook_secret")
+    }
+
     /// Both `api_key` and `api_key_file` set, an unreadable file, or an empty key.
     pub(crate) fn api_key(&self) -> std::result::Result<Option<String>, String> {
         let Some(key) = secret_bytes(&self.api_key, &self.api_key_file, "api_key")? else {

@@ -83,6 +83,10 @@ pub(crate) mod close_code {
     /// Internal error on our side.
     /// Try again later: the client did not read its messages fast enough (slow consumer).
     pub(crate) const TRY_AGAIN_LATER: u16 = 1013;
+    /// Service restart: the server is going away and the client should reconnect.
+    pub(crate) const SERVICE_RESTART: u16 = 1012;
+    /// Abnormal closure: never sent, reported when the peer vanished without a Close.
+    pub(crate) const ABNORMAL: u16 = 1006;
 }
 
 /// One decoded client frame. The payload is a range into the buffer handed to

@@ -103,6 +103,7 @@ pub fn command(data: &[u8]) {
         Ok(
             command::Command::Subscribe { topic: t, .. }
             | command::Command::Unsubscribe(t)
+            | command::Command::Presence(t)
             | command::Command::History { topic: t, .. },
         ) => {
             assert!(command::is_valid_topic(&t));

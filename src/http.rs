@@ -41,3 +41,23 @@ mod tests {
         assert_eq!(bearer_token("Bearer"), None);
     }
 }
+
+/// `%XX`-decodes a query value; `None` when it is malformed, not UTF-8 or longer than
+/// `max`.
+pub(crate) fn percent_decoded(value: &str, max: usize) -> Option<String> {
+    if value.len() > max {
+        return None;
+    }
+    let mut out = Vec::with_capacity(value.len());
+    let mut bytes = value.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            let hex = std::str::from_utf8(&hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}

@@ -53,7 +53,8 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    let matches = Cli::command().get_matches();
+    let args = corecast::config::fold_repeated_flag(std::env::args().collect(), "--webhook-url");
+    let matches = Cli::command().get_matches_from(args);
     let cli = Cli::from_arg_matches(&matches)?;
     let cfg = Config::from_args(&cli.config, &matches)?;
     if cli.check_config {

@@ -50,6 +50,8 @@ pub struct RunningServer {
     shards: Vec<ExecutorJoinHandle<()>>,
     /// The Redis bridge thread; it stops when every shard has closed its lane.
     bridge: Option<std::thread::JoinHandle<()>>,
+    /// The webhook dispatcher's thread (embedded bus with webhooks).
+    webhook_thread: Option<std::thread::JoinHandle<()>>,
     stats: Arc<NodeStats>,
     budget: Arc<ConnectionBudget>,
 }
@@ -98,6 +100,12 @@ impl RunningServer {
             && result.is_ok()
         {
             result = Err(Error::System("the Redis bridge thread panicked".into()));
+        }
+        if let Some(thread) = self.webhook_thread
+            && thread.join().is_err()
+            && result.is_ok()
+        {
+            result = Err(Error::System("the webhook thread panicked".into()));
         }
         result
     }
@@ -188,6 +196,17 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
     // The bus: with Redis, the bridge thread (spawned before the shards, so that it gets
     // its own pin and not a shard's mask) and one lane to it; embedded, one sequencer
     // lane per shard (the owner of each stream sequences it).
+    let embedded = cfg.redis.0.is_none();
+    let hooks = crate::presence::dispatch::settings_of(&cfg, embedded).map_err(Error::Config)?;
+    let (webhook_queue, webhook_events) = match &hooks {
+        Some(_) => {
+            let (queue, events) =
+                crate::presence::webhook::WebhookQueue::new(cfg.webhook_queue, stats.clone());
+            (Some(queue), Some(events))
+        }
+        None => (None, None),
+    };
+    let mut webhook_thread = None;
     let (lane_txs, mut sequencers, bridge) = match &cfg.redis.0 {
         Some(url) => {
             let cpu = match cfg.bridge_cpu {
@@ -208,6 +227,18 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
                 idempotency_window: cfg.idempotency_window.0,
                 delivery: cfg.delivery,
                 count_users: cfg.max_connections_per_user > 0,
+                presence_ttl: cfg.presence_ttl.0,
+                webhooks: match (hooks, &webhook_queue, webhook_events) {
+                    (Some(settings), Some(queue), Some(events)) => {
+                        Some(bus::redis::BridgeWebhooks {
+                            settings,
+                            queue: queue.clone(),
+                            events,
+                            vacate_delay: cfg.webhook_vacate_delay.0,
+                        })
+                    }
+                    _ => None,
+                },
             };
             let core = cpu.map(|id| core_affinity::CoreId { id });
             let (lane, thread) = bus::redis::spawn(
@@ -222,6 +253,12 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
             (vec![lane], Vec::new(), Some(thread))
         }
         None => {
+            if let (Some(settings), Some(events)) = (hooks, webhook_events) {
+                let thread =
+                    crate::presence::dispatch::spawn_thread(settings, events, stats.clone())
+                        .map_err(Error::System)?;
+                webhook_thread = Some(thread);
+            }
             let (txs, rxs): (Vec<_>, Vec<_>) =
                 (0..shard_count).map(|_| bus::command_channel(cfg.inbox_capacity)).unzip();
             (txs, rxs.into_iter().map(Some).collect(), None)
@@ -256,6 +293,7 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
                 verifier: verifier.clone(),
                 api_key: api_key.clone(),
                 connect_rate: connect_rate.clone(),
+                webhooks: webhook_queue.clone(),
             },
         };
         let started = LocalExecutorBuilder::new(Placement::Fixed(cpus[i]))
@@ -268,8 +306,16 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
             Ok(handle) => shards.push(handle),
             Err(e) => {
                 drop(lane_txs);
-                let partial =
-                    RunningServer { addr, api_addr, controls, shards, bridge, stats, budget };
+                let partial = RunningServer {
+                    addr,
+                    api_addr,
+                    controls,
+                    shards,
+                    bridge,
+                    webhook_thread,
+                    stats,
+                    budget,
+                };
                 partial.shutdown();
                 let _ = partial.join();
                 return Err(Error::ShardStart { shard: i, message: e.to_string() });
@@ -288,8 +334,16 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
             Err(_) => {
                 let missing =
                     (0..shard_count).find(|i| !reported.contains(&ShardId(*i as u16))).unwrap_or(0);
-                let partial =
-                    RunningServer { addr, api_addr, controls, shards, bridge, stats, budget };
+                let partial = RunningServer {
+                    addr,
+                    api_addr,
+                    controls,
+                    shards,
+                    bridge,
+                    webhook_thread,
+                    stats,
+                    budget,
+                };
                 partial.shutdown();
                 let _ = partial.join();
                 let message =
@@ -300,7 +354,7 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
     }
     let bus = if bridge.is_some() { "redis" } else { "embedded" };
     info!(%addr, ?api_addr, shards = shard_count, ?cpus, node = %node, bus, "corecast listening");
-    Ok(RunningServer { addr, api_addr, controls, shards, bridge, stats, budget })
+    Ok(RunningServer { addr, api_addr, controls, shards, bridge, webhook_thread, stats, budget })
 }
 
 /// Binds one SO_REUSEPORT listener per shard on the configured address. The first bind

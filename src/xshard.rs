@@ -153,6 +153,18 @@ pub(crate) enum ShardMessage {
     },
     /// A cluster command to apply to this shard's connections.
     Control(Arc<ClusterControl>),
+    /// A join or leave in a topic, for the shard's presence watchers of it.
+    Presence(Arc<crate::presence::News>),
+    /// A topic's members, for one connection (its watch's start, or a `presence`
+    /// command).
+    PresenceSnapshot {
+        /// Who asked.
+        to: Box<crate::presence::SnapshotTo>,
+        /// The number of the latest news the snapshot includes.
+        seq: u64,
+        /// `{"type":"presence",...}`.
+        json: Box<str>,
+    },
     /// A reply for one connection (a v1 publisher whose event could not reach the other
     /// nodes, or its publish receipt) or one API request. `user` guards against a
     /// connection id reused in the meantime.
@@ -462,6 +474,22 @@ pub struct NodeStats {
     pub shards: Box<[ShardStats]>,
     /// The Redis bridge's state; `None` with the embedded bus.
     pub bridge: Option<BridgeStats>,
+    /// Webhook delivery (zero while no `webhook_url` is set).
+    pub webhooks: WebhookStats,
+}
+
+/// Webhook delivery counters: written by shards (`queued`, `dropped`) and by the webhook
+/// dispatcher, read by `/healthz` (relaxed).
+#[derive(Debug, Default)]
+pub struct WebhookStats {
+    /// Events waiting in the dispatcher (queued, held for the vacate delay, or batched).
+    pub queued: AtomicU64,
+    /// Events delivered (a 2xx answer), counted once per receiver.
+    pub sent: AtomicU64,
+    /// Events given up on (attempts or age used up, or a 4xx answer), per receiver.
+    pub failed: AtomicU64,
+    /// Events dropped because the queue was full.
+    pub dropped: AtomicU64,
 }
 
 impl NodeStats {
@@ -471,6 +499,7 @@ impl NodeStats {
             node,
             shards: (0..shards).map(|_| ShardStats::default()).collect(),
             bridge: redis.then(BridgeStats::default),
+            webhooks: WebhookStats::default(),
         })
     }
 

@@ -5,10 +5,14 @@
 /// What the head of a `/api/...` request says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ApiHead {
-    /// `POST` (every endpoint is a POST).
+    /// `POST` (the endpoints that act); else `GET` or another method.
     pub(crate) post: bool,
+    /// `GET` (the endpoints that read).
+    pub(crate) get: bool,
     /// The path after `/api/`, without the query.
     pub(crate) endpoint: String,
+    /// The query (after `?`), as sent.
+    pub(crate) query: String,
     /// `Content-Length`; an error when the body's length cannot be known (absent with a
     /// body-less POST is `Ok(None)`).
     pub(crate) content_length: Result<Option<usize>, &'static str>,
@@ -20,7 +24,7 @@ pub(crate) struct ApiHead {
 
 impl ApiHead {
     /// Reads the head of a request for `/api/<endpoint>`.
-    pub(crate) fn of(req: &httparse::Request<'_, '_>, endpoint: &str) -> ApiHead {
+    pub(crate) fn of(req: &httparse::Request<'_, '_>, endpoint: &str, query: &str) -> ApiHead {
         let headers = &*req.headers;
         let values = |name: &'static str| {
             headers
@@ -44,7 +48,9 @@ impl ApiHead {
             .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
         ApiHead {
             post: req.method == Some("POST"),
+            get: req.method == Some("GET"),
             endpoint: endpoint.to_owned(),
+            query: query.to_owned(),
             content_length,
             bearer,
             keep_alive: !close,
@@ -57,7 +63,7 @@ pub(crate) fn response(status: u16, body: &str, keep_alive: bool) -> Vec<u8> {
     let reason = crate::http::reason_phrase(status);
     let extra = match status {
         401 => "WWW-Authenticate: Bearer\r\n",
-        405 => "Allow: POST\r\n",
+        405 => "Allow: GET, POST\r\n",
         _ => "",
     };
     let connection = if keep_alive { "keep-alive" } else { "close" };
@@ -84,7 +90,7 @@ mod tests {
         let mut headers = [httparse::EMPTY_HEADER; 16];
         let mut req = httparse::Request::new(&mut headers);
         req.parse(raw.as_bytes()).unwrap();
-        ApiHead::of(&req, "publish")
+        ApiHead::of(&req, "publish", "")
     }
 
     #[test]
@@ -96,7 +102,7 @@ mod tests {
         assert_eq!(h.content_length, Ok(Some(12)));
         assert_eq!(h.bearer.as_deref(), Some("k"));
         let h = head("GET /api/publish HTTP/1.1\nHost: x\nConnection: close");
-        assert!(!h.post && !h.keep_alive);
+        assert!(!h.post && h.get && !h.keep_alive);
         assert_eq!(h.content_length, Ok(None));
         assert!(head("POST /api/p HTTP/1.1\nTransfer-Encoding: chunked").content_length.is_err());
         assert!(

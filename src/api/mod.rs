@@ -20,8 +20,10 @@ use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::value::RawValue;
 
 use crate::{
+    config::MAX_TOPIC_LEN,
     conn::command::{is_valid_idempotency_key, is_valid_topic, is_valid_user_id},
     event::{Event, Payload, PublishOptions},
+    presence::Query,
     xshard::Route,
 };
 
@@ -185,6 +187,56 @@ impl Kind {
 ///
 /// # Errors
 /// 404 for an unknown endpoint, 400 naming the field for a malformed body.
+/// Parses a `GET` request: `channels[?prefix=P]`, `channels/{T}`, `channels/{T}/users`,
+/// `stats`. A topic with `/` in it is written `%2F`.
+///
+/// # Errors
+/// 404 for an unknown endpoint, 400 for a malformed topic or prefix.
+pub(crate) fn parse_query(endpoint: &str, query: &str) -> Result<Query, ApiError> {
+    let topic_of = |raw: &str| {
+        crate::http::percent_decoded(raw, 3 * MAX_TOPIC_LEN)
+            .filter(|t| is_valid_topic(t))
+            .ok_or_else(|| {
+                ApiError::new(
+                    400,
+                    "invalid_topic",
+                    format!("a topic is 1-{MAX_TOPIC_LEN} characters of A-Z a-z 0-9 _ . : / - (write / as %2F)"),
+                )
+            })
+    };
+    let not_found = || {
+        ApiError::new(
+            404,
+            "not_found",
+            "GET endpoints: /api/channels, /api/channels/{topic}, /api/channels/{topic}/users, /api/stats",
+        )
+    };
+    match endpoint {
+        "stats" => return Ok(Query::Stats),
+        "channels" => {
+            let mut prefix = String::new();
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                if name == "prefix" {
+                    prefix = crate::http::percent_decoded(value, 3 * MAX_TOPIC_LEN)
+                        .filter(|p| p.is_empty() || is_valid_topic(p))
+                        .ok_or_else(|| {
+                            ApiError::field("prefix", "a topic prefix (A-Z a-z 0-9 _ . : / -)")
+                        })?;
+                }
+            }
+            return Ok(Query::Channels { prefix });
+        }
+        _ => {}
+    }
+    let rest = endpoint.strip_prefix("channels/").ok_or_else(not_found)?;
+    match rest.split_once('/') {
+        None => Ok(Query::Channel(topic_of(rest)?)),
+        Some((topic, "users")) => Ok(Query::Users(topic_of(topic)?)),
+        Some(_) => Err(not_found()),
+    }
+}
+
 pub(crate) fn parse_call(endpoint: &str, body: &[u8]) -> Result<ApiCall, ApiError> {
     if let Some(kind) = Kind::of(endpoint) {
         return publish_of(kind, body, "").map(ApiCall::Publish);
@@ -439,5 +491,21 @@ mod tests {
                 block_seconds: 0
             }))
         );
+    }
+
+    #[test]
+    fn read_endpoints_parse_topics_and_prefixes() {
+        assert_eq!(parse_query("stats", ""), Ok(Query::Stats));
+        assert_eq!(parse_query("channels", ""), Ok(Query::Channels { prefix: String::new() }));
+        assert_eq!(
+            parse_query("channels", "x=1&prefix=chat."),
+            Ok(Query::Channels { prefix: "chat.".into() })
+        );
+        assert_eq!(parse_query("channels/room.1", ""), Ok(Query::Channel("room.1".into())));
+        assert_eq!(parse_query("channels/a%2Fb/users", ""), Ok(Query::Users("a/b".into())));
+        assert_eq!(parse_query("channels/a/b/c", "").unwrap_err().status, 404);
+        assert_eq!(parse_query("nothing", "").unwrap_err().status, 404);
+        assert_eq!(parse_query("channels/a%20b", "").unwrap_err().code, "invalid_topic");
+        assert_eq!(parse_query("channels", "prefix=%zz").unwrap_err().status, 400);
     }
 }

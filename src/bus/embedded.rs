@@ -35,7 +35,11 @@ use crate::{
         self,
         memory::{HistorySettings, Idempotency, MemoryHistory},
     },
-    xshard::{Interest, InterestChange, NodeId, ShardId, ShardInboxes, ShardMessage},
+    presence::{
+        self, LocalPresence, PresenceCommand, Query,
+        webhook::{WebhookEvent, WebhookQueue},
+    },
+    xshard::{Interest, InterestChange, NodeId, NodeStats, ShardId, ShardInboxes, ShardMessage},
 };
 
 /// Most idempotency keys one sequencer remembers (the oldest are forgotten first).
@@ -62,6 +66,8 @@ pub(crate) struct LocalSequencer {
     commands: BusCommands,
     /// Every shard's inbox.
     inboxes: ShardInboxes,
+    /// To the webhook dispatcher (presence transitions); `None` without webhooks.
+    webhooks: Option<WebhookQueue>,
 }
 
 impl LocalSequencer {
@@ -70,11 +76,12 @@ impl LocalSequencer {
         owner: ShardId,
         commands: BusCommands,
         inboxes: ShardInboxes,
-        node: NodeId,
+        stats: Arc<NodeStats>,
         history: HistorySettings,
         idempotency_window: Duration,
+        webhooks: Option<WebhookQueue>,
     ) -> Rc<LocalSequencer> {
-        let sequencer = Sequencer::new(inboxes.len(), node, history, idempotency_window);
+        let sequencer = Sequencer::new(inboxes.len(), stats, history, idempotency_window);
         Rc::new(LocalSequencer {
             owner,
             state: RefCell::new(sequencer),
@@ -82,6 +89,7 @@ impl LocalSequencer {
             pending: RefCell::new(VecDeque::new()),
             commands,
             inboxes,
+            webhooks,
         })
     }
 
@@ -124,8 +132,13 @@ impl LocalSequencer {
     /// it without waiting on anyone).
     async fn process(&self, command: BusCommand) {
         let mut targets = Vec::new();
-        let Output { message, reply } =
+        let Output { message, reply, webhooks } =
             self.state.borrow_mut().handle(command, &mut targets, Instant::now());
+        if let Some(queue) = &self.webhooks {
+            for event in webhooks {
+                queue.offer(event);
+            }
+        }
         if let Some(message) = message {
             crate::xshard::deliver_to(&self.inboxes, &targets, message).await;
         }
@@ -142,6 +155,8 @@ struct Output {
     message: Option<ShardMessage>,
     /// For one shard: a publish receipt or a replay answer.
     reply: Option<(ShardId, ShardMessage)>,
+    /// For the app backend (presence transitions).
+    webhooks: Vec<WebhookEvent>,
 }
 
 /// A sequencer's state: who wants the streams it owns, and their history. Pure: no I/O,
@@ -160,15 +175,26 @@ struct Sequencer {
     idempotency: Idempotency,
     /// Connections of the users this sequencer owns (`max_connections_per_user`).
     user_counts: std::collections::HashMap<Box<str>, u64>,
+    /// The node's members (used by the sequencer of the presence lane only).
+    presence: LocalPresence,
+    /// The node's counters (occupancy API's `stats`).
+    stats: Arc<NodeStats>,
 }
 
 impl Sequencer {
-    fn new(shards: usize, node: NodeId, history: HistorySettings, window: Duration) -> Sequencer {
+    fn new(
+        shards: usize,
+        stats: Arc<NodeStats>,
+        history: HistorySettings,
+        window: Duration,
+    ) -> Sequencer {
         let shards = u16::try_from(shards).unwrap_or(u16::MAX);
         Sequencer {
             shards,
             interest: InterestTable::default(),
-            node,
+            node: stats.node.clone(),
+            presence: LocalPresence::new(Instant::now()),
+            stats,
             history: MemoryHistory::new(history, Instant::now()),
             idempotency: Idempotency::new(window, MAX_IDEMPOTENCY_KEYS),
             user_counts: std::collections::HashMap::new(),
@@ -191,7 +217,8 @@ impl Sequencer {
                 self.interest.apply(shard, change);
                 let Some(topic) = confirm else { return Output::default() };
                 targets.push(shard);
-                Output { message: Some(ShardMessage::TopicConfirmed(topic)), reply: None }
+                let message = Some(ShardMessage::TopicConfirmed(topic));
+                Output { message, ..Output::default() }
             }
             BusCommand::Publish { event, options, reply_to } => {
                 let route = event.route.clone();
@@ -204,7 +231,7 @@ impl Sequencer {
                 let key = options.idempotency_key.as_deref();
                 if let Some(first) = key.and_then(|k| self.idempotency.seen(&route, k, now)) {
                     // A retry of a publish already stored: its id, and nothing delivered.
-                    return Output { message: None, reply: receipt(Some(first)) };
+                    return Output { reply: receipt(Some(first)), ..Output::default() };
                 }
                 self.interest.targets(&route, self.shards, targets);
                 let history = self
@@ -214,7 +241,7 @@ impl Sequencer {
                     .retention_of(&route, self.history.settings().default);
                 if targets.is_empty() && !history.enabled() {
                     let reply = if options.ack { receipt(None) } else { None };
-                    return Output { message: None, reply };
+                    return Output { reply, ..Output::default() };
                 }
                 let node = &self.node;
                 let delivery = self.history.record(&route, now, |id| event.encode(node, id));
@@ -224,7 +251,7 @@ impl Sequencer {
                 }
                 let message = (!targets.is_empty()).then_some(ShardMessage::Deliver(delivery));
                 let reply = if options.ack { receipt(id) } else { None };
-                Output { message, reply }
+                Output { message, reply, ..Output::default() }
             }
             BusCommand::CountUser { user, change } => match change {
                 UserCount::Admit { limit, reply_to: (shard, to) } => {
@@ -236,7 +263,7 @@ impl Sequencer {
                         super::refused_json(*count)
                     };
                     let reply = ShardMessage::Reply { to, user: "".into(), json: json.into() };
-                    Output { message: None, reply: Some((shard, reply)) }
+                    Output { reply: Some((shard, reply)), ..Output::default() }
                 }
                 UserCount::Release => {
                     if let Some(count) = self.user_counts.get_mut(&user) {
@@ -254,7 +281,8 @@ impl Sequencer {
                     let json = DONE_JSON.into();
                     (shard, ShardMessage::Reply { to, user: "".into(), json })
                 });
-                Output { message: Some(ShardMessage::Control(Arc::new(control))), reply }
+                let message = Some(ShardMessage::Control(Arc::new(control)));
+                Output { message, reply, ..Output::default() }
             }
             BusCommand::Replay(request) => {
                 let ReplayRequest { route, since, limit, to } = *request;
@@ -266,7 +294,59 @@ impl Sequencer {
                 });
                 let shard = to.shard;
                 let message = ShardMessage::Replayed { to: Box::new(to), answer: Box::new(answer) };
-                Output { message: None, reply: Some((shard, message)) }
+                Output { reply: Some((shard, message)), ..Output::default() }
+            }
+            BusCommand::Presence(command) => self.presence(command, targets, now),
+        }
+    }
+
+    /// A presence command: the node is the cluster, so its transitions are the
+    /// cluster's. News goes to every shard (each knows its watchers).
+    fn presence(
+        &mut self,
+        command: PresenceCommand,
+        targets: &mut Vec<ShardId>,
+        now: Instant,
+    ) -> Output {
+        match command {
+            PresenceCommand::Change { topic, user, joined } => {
+                let (news, transition) = self.presence.change(&topic, &user, joined);
+                let time_ms = crate::auth::token::unix_now_ms();
+                let webhooks =
+                    crate::presence::webhook::transition_events(&topic, &user, transition, time_ms);
+                let Some(news) = news else { return Output { webhooks, ..Output::default() } };
+                targets.extend((0..self.shards).map(ShardId));
+                let message = Some(ShardMessage::Presence(Arc::new(news)));
+                Output { message, webhooks, ..Output::default() }
+            }
+            PresenceCommand::Snapshot(to) => {
+                let (members, seq) = self.presence.snapshot(&to.topic);
+                let json = presence::snapshot_json(&to.topic, &members).into_boxed_str();
+                let shard = to.shard;
+                let message = ShardMessage::PresenceSnapshot { to, seq, json };
+                Output { reply: Some((shard, message)), ..Output::default() }
+            }
+            PresenceCommand::Query { query, reply_to: (shard, to) } => {
+                let tally = self.presence.tally();
+                let json = match query {
+                    Query::Channels { prefix } => presence::channels_json(
+                        &tally.occupied(&prefix, presence::MAX_LISTED_CHANNELS),
+                    ),
+                    Query::Channel(topic) => presence::channel_json(tally.occupancy(&topic)),
+                    Query::Users(topic) => presence::users_json(&tally.members(&topic)),
+                    Query::Stats => {
+                        let stats = &self.stats;
+                        let total = stats.total(|s| &s.deliveries);
+                        let load = presence::NodeLoad {
+                            id: stats.node.0.to_string(),
+                            connections: stats.total(|s| &s.connections),
+                            deliveries_per_s: self.presence.delivery_rate(now, total),
+                        };
+                        presence::stats_json(&[load])
+                    }
+                };
+                let reply = ShardMessage::Reply { to, user: "".into(), json: json.into() };
+                Output { reply: Some((shard, reply)), ..Output::default() }
             }
         }
     }
@@ -296,7 +376,8 @@ mod tests {
     }
 
     fn sequencer(shards: usize, history: u64) -> Sequencer {
-        Sequencer::new(shards, NodeId("n".into()), settings(history), Duration::from_secs(300))
+        let stats = NodeStats::new(shards, NodeId("n".into()), false);
+        Sequencer::new(shards, stats, settings(history), Duration::from_secs(300))
     }
 
     fn gained(shard: u16, interest: Interest) -> BusCommand {

@@ -52,6 +52,7 @@ use std::{
 use crate::{
     event::{Event, PublishOptions},
     history::Since,
+    presence::{PRESENCE_STREAM, PresenceCommand, Query, SnapshotTo},
     xshard::{ClusterControl, Interest, InterestChange, Publisher, ReplayTo, Route, ShardId},
 };
 
@@ -95,6 +96,9 @@ pub(crate) enum BusCommand {
         /// The API request to answer.
         reply_to: Option<(ShardId, Publisher)>,
     },
+    /// Membership, presence snapshots and occupancy questions, for the node's presence
+    /// owner (one lane: [`PRESENCE_STREAM`]).
+    Presence(PresenceCommand),
     /// A shard's interest changed.
     Interest {
         /// The shard whose interest it is.
@@ -118,6 +122,7 @@ impl BusCommand {
                 Route::Topic(name) | Route::Direct(name) => name,
             },
             BusCommand::Control { .. } => "",
+            BusCommand::Presence(_) => PRESENCE_STREAM,
             BusCommand::CountUser { user, .. } => user,
             BusCommand::Interest { change, .. } => match change {
                 InterestChange::Gained(i) | InterestChange::Lost(i) => match i {
@@ -343,6 +348,26 @@ impl BusHandle {
     pub(crate) fn release_user(self: &Rc<Self>, user: &str) {
         let change = UserCount::Release;
         self.send_in_background(BusCommand::CountUser { user: user.into(), change });
+    }
+
+    /// One connection of `user` subscribed to `topic` (`joined`) or stopped being
+    /// subscribed. Never waits.
+    pub(crate) fn presence_change(self: &Rc<Self>, topic: &str, user: &str, joined: bool) {
+        let change = PresenceCommand::Change { topic: topic.into(), user: user.into(), joined };
+        self.send_in_background(BusCommand::Presence(change));
+    }
+
+    /// Asks for a topic's members; the answer comes through the shard's inbox
+    /// (`ShardMessage::PresenceSnapshot`). Never waits.
+    pub(crate) fn presence_snapshot(self: &Rc<Self>, to: SnapshotTo) {
+        self.send_in_background(BusCommand::Presence(PresenceCommand::Snapshot(Box::new(to))));
+    }
+
+    /// Asks an occupancy question (server API); the answer goes to the waiter `ticket`.
+    /// Never waits.
+    pub(crate) fn presence_query(self: &Rc<Self>, query: Query, ticket: u64) {
+        let reply_to = (self.shard, Publisher::Waiter(ticket));
+        self.send_in_background(BusCommand::Presence(PresenceCommand::Query { query, reply_to }));
     }
 
     /// Sends `command` now, or through the lane's backlog task when the lane is full.

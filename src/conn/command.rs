@@ -24,7 +24,11 @@ pub(crate) enum Command {
         since: Option<Since>,
         /// A subscription token for a topic the connection's permissions do not cover.
         token: Option<String>,
+        /// `"presence":true`: send the topic's members, then its joins and leaves.
+        presence: bool,
     },
+    /// `{"op":"presence","topic":T}`: the topic's members, without subscribing.
+    Presence(String),
     /// `{"op":"refresh","token":J}`: a later connection token for the same user.
     Refresh {
         /// The new token.
@@ -123,8 +127,10 @@ pub(crate) fn parse(
         "subscribe" => {
             let since = optional_str(&value, "since")?.map(parse_since).transpose()?;
             let token = optional_str(&value, "token")?.map(str::to_owned);
-            Ok(Command::Subscribe { topic: topic_field(&value)?, since, token })
+            let presence = optional_bool(&value, "presence")?;
+            Ok(Command::Subscribe { topic: topic_field(&value)?, since, token, presence })
         }
+        "presence" => Ok(Command::Presence(topic_field(&value)?)),
         "refresh" => Ok(Command::Refresh { token: str_field(&value, "token")?.to_owned() }),
         "unsubscribe" => Ok(Command::Unsubscribe(topic_field(&value)?)),
         "history" => {
@@ -190,13 +196,18 @@ fn optional_str<'v>(
     }
 }
 
+/// A boolean field, `false` when absent.
+fn optional_bool(value: &BorrowedValue<'_>, key: &str) -> Result<bool, CommandError> {
+    match value.get(key) {
+        None => Ok(false),
+        Some(v) => v.as_bool().ok_or_else(|| {
+            CommandError::new("invalid_command", format!("\"{key}\" must be true or false"))
+        }),
+    }
+}
+
 fn options_field(value: &BorrowedValue<'_>) -> Result<PublishOptions, CommandError> {
-    let ack = match value.get("ack") {
-        None => false,
-        Some(v) => v
-            .as_bool()
-            .ok_or_else(|| CommandError::new("invalid_command", "\"ack\" must be true or false"))?,
-    };
+    let ack = optional_bool(value, "ack")?;
     let idempotency_key = optional_str(value, "idempotency_key")?;
     if let Some(key) = idempotency_key
         && !is_valid_idempotency_key(key)
@@ -363,15 +374,38 @@ mod tests {
     fn parses_every_op() {
         assert_eq!(
             parse_str(r#"{"op":"subscribe","topic":"a/b"}"#),
-            Ok(Command::Subscribe { topic: "a/b".into(), since: None, token: None })
+            Ok(Command::Subscribe {
+                topic: "a/b".into(),
+                since: None,
+                token: None,
+                presence: false
+            })
         );
         assert_eq!(
             parse_str(r#"{"op":"subscribe","topic":"vip","token":"a.b.c"}"#),
             Ok(Command::Subscribe {
                 topic: "vip".into(),
                 since: None,
-                token: Some("a.b.c".into())
+                token: Some("a.b.c".into()),
+                presence: false,
             })
+        );
+        assert_eq!(
+            parse_str(r#"{"op":"subscribe","topic":"room","presence":true}"#),
+            Ok(Command::Subscribe {
+                topic: "room".into(),
+                since: None,
+                token: None,
+                presence: true
+            })
+        );
+        assert_eq!(
+            parse_str(r#"{"op":"subscribe","topic":"room","presence":1}"#).unwrap_err().code,
+            "invalid_command"
+        );
+        assert_eq!(
+            parse_str(r#"{"op":"presence","topic":"room"}"#),
+            Ok(Command::Presence("room".into()))
         );
         assert_eq!(
             parse_str(r#"{"op":"refresh","token":"a.b.c"}"#),
@@ -384,11 +418,17 @@ mod tests {
                 topic: "a".into(),
                 since: Some(Since::After(crate::xshard::EventId { epoch: 5, offset: 7 })),
                 token: None,
+                presence: false,
             })
         );
         assert_eq!(
             parse_str(r#"{"op":"subscribe","topic":"a","since":"latest"}"#),
-            Ok(Command::Subscribe { topic: "a".into(), since: Some(Since::Latest), token: None })
+            Ok(Command::Subscribe {
+                topic: "a".into(),
+                since: Some(Since::Latest),
+                token: None,
+                presence: false
+            })
         );
         assert_eq!(
             parse_str(r#"{"op":"history","topic":"a"}"#),

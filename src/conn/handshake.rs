@@ -110,7 +110,8 @@ fn decide(req: &httparse::Request<'_, '_>, policy: Policy<'_>) -> Request {
         _ => return reject(400, "more than one Host header"),
     }
     if let Some(endpoint) = path.strip_prefix("/api/") {
-        return Request::Api(ApiHead::of(req, endpoint));
+        let query = target.split_once('?').map_or("", |(_, q)| q);
+        return Request::Api(ApiHead::of(req, endpoint, query));
     }
     if req.method != Some("GET") {
         return reject(405, "only GET is supported");
@@ -171,7 +172,7 @@ fn decide(req: &httparse::Request<'_, '_>, policy: Policy<'_>) -> Request {
     };
     let query = target.split_once('?').map(|(_, query)| query);
     let last_event_id = query.and_then(|q| query_value(q, "lastEventId")).map(|value| {
-        match percent_decoded(value, MAX_EVENT_ID_TEXT) {
+        match crate::http::percent_decoded(value, MAX_EVENT_ID_TEXT) {
             Some(text) => Since::parse(&text).unwrap_or(Since::Malformed),
             None => Since::Malformed,
         }
@@ -183,7 +184,8 @@ fn decide(req: &httparse::Request<'_, '_>, policy: Policy<'_>) -> Request {
         .map(str::to_owned)
         .or_else(|| {
             query.and_then(|q| query_value(q, "token")).map(|value| {
-                percent_decoded(value, MAX_TOKEN_TEXT).unwrap_or_else(|| value.to_owned())
+                crate::http::percent_decoded(value, MAX_TOKEN_TEXT)
+                    .unwrap_or_else(|| value.to_owned())
             })
         });
     Request::Upgrade {
@@ -208,26 +210,6 @@ const MAX_EVENT_ID_TEXT: usize = 64;
 
 /// Longest `token` query value decoded (the request head's own limit bounds it anyway).
 const MAX_TOKEN_TEXT: usize = 16 << 10;
-
-/// `%XX`-decodes a query value; `None` when it is malformed, not UTF-8 or longer than
-/// `max`.
-fn percent_decoded(value: &str, max: usize) -> Option<String> {
-    if value.len() > max {
-        return None;
-    }
-    let mut out = Vec::with_capacity(value.len());
-    let mut bytes = value.bytes();
-    while let Some(b) = bytes.next() {
-        if b == b'%' {
-            let hex = [bytes.next()?, bytes.next()?];
-            let hex = std::str::from_utf8(&hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-        } else {
-            out.push(b);
-        }
-    }
-    String::from_utf8(out).ok()
-}
 
 /// A key is the base64 encoding of 16 bytes: 22 base64 characters and `==`.
 fn is_valid_key(key: &str) -> bool {

@@ -61,11 +61,21 @@ pub enum SubscribeReply {
 pub trait Subscriptions {
     /// Subscribes `conn` to `topic`; with `since`, the missed events (or the last one,
     /// for `latest`) are replayed before live ones.
-    fn subscribe(&self, conn: ConnId, topic: &str, since: Option<Since>) -> SubscribeReply;
+    /// With `presence`, the connection also gets the topic's members after `subscribed`,
+    /// then its joins and leaves.
+    fn subscribe(
+        &self,
+        conn: ConnId,
+        topic: &str,
+        since: Option<Since>,
+        presence: bool,
+    ) -> SubscribeReply;
     /// Unsubscribes `conn` from `topic` (nothing when it was not subscribed).
     fn unsubscribe(&self, conn: ConnId, topic: &str);
     /// Sends `conn` one page of `topic`'s history (the answer comes later).
     fn history(&self, conn: ConnId, topic: &str, since: Since, limit: u64);
+    /// Sends `conn` the members of `topic` once (the answer comes later).
+    fn presence(&self, conn: ConnId, topic: &str);
 }
 
 /// Which protocol a connection speaks.

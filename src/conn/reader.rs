@@ -538,12 +538,12 @@ fn handle_message(
         None
     };
     let reply = match parsed {
-        Ok(command::Command::Subscribe { topic, since, token }) => {
+        Ok(command::Command::Subscribe { topic, since, token, presence }) => {
             if let Err(refused) = authorize_subscribe(ctx, conn, &topic, token.as_deref()) {
                 send_reply(ctx, conn, &refused.to_json());
                 return Ok(());
             }
-            match subs.subscribe(conn.id(), &topic, since) {
+            match subs.subscribe(conn.id(), &topic, since, presence) {
                 SubscribeReply::Now => Some(command::ack_json("subscribed", &topic)),
                 SubscribeReply::WhenConfirmed => None,
                 SubscribeReply::TooManyTopics => Some(
@@ -560,6 +560,13 @@ fn handle_message(
             Some(command::ack_json("unsubscribed", &topic))
         }
         Ok(command::Command::Refresh { token }) => Some(refresh(ctx, conn, &token)),
+        Ok(command::Command::Presence(topic)) if !conn.permits(Action::Subscribe(&topic)) => {
+            Some(forbidden(ctx, format!("not allowed to read topic \"{topic}\"")))
+        }
+        Ok(command::Command::Presence(topic)) => {
+            subs.presence(conn.id(), &topic);
+            None
+        }
         Ok(command::Command::History { topic, .. }) if !conn.permits(Action::Subscribe(&topic)) => {
             Some(forbidden(ctx, format!("not allowed to read topic \"{topic}\"")))
         }

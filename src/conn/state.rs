@@ -97,6 +97,17 @@ pub struct HeartbeatDue {
     pub app_ping: bool,
 }
 
+/// Who ended a connection, and with which close code (the `connection_closed` webhook).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The client: its Close's code, or 1006 when it vanished without one.
+    Client(u16),
+    /// No Pong in time (the server's 1008).
+    Heartbeat,
+    /// The server, with this code.
+    Server(u16),
+}
+
 /// Why a control frame was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ControlFlood;
@@ -109,6 +120,8 @@ pub struct ConnState {
     /// Frames waiting for the socket.
     out: OutQueue,
     phase: Phase,
+    /// Who ended the connection (in the padding after `phase`).
+    ending: Ending,
     /// When an ongoing close stops waiting for the client.
     close_deadline: Option<Instant>,
     /// When our unanswered Ping went out; `None` when none is outstanding.
@@ -128,6 +141,7 @@ impl ConnState {
     pub fn new(now: Instant, timing: &Timing, app_pings: bool) -> ConnState {
         ConnState {
             phase: Phase::Open,
+            ending: Ending::Client(close_code::ABNORMAL),
             out: OutQueue::default(),
             close_deadline: None,
             awaiting_pong_since: None,
@@ -135,6 +149,11 @@ impl ConnState {
             next_app_ping: timing.app_ping_interval.filter(|_| app_pings).map(|d| now + d),
             control_window: (0, 0),
         }
+    }
+
+    /// Who ended the connection (so far: the client, by vanishing).
+    pub fn ending(&self) -> Ending {
+        self.ending
     }
 
     /// The close-handshake phase.
@@ -187,6 +206,7 @@ impl ConnState {
             return false;
         }
         self.phase = Phase::Closing;
+        self.ending = Ending::Server(close.code);
         if close.discard_queued {
             self.out.drop_unstarted();
         }
@@ -201,6 +221,7 @@ impl ConnState {
     pub fn handle_peer_close(&mut self, reply_code: u16, now: Instant, grace: Duration) -> bool {
         match self.phase {
             Phase::Open => {
+                self.ending = Ending::Client(reply_code);
                 self.out.push(Rc::new(frame::encode_close(reply_code, "")));
                 self.close_deadline = Some(now + grace);
                 self.phase = Phase::PeerClosed;
@@ -259,6 +280,9 @@ impl ConnState {
                     discard_queued: false,
                 };
                 due.timed_out = self.begin_close(close, now, timing.close_grace);
+                if due.timed_out {
+                    self.ending = Ending::Heartbeat;
+                }
                 return due;
             }
         } else if let (Some(next), Some(interval)) = (self.next_ping, timing.ping_interval)

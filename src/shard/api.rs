@@ -299,11 +299,21 @@ async fn one_request(
             "missing or wrong API key (Authorization: Bearer <key>)",
         )));
     }
+    if head.get {
+        let answer = match api::parse_query(&head.endpoint, &head.query) {
+            Ok(query) => ask(shard, query).await,
+            Err(error) => Err(error),
+        };
+        return Ok(match answer {
+            Ok(value) => (200, value.to_string()),
+            Err(error) => (error.status, error.to_body()),
+        });
+    }
     if !head.post {
         return Err(Some(ApiError::new(
             405,
             "method_not_allowed",
-            "every /api/ endpoint is a POST",
+            "the /api/ endpoints that act are POSTs, the ones that read are GETs",
         )));
     }
     let length = match head.content_length {
@@ -436,6 +446,17 @@ async fn answer_of(waiting: &Waiting) -> Result<Value, ApiError> {
             unavailable("no answer in time: the event may or may not be stored; retry with the same idempotency_key")
         })?;
     serde_json::from_str(&text).map_err(|_| unavailable("unreadable answer from the bus"))
+}
+
+/// An occupancy question, answered by the node's presence owner (cluster-wide).
+async fn ask(shard: &Rc<Shard>, query: crate::presence::Query) -> Result<Value, ApiError> {
+    let (ticket, answer) = shard.api_waiters.register();
+    shard.bus.presence_query(query, ticket.ticket);
+    let reply = answer_of(&Waiting { _ticket: ticket, answer }).await?;
+    if reply.get("type").and_then(Value::as_str) == Some("error") {
+        return Err(failed(&reply, "Redis is unreachable"));
+    }
+    Ok(reply)
 }
 
 async fn disconnect_everywhere(shard: &Rc<Shard>, d: ApiDisconnect) -> Result<Value, ApiError> {

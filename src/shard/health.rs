@@ -42,10 +42,20 @@ pub(crate) struct Health {
     rate_limit_closes: u64,
     connects_limited: u64,
     user_limited: u64,
+    webhooks: Webhooks,
     rss_bytes: u64,
     node_id: String,
     bus: &'static str,
     bridge: Option<Bridge>,
+}
+
+/// Webhook delivery (zeros without `webhook_url`).
+#[derive(Debug, Serialize)]
+struct Webhooks {
+    queued: u64,
+    sent: u64,
+    failed: u64,
+    dropped: u64,
 }
 
 /// The Redis bridge's part of `/healthz` (`null` with the embedded bus).
@@ -137,6 +147,12 @@ impl Health {
             rate_limit_closes: stats.total(|s| &s.rate_limit_closes),
             connects_limited: stats.total(|s| &s.connects_limited),
             user_limited: stats.total(|s| &s.user_limited),
+            webhooks: Webhooks {
+                queued: stats.webhooks.queued.load(Relaxed),
+                sent: stats.webhooks.sent.load(Relaxed),
+                failed: stats.webhooks.failed.load(Relaxed),
+                dropped: stats.webhooks.dropped.load(Relaxed),
+            },
             rss_bytes: sys::process_rss_bytes().unwrap_or(0),
             node_id: stats.node.0.to_string(),
             bus: if stats.bridge.is_some() { "redis" } else { "embedded" },

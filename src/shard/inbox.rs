@@ -68,6 +68,10 @@ fn handle(shard: &Shard, message: ShardMessage) -> u64 {
             shard.apply_control(&control);
             0
         }
+        ShardMessage::Presence(news) => shard.presence_news(&news),
+        ShardMessage::PresenceSnapshot { to, seq, json } => {
+            shard.presence_snapshot(&to, seq, &json)
+        }
         ShardMessage::Reply { to, user, json } => {
             shard.reply_to(to, &user, &json);
             0

@@ -33,6 +33,7 @@ mod health;
 mod heartbeat;
 mod inbox;
 mod listener;
+mod presence;
 mod recovering;
 mod session;
 mod table;
@@ -60,6 +61,7 @@ use crate::{
     frame::close_code,
     history::{Since, memory::HistorySettings},
     hub::{ConnId, Hub, Subscribed},
+    presence::webhook::WebhookQueue,
     xshard::{
         BudgetSlot, ConnectRate, ConnectionBudget, Delivery, NodeId, NodeStats, Publisher,
         ReplayAnswer, ReplayPurpose, ReplayTo, Route, ShardControl, ShardId, ShardInbox,
@@ -109,6 +111,8 @@ pub(crate) struct NodeShared {
     pub api_key: Option<Arc<str>>,
     /// New connections per second per IP, node-wide.
     pub connect_rate: Arc<ConnectRate>,
+    /// To the webhook dispatcher; `None` without webhooks.
+    pub webhooks: Option<WebhookQueue>,
 }
 
 /// How long a shard's tasks run before the executor polls for I/O again. The inbox
@@ -161,6 +165,10 @@ pub struct Shard {
     shutting_down: Cell<bool>,
     /// Server-API requests waiting for the bus's answer.
     api_waiters: Rc<api::ApiWaiters>,
+    /// Connections subscribed with `presence: true`.
+    watchers: RefCell<presence::Watchers>,
+    /// To the webhook dispatcher (`connection_closed`); `None` without webhooks.
+    webhooks: Option<WebhookQueue>,
     /// Users refused until a time (`/api/disconnect` with a block).
     blocks: api::Blocks,
     /// New connections per second per IP, node-wide.
@@ -176,7 +184,8 @@ impl Shard {
         sequencer: Option<Rc<LocalSequencer>>,
         node: NodeShared,
     ) -> Rc<Shard> {
-        let NodeShared { stats, budget, pending_budget, verifier, api_key, connect_rate } = node;
+        let NodeShared { stats, budget, pending_budget, verifier, api_key, connect_rate, webhooks } =
+            node;
         Rc::new(Shard {
             table: table::ConnTable::default(),
             hub: RefCell::new(Hub::new()),
@@ -189,6 +198,8 @@ impl Shard {
             budget,
             shutting_down: Cell::new(false),
             api_waiters: Rc::default(),
+            watchers: RefCell::default(),
+            webhooks,
             blocks: api::Blocks::default(),
             connect_rate,
             ctx: ShardContext::new(id, cfg, stats, verifier, api_key),
@@ -243,6 +254,7 @@ impl Shard {
             verifier: None,
             api_key: None,
             connect_rate: ConnectRate::new(0),
+            webhooks: None,
         };
         Shard::new(ShardId(0), cfg, vec![bus], None, node)
     }
@@ -265,8 +277,19 @@ impl Shard {
 }
 
 impl Subscriptions for Shard {
-    fn subscribe(&self, conn: ConnId, topic: &str, since: Option<Since>) -> SubscribeReply {
+    fn subscribe(
+        &self,
+        conn: ConnId,
+        topic: &str,
+        since: Option<Since>,
+        presence: bool,
+    ) -> SubscribeReply {
         let outcome = self.hub.borrow_mut().subscribe(topic, conn, MAX_TOPICS_PER_CONN);
+        if matches!(outcome, Subscribed::Added(_))
+            && let Some(user) = self.user_of(conn)
+        {
+            self.bus.presence_change(topic, &user, true);
+        }
         let reply = match outcome {
             Subscribed::Added(Some(change)) => {
                 self.awaiting.borrow_mut().gained(topic, conn);
@@ -282,6 +305,14 @@ impl Subscriptions for Shard {
             }
             Subscribed::TooManyTopics => return SubscribeReply::TooManyTopics,
         };
+        if presence {
+            // The snapshot is asked for once `subscribed` is sent (now, or when the bus
+            // confirms the topic); news is held until it arrives.
+            let token = self.watchers.borrow_mut().watch(topic, conn);
+            if reply == SubscribeReply::Now {
+                self.request_snapshot(conn, topic, Some(token));
+            }
+        }
         if let Some(since) = since {
             let route = Route::Topic(topic.into());
             self.recoveries.borrow_mut().begin(route.clone(), conn, since, purpose_of(since));
@@ -293,6 +324,12 @@ impl Subscriptions for Shard {
     }
 
     fn unsubscribe(&self, conn: ConnId, topic: &str) {
+        if self.hub.borrow().is_subscribed(topic, conn)
+            && let Some(user) = self.user_of(conn)
+        {
+            self.bus.presence_change(topic, &user, false);
+        }
+        self.watchers.borrow_mut().forget(topic, conn);
         self.awaiting.borrow_mut().forget(topic, conn);
         self.recoveries.borrow_mut().forget(&Route::Topic(topic.into()), conn);
         let change = self.hub.borrow_mut().unsubscribe(topic, conn);
@@ -313,6 +350,10 @@ impl Subscriptions for Shard {
             purpose: ReplayPurpose::History,
         };
         self.bus.request_replay(ReplayRequest { route, since, limit, to });
+    }
+
+    fn presence(&self, conn: ConnId, topic: &str) {
+        self.request_snapshot(conn, topic, None);
     }
 }
 
@@ -452,6 +493,10 @@ impl Shard {
         // this shard (the answer comes behind them).
         for id in recover {
             self.request_replay(id, Route::Topic(topic.into()));
+            let token = self.watchers.borrow().awaiting(topic, id);
+            if token.is_some() {
+                self.request_snapshot(id, topic, token);
+            }
         }
     }
 
@@ -528,7 +573,8 @@ pub(crate) async fn run(parts: ShardParts) {
     let sequencer = sequencer.map(|(lane, inboxes)| {
         let history = HistorySettings::of(&cfg);
         let window = cfg.idempotency_window.0;
-        LocalSequencer::new(id, lane, inboxes, node.stats.node.clone(), history, window)
+        let webhooks = node.webhooks.clone();
+        LocalSequencer::new(id, lane, inboxes, node.stats.clone(), history, window, webhooks)
     });
     let shard = Shard::new(id, cfg, bus_lanes, sequencer.clone(), node);
     // The ring is set up on this thread: it is its only submitter.

@@ -120,6 +120,7 @@ impl Drop for Registered {
         let id = conn.id();
         let mut lost = Vec::new();
         shard.forget_waiting(id);
+        shard.presence_gone(conn);
         shard.hub.borrow_mut().remove_conn(conn.user(), id, &mut lost);
         for change in lost {
             shard.bus.change_interest(change);

@@ -37,6 +37,7 @@
 //!   same time — and answered behind the live events up to the node's position.
 
 pub(crate) mod history;
+pub(crate) mod presence;
 pub(crate) mod user_count;
 pub(crate) mod wire;
 
@@ -133,6 +134,23 @@ pub(crate) struct BridgeSettings {
     pub delivery: DeliveryMode,
     /// Keep users' connection counts in Redis (`max_connections_per_user` is set).
     pub count_users: bool,
+    /// A dead node's presence members are removed this long after its last heartbeat.
+    pub presence_ttl: Duration,
+    /// Webhooks, when configured: the dispatcher runs on the bridge's runtime.
+    pub webhooks: Option<BridgeWebhooks>,
+}
+
+/// The webhook parts the bridge runs.
+#[derive(Clone, Debug)]
+pub(crate) struct BridgeWebhooks {
+    /// How to send them.
+    pub settings: crate::presence::dispatch::WebhookSettings,
+    /// The node's queue (presence transitions go in here too).
+    pub queue: crate::presence::webhook::WebhookQueue,
+    /// The dispatcher's end of the queue.
+    pub events: flume::Receiver<crate::presence::webhook::WebhookEvent>,
+    /// The vacate delay (kept in Redis, cluster-wide).
+    pub vacate_delay: Duration,
 }
 
 impl std::fmt::Debug for BridgeSettings {
@@ -428,7 +446,7 @@ impl Shared {
 
 /// The bridge's life: until every shard has closed its lane (shutdown).
 async fn run(
-    settings: BridgeSettings,
+    mut settings: BridgeSettings,
     (subscriber, publisher, reader): (Client, Client, Client),
     commands: BusCommands,
     inboxes: ShardInboxes,
@@ -460,6 +478,23 @@ async fn run(
                 settings.heartbeat_timeout * 3,
             )
         }),
+    });
+    // Taken out of the settings: the dispatcher ends once every queue sender is gone.
+    let webhook_parts = settings.webhooks.take();
+    let redis_presence = Rc::new(presence::RedisPresence::new(
+        &settings.prefix,
+        &node.to_string(),
+        settings.presence_ttl,
+        webhook_parts.as_ref().map(|w| (w.queue.clone(), w.vacate_delay)),
+        shared.stats.clone(),
+        shared.inboxes.clone(),
+    ));
+    let (presence_tx, presence_rx) = mpsc::unbounded_channel();
+    let presence_task =
+        tokio::task::spawn_local(presence::run(redis_presence, publisher.clone(), presence_rx));
+    let webhooks = webhook_parts.map(|w| {
+        let stats = shared.stats.clone();
+        tokio::task::spawn_local(crate::presence::dispatch::run(w.settings, w.events, stats))
     });
     // Receivers first: nothing published after the connection is up is missed.
     let mut messages = subscriber.message_rx();
@@ -552,6 +587,7 @@ async fn run(
                         users.rewrite(&publisher).await;
                     }
                 });
+                let _ = presence_tx.send(presence::ToPresence::Reconnected);
             }
             done = reads_done.recv() => {
                 let Some(done) = done else { break 'bridge };
@@ -608,6 +644,9 @@ async fn run(
                         publish(&shared, &jobs_tx, event, options, reply_to, &mut targets).await;
                     }
                     BusCommand::Replay(request) => replay_requested(&shared, *request).await,
+                    BusCommand::Presence(command) => {
+                        let _ = presence_tx.send(presence::ToPresence::Command(command));
+                    }
                     BusCommand::CountUser { user, change } => {
                         let (shared, publisher) = (shared.clone(), publisher.clone());
                         tokio::task::spawn_local(async move {
@@ -627,7 +666,17 @@ async fn run(
     }
     drop(jobs_tx);
     drop(ops_tx);
+    drop(presence_tx);
     let _ = publishes.await;
+    // Bounded: the last presence writes, and the last webhooks (connections closed by
+    // the shutdown) get a moment, not a hold on the node's exit.
+    let last = async {
+        let _ = presence_task.await;
+        if let Some(webhooks) = webhooks {
+            let _ = webhooks.await;
+        }
+    };
+    let _ = tokio::time::timeout(settings.command_timeout.max(Duration::from_secs(2)), last).await;
     subscriptions.abort();
     reads.abort();
     if let Some(streams) = streams {
@@ -754,6 +803,12 @@ async fn receive(
             return;
         }
     };
+    if let Route::Topic(topic) = &route
+        && let Some(news) = presence::news_of(topic, text)
+    {
+        shared.deliver(targets, ShardMessage::Presence(Arc::new(news))).await;
+        return;
+    }
     let delivery = Arc::new(wire::delivery_from(route.clone(), text, json));
     BridgeStats::add(&shared.bridge().messages_in, 1);
     if shared.delivery == DeliveryMode::Streams
@@ -832,7 +887,7 @@ fn evalsha() -> fred::types::CustomCommand {
 
 /// Loads both scripts into Redis's script cache (after every publisher connection).
 async fn load_scripts(publisher: &Client) {
-    for script in [PUBLISH_SCRIPT, READ_SCRIPT] {
+    for script in [PUBLISH_SCRIPT, READ_SCRIPT, presence::PRESENCE_SCRIPT] {
         if let Err(e) = publisher.script_load::<String, _>(script).await {
             debug!(cause = %e.details(), "SCRIPT LOAD failed (retried on NOSCRIPT)");
         }
