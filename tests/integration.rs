@@ -20,6 +20,8 @@ mod cluster;
 mod hostile;
 /// Configured limits: connection cap, heartbeat deadlines, application pings.
 mod limits;
+/// Presence, occupancy and webhooks across nodes, with a node killed.
+mod presence;
 /// Event ids, history and recovery, embedded and across nodes, with Redis faults.
 mod recovery;
 /// The binary as a process: SIGTERM closes clients with 1001 and exits 0; configuration

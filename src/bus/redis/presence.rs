@@ -238,6 +238,9 @@ pub(crate) struct RedisPresence {
     dirty: RefCell<HashMap<Box<str>, HashSet<Box<str>>>>,
     /// Write everything again at the next chance.
     resync: Cell<bool>,
+    /// A heartbeat has registered the node (so a later one that finds it missing means
+    /// it was declared dead).
+    registered: Cell<bool>,
     meter: RefCell<RateMeter>,
 }
 
@@ -263,6 +266,7 @@ impl RedisPresence {
             tally: RefCell::default(),
             dirty: RefCell::default(),
             resync: Cell::new(true),
+            registered: Cell::new(false),
             meter: RefCell::new(RateMeter::new(Instant::now(), 0)),
         }
     }
@@ -314,7 +318,10 @@ impl RedisPresence {
     async fn flush(&self, client: &Client) {
         if self.resync.replace(false) {
             self.dirty.borrow_mut().clear();
-            if !self.write_all(client).await {
+            if self.write_all(client).await {
+                // At once: the node is listed in `/api/stats` from its first write on.
+                self.beat(client).await;
+            } else {
                 self.resync.set(true);
             }
             return;
@@ -467,12 +474,13 @@ impl RedisPresence {
         match Self::call(client, args).await {
             Ok(value) => {
                 let known = matches!(&value, Value::Array(v) if v.first().and_then(Value::as_string).as_deref() == Some("1"));
-                if !known && !self.resync.get() {
+                if !known && self.registered.get() {
                     warn!(
                         "presence: this node had been declared dead (no heartbeat for presence_ttl); writing its members again"
                     );
                     self.resync.set(true);
                 }
+                self.registered.set(true);
                 self.send_webhooks(&value, 1);
             }
             Err(e) => debug!(cause = %e.details(), "presence heartbeat failed"),
