@@ -36,7 +36,7 @@ fn fan_out(c: &mut Criterion) {
         // Half the connections subscribe to "news", the other half to "sports".
         for (i, registered) in conns.iter().enumerate() {
             let topic = if i % 2 == 0 { "news" } else { "sports" };
-            shard.subscribe(registered.conn().id(), topic, None);
+            shard.subscribe(registered.conn().id(), topic, None, false);
         }
         let broadcast = Event {
             sender: "pub".into(),

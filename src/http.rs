@@ -29,19 +29,6 @@ pub(crate) fn bearer_token(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bearer_credentials() {
-        assert_eq!(bearer_token("Bearer a.b.c"), Some("a.b.c"));
-        assert_eq!(bearer_token(" bearer   a.b.c "), Some("a.b.c"));
-        assert_eq!(bearer_token("Basic eA=="), None);
-        assert_eq!(bearer_token("Bearer"), None);
-    }
-}
-
 /// `%XX`-decodes a query value; `None` when it is malformed, not UTF-8 or longer than
 /// `max`.
 pub(crate) fn percent_decoded(value: &str, max: usize) -> Option<String> {
@@ -60,4 +47,17 @@ pub(crate) fn percent_decoded(value: &str, max: usize) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_credentials() {
+        assert_eq!(bearer_token("Bearer a.b.c"), Some("a.b.c"));
+        assert_eq!(bearer_token(" bearer   a.b.c "), Some("a.b.c"));
+        assert_eq!(bearer_token("Basic eA=="), None);
+        assert_eq!(bearer_token("Bearer"), None);
+    }
 }

@@ -58,12 +58,14 @@ impl ApiHead {
     }
 }
 
-/// A complete JSON response; `keep_alive` says whether the connection stays open.
-pub(crate) fn response(status: u16, body: &str, keep_alive: bool) -> Vec<u8> {
+/// A complete JSON response for a request to `endpoint`; `keep_alive` says whether the
+/// connection stays open.
+pub(crate) fn response(status: u16, body: &str, keep_alive: bool, endpoint: &str) -> Vec<u8> {
     let reason = crate::http::reason_phrase(status);
     let extra = match status {
         401 => "WWW-Authenticate: Bearer\r\n",
-        405 => "Allow: GET, POST\r\n",
+        405 if super::is_read_endpoint(endpoint) => "Allow: GET\r\n",
+        405 => "Allow: POST\r\n",
         _ => "",
     };
     let connection = if keep_alive { "keep-alive" } else { "close" };

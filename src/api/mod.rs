@@ -187,6 +187,16 @@ impl Kind {
 ///
 /// # Errors
 /// 404 for an unknown endpoint, 400 naming the field for a malformed body.
+/// Whether `endpoint` is one of the `POST` endpoints (they act).
+pub(crate) fn is_act_endpoint(endpoint: &str) -> bool {
+    Kind::of(endpoint).is_some() || endpoint == "batch" || endpoint == "disconnect"
+}
+
+/// Whether `endpoint` is one of the `GET` endpoints (occupancy).
+pub(crate) fn is_read_endpoint(endpoint: &str) -> bool {
+    endpoint == "stats" || endpoint == "channels" || endpoint.starts_with("channels/")
+}
+
 /// Parses a `GET` request: `channels[?prefix=P]`, `channels/{T}`, `channels/{T}/users`,
 /// `stats`. A topic with `/` in it is written `%2F`.
 ///

@@ -102,13 +102,13 @@ pub(crate) async fn run(
         match received {
             Some(Ok(event)) => {
                 let now = Instant::now();
-                match debouncer.as_mut() {
-                    Some(d) => match d.offer(event, now) {
-                        Some(event) => take(event, &mut batch),
-                        // Held: still queued. Cancelled with its pair: both are done.
-                        None => {}
-                    },
-                    None => take(event, &mut batch),
+                // A held event stays queued; one cancelled with its pair is done.
+                let passed = match debouncer.as_mut() {
+                    Some(d) => d.offer(event, now),
+                    None => Some(event),
+                };
+                if let Some(event) = passed {
+                    take(event, &mut batch);
                 }
             }
             Some(Err(_)) => closed = true,

@@ -415,7 +415,7 @@ mod tests {
         assert_eq!(first, Transition { joined: true, occupied: true, ..Default::default() });
         // Ann's second tab: not a join.
         assert_eq!(tally.change("room", "ann", true), Transition::default());
-        assert_eq!(tally.change("room", "bob", true).joined, true);
+        assert!(tally.change("room", "bob", true).joined);
         assert_eq!(tally.occupancy("room"), Occupancy { subscribers: 3, users: 2 });
         assert_eq!(
             tally.members("room"),

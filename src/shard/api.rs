@@ -211,7 +211,7 @@ pub(super) async fn serve(
                 Err(Some(error)) => (error.status, error.to_body(), false),
                 Err(None) => return, // timed out, or the peer went away
             };
-        let response = api_http::response(status, &body, keep_alive);
+        let response = api_http::response(status, &body, keep_alive, &head.endpoint);
         if stream.write_all(&response).await.is_err() || !keep_alive {
             let _ = stream.close().await;
             return;
@@ -250,7 +250,7 @@ async fn next_head(
             }
             let error =
                 ApiError::new(400, "invalid_request", "only /api/ requests on an API connection");
-            let _ = stream.write_all(&api_http::response(400, &error.to_body(), false)).await;
+            let _ = stream.write_all(&api_http::response(400, &error.to_body(), false, "")).await;
             return None;
         }
         if buffered.len() >= cfg.max_request_size.0 {
@@ -299,7 +299,8 @@ async fn one_request(
             "missing or wrong API key (Authorization: Bearer <key>)",
         )));
     }
-    if head.get {
+    let reads = api::is_read_endpoint(&head.endpoint);
+    if head.get && reads {
         let answer = match api::parse_query(&head.endpoint, &head.query) {
             Ok(query) => ask(shard, query).await,
             Err(error) => Err(error),
@@ -309,7 +310,14 @@ async fn one_request(
             Err(error) => (error.status, error.to_body()),
         });
     }
-    if !head.post {
+    if !head.post && !reads && !api::is_act_endpoint(&head.endpoint) {
+        return Err(Some(ApiError::new(
+            404,
+            "not_found",
+            format!("no endpoint /api/{}", head.endpoint),
+        )));
+    }
+    if !head.post || reads {
         return Err(Some(ApiError::new(
             405,
             "method_not_allowed",
