@@ -158,7 +158,7 @@ async fn main() {
     let mut joiners = Vec::with_capacity(args.joiners);
     for chunk in (0..args.joiners).collect::<Vec<_>>().chunks(200) {
         let opened = futures_util::future::join_all(
-            chunk.iter().map(|i| connect(args.addr, &format!("j{i}"))),
+            chunk.iter().map(|i| async move { connect(args.addr, &format!("j{i}")).await }),
         )
         .await;
         joiners.extend(opened);
