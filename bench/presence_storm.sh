@@ -40,12 +40,28 @@ for round in $(seq "$ROUNDS"); do
       sleep 0.1 # waiting for the node to listen (bounded: 10 s)
     done
     taskset -c 1 target/release/examples/presence_storm --addr 127.0.0.1:$PORT --mode $mode \
-      --watchers "$WATCHERS" --joiners "$JOINERS" "${STORM_ARGS[@]}" |
+      --watchers "$WATCHERS" --joiners "$JOINERS" |
       sed "s/^{/{\"bus\":\"$label\",\"round\":$round,/" | tee -a "$OUT/$label.jsonl"
     kill $SERVER
     wait $SERVER 2>/dev/null || true
   done
 done
+if [ "$label" = redis ]; then
+  PORT=$(free_port)
+  taskset -c 0 target/release/corecast --listen 127.0.0.1:$PORT --shards 1 "${REDIS_ARGS[@]}" \
+    --node-id cost >/dev/null 2>>"$OUT/server.log" &
+  SERVER=$!
+  PIDS+=($SERVER)
+  for _ in $(seq 100); do
+    curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
+    sleep 0.1 # waiting for the node to listen (bounded: 10 s)
+  done
+  # Only the cost node runs now: the counts are its own.
+  taskset -c 1 target/release/examples/presence_storm --addr 127.0.0.1:$PORT --mode cost \
+    --joiners 200 "${STORM_ARGS[@]}" | tee -a "$OUT/cost.jsonl"
+  kill $SERVER
+  wait $SERVER 2>/dev/null || true
+fi
 python3 - "$OUT/$label.jsonl" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
@@ -54,7 +70,4 @@ def med(mode, key):
 for key in ["deliveries_per_s", "p50_ms", "p99_ms"]:
     p, m = med("presence", key), med("messages", key)
     print(f"{key}: presence {p:.1f}, messages {m:.1f}, presence/messages {p / m:.2f}x")
-for key in ["redis_commands_per_joiner", "redis_evalsha_per_joiner", "redis_idle_commands_per_s", "redis_idle_evalsha_per_s"]:
-    if any(key in r for r in rows):
-        print(f"{key}: presence {med('presence', key):.2f}, messages {med('messages', key):.2f}")
 PY

@@ -137,6 +137,10 @@ async fn command_calls(redis: SocketAddr) -> (u64, u64) {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = args();
+    if args.mode == "cost" {
+        cost(&args).await;
+        return;
+    }
     let presence = args.mode == "presence";
     let topic = "storm";
     // Watchers, subscribed (with their snapshot in presence mode).
@@ -163,20 +167,6 @@ async fn main() {
         .await;
         joiners.extend(opened);
     }
-    let idle = match args.redis {
-        Some(redis) => {
-            let before = command_calls(redis).await;
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let after = command_calls(redis).await;
-            Some(((after.0 - before.0) as f64 / 2.0, (after.1 - before.1) as f64 / 2.0))
-        }
-        None => None,
-    };
-    let redis_before = match args.redis {
-        Some(redis) => Some(command_calls(redis).await),
-        None => None,
-    };
-
     let base = Instant::now();
     let sent_at: Arc<Vec<AtomicU64>> =
         Arc::new((0..args.joiners).map(|_| AtomicU64::new(0)).collect());
@@ -233,7 +223,7 @@ async fn main() {
     }
     let elapsed = last.as_secs_f64() - send_start as f64 / 1e6;
     let deliveries = (args.watchers * args.joiners) as f64;
-    let mut line = serde_json::json!({
+    let line = serde_json::json!({
         "mode": args.mode,
         "watchers": args.watchers,
         "joiners": args.joiners,
@@ -244,17 +234,51 @@ async fn main() {
         "p99_ms": hist.value_at_quantile(0.99) as f64 / 1000.0,
         "max_ms": hist.max() as f64 / 1000.0,
     });
-    if let (Some(redis), Some(before), Some((idle_total, idle_eval))) =
-        (args.redis, redis_before, idle)
-    {
-        let after = command_calls(redis).await;
-        let window = base.elapsed().as_secs_f64();
-        let total = (after.0 - before.0) as f64 - idle_total * window;
-        let eval = (after.1 - before.1) as f64 - idle_eval * window;
-        line["redis_commands_per_joiner"] = serde_json::json!(total / args.joiners as f64);
-        line["redis_evalsha_per_joiner"] = serde_json::json!(eval / args.joiners as f64);
-        line["redis_idle_commands_per_s"] = serde_json::json!(idle_total);
-        line["redis_idle_evalsha_per_s"] = serde_json::json!(idle_eval);
+    println!("{line}");
+}
+
+/// The Redis cost of presence: `--joiners` cycles, one at a time, of a user subscribing
+/// (the watcher sees its join) then unsubscribing (the watcher sees its leave); `INFO
+/// commandstats` deltas over them, minus the idle rate (heartbeats) measured just before,
+/// per join + leave. Also the idle rate itself.
+async fn cost(args: &Args) {
+    let redis = args.redis.expect("--mode cost needs --redis-addr");
+    let topic = "cost";
+    let mut watcher = connect(args.addr, "watcher").await;
+    let sub = serde_json::json!({"op":"subscribe","topic":topic,"presence":true});
+    watcher.send(Message::text(sub.to_string())).await.unwrap();
+    next_text(&mut watcher).await;
+    next_text(&mut watcher).await;
+    let mut joiner = connect(args.addr, "joiner").await;
+    let idle_window = Duration::from_secs(10);
+    let before = command_calls(redis).await;
+    tokio::time::sleep(idle_window).await;
+    let after = command_calls(redis).await;
+    let idle = (
+        (after.0 - before.0) as f64 / idle_window.as_secs_f64(),
+        (after.1 - before.1) as f64 / idle_window.as_secs_f64(),
+    );
+    let start = Instant::now();
+    let before = command_calls(redis).await;
+    for _ in 0..args.joiners {
+        for op in ["subscribe", "unsubscribe"] {
+            let command = serde_json::json!({"op":op,"topic":topic});
+            joiner.send(Message::text(command.to_string())).await.unwrap();
+            next_text(&mut joiner).await;
+            let news = next_text(&mut watcher).await;
+            assert!(news.contains("\"joiner\""), "{news}");
+        }
     }
+    let after = command_calls(redis).await;
+    let window = start.elapsed().as_secs_f64();
+    let per = |d: u64, idle: f64| (d as f64 - idle * window) / args.joiners as f64;
+    let line = serde_json::json!({
+        "mode": "cost",
+        "cycles": args.joiners,
+        "redis_commands_per_join_and_leave": per(after.0 - before.0, idle.0),
+        "redis_evalsha_per_join_and_leave": per(after.1 - before.1, idle.1),
+        "idle_commands_per_s": idle.0,
+        "idle_evalsha_per_s": idle.1,
+    });
     println!("{line}");
 }

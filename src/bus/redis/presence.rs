@@ -291,13 +291,23 @@ impl RedisPresence {
         }
     }
 
-    /// Applies a shard's command.
-    fn apply(self: &Rc<Self>, client: &Client, command: PresenceCommand) {
+    /// Applies a membership change; returns a read for after the next write (so that a
+    /// snapshot includes the changes sent before it, the subscriber's own first).
+    fn apply(&self, command: PresenceCommand) -> Option<PresenceCommand> {
         match command {
             PresenceCommand::Change { topic, user, joined } => {
                 self.tally.borrow_mut().change(&topic, &user, joined);
                 self.dirty.borrow_mut().entry(topic).or_default().insert(user);
+                None
             }
+            read => Some(read),
+        }
+    }
+
+    /// Answers a read (a snapshot or an API question) in a task of its own.
+    fn answer(self: &Rc<Self>, client: &Client, command: PresenceCommand) {
+        match command {
+            PresenceCommand::Change { .. } => {}
             PresenceCommand::Snapshot(to) => {
                 let (this, client) = (self.clone(), client.clone());
                 tokio::task::spawn_local(async move { this.snapshot(&client, to).await });
@@ -619,10 +629,11 @@ pub(crate) async fn run(
             message = rx.recv() => {
                 let Some(message) = message else { break };
                 let mut next = Some(message);
-                // Everything already queued, then one write.
+                let mut reads = Vec::new();
+                // Everything already queued, then one write, then the reads.
                 while let Some(message) = next.take() {
                     match message {
-                        ToPresence::Command(command) => presence.apply(&client, command),
+                        ToPresence::Command(command) => reads.extend(presence.apply(command)),
                         ToPresence::Reconnected => presence.resync.set(true),
                     }
                     next = rx.try_recv().ok();
@@ -631,6 +642,9 @@ pub(crate) async fn run(
                     presence.flush(&client).await;
                 } else {
                     presence.resync.set(true);
+                }
+                for read in reads {
+                    presence.answer(&client, read);
                 }
             }
             _ = ticker.tick() => {
