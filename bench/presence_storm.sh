@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 WATCHERS=${WATCHERS:-10000}
 JOINERS=${JOINERS:-1000}
-OUT=bench/results/presence-$(date +%F)
+OVER=${OVER:-1}
+OUT=bench/results/presence-$(date +%F)${SUFFIX:-}
 mkdir -p "$OUT"
 cargo build --release --bin corecast --example presence_storm >/dev/null 2>&1
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -40,7 +41,7 @@ for round in $(seq "$ROUNDS"); do
       sleep 0.1 # waiting for the node to listen (bounded: 10 s)
     done
     taskset -c 1 target/release/examples/presence_storm --addr 127.0.0.1:$PORT --mode $mode \
-      --watchers "$WATCHERS" --joiners "$JOINERS" |
+      --watchers "$WATCHERS" --joiners "$JOINERS" --over "$OVER" |
       sed "s/^{/{\"bus\":\"$label\",\"round\":$round,/" | tee -a "$OUT/$label.jsonl"
     kill $SERVER
     wait $SERVER 2>/dev/null || true
