@@ -675,8 +675,10 @@ config_options! {
     pong_timeout: HumanDuration = HumanDuration(Duration::from_secs(10)), env = "CORECAST_PONG_TIMEOUT";
     /// Seed mode: interval of the application heartbeat text `{"type":"ping"}` (`off` disables it).
     app_ping_interval: HumanDuration = HumanDuration(Duration::from_secs(30)), env = "CORECAST_APP_PING_INTERVAL";
-    /// On SIGTERM/SIGINT: how long clients get to finish the close handshake before sockets are dropped.
+    /// On SIGTERM/SIGINT: how long clients get to finish the close handshake, after the last Close was sent, before sockets are dropped.
     drain_timeout: HumanDuration = HumanDuration(Duration::from_secs(10)), env = "CORECAST_DRAIN_TIMEOUT";
+    /// On SIGTERM/SIGINT: `/readyz` answers 503 at once, then the connections get Close 1012 ("service restart") spread evenly over this period, so that clients reconnect elsewhere gradually (`off`: all at once). A second signal closes the rest at once; `drain_timeout` then applies.
+    drain_period: HumanDuration = HumanDuration(Duration::from_secs(10)), env = "CORECAST_DRAIN_PERIOD";
     /// SO_SNDBUF for accepted sockets (0 = kernel default with autotuning). Bounds kernel memory per slow client.
     socket_send_buffer: ByteSize = ByteSize(0), env = "CORECAST_SOCKET_SEND_BUFFER";
     /// Capacity, in events, of each shard's inbox from the bus and of its sequencer lane (commands about the streams it owns). Full, they make publishers wait.

@@ -65,12 +65,21 @@ fn run() -> anyhow::Result<()> {
     let server = corecast::start(cfg)?;
     println!("corecast listening on ws://{}/ws/{{user_id}}", server.local_addr());
     if let Some(signal) = signals.forever().next() {
-        info!(signal, "shutdown requested: closing connections with 1001 and draining");
+        info!(
+            signal,
+            "shutdown requested: /readyz answers 503; closing connections with 1012 over the drain period"
+        );
     }
     server.shutdown();
+    let drain = server.drain_handle();
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
-            warn!("second signal: exiting without draining");
+        let mut more = signals.forever();
+        if more.next().is_some() {
+            warn!("second signal: closing the remaining connections at once");
+            drain.close_rest_now();
+        }
+        if more.next().is_some() {
+            warn!("third signal: exiting without draining");
             std::process::exit(130);
         }
     });

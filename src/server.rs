@@ -56,6 +56,21 @@ pub struct RunningServer {
     budget: Arc<ConnectionBudget>,
 }
 
+/// Ends a node's drain early: see [`RunningServer::drain_handle`].
+#[derive(Debug, Clone)]
+pub struct DrainHandle {
+    controls: Vec<flume::Sender<ShardControl>>,
+}
+
+impl DrainHandle {
+    /// During a drain: closes the remaining connections at once, with 1012.
+    pub fn close_rest_now(&self) {
+        for control in &self.controls {
+            let _ = control.try_send(ShardControl::Now);
+        }
+    }
+}
+
 impl RunningServer {
     /// The address the node listens on (with the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
@@ -82,6 +97,11 @@ impl RunningServer {
         for control in &self.controls {
             let _ = control.try_send(ShardControl::Shutdown);
         }
+    }
+
+    /// A handle that can end a drain early from another thread (a second SIGTERM).
+    pub fn drain_handle(&self) -> DrainHandle {
+        DrainHandle { controls: self.controls.clone() }
     }
 
     /// Waits until every shard has stopped.

@@ -358,8 +358,11 @@ pub(crate) fn shard_inboxes(shards: usize, capacity: usize) -> (ShardInboxes, Ve
 /// Commands from the main thread to a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ShardControl {
-    /// Stop accepting, send Close 1001 to every client, drain, then stop the executor.
+    /// Drain: `/readyz` 503, Close 1012 to every client spread over `drain_period`, wait
+    /// for the closes, then stop the executor.
     Shutdown,
+    /// During a drain: close the remaining clients at once.
+    Now,
 }
 
 /// Counters of one shard. Written by that shard only (relaxed), read by anyone.

@@ -24,7 +24,8 @@ mod limits;
 mod presence;
 /// Event ids, history and recovery, embedded and across nodes, with Redis faults.
 mod recovery;
-/// The binary as a process: SIGTERM closes clients with 1001 and exits 0; configuration
+/// The binary as a process: SIGTERM drains (readyz 503, Close 1012 spread over the drain
+/// period) and exits 0; configuration
 /// precedence with real environment variables.
 mod shutdown;
 /// The v1 protocol: topics, direct messages, broadcast across protocols, command errors.

@@ -1,30 +1,107 @@
-use std::process::Command;
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use crate::support::*;
 
-/// The real binary: on SIGTERM every client gets Close 1001 and the process exits 0.
+/// The real binary's paced drain: on SIGTERM `/readyz` answers 503 within 0.5 s, every
+/// client gets Close 1012, spread over `--drain-period` (not all at once), and the
+/// process exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_closes_clients_with_1001_and_exits_0() {
-    let mut server = ChildServer::start(&["--shards", "2", "--drain-timeout", "5s"]).await;
+async fn sigterm_drains_gradually_with_1012_and_exits_0() {
+    let period = Duration::from_secs(2);
+    let mut server =
+        ChildServer::start(&["--shards", "2", "--drain-timeout", "5s", "--drain-period", "2s"])
+            .await;
     let addr = server.addr;
     let mut clients = Vec::new();
-    for i in 0..6 {
+    for i in 0..20 {
         clients.push(connect(addr, &format!("c{i}"), i % 2 == 0).await);
     }
+    assert_eq!(http_get(addr, "/readyz").await.0, 200);
+    let signalled = Instant::now();
     let status =
         Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
     assert!(status.success());
-    for c in &mut clients {
-        let frame = c.recv_close().await.expect("close frame with a code");
-        assert_eq!(u16::from(frame.code), 1001, "{}", c.user);
+    poll_until(WAIT, "/readyz 503", || async {
+        (http_get(addr, "/readyz").await.0 == 503).then_some(())
+    })
+    .await;
+    let not_ready = signalled.elapsed();
+    assert!(not_ready <= Duration::from_millis(500), "/readyz went 503 after {not_ready:?}");
+    assert_eq!(
+        http_get(addr, "/livez").await,
+        (200, r#"{"live":true}"#.to_owned()),
+        "alive while draining"
+    );
+    // Each client notes when its Close arrived.
+    let tasks: Vec<_> = clients
+        .drain(..)
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let frame = c.recv_close().await.expect("close frame with a code");
+                assert_eq!(u16::from(frame.code), 1012, "{}", c.user);
+                signalled.elapsed()
+            })
+        })
+        .collect();
+    let mut closed_at = Vec::new();
+    for task in tasks {
+        closed_at.push(task.await.unwrap());
+    }
+    closed_at.sort();
+    let (first, last) = (closed_at[0], closed_at[closed_at.len() - 1]);
+    assert!(
+        last - first >= period / 2,
+        "closes arrived from {first:?} to {last:?}: not spread over {period:?}"
+    );
+    assert!(
+        last <= period + Duration::from_secs(1),
+        "the last close came {last:?} after the signal"
+    );
+    eprintln!(
+        "MEASURE drain_not_ready_ms={} first_close_ms={} last_close_ms={}",
+        not_ready.as_millis(),
+        first.as_millis(),
+        last.as_millis()
+    );
+    drop(clients);
+    let exit = wait_exit(&mut server).await;
+    assert_eq!(exit, Some(0), "clean exit");
+}
+
+/// A second SIGTERM during a long drain closes the remaining clients at once (1012) and
+/// the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_closes_the_rest_at_once() {
+    let mut server = ChildServer::start(&["--shards", "1", "--drain-period", "60s"]).await;
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        clients.push(connect(server.addr, &format!("c{i}"), true).await);
+    }
+    let pid = server.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    // The first Close goes at once (one tenth of the clients is due at the start).
+    let first = clients[0].recv_close().await.expect("the first close");
+    assert_eq!(u16::from(first.code), 1012);
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    for c in &mut clients[1..] {
+        let frame = c.recv_close().await.expect("close frame");
+        assert_eq!(u16::from(frame.code), 1012, "{}", c.user);
     }
     drop(clients);
+    assert_eq!(wait_exit(&mut server).await, Some(0), "clean exit");
+}
+
+/// Waits (bounded) for the child to exit; its exit code.
+async fn wait_exit(server: &mut ChildServer) -> Option<i32> {
     let mut process = std::mem::replace(&mut server.child, Command::new("true").spawn().unwrap());
-    let exit = within(WAIT, "process exits", tokio::task::spawn_blocking(move || process.wait()))
+    within(WAIT, "process exits", tokio::task::spawn_blocking(move || process.wait()))
         .await
         .unwrap()
-        .unwrap();
-    assert_eq!(exit.code(), Some(0), "clean exit");
+        .unwrap()
+        .code()
 }
 
 /// Configuration precedence through the real binary, with real environment variables:

@@ -54,6 +54,8 @@ pub(crate) enum Request {
     Health,
     /// `GET /readyz`.
     Ready,
+    /// `GET /livez`: the process is alive (answered while it serves anything).
+    Live,
     /// Anything else: answer with this status and close.
     Reject(Rejection),
 }
@@ -118,6 +120,9 @@ fn decide(req: &httparse::Request<'_, '_>, policy: Policy<'_>) -> Request {
     }
     if path == "/healthz" {
         return Request::Health;
+    }
+    if path == "/livez" {
+        return Request::Live;
     }
     if path == "/readyz" {
         return Request::Ready;
@@ -321,6 +326,7 @@ mod tests {
         assert_eq!(req("GET /healthz HTTP/1.1\nHost: x"), Request::Health);
         assert_eq!(req("GET /healthz?x=1 HTTP/1.1\nHost: x"), Request::Health);
         assert_eq!(req("GET /readyz HTTP/1.1\nHost: x"), Request::Ready);
+        assert_eq!(req("GET /livez HTTP/1.1\nHost: x"), Request::Live);
         assert_eq!(status(parse(b"\x00\x01garbage\r\n\r\n").unwrap().0), 400);
     }
 

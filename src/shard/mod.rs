@@ -593,22 +593,52 @@ pub(crate) async fn run(parts: ShardParts) {
 
     // Any message, or the main thread going away, means shut down.
     let _ = control.recv_async().await;
+    // From now on `/readyz` answers 503 and upgrades are refused (503): load balancers
+    // stop sending new clients while the listener still answers their probes.
     shard.shutting_down.set(true);
-    drop(accept); // cancels the accept loop and closes this shard's listening socket
-    drop(accept_api);
     let drain = shard.ctx.cfg.drain_timeout.0;
+    let period = shard.ctx.cfg.drain_period.0;
     let open = shard.table.all();
-    info!(shard = %id, connections = open.len(), "shutting down: closing connections with 1001");
+    info!(shard = %id, connections = open.len(), ?period, "shutting down: /readyz answers 503; closing connections with 1012 spread over the drain period");
     let close = Close {
-        code: close_code::GOING_AWAY,
-        reason: "server shutting down",
+        code: close_code::SERVICE_RESTART,
+        reason: "service restart",
         discard_queued: false,
     };
-    for conn in &open {
-        conn.begin_close(&shard.ctx, close, drain);
+    let started = Instant::now();
+    let mut closed = 0;
+    let mut at_once = false;
+    while closed < open.len() {
+        let due =
+            if at_once { open.len() } else { closes_due(open.len(), started.elapsed(), period) };
+        for conn in &open[closed..due] {
+            conn.begin_close(&shard.ctx, close, drain);
+        }
+        closed = due;
+        shard.flush_dirty();
+        if closed == open.len() {
+            break;
+        }
+        let tick = (period / open.len() as u32)
+            .clamp(Duration::from_millis(5), Duration::from_millis(100));
+        use futures_lite::FutureExt;
+        // A second signal (or the main thread gone) closes the rest at once.
+        at_once = async {
+            let _ = control.recv_async().await;
+            true
+        }
+        .or(async {
+            glommio::timer::Timer::new(tick).await;
+            false
+        })
+        .await;
+        if at_once {
+            info!(shard = %id, left = open.len() - closed, "closing the remaining connections at once");
+        }
     }
     drop(open);
-    shard.flush_dirty();
+    drop(accept); // cancels the accept loop and closes this shard's listening socket
+    drop(accept_api);
     // The last registration guard to drop opens the gate.
     if !drained_within(&shard, drain + Duration::from_millis(100)).await {
         let left = shard.table.all();
@@ -625,6 +655,16 @@ pub(crate) async fn run(parts: ShardParts) {
     drop(sequencer);
     drop(fanout);
     info!(shard = %id, "shard stopped");
+}
+
+/// How many of `total` connections must have been sent their Close `elapsed` into a
+/// drain spread evenly over `period` (all of them at once when `period` is zero).
+fn closes_due(total: usize, elapsed: Duration, period: Duration) -> usize {
+    if period.is_zero() || elapsed >= period {
+        return total;
+    }
+    let share = elapsed.as_secs_f64() / period.as_secs_f64();
+    ((total as f64 * share).ceil() as usize).min(total)
 }
 
 /// Waits until the last registration guard has dropped, at most `limit`; `false` when
@@ -672,4 +712,24 @@ mod not_send {
         let _ = <crate::conn::Conn as AmbiguousIfSend<_>>::check;
         let _ = <super::table::ConnTable as AmbiguousIfSend<_>>::check;
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closes_are_spread_evenly_over_the_drain_period() {
+        let period = Duration::from_secs(10);
+        assert_eq!(closes_due(1000, Duration::ZERO, period), 0);
+        assert_eq!(closes_due(1000, Duration::from_secs(1), period), 100);
+        assert_eq!(closes_due(1000, Duration::from_millis(5_001), period), 501);
+        assert_eq!(closes_due(1000, period, period), 1000);
+        assert_eq!(closes_due(3, Duration::from_millis(1), period), 1, "the first goes at once");
+        assert_eq!(
+            closes_due(1000, Duration::ZERO, Duration::ZERO),
+            1000,
+            "no period: all at once"
+        );
+    }
 }

@@ -129,6 +129,11 @@ async fn upgrade(
             let _ = write_and_close(stream, &response).await;
             return None;
         }
+        Request::Live => {
+            let response = handshake::http_response(200, "application/json", r#"{"live":true}"#);
+            let _ = write_and_close(stream, &response).await;
+            return None;
+        }
         Request::Ready => {
             let readiness =
                 super::health::Readiness::read(shard.shutting_down.get(), ctx.node_stats());

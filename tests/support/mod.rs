@@ -66,6 +66,9 @@ impl TestServer {
         cfg.listen.0 = "127.0.0.1:0".parse().unwrap();
         cfg.shards = ShardCount::Exactly(2);
         cfg.app_ping_interval.0 = Duration::ZERO;
+        // Stopping a test node closes its clients at once (tests of the paced drain run
+        // the binary).
+        cfg.drain_period.0 = Duration::ZERO;
         tweak(&mut cfg);
         let server = corecast::start(cfg).expect("server starts");
         let addr = server.local_addr();
