@@ -451,7 +451,7 @@ impl LoggedNode {
             process::{Command, Stdio},
         };
         let mut child = Command::new(env!("CARGO_BIN_EXE_corecast"))
-            .args(["--listen", "127.0.0.1:0", "--shards", "1"])
+            .args(["--listen", "127.0.0.1:0", "--shards", "1", "--drain-period", "off"])
             .args(args)
             .envs(envs.iter().copied())
             .env("RUST_LOG", "debug")
