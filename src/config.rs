@@ -1100,4 +1100,34 @@ mod tests {
         let err = Config::from_arg_list(["corecast", "--send-batch", "5000"]).unwrap_err();
         assert!(err.to_string().contains("send_batch"), "{err}");
     }
+
+    #[test]
+    fn repeated_webhook_urls_are_folded_into_one_list() {
+        let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let folded = fold_repeated_flag(
+            args(&[
+                "corecast",
+                "--webhook-url",
+                "http://a/x",
+                "--shards",
+                "1",
+                "--webhook-url=http://b/y",
+            ]),
+            "--webhook-url",
+        );
+        assert_eq!(
+            folded,
+            args(&["corecast", "--webhook-url", "http://a/x,http://b/y", "--shards", "1"])
+        );
+        let untouched = args(&["corecast", "--shards", "1"]);
+        assert_eq!(fold_repeated_flag(untouched.clone(), "--webhook-url"), untouched);
+        let list: UrlList = "http://a/x, https://b:8443/y".parse().unwrap();
+        assert_eq!(list.0.len(), 2);
+        assert!("ftp://a/x".parse::<UrlList>().is_err());
+        assert!("none".parse::<UrlList>().unwrap().0.is_empty());
+        assert_eq!(
+            format!("{:?}", "http://user:pw@host/x".parse::<UrlList>().unwrap()),
+            r#"UrlList(["host"])"#
+        );
+    }
 }
