@@ -29,17 +29,21 @@ if [ "${EMBEDDED:-0}" != 1 ]; then
   REDIS_ARGS=(--redis "redis://127.0.0.1:$RPORT/0")
   STORM_ARGS=(--redis-addr "127.0.0.1:$RPORT")
 fi
+# Starts a node (one shard, CPU 0) with extra arguments on a free port: sets PORT and SERVER.
+start_node() {
+  PORT=$(free_port)
+  taskset -c 0 target/release/corecast --listen 127.0.0.1:$PORT --shards 1 "${REDIS_ARGS[@]}" \
+    "$@" >/dev/null 2>>"$OUT/server.log" &
+  SERVER=$!
+  PIDS+=($SERVER)
+  for _ in $(seq 100); do
+    curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
+    sleep 0.1 # waiting for the node to listen (bounded: 10 s)
+  done
+}
 for round in $(seq "$ROUNDS"); do
   for mode in presence messages; do
-    PORT=$(free_port)
-    taskset -c 0 target/release/corecast --listen 127.0.0.1:$PORT --shards 1 "${REDIS_ARGS[@]}" \
-      --node-id storm --outbound-queue-limit 8MiB >/dev/null 2>>"$OUT/server.log" &
-    SERVER=$!
-    PIDS+=($SERVER)
-    for _ in $(seq 100); do
-      curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
-      sleep 0.1 # waiting for the node to listen (bounded: 10 s)
-    done
+    start_node --node-id storm --outbound-queue-limit 8MiB
     taskset -c 1 target/release/examples/presence_storm --addr 127.0.0.1:$PORT --mode $mode \
       --watchers "$WATCHERS" --joiners "$JOINERS" --over "$OVER" |
       sed "s/^{/{\"bus\":\"$label\",\"round\":$round,/" | tee -a "$OUT/$label.jsonl"
@@ -48,15 +52,7 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 if [ "$label" = redis ]; then
-  PORT=$(free_port)
-  taskset -c 0 target/release/corecast --listen 127.0.0.1:$PORT --shards 1 "${REDIS_ARGS[@]}" \
-    --node-id cost >/dev/null 2>>"$OUT/server.log" &
-  SERVER=$!
-  PIDS+=($SERVER)
-  for _ in $(seq 100); do
-    curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
-    sleep 0.1 # waiting for the node to listen (bounded: 10 s)
-  done
+  start_node --node-id cost
   # Only the cost node runs now: the counts are its own.
   taskset -c 1 target/release/examples/presence_storm --addr 127.0.0.1:$PORT --mode cost \
     --joiners 200 "${STORM_ARGS[@]}" | tee -a "$OUT/cost.jsonl"

@@ -529,25 +529,14 @@ impl RedisPresence {
             )
             .to_json()
         };
-        let mut args;
-        match &query {
-            Query::Channels { prefix } => {
-                args = self.args("channels");
-                args.push(prefix.clone());
-            }
-            Query::Channel(topic) => {
-                args = self.args("channel");
-                args.push(topic.clone());
-            }
-            Query::Users(topic) => {
-                args = self.args("users");
-                args.push(topic.clone());
-            }
-            Query::Stats => {
-                args = self.args("stats");
-                args.push((self.ttl.as_millis() as u64).to_string());
-            }
-        }
+        let (op, arg) = match &query {
+            Query::Channels { prefix } => ("channels", prefix.clone()),
+            Query::Channel(topic) => ("channel", topic.clone()),
+            Query::Users(topic) => ("users", topic.clone()),
+            Query::Stats => ("stats", (self.ttl.as_millis() as u64).to_string()),
+        };
+        let mut args = self.args(op);
+        args.push(arg);
         let Ok(Value::Array(items)) = Self::call(client, args).await else { return unavailable() };
         let texts: Vec<String> = items.iter().filter_map(Value::as_string).collect();
         let num = |s: Option<&String>| s.and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
