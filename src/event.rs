@@ -58,7 +58,15 @@ impl Event {
             self.write_seed(&mut json, false, id);
             frame::encode_text(&json)
         });
-        Delivery { route: self.route.clone(), id, origin: origin.clone(), v1, seed }
+        Delivery {
+            route: self.route.clone(),
+            id,
+            origin: origin.clone(),
+            v1,
+            seed,
+            published: None,
+            lag_observed: Default::default(),
+        }
     }
 
     /// The event as the v1 message its receivers get:

@@ -34,7 +34,7 @@ pub fn handshake(data: &[u8]) {
                 assert_eq!(accept_key.len(), 28);
             }
             Request::Reject(r) => assert!((400..600).contains(&r.status)),
-            Request::Health | Request::Ready | Request::Live => {}
+            Request::Health | Request::Ready | Request::Live | Request::Metrics => {}
             Request::Api(head) => assert!(!head.endpoint.contains('?'), "{:?}", head.endpoint),
         }
     }

@@ -93,6 +93,7 @@ mod frame;
 mod history;
 mod http;
 mod hub;
+mod metrics;
 mod presence;
 mod server;
 mod shard;

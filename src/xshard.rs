@@ -17,6 +17,8 @@
 //! - [`NodeStats`] are relaxed atomics, each written by one shard only, read by
 //!   `/healthz` on any shard.
 //! - [`ConnectionBudget`] is the node-wide connection count (one atomic).
+//! - [`Histogram`]s are fixed buckets of relaxed atomics, each written by one thread (a
+//!   shard, or the bridge), summed by `/metrics` on any shard.
 
 use std::sync::{
     Arc,
@@ -111,6 +113,26 @@ impl std::str::FromStr for EventId {
     }
 }
 
+/// When an event was published: microseconds since the Unix epoch, by the clock of the
+/// node whose client published it. The delivering node's `/metrics` observes the
+/// difference to its own clock (`corecast_publish_delivery_lag_seconds`), so across
+/// nodes it is as exact as their clocks agree (NTP keeps that well under a millisecond).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishedAt(pub u64);
+
+impl PublishedAt {
+    /// Now, by this node's clock.
+    pub fn now() -> PublishedAt {
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        PublishedAt(since.map_or(0, |d| d.as_micros() as u64))
+    }
+
+    /// How long ago, by this node's clock (zero when the stamp is ahead of it).
+    pub fn age(self) -> std::time::Duration {
+        std::time::Duration::from_micros(PublishedAt::now().0.saturating_sub(self.0))
+    }
+}
+
 /// One event, encoded once per wire format, on its way to the shards that want it.
 #[derive(Debug)]
 pub struct Delivery {
@@ -124,6 +146,25 @@ pub struct Delivery {
     pub v1: SharedFrame,
     /// The seed-format frame (`{"sender","text"}`), for broadcasts only.
     pub seed: Option<SharedFrame>,
+    /// When it was published, if the publisher said (payloads from other publishers on
+    /// Redis do not).
+    pub published: Option<PublishedAt>,
+    /// Set by the first shard that delivers it: the node observes its lag once.
+    pub lag_observed: AtomicBool,
+}
+
+impl Delivery {
+    /// The same delivery, stamped with its publish time.
+    pub fn published_at(self, at: PublishedAt) -> Delivery {
+        Delivery { published: Some(at), ..self }
+    }
+
+    /// The publish-to-delivery lag, to the first caller only (the first shard of this
+    /// node that queued it to a connection); `None` to the others, and when unstamped.
+    pub fn take_lag(&self) -> Option<std::time::Duration> {
+        let published = self.published?;
+        (!self.lag_observed.swap(true, Ordering::Relaxed)).then(|| published.age())
+    }
 }
 
 /// What a shard's inbox carries, in one order: deliveries, and the bus's answers to the
@@ -409,6 +450,187 @@ pub struct ShardStats {
     pub connects_limited: AtomicU64,
     /// Upgrades refused (429) by the per-user connection limit.
     pub user_limited: AtomicU64,
+    /// Refused HTTP requests by status ([`REJECTED_STATUSES`] order; the last slot:
+    /// handshakes that never completed, a timeout or the peer leaving).
+    pub rejected_by_status: [AtomicU64; REJECTED_STATUSES.len() + 1],
+    /// Bytes written to client sockets (frames and control frames), added at each
+    /// heartbeat tick from the shard's own count.
+    pub bytes_out: AtomicU64,
+    /// Time to queue one event to every local connection it is for.
+    pub fan_out: Histogram<FanOutBuckets>,
+    /// Publish to first delivery on this node, once per event per node (the first shard
+    /// to deliver it observes it).
+    pub delivery_lag: Histogram<LagBuckets>,
+}
+
+/// The statuses `/metrics` counts refused requests by (others count as 400: every error
+/// status the node answers is one of these).
+pub(crate) const REJECTED_STATUSES: [u16; 10] = [400, 401, 403, 404, 405, 408, 426, 429, 431, 503];
+
+impl ShardStats {
+    /// Counts one refused request (`None`: a handshake that never completed).
+    pub fn rejected(&self, status: Option<u16>) {
+        let at = match status {
+            Some(status) => REJECTED_STATUSES.iter().position(|s| *s == status).unwrap_or(0),
+            None => REJECTED_STATUSES.len(),
+        };
+        ShardStats::add(&self.rejected_by_status[at], 1);
+        ShardStats::add(&self.rejected_handshakes, 1);
+    }
+}
+
+/// The upper bounds of a [`Histogram`]'s buckets, in nanoseconds (ascending; an implicit
+/// last bucket takes the rest).
+pub trait Buckets {
+    /// Ascending upper bounds (at most [`MAX_BUCKETS`]).
+    const BOUNDS_NS: &'static [u64];
+}
+
+/// Most finite buckets of a [`Histogram`].
+pub(crate) const MAX_BUCKETS: usize = 20;
+
+const US: u64 = 1_000;
+const MS: u64 = 1_000_000;
+const S: u64 = 1_000_000_000;
+
+/// One event's fan-out on one shard: a microsecond for a few connections, milliseconds
+/// for tens of thousands.
+#[derive(Debug)]
+pub struct FanOutBuckets;
+impl Buckets for FanOutBuckets {
+    const BOUNDS_NS: &'static [u64] = &[
+        US,
+        2 * US + US / 2,
+        5 * US,
+        10 * US,
+        25 * US,
+        50 * US,
+        100 * US,
+        250 * US,
+        500 * US,
+        MS,
+        2 * MS + MS / 2,
+        5 * MS,
+        10 * MS,
+        25 * MS,
+        50 * MS,
+        100 * MS,
+    ];
+}
+
+/// Publish-to-delivery lag: a hundred microseconds on a quiet cluster, seconds when a
+/// node falls behind.
+#[derive(Debug)]
+pub struct LagBuckets;
+impl Buckets for LagBuckets {
+    const BOUNDS_NS: &'static [u64] = &[
+        100 * US,
+        250 * US,
+        500 * US,
+        MS,
+        2 * MS + MS / 2,
+        5 * MS,
+        10 * MS,
+        25 * MS,
+        50 * MS,
+        100 * MS,
+        250 * MS,
+        500 * MS,
+        S,
+        2 * S + S / 2,
+        5 * S,
+        10 * S,
+        30 * S,
+    ];
+}
+
+/// A command's round trip to Redis.
+#[derive(Debug)]
+pub struct RoundTripBuckets;
+impl Buckets for RoundTripBuckets {
+    const BOUNDS_NS: &'static [u64] = &[
+        50 * US,
+        100 * US,
+        250 * US,
+        500 * US,
+        MS,
+        2 * MS + MS / 2,
+        5 * MS,
+        10 * MS,
+        25 * MS,
+        50 * MS,
+        100 * MS,
+        250 * MS,
+        500 * MS,
+        S,
+        5 * S,
+    ];
+}
+
+/// A histogram of durations with fixed buckets: relaxed atomics written by one thread,
+/// read (and summed over shards) by `/metrics`. Observing costs a few comparisons and two
+/// uncontended atomic adds, no lock.
+#[derive(Debug)]
+pub struct Histogram<B> {
+    /// Observations per bucket (not cumulative); `[BOUNDS_NS.len()]` is the overflow.
+    counts: [AtomicU64; MAX_BUCKETS + 1],
+    /// Sum of every observation, in nanoseconds.
+    sum_ns: AtomicU64,
+    buckets: std::marker::PhantomData<B>,
+}
+
+impl<B: Buckets> Default for Histogram<B> {
+    fn default() -> Self {
+        const { assert!(B::BOUNDS_NS.len() <= MAX_BUCKETS) };
+        Histogram {
+            counts: Default::default(),
+            sum_ns: AtomicU64::new(0),
+            buckets: std::marker::PhantomData,
+        }
+    }
+}
+
+/// What a scrape reads of one or more [`Histogram`]s.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramReading {
+    /// Sum of the observations, in seconds.
+    pub sum_seconds: f64,
+    /// Number of observations.
+    pub count: u64,
+    /// `(upper bound in seconds, observations in this bucket only)`, the last bound
+    /// `+Inf`: the form `prometheus_client` encodes (it writes the cumulative `le`
+    /// buckets).
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl<B: Buckets> Histogram<B> {
+    /// Records one duration.
+    pub fn observe(&self, took: std::time::Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let at = B::BOUNDS_NS.iter().position(|bound| ns <= *bound).unwrap_or(B::BOUNDS_NS.len());
+        self.counts[at].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// The sum of `histograms` (every shard's) as one reading.
+    pub fn read<'a>(histograms: impl IntoIterator<Item = &'a Self>) -> HistogramReading
+    where
+        B: 'a,
+    {
+        let mut counts = [0u64; MAX_BUCKETS + 1];
+        let mut sum_ns = 0u64;
+        for h in histograms {
+            for (total, count) in counts.iter_mut().zip(&h.counts) {
+                *total += count.load(Ordering::Relaxed);
+            }
+            sum_ns = sum_ns.wrapping_add(h.sum_ns.load(Ordering::Relaxed));
+        }
+        let mut buckets: Vec<(f64, u64)> =
+            B::BOUNDS_NS.iter().zip(counts).map(|(bound, n)| (*bound as f64 / 1e9, n)).collect();
+        buckets.push((f64::INFINITY, counts[B::BOUNDS_NS.len()]));
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        HistogramReading { sum_seconds: sum_ns as f64 / 1e9, count, buckets }
+    }
 }
 
 impl ShardStats {
@@ -454,6 +676,8 @@ pub struct BridgeStats {
     /// Times a stream's local clients were told `recovered: false` because the node could
     /// not fill a gap (history trimmed, expired or wiped).
     pub streams_lost: AtomicU64,
+    /// Round trips of the bridge's heartbeat PUBLISH to Redis.
+    pub round_trip: Histogram<RoundTripBuckets>,
 }
 
 impl BridgeStats {
@@ -594,5 +818,30 @@ mod tests {
         drop(a);
         let _c = budget.try_acquire().expect("a dropped slot is free again");
         assert_eq!(budget.used(), 2);
+    }
+}
+
+#[cfg(test)]
+mod histogram_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn each_observation_lands_in_one_bucket_summed_over_shards() {
+        let a = Histogram::<LagBuckets>::default();
+        let b = Histogram::<LagBuckets>::default();
+        a.observe(Duration::from_micros(50));
+        a.observe(Duration::from_millis(4));
+        b.observe(Duration::from_millis(4));
+        b.observe(Duration::from_secs(60));
+        let r = Histogram::read([&a, &b]);
+        assert_eq!(r.count, 4);
+        let at = |bound: f64| r.buckets.iter().find(|(b, _)| *b == bound).map(|(_, c)| *c);
+        assert_eq!(at(0.0001), Some(1));
+        assert_eq!(at(0.0025), Some(0));
+        assert_eq!(at(0.005), Some(2));
+        assert_eq!(at(30.0), Some(0));
+        assert_eq!(at(f64::INFINITY), Some(1));
+        assert!((r.sum_seconds - 60.00805).abs() < 1e-9, "{}", r.sum_seconds);
     }
 }

@@ -14,7 +14,7 @@ use crate::support::{
     Client, LoggedNode, TestServer, WAIT, connect, http_get, poll_until,
     python::PythonNode,
     redis::{RedisServer, TlsFiles, redis_node},
-    subscribe, take_id, within, without_id,
+    subscribe, take_id, within, without_id, without_stamp,
 };
 
 /// A node on `redis`, ready (its heartbeat came back through Redis).
@@ -234,11 +234,14 @@ async fn ws_broadcast_interoperates_with_other_publishers() {
     // Stored first, so it carries its id (first field) for other readers too.
     assert!(published.starts_with(r#"{"id":""#), "{published}");
     assert_eq!(
-        without_id(serde_json::from_str::<Value>(&published).unwrap()),
+        without_stamp(without_id(serde_json::from_str::<Value>(&published).unwrap())),
         json!({"sender":"s","text":"from corecast"})
     );
-    // The dropped messages sent nothing: the next message is this one, verbatim.
-    assert_eq!(seed_text(&mut seed).await, published);
+    // The dropped messages sent nothing: the next message is this one, verbatim but for
+    // the publish stamp, which corecast nodes strip.
+    let (client_text, stamp) = published.rsplit_once(r#","ts":"#).expect("stamped last");
+    assert!(stamp.ends_with('}'));
+    assert_eq!(seed_text(&mut seed).await, format!("{client_text}}}"));
 }
 
 /// The next text message, as sent.
@@ -363,21 +366,20 @@ async fn mixed_fleet_with_the_python_design() {
     // corecast → Python, from a seed client and then from a v1 client. Two senders have
     // no order between them (they may sit on different shards), so the second sends only
     // after everyone has the first. The Python nodes forward corecast's payloads
-    // verbatim, ids included.
+    // verbatim, ids and publish stamps included; corecast's own seed clients get them
+    // without the stamp.
     seed.send_text("hi from corecast").await;
-    for c in [&mut p1, &mut p2, &mut seed] {
-        assert_eq!(
-            without_id(c.recv_json().await),
-            json!({"sender":"s","text":"hi from corecast"})
-        );
+    let text = json!({"sender":"s","text":"hi from corecast"});
+    for c in [&mut p1, &mut p2] {
+        assert_eq!(without_stamp(without_id(c.recv_json().await)), text);
     }
+    assert_eq!(without_id(seed.recv_json().await), text);
     v1.send_json(json!({"op":"broadcast","data":{"k":[1]}})).await;
-    for c in [&mut p1, &mut p2, &mut seed] {
-        assert_eq!(
-            without_id(c.recv_json().await),
-            json!({"sender":"v","text":"{\"k\":[1]}","data":{"k":[1]}})
-        );
+    let data = json!({"sender":"v","text":"{\"k\":[1]}","data":{"k":[1]}});
+    for c in [&mut p1, &mut p2] {
+        assert_eq!(without_stamp(without_id(c.recv_json().await)), data);
     }
+    assert_eq!(without_id(seed.recv_json().await), data);
 }
 
 /// A Redis with a password: the node authenticates with the URL's password, and neither

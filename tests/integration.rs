@@ -20,6 +20,8 @@ mod cluster;
 mod hostile;
 /// Configured limits: connection cap, heartbeat deadlines, application pings.
 mod limits;
+/// `/metrics` in the Prometheus text format, moving with real traffic across nodes.
+mod metrics;
 /// Presence, occupancy and webhooks across nodes, with a node killed.
 mod presence;
 /// Event ids, history and recovery, embedded and across nodes, with Redis faults.

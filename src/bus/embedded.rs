@@ -220,7 +220,7 @@ impl Sequencer {
                 let message = Some(ShardMessage::TopicConfirmed(topic));
                 Output { message, ..Output::default() }
             }
-            BusCommand::Publish { event, options, reply_to } => {
+            BusCommand::Publish { event, options, reply_to, published } => {
                 let route = event.route.clone();
                 let receipt = |id| {
                     let (shard, conn) = reply_to?;
@@ -244,7 +244,9 @@ impl Sequencer {
                     return Output { reply, ..Output::default() };
                 }
                 let node = &self.node;
-                let delivery = self.history.record(&route, now, |id| event.encode(node, id));
+                let delivery = self
+                    .history
+                    .record(&route, now, |id| event.encode(node, id).published_at(published));
                 let id = delivery.id;
                 if let (Some(key), Some(id)) = (key, id) {
                     self.idempotency.remember(&route, key, id, now);
@@ -363,6 +365,7 @@ mod tests {
             event: Event { sender: "s".into(), route, payload: Payload::Text("x".into()) },
             options: Default::default(),
             reply_to: None,
+            published: crate::xshard::PublishedAt(0),
         }
     }
 
@@ -441,6 +444,7 @@ mod tests {
             },
             options: PublishOptions { ack: true, idempotency_key: key.map(Into::into) },
             reply_to: Some((ShardId(0), crate::xshard::Publisher::Conn(crate::hub::ConnId(4)))),
+            published: crate::xshard::PublishedAt(0),
         };
         let mut ids = Vec::new();
         for key in [None, Some("k"), Some("k"), None] {

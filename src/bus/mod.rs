@@ -53,7 +53,9 @@ use crate::{
     event::{Event, PublishOptions},
     history::Since,
     presence::{PRESENCE_STREAM, PresenceCommand, Query, SnapshotTo},
-    xshard::{ClusterControl, Interest, InterestChange, Publisher, ReplayTo, Route, ShardId},
+    xshard::{
+        ClusterControl, Interest, InterestChange, PublishedAt, Publisher, ReplayTo, Route, ShardId,
+    },
 };
 
 /// Why a publish failed.
@@ -77,6 +79,8 @@ pub(crate) enum BusCommand {
         /// and sent its receipt (`None` for seed-mode publishers: that protocol has no
         /// replies).
         reply_to: Option<(ShardId, Publisher)>,
+        /// When the publishing shard took it in.
+        published: PublishedAt,
     },
     /// A connection wants past events of a stream (recovery, `latest`, a history page).
     Replay(Box<ReplayRequest>),
@@ -299,7 +303,8 @@ impl BusHandle {
         reply_to: Option<Publisher>,
     ) -> Result<(), BusError> {
         let reply_to = reply_to.map(|conn| (self.shard, conn));
-        let command = BusCommand::Publish { event, options, reply_to };
+        let published = PublishedAt::now();
+        let command = BusCommand::Publish { event, options, reply_to, published };
         let at = self.lane_for(&command);
         let lane = &self.lanes[at];
         if let Some((own, sequencer)) = &self.local
@@ -435,6 +440,7 @@ mod tests {
             },
             options: PublishOptions::default(),
             reply_to: None,
+            published: PublishedAt(0),
         };
         let interest = BusCommand::Interest {
             shard: ShardId(1),

@@ -148,7 +148,7 @@ impl ShardContext {
     }
 
     /// Every shard's counters.
-    pub fn node_stats(&self) -> &NodeStats {
+    pub fn node_stats(&self) -> &Arc<NodeStats> {
         &self.node_stats
     }
 }

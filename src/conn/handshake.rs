@@ -56,6 +56,8 @@ pub(crate) enum Request {
     Ready,
     /// `GET /livez`: the process is alive (answered while it serves anything).
     Live,
+    /// `GET /metrics`: the node's counters for Prometheus.
+    Metrics,
     /// Anything else: answer with this status and close.
     Reject(Rejection),
 }
@@ -123,6 +125,9 @@ fn decide(req: &httparse::Request<'_, '_>, policy: Policy<'_>) -> Request {
     }
     if path == "/livez" {
         return Request::Live;
+    }
+    if path == "/metrics" {
+        return Request::Metrics;
     }
     if path == "/readyz" {
         return Request::Ready;
@@ -325,6 +330,7 @@ mod tests {
         );
         assert_eq!(req("GET /healthz HTTP/1.1\nHost: x"), Request::Health);
         assert_eq!(req("GET /healthz?x=1 HTTP/1.1\nHost: x"), Request::Health);
+        assert_eq!(req("GET /metrics HTTP/1.1\nHost: x"), Request::Metrics);
         assert_eq!(req("GET /readyz HTTP/1.1\nHost: x"), Request::Ready);
         assert_eq!(req("GET /livez HTTP/1.1\nHost: x"), Request::Live);
         assert_eq!(status(parse(b"\x00\x01garbage\r\n\r\n").unwrap().0), 400);

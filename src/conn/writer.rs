@@ -29,6 +29,17 @@ use std::{
 
 use crate::{frame::SharedFrame, sys};
 
+thread_local! {
+    /// Bytes every queue of this thread (one shard) wrote: one plain add per write, no
+    /// atomic. The shard's heartbeat tick moves it into its `bytes_out` counter.
+    static BYTES_WRITTEN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The bytes this thread's queues wrote since the last call.
+pub(crate) fn take_bytes_written() -> u64 {
+    BYTES_WRITTEN.with(|total| total.replace(0))
+}
+
 /// Most iovecs handed to one `sendmsg` (far below `UIO_MAXIOV`; enough to carry a
 /// whole burst, small enough to live on the stack).
 pub(crate) const MAX_IOVECS: usize = 64;
@@ -112,6 +123,7 @@ impl OutQueue {
 
     /// Records that `written` bytes went out.
     pub fn advance(&mut self, mut written: usize) {
+        BYTES_WRITTEN.with(|total| total.set(total.get() + written as u64));
         self.bytes -= written;
         while written > 0 {
             let Some(head) = self.frames.front() else { break };

@@ -247,6 +247,8 @@ mod tests {
             origin: NodeId("n".into()),
             v1: frame::encode_text("{}"),
             seed: None,
+            published: None,
+            lag_observed: Default::default(),
         }
     }
 

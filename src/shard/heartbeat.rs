@@ -46,6 +46,8 @@ pub(super) async fn run(shard: Rc<Shard>) {
     loop {
         Timer::new(tick).await;
         let now = std::time::Instant::now();
+        let stats = shard.ctx.stats();
+        ShardStats::add(&stats.bytes_out, crate::conn::writer::take_bytes_written());
         let now_ms = crate::auth::token::unix_now_ms();
         let mut queued = 0u64;
         let mut timeouts = 0u64;
@@ -66,7 +68,6 @@ pub(super) async fn run(shard: Rc<Shard>) {
             shard.end_expired_subscription(&conn, &topic);
         }
         shard.flush_dirty();
-        let stats = shard.ctx.stats();
         stats.queued_bytes.store(queued, Ordering::Relaxed);
         ShardStats::add(&stats.heartbeat_timeouts, timeouts);
         ShardStats::add(&stats.token_expiry_closes, expired);

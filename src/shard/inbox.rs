@@ -47,7 +47,18 @@ pub(super) async fn run(shard: Rc<Shard>, inbox: ShardInbox) {
 /// Acts on one message from the bus; returns how many connections took a frame.
 fn handle(shard: &Shard, message: ShardMessage) -> u64 {
     match message {
-        ShardMessage::Deliver(delivery) => fan_out(shard, &delivery),
+        ShardMessage::Deliver(delivery) => {
+            let started = std::time::Instant::now();
+            let delivered = fan_out(shard, &delivery);
+            let stats = shard.ctx.stats();
+            stats.fan_out.observe(started.elapsed());
+            if delivered > 0
+                && let Some(lag) = delivery.take_lag()
+            {
+                stats.delivery_lag.observe(lag);
+            }
+            delivered
+        }
         ShardMessage::TopicConfirmed(topic) => {
             shard.topic_confirmed(&topic);
             0

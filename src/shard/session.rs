@@ -101,7 +101,7 @@ async fn upgrade(
     let (request, leftover) = match handshake.await {
         Ok(parsed) => parsed,
         Err(why) => {
-            ShardStats::add(&ctx.stats().rejected_handshakes, 1);
+            ctx.stats().rejected(None);
             debug!(shard = %ctx.id, ?peer, cause = why, "handshake failed");
             return None;
         }
@@ -126,6 +126,18 @@ async fn upgrade(
             )
             .to_json();
             let response = handshake::http_response(200, "application/json", &body);
+            let _ = write_and_close(stream, &response).await;
+            return None;
+        }
+        Request::Metrics => {
+            let text = crate::metrics::NodeCollector::new(
+                ctx.node_stats().clone(),
+                shard.budget.clone(),
+                shard.pending_budget.clone(),
+                shard.shutting_down.get(),
+            )
+            .render();
+            let response = handshake::http_response(200, crate::metrics::CONTENT_TYPE, &text);
             let _ = write_and_close(stream, &response).await;
             return None;
         }
@@ -261,7 +273,7 @@ async fn refuse(
     peer: Option<SocketAddr>,
     rejection: handshake::Rejection,
 ) {
-    ShardStats::add(&shard.ctx.stats().rejected_handshakes, 1);
+    shard.ctx.stats().rejected(Some(rejection.status));
     debug!(shard = %shard.ctx.id, ?peer, status = rejection.status, cause = rejection.reason, "request refused");
     let _ = write_and_close(stream, &handshake::rejection_response(rejection)).await;
 }

@@ -46,6 +46,18 @@ pub fn without_id(mut message: Value) -> Value {
     message
 }
 
+/// A payload corecast published, as Redis (and the Python nodes' clients) carry it: checks
+/// that its last member is the publish stamp `"ts"` (microseconds since the Unix epoch,
+/// within the last minute) and removes it.
+pub fn without_stamp(mut payload: Value) -> Value {
+    let stamp = payload.as_object_mut().and_then(|o| o.remove("ts"));
+    let micros = stamp.as_ref().and_then(Value::as_u64).expect("a \"ts\" stamp");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let age = (now.as_micros() as u64).abs_diff(micros);
+    assert!(age < 60_000_000, "stamp {micros} is {age} µs from now");
+    payload
+}
+
 pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(limit, fut).await {
         Ok(v) => v,

@@ -473,6 +473,8 @@ mod tests {
             origin: NodeId::redis(),
             v1: frame::encode_text("{}"),
             seed: None,
+            published: None,
+            lag_observed: Default::default(),
         })
     }
 

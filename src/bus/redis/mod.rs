@@ -77,7 +77,8 @@ use crate::{
     },
     xshard::{
         BridgeStats, ClusterControl, Delivery, EventId, Interest, InterestChange, NodeStats,
-        Publisher, ReplayAnswer, ReplayPurpose, Route, ShardId, ShardInboxes, ShardMessage,
+        PublishedAt, Publisher, ReplayAnswer, ReplayPurpose, Route, ShardId, ShardInboxes,
+        ShardMessage,
     },
 };
 use history::{
@@ -628,8 +629,13 @@ async fn run(
                 if connected {
                     let (publisher, channel) = (publisher.clone(), shared.channels.heartbeat().to_owned());
                     let beat = node.to_string();
+                    let shared = shared.clone();
                     tokio::task::spawn_local(async move {
-                        let _: Result<Value, _> = publisher.publish(channel, beat).await;
+                        let sent = Instant::now();
+                        let answer: Result<Value, _> = publisher.publish(channel, beat).await;
+                        if answer.is_ok() {
+                            shared.bridge().round_trip.observe(sent.elapsed());
+                        }
                     });
                 }
             }
@@ -640,7 +646,8 @@ async fn run(
                         let op = interest_op(&shared, shard, change);
                         let _ = ops_tx.send(op);
                     }
-                    BusCommand::Publish { event, options, reply_to } => {
+                    BusCommand::Publish { event, options, reply_to, published } => {
+                        let event = (event, published);
                         publish(&shared, &jobs_tx, event, options, reply_to, &mut targets).await;
                     }
                     BusCommand::Replay(request) => replay_requested(&shared, *request).await,
@@ -911,7 +918,7 @@ fn seconds(d: Duration) -> String {
 async fn publish(
     shared: &Shared,
     jobs: &mpsc::UnboundedSender<PublishJob>,
-    event: Event,
+    (event, published): (Event, PublishedAt),
     options: PublishOptions,
     reply_to: Option<(ShardId, Publisher)>,
     targets: &mut Vec<ShardId>,
@@ -919,7 +926,7 @@ async fn publish(
     let reply_to = reply_to.map(|(shard, conn)| (shard, conn, event.sender.as_str().into()));
     if shared.ready() {
         let mut payload = String::new();
-        wire::write_payload(&event, &mut payload);
+        wire::write_payload(&event, published, &mut payload);
         let retention = shared.retention(&event.route);
         let stored = retention.enabled().then(|| {
             // The script writes `{"id":"...",` and then the rest of the object.
@@ -952,7 +959,7 @@ async fn publish(
     BridgeStats::add(&shared.bridge().publish_errors, 1);
     shared.interest.borrow().targets(&event.route, shared.shards, targets);
     if !targets.is_empty() {
-        let delivery = event.encode(&shared.stats.node, None);
+        let delivery = event.encode(&shared.stats.node, None).published_at(published);
         shared.deliver(targets, ShardMessage::Deliver(Arc::new(delivery))).await;
     }
     if let Some(to) = reply_to {

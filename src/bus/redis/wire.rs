@@ -16,6 +16,10 @@
 //!   `"direct"`).
 //! - **`<prefix>node:<node id>`**: each node's heartbeat to itself.
 //!
+//! corecast ends every event payload it publishes with `"ts":<µs since the Unix epoch>`,
+//! the publish time, and strips that last member again before framing, so clients of
+//! corecast nodes never see it ([`split_stamp`]); Python nodes forward it verbatim.
+//!
 //! A payload that is not UTF-8 cannot be a text frame: the bridge drops it (and counts it)
 //! before it gets here.
 
@@ -27,7 +31,7 @@ use serde_json::value::RawValue;
 use crate::{
     event::{Event, push_json_str},
     frame,
-    xshard::{Delivery, EventId, Interest, NodeId, Route},
+    xshard::{Delivery, EventId, Interest, NodeId, PublishedAt, Route},
 };
 
 /// The channel of broadcasts, shared with the Python nodes.
@@ -123,14 +127,40 @@ impl Channels {
     }
 }
 
-/// Writes the payload `event` is published with (see the module docs).
-pub(crate) fn write_payload(event: &Event, out: &mut String) {
+/// The member corecast ends each published payload with.
+const STAMP: &str = r#","ts":"#;
+
+/// Writes the payload `event` is published with (see the module docs), stamped with the
+/// publish time as its last member.
+pub(crate) fn write_payload(event: &Event, published: PublishedAt, out: &mut String) {
+    use std::fmt::Write;
     out.clear();
-    out.reserve(64 + event.payload_len());
+    out.reserve(96 + event.payload_len());
     match event.route {
         Route::Broadcast => event.write_seed(out, true, None),
         Route::Topic(_) | Route::Direct(_) => event.write_v1(out, None),
     }
+    if out.ends_with('}') {
+        out.pop();
+        let _ = write!(out, "{STAMP}{}}}", published.0);
+    }
+}
+
+/// Splits a payload into what clients get and its publish time: a payload ending with
+/// `,"ts":<digits>}` loses that member. Anything else is returned whole, unstamped.
+pub(crate) fn split_stamp(text: &str) -> (Cow<'_, str>, Option<PublishedAt>) {
+    let unstamped = (Cow::Borrowed(text), None);
+    let Some(body) = text.strip_suffix('}') else { return unstamped };
+    let Some(at) = body.rfind(STAMP) else { return unstamped };
+    let digits = &body[at + STAMP.len()..];
+    if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return unstamped;
+    }
+    let Ok(micros) = digits.parse::<u64>() else { return unstamped };
+    let mut client = String::with_capacity(at + 1);
+    client.push_str(&body[..at]);
+    client.push('}');
+    (Cow::Owned(client), Some(PublishedAt(micros)))
 }
 
 /// Why a received message is not delivered.
@@ -173,6 +203,8 @@ pub(crate) fn event_id_of(text: &str) -> Option<EventId> {
 /// built once, here. A stored event's id (first field) is kept, in both formats.
 pub(crate) fn delivery_from(route: Route, text: &str, json: &mut String) -> Delivery {
     json.clear();
+    let (text, published) = split_stamp(text);
+    let text = &*text;
     let id = event_id_of(text);
     let (v1, seed) = match &route {
         Route::Broadcast => {
@@ -217,7 +249,15 @@ pub(crate) fn delivery_from(route: Route, text: &str, json: &mut String) -> Deli
             (frame::encode_text(json), None)
         }
     };
-    Delivery { route, id, origin: NodeId::redis(), v1, seed }
+    Delivery {
+        route,
+        id,
+        origin: NodeId::redis(),
+        v1,
+        seed,
+        published,
+        lag_observed: Default::default(),
+    }
 }
 
 /// Whether `text` is one well-formed JSON object.
@@ -243,8 +283,12 @@ mod tests {
 
     fn published(route: Route, payload: Payload) -> String {
         let mut out = String::new();
-        write_payload(&Event { sender: "al".into(), route, payload }, &mut out);
-        out
+        let event = Event { sender: "al".into(), route, payload };
+        write_payload(&event, PublishedAt(1_764_500_000_123_456), &mut out);
+        let (text, published) = split_stamp(&out);
+        assert_eq!(published, Some(PublishedAt(1_764_500_000_123_456)), "{out}");
+        assert!(out.ends_with(r#","ts":1764500000123456}"#), "{out}");
+        text.into_owned()
     }
 
     #[test]
@@ -318,6 +362,33 @@ mod tests {
         );
         for none in [r#"{"sender":"py","text":"x"}"#, r#"{"id":"x:1"}"#, r#"{"id":"1:2"#, "plain"] {
             assert_eq!(event_id_of(none), None, "{none}");
+        }
+    }
+
+    /// The stamp is stripped before framing; only a last top-level `"ts"` of digits is
+    /// one.
+    #[test]
+    fn publish_stamps_are_stripped() {
+        let stamped = r#"{"id":"1:2","type":"message","topic":"t","sender":"al","data":1,"ts":17}"#;
+        let d = delivery_from(Route::Topic("t".into()), stamped, &mut String::new());
+        assert_eq!(d.published, Some(PublishedAt(17)));
+        assert_eq!(d.id, Some(EventId { epoch: 1, offset: 2 }));
+        assert_eq!(
+            text_of(&d.v1),
+            r#"{"id":"1:2","type":"message","topic":"t","sender":"al","data":1}"#
+        );
+        let python = r#"{"sender":"al","text":"hi","ts":5}"#;
+        let d = delivery_from(Route::Broadcast, python, &mut String::new());
+        assert_eq!(text_of(d.seed.as_ref().unwrap()), r#"{"sender":"al","text":"hi"}"#);
+        for kept in [
+            r#"{"data":{"ts":5}}"#,
+            r#"{"ts":"5"}"#,
+            r#"{"a":1,"ts":}"#,
+            r#"{"a":1,"ts":-5}"#,
+            r#"{"a":1,"ts":99999999999999999999}"#,
+            "ts",
+        ] {
+            assert_eq!(split_stamp(kept), (Cow::Borrowed(kept), None), "{kept}");
         }
     }
 
