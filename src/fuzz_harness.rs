@@ -35,6 +35,7 @@ pub fn handshake(data: &[u8]) {
             }
             Request::Reject(r) => assert!((400..600).contains(&r.status)),
             Request::Health | Request::Ready | Request::Live | Request::Metrics => {}
+            Request::Asset { asset, .. } => assert!(!asset.body.is_empty()),
             Request::Api(head) => assert!(!head.endpoint.contains('?'), "{:?}", head.endpoint),
         }
     }

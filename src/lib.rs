@@ -85,6 +85,7 @@ pub mod fuzz_harness;
 pub mod testing;
 
 mod api;
+mod assets;
 mod auth;
 mod bus;
 mod conn;

@@ -603,6 +603,46 @@ pub struct HistogramReading {
     pub buckets: Vec<(f64, u64)>,
 }
 
+impl HistogramReading {
+    /// The observations since `earlier` (a reading of the same histograms).
+    pub fn since(&self, earlier: Option<&HistogramReading>) -> HistogramReading {
+        let Some(earlier) = earlier else { return self.clone() };
+        let buckets: Vec<(f64, u64)> = self
+            .buckets
+            .iter()
+            .zip(&earlier.buckets)
+            .map(|((bound, now), (_, then))| (*bound, now.saturating_sub(*then)))
+            .collect();
+        HistogramReading {
+            sum_seconds: (self.sum_seconds - earlier.sum_seconds).max(0.0),
+            count: buckets.iter().map(|(_, n)| n).sum(),
+            buckets,
+        }
+    }
+
+    /// The upper bound (seconds) of the bucket holding quantile `q` (0..=1): an upper
+    /// estimate. `None` without observations; the last finite bound when it falls in the
+    /// overflow bucket.
+    pub fn quantile_seconds(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = ((self.count as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        let mut last_finite = None;
+        for (bound, n) in &self.buckets {
+            if bound.is_finite() {
+                last_finite = Some(*bound);
+            }
+            seen += n;
+            if seen >= rank {
+                return if bound.is_finite() { Some(*bound) } else { last_finite };
+            }
+        }
+        last_finite
+    }
+}
+
 impl<B: Buckets> Histogram<B> {
     /// Records one duration.
     pub fn observe(&self, took: std::time::Duration) {
@@ -610,6 +650,11 @@ impl<B: Buckets> Histogram<B> {
         let at = B::BOUNDS_NS.iter().position(|bound| ns <= *bound).unwrap_or(B::BOUNDS_NS.len());
         self.counts[at].fetch_add(1, Ordering::Relaxed);
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// This histogram alone as a reading.
+    pub fn read_one(&self) -> HistogramReading {
+        Histogram::read([self])
     }
 
     /// The sum of `histograms` (every shard's) as one reading.
@@ -843,5 +888,13 @@ mod histogram_tests {
         assert_eq!(at(30.0), Some(0));
         assert_eq!(at(f64::INFINITY), Some(1));
         assert!((r.sum_seconds - 60.00805).abs() < 1e-9, "{}", r.sum_seconds);
+        assert_eq!(r.quantile_seconds(0.25), Some(0.0001));
+        assert_eq!(r.quantile_seconds(0.5), Some(0.005));
+        assert_eq!(r.quantile_seconds(1.0), Some(30.0), "the overflow reads as the last bound");
+        let earlier = r.clone();
+        a.observe(Duration::from_millis(20));
+        let recent = Histogram::read([&a, &b]).since(Some(&earlier));
+        assert_eq!((recent.count, recent.quantile_seconds(0.99)), (1, Some(0.025)));
+        assert_eq!(Histogram::<LagBuckets>::default().read_one().quantile_seconds(0.5), None);
     }
 }

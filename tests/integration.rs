@@ -12,6 +12,8 @@ mod auth;
 mod backpressure;
 /// Seed protocol fan-out: every client's text reaches every connection, once, in order.
 mod broadcast;
+/// The browser client in headless Chromium: resume across a killed node.
+mod browser;
 /// The bus contract: one order per stream across shards, exactly once, interest.
 mod bus_contract;
 /// Several nodes on one real Redis: delivery across nodes, interest, wire format, faults.

@@ -74,6 +74,10 @@ pub(crate) const HISTORY_PAGE: (u64, u64) = (100, 1000);
 /// Longest publish idempotency key, in bytes.
 pub(crate) const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 
+/// The reserved, read-only topic of the node figures (`shard::stats_feed` publishes
+/// them; clients get `read_only` when they try).
+pub(crate) const STATS_TOPIC: &str = "corecast.stats";
+
 /// A command the server refuses; answered with `{"type":"error",...}`, connection stays open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct CommandError {

@@ -58,6 +58,14 @@ pub(crate) enum Request {
     Live,
     /// `GET /metrics`: the node's counters for Prometheus.
     Metrics,
+    /// `GET` of a file embedded in the binary (`/corecast.js`, the dashboard at `/`),
+    /// with the API key the request presented (`Authorization: Bearer` or `?key=`).
+    Asset {
+        /// The file.
+        asset: crate::assets::Asset,
+        /// The key given, if any (the shard decides whether the file needs one).
+        key: Option<String>,
+    },
     /// Anything else: answer with this status and close.
     Reject(Rejection),
 }
@@ -128,6 +136,18 @@ fn decide(req: &httparse::Request<'_, '_>, policy: Policy<'_>) -> Request {
     }
     if path == "/metrics" {
         return Request::Metrics;
+    }
+    if let Some(asset) = crate::assets::at(path) {
+        let query = target.split_once('?').map(|(_, query)| query);
+        let key = header("authorization")
+            .and_then(crate::http::bearer_token)
+            .map(str::to_owned)
+            .or_else(|| {
+                query
+                    .and_then(|q| query_value(q, "key"))
+                    .and_then(|value| crate::http::percent_decoded(value, MAX_TOKEN_TEXT))
+            });
+        return Request::Asset { asset, key };
     }
     if path == "/readyz" {
         return Request::Ready;

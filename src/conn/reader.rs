@@ -26,6 +26,7 @@ use super::{
     command, rate,
     state::{Close, Phase},
 };
+use crate::conn::command::STATS_TOPIC;
 use crate::{
     auth::token::unix_now,
     config::MAX_TOPICS_PER_CONN,
@@ -574,6 +575,13 @@ fn handle_message(
             subs.history(conn.id(), &topic, since, limit);
             None
         }
+        Ok(command::Command::Publish { topic, .. }) if topic == STATS_TOPIC => Some(
+            command::CommandError::new(
+                "read_only",
+                format!("topic \"{STATS_TOPIC}\" is written by the nodes only"),
+            )
+            .to_json(),
+        ),
         Ok(command::Command::Publish { topic, .. }) if !conn.permits(Action::Publish(&topic)) => {
             Some(forbidden(ctx, format!("not allowed to publish on topic \"{topic}\"")))
         }
@@ -618,6 +626,17 @@ fn authorize_subscribe(
     topic: &str,
     token: Option<&str>,
 ) -> Result<(), command::CommandError> {
+    if topic == STATS_TOPIC
+        && let Some(key) = &ctx.api_key
+    {
+        // The node figures are for operators: the API key is the subscription's token.
+        if crate::api::http::key_matches(token, key) {
+            return Ok(());
+        }
+        ShardStats::add(&ctx.stats().forbidden, 1);
+        let message = format!("topic \"{STATS_TOPIC}\" needs the API key as its \"token\"");
+        return Err(command::CommandError::new("forbidden", message));
+    }
     // A token is always checked when given (it may extend an earlier grant).
     if token.is_none() && conn.permits(Action::Subscribe(topic)) {
         return Ok(());

@@ -20,6 +20,7 @@
 //! - `LocalSequencer::run` (`bus::embedded`): sequences the streams this shard owns and
 //!   delivers them to the inboxes of the shards that want them;
 //! - `heartbeat::run`: pings, pong deadlines and seed-mode application pings;
+//! - `stats_feed::run` (shard 0 only): the node's figures on `corecast.stats` each second;
 //! - [`run`] itself: waits for the shutdown command and drains.
 //!
 //! Writes are batched per pass: producers (inbox, heartbeat, replies) queue frames and
@@ -36,6 +37,7 @@ mod listener;
 mod presence;
 mod recovering;
 mod session;
+pub(crate) mod stats_feed;
 mod table;
 
 use std::{
@@ -586,6 +588,7 @@ pub(crate) async fn run(parts: ShardParts) {
     });
     let fanout = glommio::spawn_local(inbox::run(shard.clone(), inbox));
     let heartbeat = glommio::spawn_local(heartbeat::run(shard.clone()));
+    let stats_feed = (id.0 == 0).then(|| glommio::spawn_local(stats_feed::run(shard.clone())));
     let sequencer = sequencer.map(|s| glommio::spawn_local(s.run()));
     info!(shard = %id, cpu = ?crate::sys::current_cpu(), "shard started");
     let _ = started.send(id);
@@ -651,6 +654,7 @@ pub(crate) async fn run(parts: ShardParts) {
         drained_within(&shard, Duration::from_millis(500)).await;
     }
     drop(heartbeat);
+    drop(stats_feed);
     shard.bus.close();
     drop(sequencer);
     drop(fanout);

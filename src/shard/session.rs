@@ -141,6 +141,20 @@ async fn upgrade(
             let _ = write_and_close(stream, &response).await;
             return None;
         }
+        Request::Asset { asset, key } => {
+            let locked = asset == crate::assets::DASHBOARD
+                && ctx
+                    .api_key
+                    .as_deref()
+                    .is_some_and(|k| !crate::api::http::key_matches(key.as_deref(), k));
+            if locked {
+                let reason = "the dashboard needs the API key (Authorization: Bearer or ?key=)";
+                refuse(shard, stream, peer, handshake::Rejection { status: 401, reason }).await;
+            } else {
+                let _ = write_and_close(stream, &crate::assets::response(asset)).await;
+            }
+            return None;
+        }
         Request::Live => {
             let response = handshake::http_response(200, "application/json", r#"{"live":true}"#);
             let _ = write_and_close(stream, &response).await;
