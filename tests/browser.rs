@@ -48,6 +48,7 @@ impl Driver {
             .arg(dir.join("test").join(script))
             .current_dir(&dir)
             .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -63,6 +64,22 @@ impl Driver {
             }
         });
         Driver { child, lines }
+    }
+
+    /// Writes one line to the script's stdin.
+    pub(crate) fn send(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("piped stdin");
+        writeln!(stdin, "{line}").and_then(|()| stdin.flush()).expect("driver stdin");
+    }
+
+    /// The next line that starts with `prefix`, without it (other lines are skipped).
+    pub(crate) async fn expect(&mut self, prefix: &str) -> String {
+        loop {
+            if let Some(rest) = self.next().await.strip_prefix(prefix) {
+                return rest.trim_start().to_owned();
+            }
+        }
     }
 
     /// The next line; panics on `error ...` lines and at EOF.
@@ -168,4 +185,126 @@ async fn the_browser_client_resumes_across_a_killed_node() {
     assert!(reopened, "states {seen:?}");
     assert_eq!(result["state"], "closed");
     assert_eq!(seen.last(), Some(&"closed"));
+}
+
+/// The dashboard at `GET /`: with an API key it needs the key (401 without); it shows
+/// both nodes of the cluster from the `corecast.stats` feed (read-only, the key as its
+/// token), its numbers move when a load runs, its chat pane reaches a seed client on the
+/// other node, and a screenshot is saved as a test artifact
+/// (`target/artifacts/dashboard.png`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_cluster_live() {
+    const KEY: &str = "dashboard-test-key";
+    const CHAT: &str = "hello from the dashboard";
+    let redis = RedisServer::start().await;
+    let keyed = |c: &mut corecast::Config| c.api_key = corecast::config::Secret(Some(KEY.into()));
+    let n1 = redis_node(&redis, "d1", keyed).await;
+    let n2 = redis_node(&redis, "d2", keyed).await;
+
+    // The page needs the key; the module does not.
+    assert_eq!(http_get(n1.addr, "/").await.0, 401);
+    assert_eq!(http_get(n1.addr, "/?key=wrong").await.0, 401);
+    let bearer = format!("GET / HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {KEY}\r\n\r\n");
+    let (status, page) = parse_http(&raw_request(n1.addr, bearer.as_bytes()).await);
+    assert_eq!(status, 200);
+    assert!(page.contains(r#"data-metric="deliveries_per_s""#));
+    assert_eq!(http_get(n1.addr, "/corecast.js").await.0, 200);
+
+    // The feed: read-only, and the key is its subscription token.
+    let mut reader = connect(n2.addr, "reader", true).await;
+    reader.send_json(json!({"op":"subscribe","topic":"corecast.stats"})).await;
+    assert_eq!(reader.recv_json().await["code"], "forbidden");
+    reader.send_json(json!({"op":"publish","topic":"corecast.stats","data":{}})).await;
+    assert_eq!(reader.recv_json().await["code"], "read_only");
+    reader.send_json(json!({"op":"subscribe","topic":"corecast.stats","token":KEY})).await;
+    assert_eq!(reader.recv_json().await["type"], "subscribed");
+    let mut from = std::collections::BTreeSet::new();
+    while from.len() < 2 {
+        let figures = without_id(reader.recv_json().await);
+        assert_eq!(figures["sender"], "corecast");
+        from.insert(figures["data"]["node"].as_str().expect("node").to_owned());
+    }
+    assert_eq!(from, ["d1".to_owned(), "d2".to_owned()].into());
+
+    let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/artifacts");
+    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
+    let screenshot = artifacts.join("dashboard.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let mut driver = Driver::start(
+        "dashboard.mjs",
+        &[
+            ("PAGE", format!("http://{}/?key={KEY}", n1.addr)),
+            ("NODES_EXPECTED", "2".into()),
+            ("CHAT_TEXT", CHAT.into()),
+            ("SCREENSHOT", screenshot.display().to_string()),
+        ],
+    );
+    let idle: Value = serde_json::from_str(&driver.expect("figures").await).expect("figures");
+    assert_eq!(idle["nodes"], 2);
+
+    // A load: 20 subscribers on n2, a publisher on n1, until the page is done.
+    let mut seed = connect(n2.addr, "seedwatcher", false).await;
+    let mut subscribers = Vec::new();
+    for i in 0..20 {
+        let mut c = connect(n2.addr, &format!("load{i}"), true).await;
+        subscribe(&mut c, "load").await;
+        subscribers.push(c);
+    }
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let n1_addr = n1.addr;
+    let load = tokio::spawn(async move {
+        let mut publisher = connect(n1_addr, "loader", true).await;
+        let mut tick = tokio::time::interval(Duration::from_millis(2));
+        let mut sent = 0u64;
+        loop {
+            tokio::select! {
+                _ = &mut stopped => break,
+                _ = tick.tick() => {
+                    publisher.send_json(json!({"op":"publish","topic":"load","data":sent})).await;
+                    sent += 1;
+                }
+            }
+        }
+        sent
+    });
+    // The subscribers read what they get, so that they are never slow consumers.
+    let readers: Vec<_> = subscribers
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                use futures_util::StreamExt;
+                while let Ok(Some(Ok(_))) =
+                    tokio::time::timeout(Duration::from_secs(10), c.ws.next()).await
+                {
+                }
+            })
+        })
+        .collect();
+    driver.send("load");
+    let moving: Value = serde_json::from_str(&driver.expect("moving").await).expect("moving");
+    assert_eq!(moving["nodes"], 2, "{moving}");
+    assert!(moving["connections"].as_f64().unwrap() >= 22.0, "{moving}");
+    assert!(moving["deliveries_per_s"].as_f64().unwrap() > 1000.0, "{moving}");
+    assert_eq!(moving["redis"], "ready", "{moving}");
+    driver.expect("chat").await;
+    // The chat message is a broadcast: it reached the seed client on the other node.
+    let text = within(WAIT, "the chat message on the other node", async {
+        loop {
+            let m = seed.recv_json().await;
+            if m["text"] == CHAT {
+                return m;
+            }
+        }
+    })
+    .await;
+    assert!(text["sender"].as_str().unwrap().starts_with("dashboard-"), "{text}");
+    driver.expect("done").await;
+    let _ = stop.send(());
+    let sent = within(WAIT, "the load stops", load).await.expect("load task");
+    assert!(sent > 0);
+    for r in readers {
+        r.abort();
+    }
+    let png = std::fs::read(&screenshot).expect("the screenshot was saved");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "{} bytes", png.len());
 }

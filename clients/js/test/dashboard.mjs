@@ -1,0 +1,68 @@
+// Loads the dashboard (`GET /`) of a node in headless Debian Chromium and checks that it
+// shows the cluster and moves with real load. Talks to the Rust test over stdin/stdout:
+//   out "figures <json>"   what the page shows once every node reported
+//   in  "load"             the test has started a load
+//   out "moving <json>"    the numbers the page shows under load
+//   out "chat"             a message typed into the chat pane came back through it
+//   out "done"             the screenshot is saved at $SCREENSHOT
+// Every wait is bounded; the browser is closed on every path.
+
+import { chromium } from "playwright-core";
+import { createInterface } from "node:readline";
+
+const url = process.env.PAGE; // http://127.0.0.1:PORT/?key=...
+const nodes = Number(process.env.NODES_EXPECTED);
+const chat = process.env.CHAT_TEXT;
+const say = (line) => process.stdout.write(line + "\n");
+const input = createInterface({ input: process.stdin });
+const lines = input[Symbol.asyncIterator]();
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  args: ["--no-sandbox", "--headless=new"],
+});
+const timer = setTimeout(() => {
+  say("error timed out");
+  browser.close().finally(() => process.exit(2));
+}, 60000);
+try {
+  const page = await browser.newPage({ viewport: { width: 1600, height: 900 } });
+  page.on("pageerror", (e) => say(`error page: ${e}`));
+  await page.goto(url);
+  const metric = (name) => page.locator(`[data-metric="${name}"]`).textContent();
+  const number = async (name) => Number((await metric(name)).replace(/[^0-9.]/g, "") || "0");
+  await page.waitForFunction(
+    (n) => document.querySelector('[data-metric="nodes"]').textContent === String(n),
+    nodes,
+    { timeout: 20000 },
+  );
+  say(`figures ${JSON.stringify({ nodes: await number("nodes"), connections: await number("connections") })}`);
+  const go = await lines.next();
+  if (go.value !== "load") throw new Error(`expected "load", got ${go.value}`);
+  await page.waitForFunction(
+    () => Number(document.querySelector('[data-metric="deliveries_per_s"]').textContent.replace(/[^0-9]/g, "")) > 1000,
+    null,
+    { timeout: 20000, polling: 200 },
+  );
+  say(`moving ${JSON.stringify({
+    nodes: await number("nodes"),
+    connections: await number("connections"),
+    deliveries_per_s: await number("deliveries_per_s"),
+    redis: await metric("redis"),
+  })}`);
+  await page.locator('[data-role="chat-input"]').fill(chat);
+  await page.locator('[data-role="chat-input"]').press("Enter");
+  await page.locator('[data-role="chat-log"]', { hasText: chat }).waitFor({ timeout: 20000 });
+  say("chat");
+  // A full chart for the wall screen: let a few more seconds of load come in.
+  await page.waitForTimeout(3000);
+  await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
+  say("done");
+} catch (e) {
+  say(`error ${e?.stack ?? e}`);
+  process.exitCode = 1;
+} finally {
+  clearTimeout(timer);
+  input.close();
+  await browser.close();
+}
