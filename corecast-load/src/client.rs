@@ -75,6 +75,9 @@ pub(crate) struct Load {
     pub(crate) stopping: bool,
     /// Every process's connections together (for the progress line).
     pub(crate) total_conns: usize,
+    /// Connections the server ended (a Close frame or EOF) while the run was not
+    /// stopping, and when: the reconnect-storm scenario reconnects them.
+    pub(crate) ended_by_server: Vec<Instant>,
     progress: Option<Progress>,
 }
 
@@ -101,6 +104,7 @@ impl Load {
             stats: Stats::new(),
             stopping: false,
             total_conns,
+            ended_by_server: Vec::new(),
             progress,
         })
     }
@@ -271,16 +275,25 @@ impl Load {
                 Err(_) => return self.close(token),
             };
             let now = unix_nanos();
+            let mut closing = false;
             if conn.partial.is_empty() {
-                let used = consume_frames(&self.scratch[..n], now, &mut self.stats, &mut conn.out);
+                let scratch = &self.scratch[..n];
+                let used =
+                    consume_frames(scratch, now, &mut self.stats, &mut conn.out, &mut closing);
                 conn.partial.extend_from_slice(&self.scratch[used..n]);
             } else {
                 conn.partial.extend_from_slice(&self.scratch[..n]);
-                let used = consume_frames(&conn.partial, now, &mut self.stats, &mut conn.out);
+                let partial = &conn.partial;
+                let used =
+                    consume_frames(partial, now, &mut self.stats, &mut conn.out, &mut closing);
                 conn.partial.drain(..used);
             }
             if !conn.out.is_empty() {
                 self.write_to(token, &[]);
+            }
+            if closing {
+                // The server's Close was answered (in `out`): the connection is over.
+                return self.close(token);
             }
             if n < self.scratch.len() {
                 return;
@@ -318,8 +331,50 @@ impl Load {
             let _ = self.poll.registry().deregister(&mut conn.stream);
             if !self.stopping {
                 self.stats.closed_early += 1;
+                self.ended_by_server.push(Instant::now());
             }
         }
+    }
+
+    /// Opens `users` to `addr` like [`connect_all`](Self::connect_all) (blocking
+    /// handshakes, `connect_concurrency` at a time); returns how many succeeded.
+    pub(crate) fn reconnect(
+        &mut self,
+        args: &Args,
+        addr: SocketAddr,
+        users: &[String],
+    ) -> io::Result<usize> {
+        let mut opened = 0;
+        for batch in users.chunks(args.connect_concurrency.max(1)) {
+            let started: Vec<_> = batch
+                .iter()
+                .filter_map(|user| {
+                    send_upgrade(addr, None, user).map_err(|e| self.connect_failed(&e)).ok()
+                })
+                .collect();
+            for stream in started {
+                match read_upgrade_response(stream) {
+                    Ok((stream, leftover)) => {
+                        let token = self.conns.len();
+                        let mut stream = TcpStream::from_std(stream);
+                        self.poll.registry().register(
+                            &mut stream,
+                            Token(token),
+                            Interest::READABLE,
+                        )?;
+                        self.conns.push(Some(Conn {
+                            stream,
+                            partial: leftover,
+                            out: Vec::new(),
+                            retry: false,
+                        }));
+                        opened += 1;
+                    }
+                    Err(e) => self.connect_failed(&e),
+                }
+            }
+        }
+        Ok(opened)
     }
 
     /// Stops the terminal progress line (worker processes print protocol lines only).
@@ -359,7 +414,14 @@ impl Load {
 /// Handles every complete frame at the start of `buf`; returns the bytes they took.
 /// Text frames count as deliveries (with latency, when they carry a send time); pings
 /// are answered into `out`.
-fn consume_frames(buf: &[u8], now: u64, stats: &mut Stats, out: &mut Vec<u8>) -> usize {
+/// A Close from the server is answered with the same code and sets `closing`.
+fn consume_frames(
+    buf: &[u8],
+    now: u64,
+    stats: &mut Stats,
+    out: &mut Vec<u8>,
+    closing: &mut bool,
+) -> usize {
     let mut at = 0;
     while let Some((opcode, payload, used)) = corecast::testing::decode_unmasked(&buf[at..]) {
         let payload = &buf[at..][payload];
@@ -371,6 +433,12 @@ fn consume_frames(buf: &[u8], now: u64, stats: &mut Stats, out: &mut Vec<u8>) ->
                 }
             }
             0x9 => client_frame(out, 0xA, payload),
+            0x8 => {
+                client_frame(out, 0x8, payload.get(..2).unwrap_or_default());
+                *closing = true;
+                at += used;
+                break;
+            }
             _ => {}
         }
         at += used;
@@ -476,10 +544,10 @@ mod tests {
         for cut in 0..wire.len() {
             let mut stats = Stats::new();
             let (mut out, mut partial) = (Vec::new(), Vec::new());
-            let used = consume_frames(&wire[..cut], 5_000_000, &mut stats, &mut out);
+            let used = consume_frames(&wire[..cut], 5_000_000, &mut stats, &mut out, &mut false);
             partial.extend_from_slice(&wire[used..cut]);
             partial.extend_from_slice(&wire[cut..]);
-            let used2 = consume_frames(&partial, 5_000_000, &mut stats, &mut out);
+            let used2 = consume_frames(&partial, 5_000_000, &mut stats, &mut out, &mut false);
             assert_eq!(used2, partial.len(), "cut at {cut}");
             assert_eq!(stats.received, 3, "cut at {cut}");
             assert!(stats.hist.equivalent(stats.hist.max(), 4_000), "cut at {cut}");

@@ -106,6 +106,18 @@ pub(crate) struct Args {
     /// Write the result as JSON to this file.
     #[arg(long)]
     pub(crate) json: Option<std::path::PathBuf>,
+    /// Reconnect-storm scenario: open `--connections` to `--addr`, send SIGTERM to
+    /// `--storm-pid` (the node under test), and reconnect every connection it ends (Close
+    /// or EOF) at once, as the same user, to this surviving node; report the reconnect
+    /// rate the survivor saw.
+    #[arg(long, requires = "storm_pid")]
+    pub(crate) storm_to: Option<SocketAddr>,
+    /// The process to send SIGTERM to in the reconnect-storm scenario.
+    #[arg(long)]
+    pub(crate) storm_pid: Option<u32>,
+    /// Longest wait, in seconds, for the storm to end.
+    #[arg(long, default_value_t = 60.0)]
+    pub(crate) storm_window: f64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -122,7 +134,65 @@ fn main() -> anyhow::Result<()> {
             "cannot pin to CPU {cpu}"
         );
     }
+    if let Some(to) = args.storm_to {
+        return run_storm(&args, to);
+    }
     if args.worker_index.is_some() { run_as_worker(&args) } else { run(&args) }
+}
+
+/// The reconnect-storm scenario (`--storm-to`); one process (at most ~18k connections).
+fn run_storm(args: &Args, to: SocketAddr) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.connections <= 18_000,
+        "--storm-to runs in one process: at most 18000 connections"
+    );
+    let pid = args.storm_pid.ok_or_else(|| anyhow::anyhow!("--storm-to needs --storm-pid"))?;
+    let mut load = Load::new(args.connections)?;
+    load.quiet();
+    load.connect_all(args, 0, 0, args.connections)?;
+    let connected = load.stats.connected;
+    anyhow::ensure!(connected == args.connections, "connected {connected} of {}", args.connections);
+    load.serve_for(Duration::from_secs_f64(args.settle))?;
+    eprintln!("connected {connected}; sending SIGTERM to {pid}");
+    let signal = Instant::now();
+    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+    anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+    let deadline = signal + Duration::from_secs_f64(args.storm_window);
+    let (mut ends, mut reconnects) = (Vec::new(), Vec::new());
+    let mut next_user = 0usize;
+    while ends.len() < connected && Instant::now() < deadline {
+        load.turn(Duration::from_millis(5))?;
+        let ended = std::mem::take(&mut load.ended_by_server);
+        if ended.is_empty() {
+            continue;
+        }
+        ends.extend(ended.iter().map(|at| at.duration_since(signal).as_secs_f64() * 1e3));
+        let users: Vec<String> =
+            (next_user..next_user + ended.len()).map(|i| format!("storm-{i}")).collect();
+        next_user += ended.len();
+        let opened = load.reconnect(args, to, &users)?;
+        let now = signal.elapsed().as_secs_f64() * 1e3;
+        reconnects.extend(std::iter::repeat_n(now, opened));
+    }
+    load.stopping = true;
+    let last = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let report = report::StormReport {
+        connections: connected,
+        ended: ends.len(),
+        reconnected: reconnects.len(),
+        failed: load.stats.failed,
+        first_end_ms: ends.iter().copied().fold(f64::INFINITY, f64::min).min(last(&ends)),
+        last_end_ms: last(&ends),
+        last_reconnect_ms: last(&reconnects),
+        peak_per_sec_100ms: report::StormReport::peak_per_sec(&reconnects, 100.0),
+        peak_per_sec_1s: report::StormReport::peak_per_sec(&reconnects, 1000.0),
+    };
+    let json = serde_json::to_string_pretty(&report)?;
+    println!("{json}");
+    if let Some(path) = &args.json {
+        std::fs::write(path, json)?;
+    }
+    Ok(())
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {

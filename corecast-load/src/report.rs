@@ -134,3 +134,40 @@ mod tests {
         assert!(svg.contains("<polyline") && svg.contains("99.9%"));
     }
 }
+
+/// The reconnect-storm scenario's report: how fast the clients of a draining node arrived
+/// at the surviving node.
+#[derive(Debug, Serialize)]
+pub(crate) struct StormReport {
+    pub(crate) connections: usize,
+    /// Connections the draining node ended (Close or EOF) within the window.
+    pub(crate) ended: usize,
+    /// Of those, reconnected to the surviving node.
+    pub(crate) reconnected: usize,
+    pub(crate) failed: usize,
+    /// From the signal to the first and the last end, in ms.
+    pub(crate) first_end_ms: f64,
+    pub(crate) last_end_ms: f64,
+    /// From the signal to the last reconnect, in ms.
+    pub(crate) last_reconnect_ms: f64,
+    /// The highest reconnect rate the surviving node saw, over any 100 ms and any 1 s.
+    pub(crate) peak_per_sec_100ms: f64,
+    pub(crate) peak_per_sec_1s: f64,
+}
+
+impl StormReport {
+    /// Peak rate over windows of `window_ms`, from reconnect times in ms since the signal.
+    pub(crate) fn peak_per_sec(times_ms: &[f64], window_ms: f64) -> f64 {
+        let mut sorted = times_ms.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let mut peak = 0usize;
+        let mut start = 0;
+        for end in 0..sorted.len() {
+            while sorted[end] - sorted[start] >= window_ms {
+                start += 1;
+            }
+            peak = peak.max(end + 1 - start);
+        }
+        peak as f64 * 1000.0 / window_ms
+    }
+}

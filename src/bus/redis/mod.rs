@@ -995,6 +995,11 @@ async fn send_control(
             .publish(shared.channels.control(), json)
             .await
             .map_err(|e| e.details().to_string())?;
+        // This node's shards act before the caller is answered, not when the command
+        // comes back through Redis: an upgrade of the user right after the answer is
+        // refused here too. (Acting twice is harmless: closing is idempotent and a block
+        // keeps the later end.)
+        shared.apply_everywhere(control.clone()).await;
         Ok(())
     }
     .await;
