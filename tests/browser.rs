@@ -45,6 +45,8 @@ impl Driver {
     pub(crate) fn start(script: &str, envs: &[(&str, String)]) -> Driver {
         let dir = client_dir();
         let mut child = Command::new("node")
+            // Node 20's WebSocket (the browser's API), for the scripts without a browser.
+            .args(["--experimental-websocket", "--no-warnings"])
             .arg(dir.join("test").join(script))
             .current_dir(&dir)
             .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
@@ -307,4 +309,70 @@ async fn the_dashboard_shows_the_cluster_live() {
     }
     let png = std::fs::read(&screenshot).expect("the screenshot was saved");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "{} bytes", png.len());
+}
+
+/// The real binary on a fixed loopback port, so that it can come back where its clients
+/// reconnect; killed and reaped on drop.
+struct NodeOnPort(std::process::Child);
+
+impl NodeOnPort {
+    async fn start(port: u16) -> NodeOnPort {
+        let child = Command::new(env!("CARGO_BIN_EXE_corecast"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--shards", "1"])
+            .args(["--drain-period", "off"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("binary starts");
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        poll_until(WAIT, "the node listens", || async {
+            tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
+        })
+        .await;
+        NodeOnPort(child)
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.0.id().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill {signal}");
+    }
+}
+
+impl Drop for NodeOnPort {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The client's failure paths, on Node's WebSocket against a node that is frozen (SIGSTOP)
+/// with a publish on the wire, then killed and restarted empty (a new epoch): the publish
+/// on the wire is rejected with `disconnected` (never resent), a publish made while
+/// disconnected is sent once after the reconnect, and the lost history is a resync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_rejects_resends_nothing_and_reports_resync() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let node = NodeOnPort::start(port).await;
+    let mut driver = Driver::start("resync.mjs", &[("URL", format!("ws://127.0.0.1:{port}"))]);
+    driver.expect("ready").await;
+    node.signal("-STOP");
+    driver.send("publish");
+    driver.expect("sent").await;
+    node.signal("-KILL");
+    drop(node);
+    assert_eq!(driver.expect("rejected").await, "disconnected");
+    driver.expect("queued").await;
+    let _restarted = NodeOnPort::start(port).await;
+    assert_eq!(driver.expect("resync").await, "t");
+    let done: Value = serde_json::from_str(&driver.expect("done").await).expect("done JSON");
+    let data: Vec<&Value> = done["received"].as_array().unwrap().iter().map(|m| &m["data"]).collect();
+    assert_eq!(data, [&json!("one"), &json!("two"), &json!("queued")], "{done}");
+    let queued = &done["received"][2];
+    assert_eq!(queued["id"], done["queuedId"]);
+    let epoch = |m: &Value| m["id"].as_str().unwrap().split(':').next().unwrap().to_owned();
+    assert_ne!(epoch(&done["received"][0]), epoch(queued), "the restarted node began a new epoch");
+    assert_eq!(done["resyncs"], json!(["t"]));
+    let states: Vec<&str> = done["states"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(states.windows(3).any(|w| w == ["open", "connecting", "open"]), "{states:?}");
 }
