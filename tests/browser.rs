@@ -366,13 +366,43 @@ async fn the_client_rejects_resends_nothing_and_reports_resync() {
     let _restarted = NodeOnPort::start(port).await;
     assert_eq!(driver.expect("resync").await, "t");
     let done: Value = serde_json::from_str(&driver.expect("done").await).expect("done JSON");
-    let data: Vec<&Value> = done["received"].as_array().unwrap().iter().map(|m| &m["data"]).collect();
+    let data: Vec<&Value> =
+        done["received"].as_array().unwrap().iter().map(|m| &m["data"]).collect();
     assert_eq!(data, [&json!("one"), &json!("two"), &json!("queued")], "{done}");
     let queued = &done["received"][2];
     assert_eq!(queued["id"], done["queuedId"]);
     let epoch = |m: &Value| m["id"].as_str().unwrap().split(':').next().unwrap().to_owned();
     assert_ne!(epoch(&done["received"][0]), epoch(queued), "the restarted node began a new epoch");
     assert_eq!(done["resyncs"], json!(["t"]));
-    let states: Vec<&str> = done["states"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    let states: Vec<&str> =
+        done["states"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
     assert!(states.windows(3).any(|w| w == ["open", "connecting", "open"]), "{states:?}");
+}
+
+/// The client refreshes its connection token before it expires: the token function is
+/// called again 30 s before the first token's `exp`, the node answers `refreshed` with
+/// the new `exp`, and the connection never drops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_refreshes_its_token_before_it_expires() {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    const SECRET: &str = "refresh-test-secret";
+    let node = TestServer::start(|c| c.jwt_secret.0 = Some(SECRET.into()));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let token = |exp: u64| {
+        let claims = json!({"sub": "refresher", "exp": exp});
+        encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+    };
+    // The first token is refreshed at its exp - 30 s: about 2 s from now.
+    let (first, second) = (now + 32, now + 3600);
+    let tokens = format!("{},{}", token(first), token(second));
+    let mut driver =
+        Driver::start("refresh.mjs", &[("URL", format!("ws://{}", node.addr)), ("TOKENS", tokens)]);
+    let refreshed = driver.expect("refreshed").await;
+    assert_eq!(
+        refreshed,
+        format!("{second} 2"),
+        "the new exp, after two calls of the token function"
+    );
+    let done: Value = serde_json::from_str(&driver.expect("done").await).expect("done JSON");
+    assert_eq!(done["states"], json!(["open"]), "the connection never dropped");
 }

@@ -62,6 +62,7 @@ export interface Client {
   on(event: "resync", fn: (resync: Resync) => void): () => void;
   on(event: "degraded" | "restored", fn: (message: { type: string }) => void): () => void;
   on(event: "broadcast" | "direct", fn: (message: Message) => void): () => void;
+  on(event: "refreshed", fn: (refreshed: { exp: number }) => void): () => void;
   on(event: "error", fn: (error: { code: string; message: string; topic?: string }) => void): () => void;
   close(): void;
 }

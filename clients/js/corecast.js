@@ -98,7 +98,8 @@ class Client {
   /**
    * Listens to `state` (the new state), `resync` ({ topic } — `topic` null for the
    * broadcast stream), `degraded`, `restored`, `broadcast` and `direct` (the v1 message),
-   * `error` (server errors no request owns). Returns a function that stops listening.
+   * `refreshed` ({ exp }: the server took a new token), `error` (server errors no request
+   * owns, and failed token refreshes). Returns a function that stops listening.
    */
   on(event, fn) {
     if (!this.#listeners.has(event)) this.#listeners.set(event, new Set());
@@ -274,8 +275,9 @@ class Client {
     let token;
     try {
       token = await this.#currentToken();
-      await this.#request({ op: "refresh", token }, "refreshed");
+      const answer = await this.#request({ op: "refresh", token }, "refreshed");
       this.#scheduleRefresh(token);
+      this.#emit("refreshed", { exp: answer.exp });
     } catch (e) {
       this.#emit("error", { code: e.code ?? "token", message: String(e.message ?? e) });
     }
