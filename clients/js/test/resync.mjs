@@ -8,10 +8,7 @@ import { createInterface } from "node:readline";
 import { connect } from "../corecast.js";
 
 const say = (line) => process.stdout.write(line + "\n");
-const limit = setTimeout(() => {
-  say("error timed out");
-  process.exit(2);
-}, 60000);
+
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 const until = async (what, check) => {
   while (!check()) await new Promise((r) => setTimeout(r, 10)); // polling, bounded by `limit`
@@ -20,6 +17,10 @@ const until = async (what, check) => {
 const received = [];
 const states = [];
 const resyncs = [];
+const limit = setTimeout(() => {
+  say(`error timed out: states ${JSON.stringify(states)}, received ${JSON.stringify(received)}`);
+  process.exit(2);
+}, Number(process.env.LIMIT_MS ?? 60000));
 const client = connect(process.env.URL, { user: "resync", backoff: { baseMs: 50, maxMs: 300 } });
 client.on("state", (s) => states.push(s));
 client.subscribe("t", (m) => received.push({ id: m.id, data: m.data }), {
