@@ -337,6 +337,25 @@ impl NodeOnPort {
         let status = Command::new("kill").args([signal, &self.0.id().to_string()]).status();
         assert!(status.is_ok_and(|s| s.success()), "kill {signal}");
     }
+
+    /// SIGSTOP, then waits until every thread of the node has stopped: `kill` returns
+    /// before the group stop completes, and a shard thread can still answer meanwhile.
+    async fn freeze(&self) {
+        self.signal("-STOP");
+        let tasks = PathBuf::from(format!("/proc/{}/task", self.0.id()));
+        poll_until(WAIT, "every thread of the node stopped", || {
+            let all_stopped = std::fs::read_dir(&tasks).ok().map(|entries| {
+                entries.filter_map(Result::ok).all(|task| {
+                    let stat =
+                        std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+                    // The state follows the parenthesised command name.
+                    stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
+                })
+            });
+            std::future::ready(all_stopped.filter(|&stopped| stopped).map(|_| ()))
+        })
+        .await;
+    }
 }
 
 impl Drop for NodeOnPort {
@@ -349,10 +368,9 @@ impl Drop for NodeOnPort {
 /// The client's failure paths, on Node's WebSocket against a node that is frozen (SIGSTOP)
 /// with a publish on the wire, then killed and restarted empty (a new epoch): the publish
 /// on the wire is rejected with `disconnected` (never resent), a publish made while
-/// disconnected is sent once after the reconnect, and the lost history is a resync.
+/// disconnected is sent once after the reconnect (the client keeps retrying while the
+/// connection is refused), and the lost history is a resync.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky (about 1 run in 6): after the restart the client sometimes never reports \
-            the resync; cause not found yet (see the issue's closing note)"]
 async fn the_client_rejects_resends_nothing_and_reports_resync() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let node = NodeOnPort::start(port).await;
@@ -361,13 +379,17 @@ async fn the_client_rejects_resends_nothing_and_reports_resync() {
         &[("URL", format!("ws://127.0.0.1:{port}")), ("LIMIT_MS", "15000".into())],
     );
     driver.expect("ready").await;
-    node.signal("-STOP");
+    node.freeze().await;
     driver.send("publish");
     driver.expect("sent").await;
     node.signal("-KILL");
     drop(node);
     assert_eq!(driver.expect("rejected").await, "disconnected");
     driver.expect("queued").await;
+    // Two attempts while nothing listens: the client retries after a refused connection
+    // (Node's WebSocket reports a refusal with `error` alone, never `close`).
+    driver.expect("attempt").await;
+    driver.expect("attempt").await;
     let _restarted = NodeOnPort::start(port).await;
     assert_eq!(driver.expect("resync").await, "t");
     let done: Value = serde_json::from_str(&driver.expect("done").await).expect("done JSON");

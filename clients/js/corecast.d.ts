@@ -26,6 +26,9 @@ export interface ConnectOptions {
   token?: string | (() => string | Promise<string>);
   /** Reconnect delays: a random wait up to min(maxMs, baseMs × 2^attempt). */
   backoff?: { baseMs?: number; maxMs?: number };
+  /** How long a connection may take to open before it is given up and retried
+   * (default 10000 ms). */
+  connectTimeoutMs?: number;
   /** A WebSocket implementation (default: globalThis.WebSocket). */
   WebSocket?: typeof WebSocket;
 }

@@ -51,7 +51,7 @@ function tokenExpiry(token) {
  *
  * @param {string | string[]} url node or load balancer base (`ws://host:8080`), or several
  *   node bases tried in turn
- * @param {object} options `{ user, token, backoff: { baseMs, maxMs }, WebSocket }`
+ * @param {object} options `{ user, token, backoff: { baseMs, maxMs }, connectTimeoutMs, WebSocket }`
  */
 export function connect(url, options = {}) {
   return new Client(url, options);
@@ -62,6 +62,7 @@ class Client {
   #user;
   #token;
   #backoff;
+  #connectTimeoutMs;
   #WebSocket;
   #ws = null;
   #state = "connecting";
@@ -86,6 +87,7 @@ class Client {
     this.#user = options.user;
     this.#token = options.token ?? null;
     this.#backoff = { baseMs: 250, maxMs: 15000, ...(options.backoff ?? {}) };
+    this.#connectTimeoutMs = options.connectTimeoutMs ?? 10000;
     this.#WebSocket = options.WebSocket ?? globalThis.WebSocket;
     this.#open();
   }
@@ -224,8 +226,11 @@ class Client {
       return;
     }
     this.#ws = ws;
+    // A connection that neither opens nor fails (a silent network) is given up on.
+    const opening = setTimeout(() => lost(), this.#connectTimeoutMs);
     ws.onopen = () => {
       if (this.#ws !== ws) return;
+      clearTimeout(opening);
       this.#attempt = 0;
       this.#setState("open");
       this.#scheduleRefresh(token);
@@ -242,9 +247,18 @@ class Client {
       }
       this.#receive(message);
     };
-    ws.onclose = () => {
+    // The end of this connection, whichever of close, error or the open timeout comes
+    // first, handled once. `error` counts on its own: browsers follow it with `close`,
+    // but Node's WebSocket (undici) fires only `error` when the connection is refused.
+    const lost = () => {
+      clearTimeout(opening);
       if (this.#ws !== ws) return;
       this.#ws = null;
+      try {
+        ws.close();
+      } catch {
+        // already closing
+      }
       clearTimeout(this.#refreshTimer);
       this.#failSent("disconnected", "connection lost before the answer");
       for (const entry of this.#topics.values()) entry.live = false;
@@ -252,7 +266,8 @@ class Client {
       this.#setState("connecting");
       this.#retry();
     };
-    ws.onerror = () => {};
+    ws.onclose = lost;
+    ws.onerror = lost;
   }
 
   /** Full jitter: a random wait up to min(max, base × 2^attempt). */

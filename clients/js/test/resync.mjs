@@ -2,7 +2,8 @@
 // Rust test freezes, kills and restarts (a new epoch): a publish on the wire when the
 // connection drops is rejected with `disconnected`; a publish made while disconnected is
 // sent once after the reconnect; the lost history surfaces as a resync.
-// Lines out: "ready", "sent", "rejected <code>", "queued", "resync <topic>", "done <json>".
+// Lines out: "ready", "sent", "rejected <code>", "queued", "attempt" (each connection the
+// client opens), "resync <topic>", "done <json>".
 // Lines in: "publish" (after the test froze the node).
 import { createInterface } from "node:readline";
 import { connect } from "../corecast.js";
@@ -21,7 +22,19 @@ const limit = setTimeout(() => {
   say(`error timed out: states ${JSON.stringify(states)}, received ${JSON.stringify(received)}`);
   process.exit(2);
 }, Number(process.env.LIMIT_MS ?? 60000));
-const client = connect(process.env.URL, { user: "resync", backoff: { baseMs: 50, maxMs: 300 } });
+// Node's WebSocket, reporting each connection attempt: the test restarts the node only
+// after the client has been refused at least once.
+class Reporting extends WebSocket {
+  constructor(...args) {
+    super(...args);
+    say("attempt");
+  }
+}
+const client = connect(process.env.URL, {
+  user: "resync",
+  backoff: { baseMs: 50, maxMs: 300 },
+  WebSocket: Reporting,
+});
 client.on("state", (s) => states.push(s));
 client.subscribe("t", (m) => received.push({ id: m.id, data: m.data }), {
   onResync: (r) => {
@@ -38,7 +51,7 @@ if ((await lines.next()).value !== "publish") throw new Error("expected publish"
 const inflight = client.publish("t", "inflight");
 say("sent");
 const code = await inflight.then(
-  () => "resolved",
+  (id) => `resolved ${id}`,
   (e) => e.code,
 );
 say(`rejected ${code}`);
