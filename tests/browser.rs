@@ -433,3 +433,29 @@ async fn the_client_refreshes_its_token_before_it_expires() {
     let done: Value = serde_json::from_str(&driver.expect("done").await).expect("done JSON");
     assert_eq!(done["states"], json!(["open"]), "the connection never dropped");
 }
+
+/// A connection that never opens is abandoned after `connectTimeoutMs`: the first URL is
+/// a listener that accepts TCP and never answers the upgrade (a silent network); the
+/// client gives up on it and opens the second, a real node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_abandons_a_connection_that_never_opens() {
+    let node = TestServer::start(|_| {});
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let silent_addr = silent.local_addr().expect("local addr");
+    // Accepts and holds every connection without a byte in answer.
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let urls = format!("ws://{silent_addr},ws://{}", node.addr);
+    let mut driver =
+        Driver::start("silent.mjs", &[("URLS", urls), ("CONNECT_TIMEOUT_MS", "500".into())]);
+    assert_eq!(driver.expect("attempt").await, silent_addr.to_string());
+    assert_eq!(driver.expect("attempt").await, node.addr.to_string());
+    let done: Value = serde_json::from_str(&driver.expect("done").await).expect("done JSON");
+    assert_eq!(done["states"], json!(["open"]), "{done}");
+    assert!(done["id"].is_string(), "{done}");
+    holder.abort();
+}
