@@ -54,8 +54,14 @@ try {
   await page.locator('[data-role="chat-input"]').press("Enter");
   await page.locator('[data-role="chat-log"]', { hasText: chat }).waitFor({ timeout: 20000 });
   say("chat");
-  // A full chart for the wall screen: let a few more seconds of load come in.
-  await page.waitForTimeout(3000);
+  // A fuller chart for the wall screen: three more seconds of load drawn.
+  const chart = '[data-role="chart"]';
+  const renders = Number(await page.locator(chart).getAttribute("data-rendered"));
+  await page.waitForFunction(
+    ([sel, n]) => Number(document.querySelector(sel).dataset.rendered) >= n,
+    [chart, renders + 3],
+    { timeout: 20000 },
+  );
   await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
   say("done");
 } catch (e) {
