@@ -13,7 +13,7 @@ ROUNDS=${ROUNDS:-3}
 PERIOD=${PERIOD:-10s}
 OUT=${OUT:-$root/target/reconnect-storm}
 mkdir -p "$OUT"
-cargo build --release -q --bin corecast -p corecast -p corecast-load
+cargo build --release -q --bins -p corecast -p corecast-load
 bin="$root/target/release/corecast"
 load="$root/target/release/corecast-load"
 

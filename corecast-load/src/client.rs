@@ -76,8 +76,9 @@ pub(crate) struct Load {
     /// Every process's connections together (for the progress line).
     pub(crate) total_conns: usize,
     /// Connections the server ended (a Close frame or EOF) while the run was not
-    /// stopping, and when: the reconnect-storm scenario reconnects them.
-    pub(crate) ended_by_server: Vec<Instant>,
+    /// stopping, and when; kept only after [`record_ends`](Self::record_ends) (the
+    /// reconnect-storm scenario reconnects them).
+    ended_by_server: Option<Vec<Instant>>,
     progress: Option<Progress>,
 }
 
@@ -104,7 +105,7 @@ impl Load {
             stats: Stats::new(),
             stopping: false,
             total_conns,
-            ended_by_server: Vec::new(),
+            ended_by_server: None,
             progress,
         })
     }
@@ -146,19 +147,7 @@ impl Load {
             for stream in started {
                 match read_upgrade_response(stream) {
                     Ok((stream, leftover)) => {
-                        let token = self.conns.len();
-                        let mut stream = TcpStream::from_std(stream);
-                        self.poll.registry().register(
-                            &mut stream,
-                            Token(token),
-                            Interest::READABLE,
-                        )?;
-                        self.conns.push(Some(Conn {
-                            stream,
-                            partial: leftover,
-                            out: Vec::new(),
-                            retry: false,
-                        }));
+                        self.adopt(stream, leftover)?;
                         self.stats.connected += 1;
                     }
                     Err(e) => self.connect_failed(&e),
@@ -166,6 +155,16 @@ impl Load {
             }
             self.tick_progress();
         }
+        Ok(())
+    }
+
+    /// Serves an upgraded connection from now on; `leftover` is what was read past the
+    /// upgrade response (the first frames).
+    fn adopt(&mut self, stream: std::net::TcpStream, leftover: Vec<u8>) -> io::Result<()> {
+        let token = self.conns.len();
+        let mut stream = TcpStream::from_std(stream);
+        self.poll.registry().register(&mut stream, Token(token), Interest::READABLE)?;
+        self.conns.push(Some(Conn { stream, partial: leftover, out: Vec::new(), retry: false }));
         Ok(())
     }
 
@@ -331,7 +330,9 @@ impl Load {
             let _ = self.poll.registry().deregister(&mut conn.stream);
             if !self.stopping {
                 self.stats.closed_early += 1;
-                self.ended_by_server.push(Instant::now());
+                if let Some(ended) = self.ended_by_server.as_mut() {
+                    ended.push(Instant::now());
+                }
             }
         }
     }
@@ -355,19 +356,7 @@ impl Load {
             for stream in started {
                 match read_upgrade_response(stream) {
                     Ok((stream, leftover)) => {
-                        let token = self.conns.len();
-                        let mut stream = TcpStream::from_std(stream);
-                        self.poll.registry().register(
-                            &mut stream,
-                            Token(token),
-                            Interest::READABLE,
-                        )?;
-                        self.conns.push(Some(Conn {
-                            stream,
-                            partial: leftover,
-                            out: Vec::new(),
-                            retry: false,
-                        }));
+                        self.adopt(stream, leftover)?;
                         opened += 1;
                     }
                     Err(e) => self.connect_failed(&e),
@@ -375,6 +364,16 @@ impl Load {
             }
         }
         Ok(opened)
+    }
+
+    /// Keeps when the server ends each connection, for [`take_ended`](Self::take_ended).
+    pub(crate) fn record_ends(&mut self) {
+        self.ended_by_server.get_or_insert_with(Vec::new);
+    }
+
+    /// The connections the server ended since the last call (see `record_ends`).
+    pub(crate) fn take_ended(&mut self) -> Vec<Instant> {
+        self.ended_by_server.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Stops the terminal progress line (worker processes print protocol lines only).

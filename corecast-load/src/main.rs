@@ -149,6 +149,7 @@ fn run_storm(args: &Args, to: SocketAddr) -> anyhow::Result<()> {
     let pid = args.storm_pid.ok_or_else(|| anyhow::anyhow!("--storm-to needs --storm-pid"))?;
     let mut load = Load::new(args.connections)?;
     load.quiet();
+    load.record_ends();
     load.connect_all(args, 0, 0, args.connections)?;
     let connected = load.stats.connected;
     anyhow::ensure!(connected == args.connections, "connected {connected} of {}", args.connections);
@@ -162,7 +163,7 @@ fn run_storm(args: &Args, to: SocketAddr) -> anyhow::Result<()> {
     let mut next_user = 0usize;
     while ends.len() < connected && Instant::now() < deadline {
         load.turn(Duration::from_millis(5))?;
-        let ended = std::mem::take(&mut load.ended_by_server);
+        let ended = load.take_ended();
         if ended.is_empty() {
             continue;
         }
