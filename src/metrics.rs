@@ -276,46 +276,9 @@ impl Collector for NodeCollector {
                 "Redis channels the node is subscribed to.",
                 i64::try_from(b.subscribed_channels.load(Relaxed)).unwrap_or(i64::MAX),
             )?;
-            f.counter(
-                "corecast_bridge_reconnects",
-                "Reconnections to Redis.",
-                b.reconnects.load(Relaxed),
-            )?;
-            f.counter(
-                "corecast_bridge_lagged_messages",
-                "Messages dropped because the bridge fell behind (then read from history).",
-                b.lagged.load(Relaxed),
-            )?;
-            f.counter(
-                "corecast_bridge_publish_errors",
-                "Publishes that did not reach Redis.",
-                b.publish_errors.load(Relaxed),
-            )?;
-            f.counter(
-                "corecast_bridge_messages_in",
-                "Messages received from Redis and handed to shards.",
-                b.messages_in.load(Relaxed),
-            )?;
-            f.counter(
-                "corecast_bridge_messages_dropped",
-                "Messages from Redis dropped (not UTF-8, or too large).",
-                b.dropped_messages.load(Relaxed),
-            )?;
-            f.counter(
-                "corecast_bridge_history_reads",
-                "Reads of the history in Redis.",
-                b.history_reads.load(Relaxed),
-            )?;
-            f.counter(
-                "corecast_bridge_gaps_filled",
-                "Events missed live and delivered from the history.",
-                b.gaps_filled.load(Relaxed),
-            )?;
-            f.counter(
-                "corecast_bridge_streams_lost",
-                "Times local clients were told recovered:false for a gap.",
-                b.streams_lost.load(Relaxed),
-            )?;
+            for counter in b.counters() {
+                f.counter(counter.metric, counter.help, counter.value)?;
+            }
             f.histogram(
                 "corecast_bridge_redis_round_trip_seconds",
                 "Round trip of the bridge's heartbeat PUBLISH to Redis.",

@@ -725,7 +725,89 @@ pub struct BridgeStats {
     pub round_trip: Histogram<RoundTripBuckets>,
 }
 
+/// One of the bridge's counters as both reports name it: its key in `/healthz`'s
+/// `bridge` object and its `/metrics` family (`_total` is added by the encoder).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BridgeCounter {
+    pub(crate) key: &'static str,
+    pub(crate) metric: &'static str,
+    pub(crate) help: &'static str,
+    pub(crate) value: u64,
+}
+
 impl BridgeStats {
+    /// Every counter, read once (relaxed): the one list `/healthz` and `/metrics` serve.
+    pub(crate) fn counters(&self) -> [BridgeCounter; 10] {
+        let c = |key, metric, help, counter: &AtomicU64| BridgeCounter {
+            key,
+            metric,
+            help,
+            value: counter.load(Ordering::Relaxed),
+        };
+        [
+            c(
+                "reconnects",
+                "corecast_bridge_reconnects",
+                "Reconnections to Redis.",
+                &self.reconnects,
+            ),
+            c(
+                "lagged",
+                "corecast_bridge_lagged_messages",
+                "Messages dropped because the bridge fell behind (then read from history).",
+                &self.lagged,
+            ),
+            c(
+                "publish_errors",
+                "corecast_bridge_publish_errors",
+                "Publishes that did not reach Redis.",
+                &self.publish_errors,
+            ),
+            c(
+                "messages_in",
+                "corecast_bridge_messages_in",
+                "Messages received from Redis and handed to shards.",
+                &self.messages_in,
+            ),
+            c(
+                "dropped_messages",
+                "corecast_bridge_messages_dropped",
+                "Messages from Redis dropped (not UTF-8, or too large).",
+                &self.dropped_messages,
+            ),
+            c(
+                "history_reads",
+                "corecast_bridge_history_reads",
+                "Reads of the history in Redis.",
+                &self.history_reads,
+            ),
+            c(
+                "position_reads",
+                "corecast_bridge_position_reads",
+                "Reads of where a stream stands, before the node subscribes to it.",
+                &self.position_reads,
+            ),
+            c(
+                "stream_reads",
+                "corecast_bridge_stream_reads",
+                "Streams delivery: XREADs that returned events.",
+                &self.stream_reads,
+            ),
+            c(
+                "gaps_filled",
+                "corecast_bridge_gaps_filled",
+                "Events missed live and delivered from the history.",
+                &self.gaps_filled,
+            ),
+            c(
+                "streams_lost",
+                "corecast_bridge_streams_lost",
+                "Times local clients were told recovered:false for a gap.",
+                &self.streams_lost,
+            ),
+        ]
+    }
+
     /// Adds `n` to a counter (relaxed).
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);

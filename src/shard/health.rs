@@ -5,6 +5,8 @@
 //! shard's. The document is a struct serialized by serde: its fields are the wire format,
 //! and a test checks them against PROTOCOL.md.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::{
@@ -64,16 +66,9 @@ struct Bridge {
     connected: bool,
     ready: bool,
     subscribed_channels: u64,
-    reconnects: u64,
-    lagged: u64,
-    publish_errors: u64,
-    messages_in: u64,
-    dropped_messages: u64,
-    history_reads: u64,
-    position_reads: u64,
-    stream_reads: u64,
-    gaps_filled: u64,
-    streams_lost: u64,
+    /// `reconnects`, `lagged`, `publish_errors`, ... (`BridgeStats::counters`).
+    #[serde(flatten)]
+    counters: BTreeMap<&'static str, u64>,
 }
 
 /// The `/readyz` body: 200 with `ready: true`, else 503 with the reason.
@@ -160,16 +155,7 @@ impl Health {
                 connected: b.connected.load(Relaxed),
                 ready: b.ready.load(Relaxed),
                 subscribed_channels: b.subscribed_channels.load(Relaxed),
-                reconnects: b.reconnects.load(Relaxed),
-                lagged: b.lagged.load(Relaxed),
-                publish_errors: b.publish_errors.load(Relaxed),
-                messages_in: b.messages_in.load(Relaxed),
-                dropped_messages: b.dropped_messages.load(Relaxed),
-                history_reads: b.history_reads.load(Relaxed),
-                position_reads: b.position_reads.load(Relaxed),
-                stream_reads: b.stream_reads.load(Relaxed),
-                gaps_filled: b.gaps_filled.load(Relaxed),
-                streams_lost: b.streams_lost.load(Relaxed),
+                counters: b.counters().iter().map(|c| (c.key, c.value)).collect(),
             }),
         }
     }
