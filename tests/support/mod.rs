@@ -116,7 +116,10 @@ impl TestServer {
         });
         match rx.recv_timeout(WAIT) {
             Ok(result) => result,
-            Err(_) => Err(format!("the node did not stop within {WAIT:?}")),
+            Err(_) => Err(format!(
+                "the node did not stop within {WAIT:?}; this process's threads: {}",
+                threads_of_this_process()
+            )),
         }
     }
 
@@ -126,6 +129,25 @@ impl TestServer {
             panic!("{e}");
         }
     }
+}
+
+/// Every thread of this process as `name(state wchan)`, to see which one a stop waits on.
+fn threads_of_this_process() -> String {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return "unknown".into() };
+    let read = |task: &std::path::Path, file| {
+        std::fs::read_to_string(task.join(file)).unwrap_or_default().trim().to_owned()
+    };
+    let mut threads: Vec<String> = tasks
+        .filter_map(Result::ok)
+        .map(|task| {
+            let path = task.path();
+            let stat = read(&path, "stat");
+            let state = stat.rsplit_once(") ").map_or("?", |(_, rest)| &rest[..1]).to_owned();
+            format!("{}({state} {})", read(&path, "comm"), read(&path, "wchan"))
+        })
+        .collect();
+    threads.sort();
+    threads.join(", ")
 }
 
 impl Drop for TestServer {

@@ -29,27 +29,33 @@ try {
   const page = await browser.newPage({ viewport: { width: 1600, height: 900 } });
   page.on("pageerror", (e) => say(`error page: ${e}`));
   await page.goto(url);
-  const metric = (name) => page.locator(`[data-metric="${name}"]`).textContent();
-  const number = async (name) => Number((await metric(name)).replace(/[^0-9.]/g, "") || "0");
-  await page.waitForFunction(
-    (n) => document.querySelector('[data-metric="nodes"]').textContent === String(n),
-    nodes,
-    { timeout: 20000 },
-  );
-  say(`figures ${JSON.stringify({ nodes: await number("nodes"), connections: await number("connections") })}`);
+  // The figures of one render, once it shows `want.nodes` nodes and more than
+  // `want.deliveries` deliveries/s (a node whose figures are late drops out of a
+  // render, so the figures are read together, in the page).
+  const figuresWhen = async (want) => {
+    const handle = await page.waitForFunction(
+      (want) => {
+        const read = (name) => document.querySelector(`[data-metric="${name}"]`).textContent;
+        const number = (name) => Number(read(name).replace(/[^0-9.]/g, "") || "0");
+        const figures = {
+          nodes: number("nodes"),
+          connections: number("connections"),
+          deliveries_per_s: number("deliveries_per_s"),
+          redis: read("redis"),
+        };
+        const ready = figures.nodes === want.nodes && figures.deliveries_per_s > want.deliveries;
+        return ready && figures;
+      },
+      want,
+      { timeout: 20000, polling: 200 },
+    );
+    return handle.jsonValue();
+  };
+  say(`figures ${JSON.stringify(await figuresWhen({ nodes, deliveries: -1 }))}`);
   const go = await lines.next();
   if (go.value !== "load") throw new Error(`expected "load", got ${go.value}`);
-  await page.waitForFunction(
-    () => Number(document.querySelector('[data-metric="deliveries_per_s"]').textContent.replace(/[^0-9]/g, "")) > 1000,
-    null,
-    { timeout: 20000, polling: 200 },
-  );
-  say(`moving ${JSON.stringify({
-    nodes: await number("nodes"),
-    connections: await number("connections"),
-    deliveries_per_s: await number("deliveries_per_s"),
-    redis: await metric("redis"),
-  })}`);
+  const moving = await figuresWhen({ nodes, deliveries: 1000 });
+  say(`moving ${JSON.stringify(moving)}`);
   await page.locator('[data-role="chat-input"]').fill(chat);
   await page.locator('[data-role="chat-input"]').press("Enter");
   await page.locator('[data-role="chat-log"]', { hasText: chat }).waitFor({ timeout: 20000 });
@@ -65,7 +71,7 @@ try {
   await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
   say("done");
 } catch (e) {
-  say(`error ${e?.stack ?? e}`);
+  say(`error ${String(e?.stack ?? e).replace(/\n\s*/g, " | ")}`);
   process.exitCode = 1;
 } finally {
   clearTimeout(timer);

@@ -71,7 +71,7 @@ try {
   );
   say(`result ${JSON.stringify(result)}`);
 } catch (e) {
-  say(`error ${e?.stack ?? e}`);
+  say(`error ${String(e?.stack ?? e).replace(/\n\s*/g, " | ")}`);
   process.exitCode = 1;
 } finally {
   clearTimeout(timer);
