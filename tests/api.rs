@@ -10,7 +10,7 @@ use tokio::{
 };
 
 use crate::support::{
-    redis::{RedisServer, redis_node},
+    redis::{RedisServer, redis_child_node, redis_node},
     *,
 };
 
@@ -329,20 +329,10 @@ async fn the_api_on_its_own_listener() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_per_user_across_nodes() {
     let redis = RedisServer::start().await;
-    let url = redis.url();
     let n1 = redis_node(&redis, "n1", |c| c.max_connections_per_user = 2).await;
-    let doomed = ChildServer::start(&[
-        "--redis",
-        &url,
-        "--node-id",
-        "doomed",
-        "--shards",
-        "1",
-        "--max-connections-per-user",
-        "2",
-    ])
-    .await;
-    doomed.wait_health("bridge ready", |h| h["bridge"]["ready"] == true).await;
+    let doomed =
+        redis_child_node(&redis, "doomed", &["--shards", "1", "--max-connections-per-user", "2"])
+            .await;
     let _on1 = connect(n1.addr, "alice", false).await;
     let _on_doomed = connect(doomed.addr, "alice", false).await;
     for addr in [n1.addr, doomed.addr] {

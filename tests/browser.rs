@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::support::{
-    redis::{RedisServer, redis_node},
+    redis::{RedisServer, redis_child_node, redis_node},
     *,
 };
 
@@ -113,19 +113,7 @@ impl Drop for Driver {
 async fn the_browser_client_resumes_across_a_killed_node() {
     const EVENTS: u64 = 300;
     let redis = RedisServer::start().await;
-    let url = redis.url();
-    let mut n1 = ChildServer::start(&[
-        "--redis",
-        &url,
-        "--node-id",
-        "b1",
-        "--shards",
-        "1",
-        "--history-size",
-        "1000",
-    ])
-    .await;
-    n1.wait_health("bridge ready", |h| h["bridge"]["ready"] == true).await;
+    let mut n1 = redis_child_node(&redis, "b1", &["--shards", "1", "--history-size", "1000"]).await;
     let n2 = redis_node(&redis, "b2", |c| c.history_size = 1000).await;
 
     let mut driver = Driver::start(

@@ -13,8 +13,8 @@ use corecast::config::DeliveryMode;
 use serde_json::{Value, json};
 
 use crate::support::{
-    ChildServer, Client, TestServer, WAIT, connect,
-    redis::{RedisServer, redis_node},
+    Client, TestServer, WAIT, connect,
+    redis::{RedisServer, redis_child_node, redis_node},
     take_id, within,
 };
 
@@ -753,10 +753,7 @@ async fn redis_restarted_empty_starts_a_new_epoch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_of_a_killed_node_recover_on_another() {
     let redis = RedisServer::start().await;
-    let url = redis.url();
-    let mut doomed =
-        ChildServer::start(&["--redis", &url, "--node-id", "doomed", "--shards", "2"]).await;
-    doomed.wait_health("bridge ready", |h| h["bridge"]["ready"] == true).await;
+    let mut doomed = redis_child_node(&redis, "doomed", &["--shards", "2"]).await;
     // The history must cover the reconnect (the default keeps 100 events; this stream
     // carries 200 per second).
     let b = redis_node(&redis, "b", |c| c.history_size = 10_000).await;

@@ -468,6 +468,21 @@ impl Drop for RedisServer {
     }
 }
 
+/// The real binary as a node on `redis` named `name`, with `args` added, ready (its
+/// heartbeat came back through Redis): for tests that kill a node with a signal.
+pub async fn redis_child_node(
+    redis: &RedisServer,
+    name: &str,
+    args: &[&str],
+) -> super::ChildServer {
+    let url = redis.url();
+    let mut all = vec!["--redis", url.as_str(), "--node-id", name];
+    all.extend_from_slice(args);
+    let node = super::ChildServer::start(&all).await;
+    node.wait_health("bridge ready", |h| h["bridge"]["ready"] == true).await;
+    node
+}
+
 /// A node on `redis` named `name`, ready (its heartbeat came back through Redis), with
 /// `tweak` applied.
 pub async fn redis_node(
