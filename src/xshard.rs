@@ -721,6 +721,15 @@ pub struct BridgeStats {
     /// Times a stream's local clients were told `recovered: false` because the node could
     /// not fill a gap (history trimmed, expired or wiped).
     pub streams_lost: AtomicU64,
+    /// Epochs this node found Redis had lost writes of (a read below what the node had
+    /// delivered) and abandoned, so that no id of them names two events.
+    pub epochs_abandoned: AtomicU64,
+    /// Live events held behind a gap that the history never confirmed (an id made up by
+    /// another publisher, or a write Redis lost), dropped after three complete reads.
+    pub unconfirmed_dropped: AtomicU64,
+    /// Client replays answered `recovered: false` because the history kept reading below
+    /// the node's delivery position.
+    pub replays_given_up: AtomicU64,
     /// Round trips of the bridge's heartbeat PUBLISH to Redis.
     pub round_trip: Histogram<RoundTripBuckets>,
 }
@@ -737,7 +746,7 @@ pub(crate) struct BridgeCounter {
 
 impl BridgeStats {
     /// Every counter, read once (relaxed): the one list `/healthz` and `/metrics` serve.
-    pub(crate) fn counters(&self) -> [BridgeCounter; 10] {
+    pub(crate) fn counters(&self) -> [BridgeCounter; 13] {
         let c = |key, metric, help, counter: &AtomicU64| BridgeCounter {
             key,
             metric,
@@ -804,6 +813,24 @@ impl BridgeStats {
                 "corecast_bridge_streams_lost",
                 "Times local clients were told recovered:false for a gap.",
                 &self.streams_lost,
+            ),
+            c(
+                "epochs_abandoned",
+                "corecast_bridge_epochs_abandoned",
+                "Epochs abandoned because Redis lost writes of them.",
+                &self.epochs_abandoned,
+            ),
+            c(
+                "unconfirmed_dropped",
+                "corecast_bridge_unconfirmed_dropped",
+                "Held live events the history never confirmed, dropped.",
+                &self.unconfirmed_dropped,
+            ),
+            c(
+                "replays_given_up",
+                "corecast_bridge_replays_given_up",
+                "Replays answered recovered:false: the history stayed below the node's position.",
+                &self.replays_given_up,
             ),
         ]
     }

@@ -28,6 +28,8 @@ mod metrics;
 mod presence;
 /// Event ids, history and recovery, embedded and across nodes, with Redis faults.
 mod recovery;
+/// Redis that comes back older (a snapshot, a lagging replica): new epochs, never an id twice.
+mod rollback;
 /// The binary as a process: SIGTERM drains (readyz 503, Close 1012 spread over the drain
 /// period) and exits 0; configuration
 /// precedence with real environment variables.

@@ -19,7 +19,7 @@ use crate::support::{
 };
 
 /// Subscribes, with `since` when given; returns after `subscribed`.
-async fn subscribe(client: &mut Client, topic: &str, since: Option<&str>) {
+pub(crate) async fn subscribe(client: &mut Client, topic: &str, since: Option<&str>) {
     let mut command = json!({"op":"subscribe","topic":topic});
     if let Some(since) = since {
         command["since"] = json!(since);
@@ -29,7 +29,7 @@ async fn subscribe(client: &mut Client, topic: &str, since: Option<&str>) {
 }
 
 /// The next message that is not `degraded` / `restored`.
-async fn next_not_state(client: &mut Client) -> Value {
+pub(crate) async fn next_not_state(client: &mut Client) -> Value {
     loop {
         let m = client.recv_json().await;
         if m["type"] != "degraded" && m["type"] != "restored" {
@@ -39,7 +39,7 @@ async fn next_not_state(client: &mut Client) -> Value {
 }
 
 /// Publishes `data` on `topic` with a receipt; returns the event id.
-async fn publish(client: &mut Client, topic: &str, data: Value) -> String {
+pub(crate) async fn publish(client: &mut Client, topic: &str, data: Value) -> String {
     client.send_json(json!({"op":"publish","topic":topic,"data":data,"ack":true})).await;
     let receipt = next_not_state(client).await;
     assert_eq!(receipt["type"], "published", "{receipt}");
@@ -47,7 +47,7 @@ async fn publish(client: &mut Client, topic: &str, data: Value) -> String {
     receipt["id"].as_str().unwrap_or_else(|| panic!("receipt without id: {receipt}")).to_owned()
 }
 
-fn parse_id(id: &str) -> (u64, u64) {
+pub(crate) fn parse_id(id: &str) -> (u64, u64) {
     let (e, o) = id.split_once(':').expect("epoch:offset");
     (e.parse().expect("epoch"), o.parse().expect("offset"))
 }

@@ -304,14 +304,27 @@ fn frame_text(frame: &[u8]) -> Option<&str> {
 /// `{"type":"recovered","topic":T,"recovered":B}` (v1), or without `topic` for the seed
 /// protocol's broadcast stream.
 pub(crate) fn recovered_json(topic: Option<&str>, recovered: bool) -> String {
+    encode_recovered(topic, false, recovered)
+}
+
+/// `{"type":"recovered","direct":true,"recovered":false}`: the node lost direct messages
+/// to the connection's user that it could not fill from the history.
+pub(crate) fn direct_lost_json() -> String {
+    encode_recovered(None, true, false)
+}
+
+fn encode_recovered(topic: Option<&str>, direct: bool, recovered: bool) -> String {
     #[derive(serde::Serialize)]
     struct Recovered<'a> {
         r#type: &'static str,
         #[serde(skip_serializing_if = "Option::is_none")]
         topic: Option<&'a str>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        direct: bool,
         recovered: bool,
     }
-    serde_json::to_string(&Recovered { r#type: "recovered", topic, recovered }).unwrap_or_default()
+    serde_json::to_string(&Recovered { r#type: "recovered", topic, direct, recovered })
+        .unwrap_or_default()
 }
 
 /// The publish receipt: `{"type":"published","topic":T,"id":"E:O"}` (`"to":U` for a
@@ -513,6 +526,7 @@ mod tests {
             r#"{"type":"recovered","topic":"t","recovered":true}"#
         );
         assert_eq!(recovered_json(None, false), r#"{"type":"recovered","recovered":false}"#);
+        assert_eq!(direct_lost_json(), r#"{"type":"recovered","direct":true,"recovered":false}"#);
         assert_eq!(
             published_json(&Route::Topic("t".into()), Some(id)),
             r#"{"type":"published","topic":"t","id":"3:9"}"#

@@ -446,8 +446,18 @@ impl Shard {
                     conn.enqueue(&self.ctx, &frame);
                 }
             }
-            // Direct messages have no client-side recovery; the bus logs the loss.
-            Route::Direct(_) => {}
+            // The user's connections are told (they cannot ask for a replay of direct
+            // messages: the app resyncs them as it resyncs a topic).
+            Route::Direct(user) => {
+                let frame = Rc::new(crate::frame::encode_text(&command::direct_lost_json()));
+                for id in hub.user_conns(user) {
+                    if let Some(conn) = conns.get(id.0 as usize)
+                        && conn.mode() != Mode::Echo
+                    {
+                        conn.enqueue(&self.ctx, &frame);
+                    }
+                }
+            }
         }
     }
 

@@ -434,6 +434,48 @@ impl RedisServer {
         let _ = client.quit().await;
     }
 
+    /// Runs one command (`args[0]` is its name) on a fresh connection; its answer.
+    pub async fn command(&self, args: &[&str]) -> Value {
+        let client = self.client().await;
+        let (name, rest) = args.split_first().expect("a command name");
+        let command = fred::types::CustomCommand::new(
+            name.to_string(),
+            fred::types::ClusterHash::Random,
+            false,
+        );
+        let rest: Vec<String> = rest.iter().map(|a| (*a).to_owned()).collect();
+        let answer: Value = within(WAIT, name, client.custom(command, rest))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", args.join(" ")));
+        let _ = client.quit().await;
+        answer
+    }
+
+    /// A replica of `primary` (`--replicaof`), in sync: its link is up.
+    pub async fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        let port = primary.port.to_string();
+        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]).await;
+        poll_until(WAIT, "the replica's link is up", || async {
+            let info = replica.command(&["INFO", "replication"]).await;
+            let text = info.as_str().map(|s| s.to_string()).unwrap_or_default();
+            text.contains("master_link_status:up").then_some(())
+        })
+        .await;
+        replica
+    }
+
+    /// Moves this server to `old`'s port once `old` is gone (killed): what a failover
+    /// looks like to clients that keep one address (a virtual IP, a DNS name, a proxy).
+    /// `CONFIG SET port` rebinds the listener; the connections the server has stay open.
+    pub async fn take_port_of(&mut self, mut old: RedisServer) {
+        let port = old.port;
+        old.kill();
+        drop(old);
+        let answer = self.command(&["CONFIG", "SET", "port", &port.to_string()]).await;
+        assert_eq!(answer.as_str().as_deref(), Some("OK"), "CONFIG SET port");
+        self.port = port;
+    }
+
     /// A client subscribed to `channel`, with its message receiver.
     pub async fn subscribe(
         &self,

@@ -11,14 +11,20 @@
 //!   `"id":"<epoch>:<offset>"` as its first field — on the stream's channel. Atomic: no
 //!   reader ever sees an id without its event, and the channel carries a stream's events
 //!   in offset order. With an idempotency key, a retry within the window returns the
-//!   first id instead.
+//!   first id instead. The publishing node passes a **floor** (the highest id of the
+//!   stream it knows was handed out): a meta hash of the floor's epoch below it means
+//!   Redis lost writes, and the script starts a new epoch rather than reuse an id.
+//! - **Abandon** ([`REBASE_SCRIPT`]): a compare-and-set of the epoch, for a node that
+//!   found Redis lost writes of it.
 //! - **Read** ([`READ_SCRIPT`]): the stream's epoch, last offset and oldest kept offset,
 //!   and up to `count` entries from an offset — one consistent snapshot.
 //! - **Tracking** ([`StreamTracker`]): per stream this node delivers, the last offset it
 //!   delivered **contiguously**. A live event past a gap is held and the gap is read from
 //!   the history (never skipped: advancing past a gap and backfilling later loses events);
 //!   what the history no longer has is reported as lost, so the stream's clients are told
-//!   `recovered: false`.
+//!   `recovered: false`. A read in the tracker's epoch that ends below the position the
+//!   read was made from means Redis lost writes the node had delivered: the tracker
+//!   abandons the epoch (its ids may name two events from now on) and reports it.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -32,16 +38,29 @@ use crate::{
 /// Stores one event and publishes it (module docs).
 ///
 /// KEYS: stream, meta[, idempotency key]. ARGV: channel, payload without its opening `{`,
-/// size, ttl (s), meta ttl (s)[, idempotency window (s)]. Returns the id.
+/// size, ttl (s), meta ttl (s), floor epoch, floor offset[, idempotency window (s)].
+/// Returns the id.
+///
+/// The **floor** is the highest id of the stream the publishing node knows was used (the
+/// last it delivered or published; `""`, `0` when it knows none). When the meta hash is
+/// in the floor's epoch but its offset is below the floor, Redis has lost writes (a
+/// restart from an older snapshot, a failover to a replica that lagged): the offsets
+/// above it were handed out already, so the stream starts a new epoch instead of using
+/// them twice.
 pub(crate) const PUBLISH_SCRIPT: &str = r#"
 if #KEYS == 3 then
   local first = redis.call('GET', KEYS[3])
   if first then return first end
 end
-local epoch = redis.call('HGET', KEYS[2], 'e')
+local meta = redis.call('HMGET', KEYS[2], 'e', 'o')
+local epoch = meta[1]
+if epoch and epoch == ARGV[6] and (tonumber(meta[2]) or 0) < tonumber(ARGV[7]) then
+  epoch = false
+end
 if not epoch then
   local now = redis.call('TIME')
   epoch = now[1] .. string.format('%06d', tonumber(now[2]))
+  if epoch == meta[1] then epoch = string.format('%.0f', tonumber(epoch) + 1) end
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[2], 'e', epoch, 'o', 0)
 end
@@ -51,9 +70,29 @@ local payload = '{"id":"' .. id .. '",' .. ARGV[2]
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], offset .. '-0', 'd', payload)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[5])
-if #KEYS == 3 then redis.call('SET', KEYS[3], id, 'EX', ARGV[6]) end
+if #KEYS == 3 then redis.call('SET', KEYS[3], id, 'EX', ARGV[8]) end
 redis.call('PUBLISH', ARGV[1], payload)
 return id
+"#;
+
+/// Abandons an epoch that Redis lost writes of (compare-and-set): when the stream is
+/// still in epoch ARGV[1], it starts a new epoch (its history deleted: the old epoch's
+/// ids above what Redis kept may name two events). Several nodes finding the same loss
+/// change the epoch once.
+///
+/// KEYS: stream, meta. ARGV: the epoch to abandon, meta ttl (s). Returns the stream's
+/// epoch afterwards (`""`: no meta hash, the next publish starts an epoch anyway).
+pub(crate) const REBASE_SCRIPT: &str = r#"
+local epoch = redis.call('HGET', KEYS[2], 'e')
+if not epoch then return '' end
+if epoch ~= ARGV[1] then return epoch end
+local now = redis.call('TIME')
+local new = now[1] .. string.format('%06d', tonumber(now[2]))
+if new == epoch then new = string.format('%.0f', tonumber(new) + 1) end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[2], 'e', new, 'o', 0)
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return new
 "#;
 
 /// Reads a snapshot of one stream (module docs).
@@ -234,10 +273,22 @@ pub(crate) enum Position {
     Empty,
     /// The last event delivered contiguously.
     At(EventId),
+    /// The node gave this epoch up: Redis lost writes of it (a read in it found the
+    /// stream's last offset below what the node had delivered already). Its events are
+    /// dropped — an id of it above what Redis kept may name two events — and the next
+    /// epoch starts from its first event (the loss was reported once, when found).
+    Abandoned(u64),
 }
 
 /// Most live events held behind a gap before the gap is given up as lost.
 pub(crate) const MAX_HELD: usize = 65_536;
+
+/// Complete reads of the history after which a held event that Redis still does not have
+/// is dropped. A real event published just after a read executed can come live before
+/// that read's answer (one more read finds it); one that three reads in a row did not
+/// find is not in the history: a payload from outside with a made-up id, or a write Redis
+/// lost. Holding it longer would hold the stream behind it forever.
+pub(crate) const UNCONFIRMED_READS: u8 = 3;
 
 /// What to do with a live event.
 #[derive(Debug, PartialEq, Eq)]
@@ -265,6 +316,12 @@ pub(crate) struct Filled {
     /// Read again after this position (the read stopped at its count, or events arrived
     /// live past what it saw).
     pub again: Option<EventId>,
+    /// Redis lost writes of this epoch (the read's last offset was below the position the
+    /// read was made from): abandon it in Redis ([`REBASE_SCRIPT`]), so that no one goes
+    /// on handing out its ids. `lost` is set too.
+    pub regressed: Option<u64>,
+    /// Held live events the history never confirmed, dropped ([`UNCONFIRMED_READS`]).
+    pub dropped: usize,
 }
 
 /// One stream's delivery position on this node.
@@ -275,18 +332,20 @@ pub(crate) struct StreamTracker {
     held: BTreeMap<u64, Arc<Delivery>>,
     /// A read to fill the gap is on its way.
     filling: bool,
+    /// Complete reads in a row that left held events Redis did not have.
+    unconfirmed: u8,
 }
 
 impl StreamTracker {
     pub(crate) fn new(position: Position) -> StreamTracker {
-        StreamTracker { position, held: BTreeMap::new(), filling: false }
+        StreamTracker { position, held: BTreeMap::new(), filling: false, unconfirmed: 0 }
     }
 
     /// The last event delivered contiguously, when known.
     pub(crate) fn position(&self) -> Option<EventId> {
         match self.position {
             Position::At(id) => Some(id),
-            Position::Unknown | Position::Empty => None,
+            Position::Unknown | Position::Empty | Position::Abandoned(_) => None,
         }
     }
 
@@ -309,8 +368,8 @@ impl StreamTracker {
         }
         let from = match self.position {
             Position::At(id) => id,
-            // Nothing was delivered yet: from the start of whatever epoch Redis has.
-            Position::Empty => EventId { epoch: 0, offset: 0 },
+            // Nothing was delivered yet (of the epoch Redis has now): from its start.
+            Position::Empty | Position::Abandoned(_) => EventId { epoch: 0, offset: 0 },
             Position::Unknown => return None,
         };
         self.filling = true;
@@ -328,6 +387,9 @@ impl StreamTracker {
                 return (Live::Deliver, false);
             }
             Position::Empty => EventId { epoch: id.epoch, offset: 0 },
+            // An id of the abandoned epoch may name another event than the one stored.
+            Position::Abandoned(epoch) if epoch == id.epoch => return (Live::Duplicate, false),
+            Position::Abandoned(_) => EventId { epoch: id.epoch, offset: 0 },
             Position::At(at) if at.epoch != id.epoch => {
                 lost = true;
                 self.held.clear();
@@ -403,9 +465,31 @@ impl StreamTracker {
             self.held.clear();
             return out;
         };
+        if let Position::Abandoned(epoch) = self.position {
+            if state.epoch == epoch {
+                // Not abandoned in Redis yet (the compare-and-set failed or is on its way).
+                out.regressed = Some(epoch);
+                return out;
+            }
+            self.position = Position::Empty;
+        }
+        let in_epoch = matches!(self.position, Position::At(at) if at.epoch == state.epoch);
+        if in_epoch && from.epoch == state.epoch && state.top < from.offset {
+            // This node had delivered `from` before asking (every event it delivers was
+            // stored before it was published), yet Redis's stream ends below it: Redis
+            // lost writes. Every id of this epoch above its top may be handed out again.
+            out.lost = true;
+            out.regressed = Some(state.epoch);
+            self.held.clear();
+            self.unconfirmed = 0;
+            self.position = Position::Abandoned(state.epoch);
+            return out;
+        }
         let at = match self.position {
             Position::At(at) => at,
-            Position::Empty | Position::Unknown => EventId { epoch: state.epoch, offset: 0 },
+            Position::Empty | Position::Unknown | Position::Abandoned(_) => {
+                EventId { epoch: state.epoch, offset: 0 }
+            }
         };
         if at.epoch != state.epoch {
             // The epoch changed under us: what we missed of the old one is gone. Start
@@ -423,7 +507,9 @@ impl StreamTracker {
         let read_upto = entries.last().and_then(|d| d.id).map_or(at.offset, |i| i.offset);
         for delivery in entries {
             if let Some(id) = delivery.id {
-                self.held.entry(id.offset).or_insert(delivery);
+                // The history's event, not a live one with the same id (which may come
+                // from anyone who can publish on the channel).
+                self.held.insert(id.offset, delivery);
             }
         }
         while let Some(entry) = self.held.first_entry() {
@@ -451,6 +537,20 @@ impl StreamTracker {
         if read_all && at.offset < state.top && self.held.is_empty() {
             out.lost = true;
             at.offset = state.top;
+        }
+        // Held events past everything Redis has: published after the read (the next read
+        // finds them), or never stored at all.
+        if read_all && at.offset >= state.top && !self.held.is_empty() {
+            self.unconfirmed += 1;
+            if self.unconfirmed >= UNCONFIRMED_READS {
+                out.dropped = self.held.len();
+                self.held.clear();
+            }
+        } else {
+            self.unconfirmed = 0;
+        }
+        if self.held.is_empty() {
+            self.unconfirmed = 0;
         }
         self.position = Position::At(at);
         if !read_all || !self.held.is_empty() {
@@ -582,6 +682,67 @@ mod tests {
         let from = t.start_fill().unwrap();
         assert!(t.filled(from, Ok(None), 1000).lost);
         assert_eq!(t.live(EventId { epoch: 7, offset: 1 }, &event(7, 1)), (Live::Deliver, false));
+    }
+
+    #[test]
+    fn a_read_below_what_was_delivered_abandons_the_epoch() {
+        // Delivered up to 10; Redis came back from a snapshot at 5 and handed out 6 again.
+        let mut t = StreamTracker::new(Position::At(at(10)));
+        let from = t.start_fill().unwrap();
+        let read = Ok(Some((state(6, Some(1)), vec![])));
+        let filled = t.filled(from, read, 1000);
+        assert!(filled.lost && filled.deliver.is_empty() && filled.again.is_none());
+        assert_eq!(filled.regressed, Some(5));
+        assert!(t.is_known() && t.position().is_none());
+        // The reused ids of the abandoned epoch are never delivered, whatever their offset.
+        assert_eq!(t.live(at(7), &event(5, 7)), (Live::Duplicate, false));
+        assert_eq!(t.live(at(11), &event(5, 11)), (Live::Duplicate, false));
+        // A read before the compare-and-set landed asks for it again and delivers nothing.
+        let from = t.start_fill().unwrap();
+        let filled = t.filled(from, Ok(Some((state(8, Some(1)), vec![event(5, 8)]))), 1000);
+        assert_eq!((filled.regressed, filled.deliver.len(), filled.lost), (Some(5), 0, false));
+        // The new epoch starts from its first event, without a second loss report.
+        let next = EventId { epoch: 6, offset: 1 };
+        assert_eq!(t.live(next, &event(6, 1)), (Live::Deliver, false));
+        assert_eq!(t.position(), Some(next));
+    }
+
+    #[test]
+    fn a_read_behind_live_delivery_is_not_a_regression() {
+        // The read was made from 3; events 4 and 5 came live meanwhile; Redis's answer
+        // (made before they were stored) says 3: nothing was lost.
+        let mut t = StreamTracker::new(Position::At(at(3)));
+        let from = t.start_fill().unwrap();
+        assert_eq!(t.live(at(4), &event(5, 4)), (Live::Deliver, false));
+        let filled = t.filled(from, Ok(Some((state(3, Some(1)), vec![]))), 1000);
+        assert_eq!((filled.regressed, filled.lost), (None, false));
+        assert_eq!(t.position(), Some(at(4)));
+    }
+
+    #[test]
+    fn a_made_up_id_cannot_hold_a_stream_or_replace_its_event() {
+        let mut t = StreamTracker::new(Position::At(at(3)));
+        // From outside: an id far ahead of the stream.
+        assert_eq!(t.live(at(50), &event(5, 50)), (Live::Held(Some(at(3))), false));
+        let mut from = at(3);
+        for read in 1..=UNCONFIRMED_READS {
+            let filled = t.filled(from, Ok(Some((state(3, Some(1)), vec![]))), 1000);
+            if read < UNCONFIRMED_READS {
+                assert_eq!(filled.again, Some(at(3)), "read {read}: one more read");
+                from = filled.again.unwrap();
+            } else {
+                assert_eq!((filled.dropped, filled.again), (1, None), "given up");
+            }
+        }
+        assert_eq!(t.live(at(4), &event(5, 4)), (Live::Deliver, false));
+        // A made-up event held at an offset the history then has: the stored one wins.
+        let forged = event(5, 6);
+        assert_eq!(t.live(at(6), &forged), (Live::Held(Some(at(4))), false));
+        let stored = event(5, 6);
+        let filled =
+            t.filled(at(4), Ok(Some((state(6, Some(1)), vec![event(5, 5), stored.clone()]))), 1000);
+        assert_eq!(offsets(&filled.deliver), [5, 6]);
+        assert!(Arc::ptr_eq(&filled.deliver[1], &stored));
     }
 
     #[test]

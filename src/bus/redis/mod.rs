@@ -34,7 +34,11 @@
 //!   node's clients miss nothing Pub/Sub dropped, and are told `recovered: false` for
 //!   what the history no longer has. Client replays (`since`, `lastEventId`, `history`)
 //!   are read from the history too — one read per stream for every client asking at the
-//!   same time — and answered behind the live events up to the node's position.
+//!   same time — and answered behind the live events up to the node's position. A read
+//!   below what the node delivered means Redis lost writes (a restart from an older
+//!   snapshot, a lagging replica promoted): the node abandons the stream's epoch in Redis
+//!   and tells its clients; every stored publish also carries the highest id of its
+//!   stream the node knows, so that the script never hands it out twice.
 
 pub(crate) mod history;
 pub(crate) mod presence;
@@ -82,8 +86,8 @@ use crate::{
     },
 };
 use history::{
-    FramedSnapshot, Live, PUBLISH_SCRIPT, Position, READ_SCRIPT, Snapshot, StreamKeys,
-    StreamTracker,
+    FramedSnapshot, Live, PUBLISH_SCRIPT, Position, READ_SCRIPT, REBASE_SCRIPT, Snapshot,
+    StreamKeys, StreamTracker,
 };
 use wire::{BROADCAST_CHANNEL, Channels, Incoming};
 
@@ -104,6 +108,21 @@ const READ_BATCH: usize = 256;
 /// How long a stream's last replay read answers further replays (a reconnect storm:
 /// thousands of clients asking about one stream within a second).
 const REPLAY_CACHE_FOR: Duration = Duration::from_secs(1);
+/// Most reads of one stream's history for waiting replays that come back below the
+/// node's delivery position before they are answered `recovered: false`. A read made just
+/// before the node delivered more events is legitimately behind (the next one is not);
+/// one that stays behind means Redis lost writes the node had delivered, and re-reading
+/// would never end.
+const MAX_REPLAY_REREADS: u32 = 4;
+/// Most streams whose last published id the node remembers as a floor for its next
+/// publish on them (the map is cleared when it would grow past this: a floor is a
+/// safeguard, not state anything else depends on).
+const MAX_PUBLISH_FLOORS: usize = 65_536;
+/// First pause before a failed history read is made again; it doubles per failure up to
+/// [`READ_RETRY_MAX`], with full jitter so that nodes coming back together spread out.
+const READ_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// Longest pause before a failed history read is made again.
+const READ_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// How the bridge talks to Redis (from the node's configuration).
 #[derive(Clone)]
@@ -264,7 +283,8 @@ struct PublishJob {
 #[derive(Debug)]
 struct StoredPublish {
     keys: Vec<String>,
-    /// size, ttl, meta ttl[, idempotency window], in seconds.
+    /// size, ttl, meta ttl (in seconds), the floor's epoch and offset[, idempotency
+    /// window in seconds].
     retention: Vec<String>,
 }
 
@@ -295,6 +315,8 @@ struct ReadJob {
     from: ReadFrom,
     count: usize,
     purpose: ReadFor,
+    /// Reads of this kind for this stream that failed in a row before this one.
+    failures: u32,
 }
 
 /// What a history read returned, back to the bridge's loop.
@@ -309,6 +331,8 @@ struct ReadDone {
 struct ReplayGroup {
     reading: bool,
     waiting: Vec<ReplayRequest>,
+    /// Reads in a row that came back below the node's delivery position.
+    behind: u32,
 }
 
 /// State shared by the bridge's tasks (all on the bridge thread).
@@ -331,6 +355,9 @@ struct Shared {
     idempotency_window: Duration,
     /// Per stream with history that this node delivers: its delivery position.
     trackers: RefCell<HashMap<Route, StreamTracker>>,
+    /// Per stream this node published on recently: the id its last receipt carried (a
+    /// floor for the next publish's id, [`PUBLISH_SCRIPT`]).
+    published: RefCell<HashMap<Route, EventId>>,
     /// Client replays waiting for a history read, per stream.
     replays: RefCell<HashMap<Route, ReplayGroup>>,
     /// Each stream's last history read for replays, and when it was made (kept
@@ -340,6 +367,8 @@ struct Shared {
     reads: mpsc::UnboundedSender<ReadJob>,
     /// How stored events reach the node.
     delivery: DeliveryMode,
+    /// The publisher connection, for the bridge's own writes (abandoning an epoch).
+    publisher: Client,
     /// Users' connection counts; `None` without `max_connections_per_user`.
     users: Option<user_count::UserCounts>,
 }
@@ -389,7 +418,35 @@ impl Shared {
 
     /// Queues a history read.
     fn read(&self, route: Route, from: ReadFrom, count: usize, purpose: ReadFor) {
-        let _ = self.reads.send(ReadJob { route, from, count, purpose });
+        let _ = self.reads.send(ReadJob { route, from, count, purpose, failures: 0 });
+    }
+
+    /// The highest id of `route` this node knows was handed out: what it delivered, or
+    /// the id of its last publish on it, whichever is later in one epoch (the delivered
+    /// one when the epochs differ: that is the stream's present).
+    fn floor_of(&self, route: &Route) -> Option<EventId> {
+        let delivered = self.trackers.borrow().get(route).and_then(StreamTracker::position);
+        let published = self.published.borrow().get(route).copied();
+        match (delivered, published) {
+            (Some(d), Some(p)) if d.epoch == p.epoch => {
+                Some(if p.offset > d.offset { p } else { d })
+            }
+            (Some(d), _) => Some(d),
+            (None, p) => p,
+        }
+    }
+
+    /// Remembers the id a publish on `route` was given.
+    fn published_as(&self, route: &Route, id: EventId) {
+        let mut published = self.published.borrow_mut();
+        if let Some(floor) = published.get_mut(route) {
+            *floor = id;
+            return;
+        }
+        if published.len() >= MAX_PUBLISH_FLOORS {
+            published.clear();
+        }
+        published.insert(route.clone(), id);
     }
 
     /// Reads `route`'s history after `after` to fill the node's gap.
@@ -468,10 +525,12 @@ async fn run(
         history: settings.history.clone(),
         idempotency_window: settings.idempotency_window,
         trackers: RefCell::default(),
+        published: RefCell::default(),
         replays: RefCell::default(),
         replay_cache: RefCell::default(),
         reads: reads_tx,
         delivery: settings.delivery,
+        publisher: publisher.clone(),
         users: settings.count_users.then(|| {
             user_count::UserCounts::new(
                 &settings.prefix,
@@ -886,6 +945,8 @@ static PUBLISH_SHA: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| history::script_sha(PUBLISH_SCRIPT));
 static READ_SHA: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| history::script_sha(READ_SCRIPT));
+static REBASE_SHA: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| history::script_sha(REBASE_SCRIPT));
 
 /// `EVALSHA sha numkeys key... arg...` (fred's pipelines have no Lua interface).
 fn evalsha() -> fred::types::CustomCommand {
@@ -894,7 +955,7 @@ fn evalsha() -> fred::types::CustomCommand {
 
 /// Loads both scripts into Redis's script cache (after every publisher connection).
 async fn load_scripts(publisher: &Client) {
-    for script in [PUBLISH_SCRIPT, READ_SCRIPT, presence::PRESENCE_SCRIPT] {
+    for script in [PUBLISH_SCRIPT, READ_SCRIPT, REBASE_SCRIPT, presence::PRESENCE_SCRIPT] {
         if let Err(e) = publisher.script_load::<String, _>(script).await {
             debug!(cause = %e.details(), "SCRIPT LOAD failed (retried on NOSCRIPT)");
         }
@@ -932,10 +993,13 @@ async fn publish(
             // The script writes `{"id":"...",` and then the rest of the object.
             payload.remove(0);
             let keys = StreamKeys::of(&shared.prefix, &event.route);
+            let floor = shared.floor_of(&event.route);
             let mut retention = vec![
                 retention.size.to_string(),
                 seconds(retention.ttl),
                 seconds(shared.history.meta_ttl.max(retention.ttl)),
+                floor.map(|f| f.epoch.to_string()).unwrap_or_default(),
+                floor.map_or(0, |f| f.offset).to_string(),
             ];
             let mut script_keys = vec![keys.stream.clone(), keys.meta.clone()];
             if let Some(key) = &options.idempotency_key {
@@ -1104,9 +1168,7 @@ async fn publish_jobs(
             // Redis restarted and forgot the script; those publishes did not run: load
             // it and send them again, in the same order.
             load_scripts(&publisher).await;
-            let again: Vec<usize> = (0..results.len())
-                .filter(|&i| results[i].as_ref().is_err_and(is_noscript))
-                .collect();
+            let again = noscript_retries(&batch, &results);
             let retry: Vec<PublishJob> = again
                 .iter()
                 .rev()
@@ -1130,6 +1192,20 @@ async fn publish_jobs(
     }
 }
 
+/// Which publishes of a batch to send again after NOSCRIPT (Redis forgot the script: they
+/// did not run): each one that failed so, unless a later publish of the same stream in the
+/// batch ran — the script was loaded in between, by another node — since sending it again
+/// now would give it an id after that later event's. Those stay failed, and their
+/// publishers are told (`unavailable`).
+fn noscript_retries(batch: &[PublishJob], results: &[Result<Value, RedisError>]) -> Vec<usize> {
+    (0..results.len())
+        .filter(|&i| results[i].as_ref().is_err_and(is_noscript))
+        .filter(|&i| {
+            !(i + 1..results.len()).any(|j| results[j].is_ok() && batch[j].route == batch[i].route)
+        })
+        .collect()
+}
+
 /// Tells the publisher how its publish went: an error reply if it failed, the receipt if
 /// it asked for one.
 async fn answer_publish(shared: &Shared, job: PublishJob, result: Result<Value, RedisError>) {
@@ -1147,8 +1223,11 @@ async fn answer_publish(shared: &Shared, job: PublishJob, result: Result<Value, 
             }
         }
         Ok(value) => {
-            let Some((shard, conn, user)) = reply_to.filter(|_| ack) else { return };
             let id = stored.and_then(|_| value.as_str().and_then(|id| id.parse::<EventId>().ok()));
+            if let Some(id) = id {
+                shared.published_as(&route, id);
+            }
+            let Some((shard, conn, user)) = reply_to.filter(|_| ack) else { return };
             let json = published_json(&route, id).into_boxed_str();
             shared.deliver(&[shard], ShardMessage::Reply { to: conn, user, json }).await;
         }
@@ -1338,21 +1417,30 @@ async fn on_read(shared: &Shared, done: ReadDone, json: &mut String, targets: &m
             if filled.lost {
                 shared.lost(&job.route, targets).await;
             }
+            if let Some(epoch) = filled.regressed {
+                abandon_epoch(shared, job.route.clone(), epoch, filled.lost);
+            }
+            if filled.dropped > 0 {
+                BridgeStats::add(&shared.bridge().unconfirmed_dropped, filled.dropped as u64);
+                warn!(route = ?job.route, dropped = filled.dropped, "dropped live events the history never confirmed (ids made up by another publisher, or writes Redis lost)");
+            }
             BridgeStats::add(&shared.bridge().gaps_filled, filled.deliver.len() as u64);
             shared.deliver_all(&job.route, filled.deliver, targets).await;
             if let Some(after) = filled.again {
                 if failed {
                     // Tried again after a pause (Redis may be away), without holding up
-                    // the bridge.
+                    // the bridge; the pause grows with each failure in a row.
                     let reads = shared.reads.clone();
+                    let failures = job.failures + 1;
                     tokio::task::spawn_local(async move {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        tokio::time::sleep(retry_pause(failures)).await;
                         let from = ReadFrom::Offset(after.offset + 1);
                         let job = ReadJob {
                             route: job.route,
                             from,
                             count: FILL_COUNT,
                             purpose: ReadFor::Fill(after),
+                            failures,
                         };
                         let _ = reads.send(job);
                     });
@@ -1367,6 +1455,63 @@ async fn on_read(shared: &Shared, done: ReadDone, json: &mut String, targets: &m
             answer_replays(shared, &job.route, snapshot).await;
         }
     }
+}
+
+/// The pause before the `failures`-th retry of a failed read: exponential from
+/// [`READ_RETRY_FIRST`] up to [`READ_RETRY_MAX`], with full jitter (a uniform pick below
+/// it) so that the nodes and streams that failed together do not retry together.
+fn retry_pause(failures: u32) -> Duration {
+    let cap = READ_RETRY_FIRST.saturating_mul(1 << failures.min(16)).min(READ_RETRY_MAX);
+    cap.mul_f64(jitter())
+}
+
+/// A number in `[0, 1)`, different at each call: `RandomState` is seeded from the OS's
+/// randomness once per thread and moves on at each `new()`.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0);
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Redis lost writes of `route`'s `epoch` (a read found its last offset below what this
+/// node had delivered): has Redis abandon it ([`REBASE_SCRIPT`], a compare-and-set, so
+/// nodes that find it together change the epoch once), retried with a growing pause until
+/// Redis answers. `told`: the stream's clients
+/// were told `recovered: false` (counted once per finding).
+fn abandon_epoch(shared: &Shared, route: Route, epoch: u64, told: bool) {
+    if told {
+        BridgeStats::add(&shared.bridge().epochs_abandoned, 1);
+        warn!(
+            ?route,
+            epoch,
+            "Redis lost writes of this stream (it reads below what this node delivered): abandoning the epoch so that no id is used twice"
+        );
+    }
+    let keys = StreamKeys::of(&shared.prefix, &route);
+    let meta_ttl = seconds(shared.history.meta_ttl.max(shared.retention(&route).ttl));
+    let publisher = shared.publisher.clone();
+    tokio::task::spawn_local(async move {
+        let args = vec![
+            REBASE_SHA.clone(),
+            "2".to_owned(),
+            keys.stream,
+            keys.meta,
+            epoch.to_string(),
+            meta_ttl,
+        ];
+        for failures in 1.. {
+            let result: Result<Value, RedisError> = publisher.custom(evalsha(), args.clone()).await;
+            match result {
+                Ok(_) => return,
+                Err(e) if is_noscript(&e) => load_scripts(&publisher).await,
+                Err(e) => {
+                    debug!(cause = %e.details(), "abandoning an epoch failed (retried)");
+                    tokio::time::sleep(retry_pause(failures)).await;
+                }
+            }
+        }
+    });
 }
 
 /// A client asked for a replay: answered from the stream's last read when that is recent
@@ -1464,6 +1609,37 @@ async fn answer_replays(
                 shared.deliver(&[shard], message).await;
             }
             None => again.push(request),
+        }
+    }
+    let behind = {
+        let mut replays = shared.replays.borrow_mut();
+        let group = replays.entry(route.clone()).or_default();
+        group.behind = if again.is_empty() { 0 } else { group.behind + 1 };
+        group.behind
+    };
+    if behind > MAX_REPLAY_REREADS {
+        // Redis keeps answering below what this node delivered: it lost writes. The
+        // waiting clients are told now (never held forever), and the node's own read of
+        // the stream finds the loss and abandons the epoch.
+        BridgeStats::add(&shared.bridge().replays_given_up, again.len() as u64);
+        warn!(
+            ?route,
+            waiting = again.len(),
+            "the history stays below this node's delivery position: replays answered recovered:false"
+        );
+        for request in again.drain(..) {
+            let shard = request.to.shard;
+            let answer = Box::new(ReplayAnswer { recovered: false, ..ReplayAnswer::default() });
+            shared
+                .deliver(&[shard], ShardMessage::Replayed { to: Box::new(request.to), answer })
+                .await;
+        }
+        if let Some(group) = shared.replays.borrow_mut().get_mut(route) {
+            group.behind = 0;
+        }
+        let after = shared.trackers.borrow_mut().get_mut(route).and_then(StreamTracker::start_fill);
+        if let Some(after) = after {
+            shared.fill(route.clone(), after);
         }
     }
     if !again.is_empty() {
@@ -1600,6 +1776,7 @@ async fn learn_positions(shared: &Shared, publisher: &Client, channels: &[String
                 from: ReadFrom::Latest,
                 count: 0,
                 purpose: ReadFor::Position,
+                failures: 0,
             });
         }
     }
