@@ -82,6 +82,8 @@ pub mod config;
 pub mod error;
 pub mod fuzz_harness;
 #[doc(hidden)]
+pub mod sim;
+#[doc(hidden)]
 pub mod testing;
 
 mod api;

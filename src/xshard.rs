@@ -39,7 +39,7 @@ impl std::fmt::Display for ShardId {
 
 /// Who receives a delivery on each shard. Each route is also one **stream**: the bus
 /// puts every stream's events in one order, which every receiver sees.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Route {
     /// Every connection of the node.
     Broadcast,

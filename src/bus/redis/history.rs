@@ -421,6 +421,27 @@ impl StreamTracker {
         (Live::Held(Some(at)), lost)
     }
 
+    /// Where the tracker stands, as the `from` of a read made now names it.
+    fn cursor(&self) -> Option<EventId> {
+        match self.position {
+            Position::At(id) => Some(id),
+            Position::Empty | Position::Abandoned(_) => Some(EventId { epoch: 0, offset: 0 }),
+            Position::Unknown => None,
+        }
+    }
+
+    /// A read that says nothing reliable: read again from where the tracker stands when
+    /// a gap is held, else nothing to do.
+    fn read_again(&mut self, mut out: Filled) -> Filled {
+        if !self.held.is_empty()
+            && let Some(cursor) = self.cursor()
+        {
+            self.filling = true;
+            out.again = Some(cursor);
+        }
+        out
+    }
+
     /// Takes held events that are now next in order.
     fn release_held(&mut self, filled: &mut Filled) {
         let Position::At(mut at) = self.position else { return };
@@ -456,7 +477,13 @@ impl StreamTracker {
             out.again = Some(from);
             return out;
         };
+        // The tracker delivered since the read was made (events that came live in order):
+        // the read may be older than they are, so it proves nothing missing.
+        let moved = self.cursor() != Some(from);
         let Some((state, entries)) = snapshot else {
+            if moved {
+                return self.read_again(out);
+            }
             // No history at all any more (Redis lost it, or it expired).
             if matches!(self.position, Position::At(at) if at.offset > 0) {
                 out.lost = true;
@@ -484,6 +511,9 @@ impl StreamTracker {
             self.unconfirmed = 0;
             self.position = Position::Abandoned(state.epoch);
             return out;
+        }
+        if moved {
+            return self.read_again(out);
         }
         let at = match self.position {
             Position::At(at) => at,

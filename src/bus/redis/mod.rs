@@ -42,6 +42,7 @@
 
 pub(crate) mod history;
 pub(crate) mod presence;
+pub(crate) mod streams;
 pub(crate) mod user_count;
 pub(crate) mod wire;
 
@@ -76,19 +77,14 @@ pub(crate) use crate::config::DeliveryMode;
 use crate::{
     conn::command::{CommandError, published_json},
     event::{Event, PublishOptions},
-    history::{
-        self as recovery, Since, StreamState, memory::HistorySettings, retention::Retention,
-    },
+    history::{memory::HistorySettings, retention::Retention},
     xshard::{
         BridgeStats, ClusterControl, Delivery, EventId, Interest, InterestChange, NodeStats,
-        PublishedAt, Publisher, ReplayAnswer, ReplayPurpose, Route, ShardId, ShardInboxes,
-        ShardMessage,
+        PublishedAt, Publisher, Route, ShardId, ShardInboxes, ShardMessage,
     },
 };
-use history::{
-    FramedSnapshot, Live, PUBLISH_SCRIPT, Position, READ_SCRIPT, REBASE_SCRIPT, Snapshot,
-    StreamKeys, StreamTracker,
-};
+use history::{PUBLISH_SCRIPT, Position, READ_SCRIPT, REBASE_SCRIPT, Snapshot, StreamKeys};
+use streams::{Effect, FILL_COUNT, ReadFor, ReadFrom, ReadJob, StreamsCore};
 use wire::{BROADCAST_CHANNEL, Channels, Incoming};
 
 /// Most publishes in one pipeline to Redis.
@@ -101,23 +97,8 @@ const PUBLISHES_IN_FLIGHT: usize = 8192;
 const RECEIVE_BATCH: usize = 256;
 /// Most channels in one SUBSCRIBE or UNSUBSCRIBE.
 const SUBSCRIBE_BATCH: usize = 1024;
-/// Most history entries one gap-fill read asks for.
-const FILL_COUNT: usize = 1000;
 /// Most history reads in one pipeline.
 const READ_BATCH: usize = 256;
-/// How long a stream's last replay read answers further replays (a reconnect storm:
-/// thousands of clients asking about one stream within a second).
-const REPLAY_CACHE_FOR: Duration = Duration::from_secs(1);
-/// Most reads of one stream's history for waiting replays that come back below the
-/// node's delivery position before they are answered `recovered: false`. A read made just
-/// before the node delivered more events is legitimately behind (the next one is not);
-/// one that stays behind means Redis lost writes the node had delivered, and re-reading
-/// would never end.
-const MAX_REPLAY_REREADS: u32 = 4;
-/// Most streams whose last published id the node remembers as a floor for its next
-/// publish on them (the map is cleared when it would grow past this: a floor is a
-/// safeguard, not state anything else depends on).
-const MAX_PUBLISH_FLOORS: usize = 65_536;
 /// First pause before a failed history read is made again; it doubles per failure up to
 /// [`READ_RETRY_MAX`], with full jitter so that nodes coming back together spread out.
 const READ_RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -288,51 +269,11 @@ struct StoredPublish {
     retention: Vec<String>,
 }
 
-/// Where a history read starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ReadFrom {
-    /// From this offset on.
-    Offset(u64),
-    /// The last event only.
-    Latest,
-}
-
-/// Why a history read is made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ReadFor {
-    /// To fill the node's gap after this position.
-    Fill(EventId),
-    /// To answer the clients waiting for a replay of the stream.
-    Replay,
-    /// To learn where the stream stands before subscribing to it.
-    Position,
-}
-
-/// One history read for the reads task.
-#[derive(Debug)]
-struct ReadJob {
-    route: Route,
-    from: ReadFrom,
-    count: usize,
-    purpose: ReadFor,
-    /// Reads of this kind for this stream that failed in a row before this one.
-    failures: u32,
-}
-
 /// What a history read returned, back to the bridge's loop.
 #[derive(Debug)]
 struct ReadDone {
     job: ReadJob,
     result: Result<Option<Snapshot>, String>,
-}
-
-/// Replays of one stream waiting for a history read (shared by all of them).
-#[derive(Debug, Default)]
-struct ReplayGroup {
-    reading: bool,
-    waiting: Vec<ReplayRequest>,
-    /// Reads in a row that came back below the node's delivery position.
-    behind: u32,
 }
 
 /// State shared by the bridge's tasks (all on the bridge thread).
@@ -353,16 +294,12 @@ struct Shared {
     /// What history each stream keeps.
     history: HistorySettings,
     idempotency_window: Duration,
-    /// Per stream with history that this node delivers: its delivery position.
-    trackers: RefCell<HashMap<Route, StreamTracker>>,
-    /// Per stream this node published on recently: the id its last receipt carried (a
-    /// floor for the next publish's id, [`PUBLISH_SCRIPT`]).
-    published: RefCell<HashMap<Route, EventId>>,
-    /// Client replays waiting for a history read, per stream.
-    replays: RefCell<HashMap<Route, ReplayGroup>>,
-    /// Each stream's last history read for replays, and when it was made (kept
-    /// [`REPLAY_CACHE_FOR`]).
-    replay_cache: RefCell<HashMap<Route, (Instant, Rc<FramedSnapshot>)>>,
+    /// Every stream decision (positions, gap fills, replays, floors): the sans-I/O core
+    /// this shell feeds and whose effects it executes ([`Shared::run_effects`]).
+    streams: RefCell<StreamsCore>,
+    /// An emptied effects buffer, kept for the next [`Shared::run_effects`] (no allocation
+    /// per event).
+    spare_effects: Cell<Vec<Effect>>,
     /// To the reads task.
     reads: mpsc::UnboundedSender<ReadJob>,
     /// How stored events reach the node.
@@ -410,61 +347,64 @@ impl Shared {
         self.history.rules.retention_of(route, self.history.default)
     }
 
-    /// Whether the node's delivery position of `route` is known, and what it is (`None`:
-    /// the node does not deliver the stream).
-    fn position_of(&self, route: &Route) -> Option<(bool, Option<EventId>)> {
-        self.trackers.borrow().get(route).map(|t| (t.is_known(), t.position()))
-    }
-
-    /// Queues a history read.
-    fn read(&self, route: Route, from: ReadFrom, count: usize, purpose: ReadFor) {
-        let _ = self.reads.send(ReadJob { route, from, count, purpose, failures: 0 });
-    }
-
-    /// The highest id of `route` this node knows was handed out: what it delivered, or
-    /// the id of its last publish on it, whichever is later in one epoch (the delivered
-    /// one when the epochs differ: that is the stream's present).
-    fn floor_of(&self, route: &Route) -> Option<EventId> {
-        let delivered = self.trackers.borrow().get(route).and_then(StreamTracker::position);
-        let published = self.published.borrow().get(route).copied();
-        match (delivered, published) {
-            (Some(d), Some(p)) if d.epoch == p.epoch => {
-                Some(if p.offset > d.offset { p } else { d })
+    /// Executes what the stream core decided, in order (with awaits between: the core is
+    /// not borrowed meanwhile). `known`: a route whose targets `targets` holds already
+    /// (the live event's: the hot path looks them up once).
+    async fn run_effects(&self, known: Option<&Route>, targets: &mut Vec<ShardId>) {
+        let mut effects = self.spare_effects.take();
+        self.streams.borrow_mut().swap_effects(&mut effects);
+        let mut others = Vec::new();
+        for effect in effects.drain(..) {
+            match effect {
+                Effect::Deliver(route, delivery) => {
+                    let targets = if known == Some(&route) {
+                        &mut *targets
+                    } else {
+                        self.interest.borrow().targets(&route, self.shards, &mut others);
+                        &mut others
+                    };
+                    if !targets.is_empty() {
+                        self.deliver(targets, ShardMessage::Deliver(delivery)).await;
+                    }
+                }
+                Effect::Lost(route) => self.lost(&route, &mut others).await,
+                Effect::Read(job) if job.failures == 0 => {
+                    let _ = self.reads.send(job);
+                }
+                Effect::Read(job) => {
+                    // Tried again after a pause (Redis may be away), without holding up
+                    // the bridge; the pause grows with each failure in a row.
+                    let reads = self.reads.clone();
+                    tokio::task::spawn_local(async move {
+                        tokio::time::sleep(retry_pause(job.failures)).await;
+                        let _ = reads.send(job);
+                    });
+                }
+                Effect::Abandon { route, epoch, found } => abandon_epoch(self, route, epoch, found),
+                Effect::Replayed(to, answer) => {
+                    let shard = to.shard;
+                    self.deliver(&[shard], ShardMessage::Replayed { to, answer }).await;
+                }
+                Effect::GapFilled(n) => BridgeStats::add(&self.bridge().gaps_filled, n),
+                Effect::UnconfirmedDropped(route, n) => {
+                    BridgeStats::add(&self.bridge().unconfirmed_dropped, n as u64);
+                    warn!(
+                        ?route,
+                        dropped = n,
+                        "dropped live events the history never confirmed (ids made up by another publisher, or writes Redis lost)"
+                    );
+                }
+                Effect::ReplaysGivenUp(route, n) => {
+                    BridgeStats::add(&self.bridge().replays_given_up, n as u64);
+                    warn!(
+                        ?route,
+                        waiting = n,
+                        "the history stays below this node's delivery position: replays answered recovered:false"
+                    );
+                }
             }
-            (Some(d), _) => Some(d),
-            (None, p) => p,
         }
-    }
-
-    /// Remembers the id a publish on `route` was given.
-    fn published_as(&self, route: &Route, id: EventId) {
-        let mut published = self.published.borrow_mut();
-        if let Some(floor) = published.get_mut(route) {
-            *floor = id;
-            return;
-        }
-        if published.len() >= MAX_PUBLISH_FLOORS {
-            published.clear();
-        }
-        published.insert(route.clone(), id);
-    }
-
-    /// Reads `route`'s history after `after` to fill the node's gap.
-    fn fill(&self, route: Route, after: EventId) {
-        self.read(route, ReadFrom::Offset(after.offset + 1), FILL_COUNT, ReadFor::Fill(after));
-    }
-
-    /// After a reconnect or `Lagged`: every stream is read from its position.
-    fn fill_all(&self) {
-        let mut fills = Vec::new();
-        for (route, tracker) in self.trackers.borrow_mut().iter_mut() {
-            if let Some(after) = tracker.start_fill() {
-                fills.push((route.clone(), after));
-            }
-        }
-        for (route, after) in fills {
-            self.fill(route, after);
-        }
+        self.spare_effects.set(effects);
     }
 
     /// Tells `route`'s local clients they must resync.
@@ -476,22 +416,6 @@ impl Shared {
         );
         self.interest.borrow().targets(route, self.shards, targets);
         self.deliver(targets, ShardMessage::StreamLost(route.clone())).await;
-    }
-
-    /// Hands `deliveries` of `route`, in order, to the shards that want the stream.
-    async fn deliver_all(
-        &self,
-        route: &Route,
-        deliveries: Vec<Arc<Delivery>>,
-        targets: &mut Vec<ShardId>,
-    ) {
-        if deliveries.is_empty() {
-            return;
-        }
-        self.interest.borrow().targets(route, self.shards, targets);
-        for delivery in deliveries {
-            self.deliver(targets, ShardMessage::Deliver(delivery)).await;
-        }
     }
 
     /// Tells a v1 publisher its event did not reach every node.
@@ -524,10 +448,8 @@ async fn run(
         prefix: settings.prefix.clone(),
         history: settings.history.clone(),
         idempotency_window: settings.idempotency_window,
-        trackers: RefCell::default(),
-        published: RefCell::default(),
-        replays: RefCell::default(),
-        replay_cache: RefCell::default(),
+        streams: RefCell::new(StreamsCore::new(settings.history.clone())),
+        spare_effects: Cell::default(),
         reads: reads_tx,
         delivery: settings.delivery,
         publisher: publisher.clone(),
@@ -609,7 +531,8 @@ async fn run(
                         Err(RecvError::Lagged(n)) => {
                             BridgeStats::add(&shared.bridge().lagged, n);
                             warn!(dropped = n, "the Redis bridge fell behind: fred dropped messages (Lagged); reading every stream's history from its position");
-                            shared.fill_all();
+                            shared.streams.borrow_mut().handle_gap_everywhere();
+                            shared.run_effects(None, &mut targets).await;
                         }
                         Err(RecvError::Closed) => break 'bridge,
                     }
@@ -655,7 +578,7 @@ async fn run(
             }
             _ = ticker.tick() => {
                 let now = Instant::now();
-                shared.replay_cache.borrow_mut().retain(|_, (at, _)| now.duration_since(*at) < REPLAY_CACHE_FOR);
+                shared.streams.borrow_mut().expire_cache(now);
                 let connected = subscriber.is_connected() && publisher.is_connected();
                 let verdict = watchdog.check(now, connected);
                 BridgeStats::set(&shared.bridge().connected, connected);
@@ -709,7 +632,10 @@ async fn run(
                         let event = (event, published);
                         publish(&shared, &jobs_tx, event, options, reply_to, &mut targets).await;
                     }
-                    BusCommand::Replay(request) => replay_requested(&shared, *request).await,
+                    BusCommand::Replay(request) => {
+                        shared.streams.borrow_mut().handle_replay(*request, Instant::now());
+                        shared.run_effects(None, &mut targets).await;
+                    }
                     BusCommand::Presence(command) => {
                         let _ = presence_tx.send(presence::ToPresence::Command(command));
                     }
@@ -878,48 +804,24 @@ async fn receive(
     let delivery = Arc::new(wire::delivery_from(route.clone(), text, json));
     BridgeStats::add(&shared.bridge().messages_in, 1);
     if shared.delivery == DeliveryMode::Streams
-        && delivery.id.is_some()
-        && shared.trackers.borrow().get(&route).is_some_and(StreamTracker::is_known)
+        && delivery.id.is_some_and(|id| shared.streams.borrow().left_to_reader(&route, id))
     {
         return; // the stream reader delivers stored events (`read_streams`)
     }
     deliver_tracked(shared, route, delivery, targets).await;
 }
 
-/// Delivers one event of `route` through the stream's tracker (in order, gaps filled from
-/// the history, duplicates dropped); an event without id, or of a stream the node does
-/// not track, goes out as it is. `targets` holds the shards that want the stream.
+/// Delivers one event of `route` through the stream core (in order, gaps filled from the
+/// history, duplicates dropped); an event without id, or of a stream the node does not
+/// track, goes out as it is. `targets` holds the shards that want the stream.
 async fn deliver_tracked(
     shared: &Shared,
     route: Route,
     delivery: Arc<Delivery>,
     targets: &mut Vec<ShardId>,
 ) {
-    let tracked = delivery.id.and_then(|id| {
-        let mut trackers = shared.trackers.borrow_mut();
-        trackers.get_mut(&route).map(|tracker| tracker.live(id, &delivery))
-    });
-    let Some((action, lost)) = tracked else {
-        // No id (another publisher's payload, or a stream without history).
-        shared.deliver(targets, ShardMessage::Deliver(delivery)).await;
-        return;
-    };
-    if lost {
-        shared.lost(&route, targets).await;
-    }
-    match action {
-        Live::Deliver => shared.deliver(targets, ShardMessage::Deliver(delivery)).await,
-        Live::Duplicate => {}
-        Live::Held(Some(after)) => {
-            debug!(?route, after = %after, "gap in a stream: reading it from the history");
-            shared.fill(route, after);
-        }
-        Live::Held(None) => {}
-        Live::GaveUp => {
-            let ready = shared.trackers.borrow_mut().get_mut(&route).map(StreamTracker::take_ready);
-            shared.deliver_all(&route, ready.unwrap_or_default(), targets).await;
-        }
-    }
+    shared.streams.borrow_mut().handle_live(&route, delivery);
+    shared.run_effects(Some(&route), targets).await;
 }
 
 /// Applies a shard's interest change to the table; returns what Redis must do about it.
@@ -993,7 +895,7 @@ async fn publish(
             // The script writes `{"id":"...",` and then the rest of the object.
             payload.remove(0);
             let keys = StreamKeys::of(&shared.prefix, &event.route);
-            let floor = shared.floor_of(&event.route);
+            let floor = shared.streams.borrow().floor_of(&event.route);
             let mut retention = vec![
                 retention.size.to_string(),
                 seconds(retention.ttl),
@@ -1225,7 +1127,7 @@ async fn answer_publish(shared: &Shared, job: PublishJob, result: Result<Value, 
         Ok(value) => {
             let id = stored.and_then(|_| value.as_str().and_then(|id| id.parse::<EventId>().ok()));
             if let Some(id) = id {
-                shared.published_as(&route, id);
+                shared.streams.borrow_mut().handle_receipt(&route, id);
             }
             let Some((shard, conn, user)) = reply_to.filter(|_| ack) else { return };
             let json = published_json(&route, id).into_boxed_str();
@@ -1250,15 +1152,7 @@ async fn read_streams(shared: Rc<Shared>, reader: Client) {
     let mut targets = Vec::new();
     loop {
         // Each stream from where the node stands (its contiguous position).
-        let wanted: Vec<(Route, EventId)> = shared
-            .trackers
-            .borrow()
-            .iter()
-            .filter(|(_, t)| t.is_known())
-            .map(|(route, t)| {
-                (route.clone(), t.position().unwrap_or(EventId { epoch: 0, offset: 0 }))
-            })
-            .collect();
+        let wanted = shared.streams.borrow().stream_cursors();
         if wanted.is_empty() || !reader.is_connected() {
             tokio::time::sleep(STREAM_BLOCK).await;
             continue;
@@ -1394,67 +1288,16 @@ fn deliveries_of(
         .collect()
 }
 
-/// A history read came back.
+/// A history read came back: its entries framed once, then the stream core decides.
 async fn on_read(shared: &Shared, done: ReadDone, json: &mut String, targets: &mut Vec<ShardId>) {
     BridgeStats::add(&shared.bridge().history_reads, 1);
     let ReadDone { job, result } = done;
     if let Err(why) = &result {
         debug!(route = ?job.route, cause = %why, "history read failed");
     }
-    match job.purpose {
-        // Positions are read by the subscription task itself (`learn_positions`).
-        ReadFor::Position => {}
-        ReadFor::Fill(after) => {
-            let failed = result.is_err();
-            let snapshot = result
-                .map(|s| s.map(|s| (s.state, deliveries_of(&job.route, s.entries, json))))
-                .map_err(|_| ());
-            let filled = {
-                let mut trackers = shared.trackers.borrow_mut();
-                let Some(tracker) = trackers.get_mut(&job.route) else { return };
-                tracker.filled(after, snapshot, job.count)
-            };
-            if filled.lost {
-                shared.lost(&job.route, targets).await;
-            }
-            if let Some(epoch) = filled.regressed {
-                abandon_epoch(shared, job.route.clone(), epoch, filled.lost);
-            }
-            if filled.dropped > 0 {
-                BridgeStats::add(&shared.bridge().unconfirmed_dropped, filled.dropped as u64);
-                warn!(route = ?job.route, dropped = filled.dropped, "dropped live events the history never confirmed (ids made up by another publisher, or writes Redis lost)");
-            }
-            BridgeStats::add(&shared.bridge().gaps_filled, filled.deliver.len() as u64);
-            shared.deliver_all(&job.route, filled.deliver, targets).await;
-            if let Some(after) = filled.again {
-                if failed {
-                    // Tried again after a pause (Redis may be away), without holding up
-                    // the bridge; the pause grows with each failure in a row.
-                    let reads = shared.reads.clone();
-                    let failures = job.failures + 1;
-                    tokio::task::spawn_local(async move {
-                        tokio::time::sleep(retry_pause(failures)).await;
-                        let from = ReadFrom::Offset(after.offset + 1);
-                        let job = ReadJob {
-                            route: job.route,
-                            from,
-                            count: FILL_COUNT,
-                            purpose: ReadFor::Fill(after),
-                            failures,
-                        };
-                        let _ = reads.send(job);
-                    });
-                } else {
-                    shared.fill(job.route, after);
-                }
-            }
-        }
-        ReadFor::Replay => {
-            let snapshot =
-                result.map(|s| s.map(|s| (s.state, deliveries_of(&job.route, s.entries, json))));
-            answer_replays(shared, &job.route, snapshot).await;
-        }
-    }
+    let framed = result.map(|s| s.map(|s| (s.state, deliveries_of(&job.route, s.entries, json))));
+    shared.streams.borrow_mut().handle_read(job, framed, Instant::now());
+    shared.run_effects(None, targets).await;
 }
 
 /// The pause before the `failures`-th retry of a failed read: exponential from
@@ -1514,190 +1357,6 @@ fn abandon_epoch(shared: &Shared, route: Route, epoch: u64, told: bool) {
     });
 }
 
-/// A client asked for a replay: answered from the stream's last read when that is recent
-/// and reaches the node's delivery position (a reconnect storm reads each stream about
-/// once); else it joins the stream's waiting group, which one read serves.
-async fn replay_requested(shared: &Shared, request: ReplayRequest) {
-    if request.to.purpose != ReplayPurpose::History {
-        let cached = shared
-            .replay_cache
-            .borrow()
-            .get(&request.route)
-            .filter(|(at, _)| at.elapsed() < REPLAY_CACHE_FOR)
-            .map(|(_, snapshot)| snapshot.clone());
-        if let Some(snapshot) = cached {
-            let position = shared.position_of(&request.route);
-            let max_replay = shared.history.max_replay;
-            if let Some(answer) = replay_answer(&request, Some(&*snapshot), position, max_replay) {
-                let shard = request.to.shard;
-                let message =
-                    ShardMessage::Replayed { to: Box::new(request.to), answer: Box::new(answer) };
-                shared.deliver(&[shard], message).await;
-                return;
-            }
-        }
-    }
-    let route = request.route.clone();
-    let mut replays = shared.replays.borrow_mut();
-    let group = replays.entry(route.clone()).or_default();
-    group.waiting.push(request);
-    if !group.reading {
-        group.reading = true;
-        let (from, count) = read_range(&shared.history, &group.waiting);
-        drop(replays);
-        shared.read(route, from, count, ReadFor::Replay);
-    }
-}
-
-/// One read for every waiting replay of a stream: from the earliest position asked for,
-/// enough entries for the replay limit and the largest history page.
-fn read_range(history: &HistorySettings, waiting: &[ReplayRequest]) -> (ReadFrom, usize) {
-    let max_replay = usize::try_from(history.max_replay).unwrap_or(usize::MAX);
-    let mut from: Option<u64> = None;
-    let mut count = 1;
-    for request in waiting {
-        let start = match request.since {
-            Since::After(id) => Some(id.offset + 1),
-            Since::Oldest => Some(1),
-            Since::Latest | Since::Malformed => None,
-        };
-        if let Some(start) = start {
-            from = Some(from.map_or(start, |f| f.min(start)));
-        }
-        let wanted = if request.limit == u64::MAX { max_replay } else { request.limit as usize };
-        count =
-            count.max(wanted.min(max_replay.max(crate::conn::command::HISTORY_PAGE.1 as usize)));
-    }
-    match from {
-        Some(offset) => (ReadFrom::Offset(offset), count.max(1)),
-        None => (ReadFrom::Latest, 1),
-    }
-}
-
-/// Answers the replays waiting for `route`'s read. A recovery (or `latest`) is answered up
-/// to the node's delivery position — the shard holds the client's live events until the
-/// answer, which the shard receives behind every live event up to that position — so the
-/// client gets each event exactly once. Waiters the read did not cover are read again.
-async fn answer_replays(
-    shared: &Shared,
-    route: &Route,
-    snapshot: Result<Option<FramedSnapshot>, String>,
-) {
-    let waiting = {
-        let mut replays = shared.replays.borrow_mut();
-        let Some(group) = replays.get_mut(route) else { return };
-        group.reading = false;
-        std::mem::take(&mut group.waiting)
-    };
-    if let Ok(Some(snapshot)) = &snapshot {
-        let entry = (Instant::now(), Rc::new(snapshot.clone()));
-        shared.replay_cache.borrow_mut().insert(route.clone(), entry);
-    }
-    let position = shared.position_of(route);
-    let max_replay = shared.history.max_replay;
-    let mut again = Vec::new();
-    for request in waiting {
-        let answer = match &snapshot {
-            Err(_) => Some(ReplayAnswer { recovered: false, ..ReplayAnswer::default() }),
-            Ok(snapshot) => replay_answer(&request, snapshot.as_ref(), position, max_replay),
-        };
-        match answer {
-            Some(answer) => {
-                let shard = request.to.shard;
-                let message =
-                    ShardMessage::Replayed { to: Box::new(request.to), answer: Box::new(answer) };
-                shared.deliver(&[shard], message).await;
-            }
-            None => again.push(request),
-        }
-    }
-    let behind = {
-        let mut replays = shared.replays.borrow_mut();
-        let group = replays.entry(route.clone()).or_default();
-        group.behind = if again.is_empty() { 0 } else { group.behind + 1 };
-        group.behind
-    };
-    if behind > MAX_REPLAY_REREADS {
-        // Redis keeps answering below what this node delivered: it lost writes. The
-        // waiting clients are told now (never held forever), and the node's own read of
-        // the stream finds the loss and abandons the epoch.
-        BridgeStats::add(&shared.bridge().replays_given_up, again.len() as u64);
-        warn!(
-            ?route,
-            waiting = again.len(),
-            "the history stays below this node's delivery position: replays answered recovered:false"
-        );
-        for request in again.drain(..) {
-            let shard = request.to.shard;
-            let answer = Box::new(ReplayAnswer { recovered: false, ..ReplayAnswer::default() });
-            shared
-                .deliver(&[shard], ShardMessage::Replayed { to: Box::new(request.to), answer })
-                .await;
-        }
-        if let Some(group) = shared.replays.borrow_mut().get_mut(route) {
-            group.behind = 0;
-        }
-        let after = shared.trackers.borrow_mut().get_mut(route).and_then(StreamTracker::start_fill);
-        if let Some(after) = after {
-            shared.fill(route.clone(), after);
-        }
-    }
-    if !again.is_empty() {
-        let mut replays = shared.replays.borrow_mut();
-        let group = replays.entry(route.clone()).or_default();
-        group.waiting.extend(again);
-        if !group.reading {
-            group.reading = true;
-            let (from, count) = read_range(&shared.history, &group.waiting);
-            drop(replays);
-            shared.read(route.clone(), from, count, ReadFor::Replay);
-        }
-    }
-}
-
-/// The answer to one replay from a history snapshot; `None` when the snapshot does not
-/// cover it (read again). `position`: whether the node's delivery position of the stream
-/// is known, and what it is.
-fn replay_answer(
-    request: &ReplayRequest,
-    snapshot: Option<&FramedSnapshot>,
-    position: Option<(bool, Option<EventId>)>,
-    max_replay: u64,
-) -> Option<ReplayAnswer> {
-    let live = request.to.purpose != ReplayPurpose::History;
-    let mut state = snapshot.map(|(state, _)| *state);
-    if live {
-        // Stitched to live delivery: answered up to the node's position, never past it.
-        match (position, state) {
-            (Some((true, Some(at))), Some(s)) if at.epoch == s.epoch => {
-                if at.offset > s.top {
-                    return None; // the read is older than what was delivered: read again
-                }
-                state = Some(StreamState { top: at.offset, ..s });
-            }
-            // The stream had no history when the node started delivering it and has
-            // delivered nothing since: nothing to replay beyond the start.
-            (Some((true, None)), Some(s)) => state = Some(StreamState { top: 0, first: None, ..s }),
-            (Some((true, None)), None) => {}
-            // Not delivering the stream, or its position is unknown or in another epoch:
-            // the answer could not be stitched to live delivery without a gap.
-            _ => return Some(ReplayAnswer { recovered: false, ..ReplayAnswer::default() }),
-        }
-    }
-    let entries = snapshot.map(|(_, e)| e.as_slice()).unwrap_or_default();
-    let mut covered = true;
-    let answer = recovery::answer(request.since, state, max_replay, request.limit, |from, to| {
-        let events: Vec<Arc<Delivery>> = entries
-            .iter()
-            .filter(|d| d.id.is_some_and(|id| (from..=to).contains(&id.offset)))
-            .cloned()
-            .collect();
-        covered = events.len() as u64 == to - from + 1;
-        events
-    });
-    covered.then_some(answer)
-}
-
 /// The subscription task: applies subscription changes in order, consecutive ones of a
 /// kind batched into one command; confirms each shard's new topic after its SUBSCRIBE.
 async fn apply_subscriptions(
@@ -1725,13 +1384,14 @@ async fn apply_subscriptions(
                     }
                     // Blocks set while this node was away (or before it started).
                     load_blocks(&shared, &publisher).await;
-                    shared.fill_all();
+                    shared.streams.borrow_mut().handle_gap_everywhere();
+                    shared.run_effects(None, &mut Vec::new()).await;
                 }
                 Step::Unsubscribe(channels) => {
                     for c in &channels {
                         subscribed.remove(c);
                         if let Incoming::Event(route) = shared.channels.classify(c) {
-                            shared.trackers.borrow_mut().remove(&route);
+                            shared.streams.borrow_mut().untrack(&route);
                         }
                     }
                     if let Err(e) = subscriber.unsubscribe(channels).await {
@@ -1769,7 +1429,7 @@ async fn learn_positions(shared: &Shared, publisher: &Client, channels: &[String
         if !shared.retention(&route).enabled() {
             continue;
         }
-        let known = shared.trackers.borrow().get(&route).is_some_and(StreamTracker::is_known);
+        let known = shared.streams.borrow().is_known(&route);
         if !known {
             jobs.push(ReadJob {
                 route,
@@ -1799,13 +1459,7 @@ async fn learn_positions(shared: &Shared, publisher: &Client, channels: &[String
                 }
                 None => Position::Unknown,
             };
-            let mut trackers = shared.trackers.borrow_mut();
-            let tracker = trackers
-                .entry(job.route.clone())
-                .or_insert_with(|| StreamTracker::new(Position::Unknown));
-            if !tracker.is_known() {
-                *tracker = StreamTracker::new(position);
-            }
+            shared.streams.borrow_mut().track(&job.route, position);
         }
     }
 }
