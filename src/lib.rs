@@ -59,8 +59,11 @@
 //!   current-thread runtime with two fred clients), which owns the node's interest
 //!   table, its Redis subscriptions and the wire format on Redis (`bus::redis::wire`).
 //!   `bus::interest` is the pure interest table both use.
-//! - `xshard` (any thread): every type that crosses threads — deliveries, inbox
-//!   messages, interest changes, node counters, the connection budget.
+//! - `xshard` (any thread): the messages, inboxes and shared counters that cross
+//!   threads — deliveries, inbox messages, node counters, the connection budget.
+//! - `ids` (any thread, pure): the identifiers every layer passes around — shard,
+//!   connection, route (stream), node, event id, publish time, publisher — and the
+//!   interest a shard reports to the bus.
 //! - `api` (shard threads, pure): the server API's requests (`/api/...` heads, JSON
 //!   bodies → calls, errors naming the field) and responses; `shard::api` executes them
 //!   through the bus, waits for receipts by ticket, and applies cluster commands
@@ -94,6 +97,7 @@ mod frame;
 mod history;
 mod http;
 mod hub;
+mod ids;
 mod metrics;
 mod presence;
 mod server;

@@ -23,9 +23,10 @@ use crate::{
     bus,
     config::{Config, CpuChoice, ShardCount},
     error::{Error, Result},
+    ids::{NodeId, ShardId},
     shard::{self, ShardParts},
     sys,
-    xshard::{self, ConnectionBudget, NodeId, NodeStats, ShardControl, ShardId},
+    xshard::{self, ConnectionBudget, NodeStats, ShardControl},
 };
 
 /// File descriptors kept free for everything that is not a client socket (listeners,

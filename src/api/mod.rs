@@ -23,8 +23,8 @@ use crate::{
     config::MAX_TOPIC_LEN,
     conn::command::{is_valid_idempotency_key, is_valid_topic, is_valid_user_id},
     event::{Event, Payload, PublishOptions},
+    ids::Route,
     presence::Query,
-    xshard::Route,
 };
 
 /// Most commands in one `/api/batch`.

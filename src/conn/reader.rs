@@ -32,7 +32,8 @@ use crate::{
     config::MAX_TOPICS_PER_CONN,
     event::{Event, Payload, PublishOptions},
     frame::{self, FrameDecoder, FrameError, close_code, unmask_at},
-    xshard::{Route, ShardStats},
+    ids::Route,
+    xshard::ShardStats,
 };
 
 /// Why the connection must close: the close code and reason sent to the client.

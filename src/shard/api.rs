@@ -26,7 +26,8 @@ use crate::{
         http::{self as api_http, ApiHead},
     },
     conn::{handshake, state::Close},
-    xshard::{ClusterControl, Publisher},
+    ids::Publisher,
+    xshard::ClusterControl,
 };
 
 /// How long a request waits for its receipt (the bus, and Redis, answer well within it;

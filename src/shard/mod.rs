@@ -62,12 +62,12 @@ use crate::{
     conn::{Conn, Mode, ShardContext, SubscribeReply, Subscriptions, command, state::Close},
     frame::close_code,
     history::{Since, memory::HistorySettings},
-    hub::{ConnId, Hub, Subscribed},
+    hub::{Hub, Subscribed},
+    ids::{ConnId, NodeId, Publisher, Route, ShardId},
     presence::webhook::WebhookQueue,
     xshard::{
-        BudgetSlot, ConnectRate, ConnectionBudget, Delivery, NodeId, NodeStats, Publisher,
-        ReplayAnswer, ReplayPurpose, ReplayTo, Route, ShardControl, ShardId, ShardInbox,
-        ShardInboxes,
+        BudgetSlot, ConnectRate, ConnectionBudget, Delivery, NodeStats, ReplayAnswer,
+        ReplayPurpose, ReplayTo, ShardControl, ShardInbox, ShardInboxes,
     },
 };
 

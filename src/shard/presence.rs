@@ -16,7 +16,7 @@ use std::{collections::HashMap, rc::Rc, sync::Arc};
 use super::Shard;
 use crate::{
     frame::encode_text,
-    hub::ConnId,
+    ids::ConnId,
     presence::{
         News, SnapshotTo,
         webhook::{CloseReason, WebhookEvent},

@@ -30,7 +30,8 @@ use crate::{
         state::Close,
     },
     frame::{SharedFrame, close_code},
-    xshard::{Publisher, ShardStats},
+    ids::Publisher,
+    xshard::ShardStats,
 };
 
 /// Serves one accepted socket until it closes. Never returns an error: problems end

@@ -16,7 +16,8 @@ use serde::Serialize;
 use super::Shard;
 use crate::{
     event::{Event, Payload, PublishOptions},
-    xshard::{Histogram, HistogramReading, Route},
+    ids::Route,
+    xshard::{Histogram, HistogramReading},
 };
 
 pub(crate) use crate::conn::command::STATS_TOPIC;

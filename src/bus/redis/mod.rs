@@ -79,10 +79,10 @@ use crate::{
     history::{
         self as recovery, Since, StreamState, memory::HistorySettings, retention::Retention,
     },
+    ids::{EventId, Interest, InterestChange, PublishedAt, Publisher, Route, ShardId},
     xshard::{
-        BridgeStats, ClusterControl, Delivery, EventId, Interest, InterestChange, NodeStats,
-        PublishedAt, Publisher, ReplayAnswer, ReplayPurpose, Route, ShardId, ShardInboxes,
-        ShardMessage,
+        BridgeStats, ClusterControl, Delivery, NodeStats, ReplayAnswer, ReplayPurpose,
+        ShardInboxes, ShardMessage,
     },
 };
 use history::{

@@ -49,11 +49,12 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::{
+    ids::ShardId,
     presence::{
         self, Member, NodeLoad, Occupancy, PresenceCommand, Query, RateMeter, SnapshotTo, Tally,
         webhook::{EventName, WebhookEvent, WebhookQueue},
     },
-    xshard::{NodeStats, ShardId, ShardInboxes, ShardMessage},
+    xshard::{NodeStats, ShardInboxes, ShardMessage},
 };
 
 /// The presence script; `ARGV[1]` is the operation, `ARGV[2]` the prefix, `ARGV[3]` the
