@@ -883,13 +883,6 @@ pub(crate) fn secret_bytes(
     }
 }
 
-/// Largest accepted user id, in bytes (ids are `[A-Za-z0-9_.-]`).
-pub const MAX_USER_ID_LEN: usize = 64;
-/// Largest accepted topic name, in bytes (names are `[A-Za-z0-9_.:/-]`).
-pub const MAX_TOPIC_LEN: usize = 128;
-/// Most topics one connection may subscribe to.
-pub const MAX_TOPICS_PER_CONN: usize = 256;
-
 impl Config {
     /// Checks values and cross-field invariants.
     ///

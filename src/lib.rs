@@ -98,6 +98,7 @@ mod history;
 mod http;
 mod hub;
 mod ids;
+mod limits;
 mod metrics;
 mod presence;
 mod server;

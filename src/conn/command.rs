@@ -6,10 +6,10 @@
 use simd_json::{BorrowedValue, prelude::*};
 
 use crate::{
-    config::{MAX_TOPIC_LEN, MAX_USER_ID_LEN},
     event::{Payload, PublishOptions, push_json_str},
     history::Since,
     ids::{EventId, Route},
+    limits::{MAX_TOPIC_LEN, MAX_USER_ID_LEN},
     xshard::ReplayAnswer,
 };
 

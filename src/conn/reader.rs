@@ -29,10 +29,10 @@ use super::{
 use crate::conn::command::STATS_TOPIC;
 use crate::{
     auth::token::unix_now,
-    config::MAX_TOPICS_PER_CONN,
     event::{Event, Payload, PublishOptions},
     frame::{self, FrameDecoder, FrameError, close_code, unmask_at},
     ids::Route,
+    limits::MAX_TOPICS_PER_CONN,
     xshard::ShardStats,
 };
 
