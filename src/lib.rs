@@ -91,6 +91,7 @@ mod api;
 mod assets;
 mod auth;
 mod bus;
+mod clock;
 mod conn;
 mod event;
 mod frame;

@@ -295,18 +295,6 @@ fn failure_of(kind: &ErrorKind) -> AuthFailure {
     }
 }
 
-/// The current time in Unix seconds.
-pub(crate) fn unix_now() -> u64 {
-    unix_now_ms() / 1000
-}
-
-/// The current time in Unix milliseconds.
-pub(crate) fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -314,7 +314,7 @@ impl Sequencer {
         match command {
             PresenceCommand::Change { topic, user, joined } => {
                 let (news, transition) = self.presence.change(&topic, &user, joined);
-                let time_ms = crate::auth::token::unix_now_ms();
+                let time_ms = crate::clock::unix_now_ms();
                 let webhooks =
                     crate::presence::webhook::transition_events(&topic, &user, transition, time_ms);
                 let Some(news) = news else { return Output { webhooks, ..Output::default() } };

@@ -28,7 +28,7 @@ use super::{
 };
 use crate::conn::command::STATS_TOPIC;
 use crate::{
-    auth::token::unix_now,
+    clock::unix_now,
     event::{Event, Payload, PublishOptions},
     frame::{self, FrameDecoder, FrameError, close_code, unmask_at},
     ids::Route,

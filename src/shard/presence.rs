@@ -216,7 +216,7 @@ impl Shard {
         if let Some(webhooks) = &self.webhooks {
             let (code, reason) = CloseReason::of(conn.state().ending());
             let node = &self.ctx.node_stats().node.0;
-            let now = crate::auth::token::unix_now_ms();
+            let now = crate::clock::unix_now_ms();
             webhooks.offer(WebhookEvent::closed(conn.user(), node, code, reason, now));
         }
     }

@@ -115,7 +115,7 @@ fn sample(shard: &Shard, previous: &mut Previous) -> String {
     });
     let figures = NodeFigures {
         node: &stats.node.0,
-        at: crate::auth::token::unix_now_ms(),
+        at: crate::clock::unix_now_ms(),
         bus: if stats.bridge.is_some() { "redis" } else { "embedded" },
         draining: shard.shutting_down.get(),
         connections: shard.budget.used() as u64,

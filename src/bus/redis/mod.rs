@@ -1049,7 +1049,7 @@ async fn send_control(
         }
         let json = serde_json::to_string(&control).map_err(|e| e.to_string())?;
         let ClusterControl::Disconnect { user, until_ms, .. } = &control;
-        if *until_ms > crate::auth::token::unix_now_ms() {
+        if *until_ms > crate::clock::unix_now_ms() {
             let _: Value = publisher
                 .hset(shared.channels.blocks(), (user.as_str(), json.as_str()))
                 .await
@@ -1115,7 +1115,7 @@ async fn load_blocks(shared: &Shared, publisher: &Client) {
             return;
         }
     };
-    let now = crate::auth::token::unix_now_ms();
+    let now = crate::clock::unix_now_ms();
     let mut expired = Vec::new();
     for (user, json) in blocks {
         match serde_json::from_str::<ClusterControl>(&json) {
