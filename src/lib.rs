@@ -93,6 +93,7 @@ mod auth;
 mod bus;
 mod clock;
 mod conn;
+mod duration;
 mod event;
 mod frame;
 mod history;
