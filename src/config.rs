@@ -270,7 +270,7 @@ impl FromStr for RedisUrl {
         if s.is_empty() || s.eq_ignore_ascii_case("off") {
             return Ok(RedisUrl(None));
         }
-        crate::bus::redis::check_url(s)?;
+        crate::redis_url::check_url(s)?;
         Ok(RedisUrl(Some(s.to_owned())))
     }
 }
@@ -279,7 +279,7 @@ impl fmt::Display for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
             None => f.write_str("off"),
-            Some(url) => f.write_str(&redact_url(url)),
+            Some(url) => f.write_str(&crate::redis_url::redact_url(url)),
         }
     }
 }
@@ -293,19 +293,6 @@ impl fmt::Debug for RedisUrl {
 impl<'de> Deserialize<'de> for RedisUrl {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// `url` with the password of its user part replaced by `***`.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return "***".into() };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((user, host)) => {
-            let user = user.split_once(':').map_or(user, |(name, _)| name);
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
-        None => url.to_owned(),
     }
 }
 
@@ -933,7 +920,7 @@ impl Config {
             if !self.redis.0.as_deref().is_some_and(|u| u.starts_with("rediss://")) {
                 return bad("redis_tls_ca needs a rediss:// Redis URL".into());
             }
-            crate::bus::redis::load_ca(ca).map_err(Error::Config)?;
+            crate::redis_url::load_ca(ca).map_err(Error::Config)?;
         }
         crate::auth::Verifier::from_config(self).map_err(Error::Config)?;
         self.api_key().map_err(Error::Config)?;

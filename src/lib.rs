@@ -103,6 +103,7 @@ mod ids;
 mod limits;
 mod metrics;
 mod presence;
+mod redis_url;
 mod server;
 mod shard;
 #[allow(unsafe_code)]
