@@ -827,6 +827,14 @@ pub(crate) fn secret_bytes(
     }
 }
 
+/// The JWT keys as the options give them: bytes, not yet parsed (`auth` parses them).
+pub(crate) struct JwtKeys {
+    /// The HS256 secret (`jwt_secret`, or the content of `jwt_secret_file`).
+    pub(crate) secret: Option<Vec<u8>>,
+    /// The PEM public key read from `jwt_public_key`.
+    pub(crate) public_key_pem: Option<Vec<u8>>,
+}
+
 impl Config {
     /// Checks values and cross-field invariants.
     ///
@@ -922,12 +930,31 @@ impl Config {
             }
             crate::redis_url::load_ca(ca).map_err(Error::Config)?;
         }
-        crate::auth::Verifier::from_config(self).map_err(Error::Config)?;
+        let jwt = self.jwt_keys().map_err(Error::Config)?;
+        crate::auth::token::check_keys(jwt.secret.as_deref(), jwt.public_key_pem.as_deref())
+            .map_err(Error::Config)?;
         self.api_key().map_err(Error::Config)?;
         if self.redis_command_queue == 0 || self.redis_receive_buffer == 0 {
             return bad("redis_command_queue and redis_receive_buffer must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// The JWT keys' bytes, read from the options (and their files).
+    ///
+    /// # Errors
+    /// Both `jwt_secret` and `jwt_secret_file` set, or an unreadable file — naming the
+    /// option.
+    pub(crate) fn jwt_keys(&self) -> std::result::Result<JwtKeys, String> {
+        let secret = secret_bytes(&self.jwt_secret, &self.jwt_secret_file, "jwt_secret")?;
+        let public_key_pem = match &self.jwt_public_key.0 {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| format!("jwt_public_key {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(JwtKeys { secret, public_key_pem })
     }
 
     /// The server API's key: `None` when the API is off.
