@@ -8,7 +8,12 @@
 //! command line (`--<name>`). The [`config_options!`] table below is the single source
 //! of each option's name, type, default and documentation: it generates the CLI flags,
 //! the environment variable names, the TOML keys and `--help`. [`Config::validate`]
-//! checks values and cross-field invariants with messages that name the option.
+//! checks values and cross-field invariants with messages that name the option. It builds
+//! nothing: it reads the secret and key files to check them and keeps none of it (the JWT
+//! keys are checked by `auth::token::check_keys`, the Redis URL and CA by `redis_url`).
+//!
+//! Depends only on leaf modules (`duration`, `redis_url`, `error`), `auth` and
+//! `history::retention`: the modules above them may all read the configuration.
 
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
@@ -807,7 +812,7 @@ pub fn fold_repeated_flag(args: Vec<String>, flag: &str) -> Vec<String> {
 ///
 /// # Errors
 /// Both set, or the file cannot be read — naming the option.
-pub(crate) fn secret_bytes(
+fn secret_bytes(
     inline: &Secret,
     file: &OptionalPath,
     name: &str,
