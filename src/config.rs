@@ -8,62 +8,24 @@
 //! command line (`--<name>`). The [`config_options!`] table below is the single source
 //! of each option's name, type, default and documentation: it generates the CLI flags,
 //! the environment variable names, the TOML keys and `--help`. [`Config::validate`]
-//! checks values and cross-field invariants with messages that name the option.
+//! checks values and cross-field invariants with messages that name the option. It builds
+//! nothing: it reads the secret and key files to check them and keeps none of it (the JWT
+//! keys are checked by `auth::token::check_keys`, the Redis URL and CA by `redis_url`).
+//!
+//! Depends only on leaf modules (`duration`, `redis_url`, `error`), `auth` and
+//! `history::retention`: the modules above them may all read the configuration.
 
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{ArgMatches, FromArgMatches, parser::ValueSource};
 use serde::Deserialize;
 
+// Option types defined beside the code that interprets them, named here too because they
+// are the types of public `Config` fields.
 pub use crate::auth::permissions::DefaultPermissions;
+pub use crate::duration::HumanDuration;
 use crate::error::{Error, Result};
 pub use crate::history::retention::HistoryRules;
-
-/// A duration written as `250ms`, `25s`, `5m`, `1h`, or `0`/`off` (disabled where allowed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl HumanDuration {
-    /// The duration, `None` when it is zero (the feature is off).
-    pub fn enabled(self) -> Option<Duration> {
-        (!self.0.is_zero()).then_some(self.0)
-    }
-}
-
-impl FromStr for HumanDuration {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s == "0" || s.eq_ignore_ascii_case("off") {
-            return Ok(HumanDuration(Duration::ZERO));
-        }
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 =
-            num.parse().map_err(|_| format!("`{s}` is not a duration (e.g. 250ms, 25s, 5m)"))?;
-        let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            _ => return Err(format!("`{s}`: duration needs a unit ms, s, m or h (e.g. 25s)")),
-        };
-        Ok(HumanDuration(d))
-    }
-}
-
-impl fmt::Display for HumanDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        if ms == 0 {
-            write!(f, "off")
-        } else if !ms.is_multiple_of(1000) {
-            write!(f, "{ms}ms")
-        } else {
-            write!(f, "{}s", ms / 1000)
-        }
-    }
-}
 
 /// A size in bytes written as `65536`, `64KiB`, `1MiB` or `1GiB`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,7 +275,7 @@ impl FromStr for RedisUrl {
         if s.is_empty() || s.eq_ignore_ascii_case("off") {
             return Ok(RedisUrl(None));
         }
-        crate::bus::redis::check_url(s)?;
+        crate::redis_url::check_url(s)?;
         Ok(RedisUrl(Some(s.to_owned())))
     }
 }
@@ -322,7 +284,7 @@ impl fmt::Display for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
             None => f.write_str("off"),
-            Some(url) => f.write_str(&redact_url(url)),
+            Some(url) => f.write_str(&crate::redis_url::redact_url(url)),
         }
     }
 }
@@ -336,19 +298,6 @@ impl fmt::Debug for RedisUrl {
 impl<'de> Deserialize<'de> for RedisUrl {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// `url` with the password of its user part replaced by `***`.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return "***".into() };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((user, host)) => {
-            let user = user.split_once(':').map_or(user, |(name, _)| name);
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
-        None => url.to_owned(),
     }
 }
 
@@ -863,7 +812,7 @@ pub fn fold_repeated_flag(args: Vec<String>, flag: &str) -> Vec<String> {
 ///
 /// # Errors
 /// Both set, or the file cannot be read — naming the option.
-pub(crate) fn secret_bytes(
+fn secret_bytes(
     inline: &Secret,
     file: &OptionalPath,
     name: &str,
@@ -883,12 +832,13 @@ pub(crate) fn secret_bytes(
     }
 }
 
-/// Largest accepted user id, in bytes (ids are `[A-Za-z0-9_.-]`).
-pub const MAX_USER_ID_LEN: usize = 64;
-/// Largest accepted topic name, in bytes (names are `[A-Za-z0-9_.:/-]`).
-pub const MAX_TOPIC_LEN: usize = 128;
-/// Most topics one connection may subscribe to.
-pub const MAX_TOPICS_PER_CONN: usize = 256;
+/// The JWT keys as the options give them: bytes, not yet parsed (`auth` parses them).
+pub(crate) struct JwtKeys {
+    /// The HS256 secret (`jwt_secret`, or the content of `jwt_secret_file`).
+    pub(crate) secret: Option<Vec<u8>>,
+    /// The PEM public key read from `jwt_public_key`.
+    pub(crate) public_key_pem: Option<Vec<u8>>,
+}
 
 impl Config {
     /// Checks values and cross-field invariants.
@@ -983,14 +933,33 @@ impl Config {
             if !self.redis.0.as_deref().is_some_and(|u| u.starts_with("rediss://")) {
                 return bad("redis_tls_ca needs a rediss:// Redis URL".into());
             }
-            crate::bus::redis::load_ca(ca).map_err(Error::Config)?;
+            crate::redis_url::load_ca(ca).map_err(Error::Config)?;
         }
-        crate::auth::Verifier::from_config(self).map_err(Error::Config)?;
+        let jwt = self.jwt_keys().map_err(Error::Config)?;
+        crate::auth::token::check_keys(jwt.secret.as_deref(), jwt.public_key_pem.as_deref())
+            .map_err(Error::Config)?;
         self.api_key().map_err(Error::Config)?;
         if self.redis_command_queue == 0 || self.redis_receive_buffer == 0 {
             return bad("redis_command_queue and redis_receive_buffer must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// The JWT keys' bytes, read from the options (and their files).
+    ///
+    /// # Errors
+    /// Both `jwt_secret` and `jwt_secret_file` set, or an unreadable file — naming the
+    /// option.
+    pub(crate) fn jwt_keys(&self) -> std::result::Result<JwtKeys, String> {
+        let secret = secret_bytes(&self.jwt_secret, &self.jwt_secret_file, "jwt_secret")?;
+        let public_key_pem = match &self.jwt_public_key.0 {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| format!("jwt_public_key {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(JwtKeys { secret, public_key_pem })
     }
 
     /// The server API's key: `None` when the API is off.

@@ -11,7 +11,8 @@
 
 use crate::{
     frame,
-    xshard::{Delivery, EventId, NodeId, Route},
+    ids::{EventId, NodeId, Route},
+    xshard::Delivery,
 };
 
 /// The body of an event.

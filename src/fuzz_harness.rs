@@ -130,7 +130,7 @@ pub fn api_body(data: &[u8]) {
     use crate::{
         api::{self, ApiCall, MAX_BATCH},
         conn::command::{is_valid_topic, is_valid_user_id},
-        xshard::Route,
+        ids::Route,
     };
     let Some((&pick, body)) = data.split_first() else { return };
     let endpoint =

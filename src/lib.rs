@@ -31,27 +31,34 @@
 //!
 //! # Module map: what owns what, on which thread
 //!
-//! Dependencies run one way: `server → shard → {conn, hub, bus} → {event, frame, xshard}`;
-//! `conn` never names the shard (it sees `conn::ShardContext` and the
-//! `conn::Subscriptions` trait), `hub` is pure data.
+//! Dependencies run one way, down these layers; a module imports only from its own layer
+//! or the ones below, and within a layer the files import one another without a cycle:
+//!
+//! ```text
+//!  server
+//!  shard
+//!  bus, conn, api, presence::{dispatch, webhook}, history::memory   (may read the config)
+//!  config
+//!  auth, topic_pattern, history (root, retention), presence (root), hub, xshard, event,
+//!  metrics                                                            (pure building blocks)
+//!  ids, limits, clock, duration, redis_url, frame, error, sys, http, assets   (leaves)
+//! ```
+//!
+//! Leaves import nothing from the crate. `config` stands on the leaves, `auth` and
+//! `history::retention` only: it builds nothing (its file checks keep nothing), so any
+//! layer above may read it. `conn` never names the shard (it sees `conn::ShardContext`
+//! and the `conn::Subscriptions` trait), `hub` is pure data, and `xshard` carries
+//! identifiers from `ids` without depending on `hub` or the bus.
 //!
 //! - `server` (main thread): process topology — limits, listeners, the bus lanes and
 //!   inboxes, one pinned executor per shard, shutdown and join. Owns the shards' control
-//!   channels.
+//!   channels; builds the token verifier from the configured keys.
 //! - `shard` (one per shard thread, `!Send`): the per-core root. `Shard` owns the
 //!   `conn::ShardContext`, the connection table (`shard::table`, entries only through
 //!   the `Registered` guard, whose `Drop` unregisters from table, hub, send ring, counters
 //!   and budget), the `hub::Hub`, the shard's `bus::BusHandle` and the flush pass
 //!   (`shard::flush`, which owns the io_uring send ring). Tasks: listener, one session per
 //!   socket, inbox, heartbeat.
-//! - `conn` (shard thread): one connection. `conn::state::ConnState` is the sans-I/O
-//!   state machine (close handshake, outbound queue and its limit, heartbeat deadlines,
-//!   control-frame rate) with private fields and time passed in; `Conn` wraps it with the
-//!   fd, the waker and the flush flags; `conn::io` polls the socket; `conn::reader` turns
-//!   bytes into frames, messages, commands and events; `conn::handshake` and
-//!   `conn::command` are pure parsers.
-//! - `hub` (shard thread, pure): topic → connection set, user → connection set, and each
-//!   connection's topics (the only record of them); reports interest transitions.
 //! - `bus` (shard threads): the seam between shards and whatever sequences streams.
 //!   `BusHandle` is a shard's end (one lane per sequencer); `bus::embedded` is the
 //!   single-node implementation, a `LocalSequencer` per shard for the streams it owns;
@@ -59,24 +66,55 @@
 //!   current-thread runtime with two fred clients), which owns the node's interest
 //!   table, its Redis subscriptions and the wire format on Redis (`bus::redis::wire`).
 //!   `bus::interest` is the pure interest table both use.
-//! - `xshard` (any thread): every type that crosses threads — deliveries, inbox
-//!   messages, interest changes, node counters, the connection budget.
+//! - `conn` (shard thread): one connection. `conn::state::ConnState` is the sans-I/O
+//!   state machine (close handshake, outbound queue and its limit, heartbeat deadlines,
+//!   control-frame rate) with private fields and time passed in; `Conn` wraps it with the
+//!   fd, the waker and the flush flags; `conn::io` polls the socket; `conn::reader` turns
+//!   bytes into frames, messages, commands and events; `conn::handshake` and
+//!   `conn::command` are pure parsers.
 //! - `api` (shard threads, pure): the server API's requests (`/api/...` heads, JSON
 //!   bodies → calls, errors naming the field) and responses; `shard::api` executes them
 //!   through the bus, waits for receipts by ticket, and applies cluster commands
 //!   (disconnect, blocks) to the shard's connections.
-//! - `auth` (main thread builds it, shards use it; pure): token verification (JWT via
-//!   `jsonwebtoken`) and the permissions a token grants; `conn::auth` is one connection's
-//!   rules (expiry, permissions, subscription-token grants). `topic_pattern` is the `*`
-//!   matcher shared by permissions and history rules.
-//! - `history` (whoever sequences a stream, pure): event ids, retention rules, the
-//!   recovery decision, and the embedded bus's in-memory history.
-//! - `event`, `frame` (any thread, pure): events and their encoding; the frame codec.
-//! - `config` (main thread, then copied into each shard): every option.
+//! - `presence` (whoever owns the node's presence: an owner shard's sequencer, or the
+//!   bridge thread; pure): topic membership, join/leave news and snapshots.
+//!   `presence::webhook` (any thread, pure) is the webhook events, their signature and
+//!   queue; `presence::dispatch` (a tokio runtime: the bridge's, or its own thread with
+//!   the embedded bus) sends them.
+//! - `history` (whoever sequences a stream, pure): stream positions and the recovery
+//!   decision, retention rules (`history::retention`), and the embedded bus's in-memory
+//!   history (`history::memory`).
+//! - `config` (main thread, then copied into each shard): every option, parsed and
+//!   validated; it reads secret and key files but builds nothing from them.
+//! - `auth` (main thread builds it from the configured keys, shards use it; pure): token
+//!   verification (JWT via `jsonwebtoken`) and the permissions a token grants;
+//!   `conn::auth` is one connection's rules (expiry, permissions, subscription-token
+//!   grants). `topic_pattern` (any thread, pure) is the `*` matcher shared by permissions
+//!   and history rules.
+//! - `hub` (shard thread, pure): topic → connection set, user → connection set, and each
+//!   connection's topics (the only record of them); reports interest transitions.
+//! - `xshard` (any thread): the messages, inboxes and shared counters that cross
+//!   threads — deliveries, inbox messages, node counters, the connection budget.
+//! - `event` (any thread, pure): events and their encoding into deliveries.
+//! - `metrics` (the shard that accepted the request): `GET /metrics`, the node's counters
+//!   in the Prometheus text format.
+//! - `ids` (any thread, pure): the identifiers every layer passes around — shard,
+//!   connection, route (stream), node, event id, publish time, publisher — and the
+//!   interest a shard reports to the bus.
+//! - `limits` (any thread, pure): the protocol's fixed limits (user id and topic lengths,
+//!   topics per connection).
+//! - `clock` (any thread): the wall clock in Unix seconds and milliseconds.
+//! - `duration` (any thread, pure): `HumanDuration`, the type of every duration option.
+//! - `redis_url` (main thread, then the bridge thread): the Redis URL check, its redacted
+//!   form, and the CA file of a `rediss://` URL.
+//! - `frame` (any thread, pure): the WebSocket frame codec and the shared frame.
+//! - `http` (shard threads, pure): HTTP pieces the upgrade and the server API share.
+//! - `assets` (shard threads, pure): files served to browsers, compiled in.
 //! - `sys` (main thread at start-up, shard threads for sends): OS calls; the only module
 //!   with `unsafe`.
-//! - `fuzz_harness`, `testing`: entry points for fuzz targets, benches and tests.
-//! - `error`: the crate error type.
+//! - `error` (any thread): the crate error type.
+//! - `fuzz_harness`, `testing`: entry points for fuzz targets, benches and tests (they
+//!   may import from any layer).
 
 pub mod config;
 pub mod error;
@@ -90,14 +128,19 @@ mod api;
 mod assets;
 mod auth;
 mod bus;
+mod clock;
 mod conn;
+mod duration;
 mod event;
 mod frame;
 mod history;
 mod http;
 mod hub;
+mod ids;
+mod limits;
 mod metrics;
 mod presence;
+mod redis_url;
 mod server;
 mod shard;
 #[allow(unsafe_code)]

@@ -299,7 +299,7 @@ impl Collector for NodeCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xshard::{NodeId, ShardStats};
+    use crate::{ids::NodeId, xshard::ShardStats};
     use std::time::Duration;
 
     fn sample(text: &str, line_start: &str) -> Option<f64> {

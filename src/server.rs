@@ -23,9 +23,10 @@ use crate::{
     bus,
     config::{Config, CpuChoice, ShardCount},
     error::{Error, Result},
+    ids::{NodeId, ShardId},
     shard::{self, ShardParts},
     sys,
-    xshard::{self, ConnectionBudget, NodeId, NodeStats, ShardControl, ShardId},
+    xshard::{self, ConnectionBudget, NodeStats, ShardControl},
 };
 
 /// File descriptors kept free for everything that is not a client socket (listeners,
@@ -202,7 +203,13 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
     let stats = NodeStats::new(shard_count, node.clone(), cfg.redis.0.is_some());
     let budget = ConnectionBudget::new(max_connections);
     let pending_budget = ConnectionBudget::new(cfg.max_pending_handshakes);
-    let verifier = crate::auth::Verifier::from_config(&cfg).map_err(Error::Config)?;
+    let jwt = cfg.jwt_keys().map_err(Error::Config)?;
+    let verifier = crate::auth::Verifier::for_keys(
+        jwt.secret.as_deref(),
+        jwt.public_key_pem.as_deref(),
+        cfg.default_permissions,
+    )
+    .map_err(Error::Config)?;
     let api_key: Option<Arc<str>> = cfg.api_key().map_err(Error::Config)?.map(Arc::from);
     let connect_rate = xshard::ConnectRate::new(cfg.max_connects_per_ip);
     if verifier.is_none() && !addr.ip().is_loopback() {

@@ -7,10 +7,11 @@ pub use crate::{
     conn::{Mode, Subscriptions},
     event::{Event, Payload, push_json_str},
     frame::{SharedFrame, decode_unmasked, encode_masked, encode_text},
-    hub::{ConnId, Hub, Subscribed},
+    hub::{Hub, Subscribed},
+    ids::{ConnId, NodeId, Route},
     shard::Shard,
     sys::{SendJob, SendRing, process_rss_bytes, send_vectored},
-    xshard::{Delivery, NodeId, NodeStats, Route},
+    xshard::{Delivery, NodeStats},
 };
 
 /// The node's token verifier, for benchmarks of the cost of authentication per upgrade.

@@ -1,4 +1,5 @@
-//! The `Send` boundary: everything that crosses between threads lives here.
+//! The `Send` boundary: the messages, inboxes and shared counters that cross between
+//! threads live here (the identifiers they carry are in `ids`).
 //!
 //! Runs on: any thread. Shard code is otherwise `Rc`/`RefCell` only; the types in this
 //! module are the exceptions, each with a reason:
@@ -8,7 +9,7 @@
 //!   shard, or the Redis bridge's thread) to the inbox of
 //!   every shard that wants it. One `Arc` per event; the frames inside are
 //!   [`SharedFrame`]s (`Bytes`).
-//! - [`InterestChange`]s go the other way, from a shard to the bus (inside
+//! - `ids::InterestChange`s go the other way, from a shard to the bus (inside
 //!   `bus::BusCommand`).
 //! - [`ShardInboxes`] are bounded flume channels: lock-free on the fast path, and a send
 //!   from a foreign thread wakes the glommio executor without busy polling
@@ -25,113 +26,10 @@ use std::sync::{
     atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
 };
 
-use crate::{frame::SharedFrame, hub::ConnId};
-
-/// Index of a shard, `0..shards`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ShardId(pub u16);
-
-impl std::fmt::Display for ShardId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// Who receives a delivery on each shard. Each route is also one **stream**: the bus
-/// puts every stream's events in one order, which every receiver sees.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Route {
-    /// Every connection of the node.
-    Broadcast,
-    /// Every connection subscribed to the topic.
-    Topic(Box<str>),
-    /// Every connection of the user.
-    Direct(Box<str>),
-}
-
-/// A node's name (`--node-id`, default `<hostname>-<pid>`): in logs, `/healthz`, and
-/// the Redis heartbeat channel. Stamped on deliveries the embedded bus sequenced; a
-/// delivery that came through Redis carries [`NodeId::redis`] (the payload does not say
-/// which node published it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeId(pub Arc<str>);
-
-impl NodeId {
-    /// The default name of this process: host name and process id.
-    pub fn for_this_process() -> NodeId {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "node".to_owned());
-        NodeId(format!("{host}-{}", std::process::id()).into())
-    }
-
-    /// The origin of deliveries that arrived through Redis.
-    pub fn redis() -> NodeId {
-        NodeId("redis".into())
-    }
-}
-
-impl std::fmt::Display for NodeId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// The position of an event in its stream: `<epoch>:<offset>` (decimal numbers). Assigned
-/// by whoever stores the stream's history (the Redis publish script, or the embedded
-/// sequencer); `None` on a [`Delivery`] of a stream without history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct EventId {
-    /// Changes whenever the stream's history was lost.
-    pub epoch: u64,
-    /// Grows by exactly one per event of the stream; the first event is 1.
-    pub offset: u64,
-}
-
-impl std::fmt::Display for EventId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.epoch, self.offset)
-    }
-}
-
-impl std::str::FromStr for EventId {
-    type Err = &'static str;
-
-    /// Strict: two decimal numbers of at most 19 digits each, no sign, no spaces.
-    fn from_str(s: &str) -> Result<EventId, &'static str> {
-        const WHY: &str = "an event id is <epoch>:<offset> (two decimal numbers)";
-        let (epoch, offset) = s.split_once(':').ok_or(WHY)?;
-        let number = |part: &str| {
-            if part.is_empty() || part.len() > 19 || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(WHY);
-            }
-            part.parse::<u64>().map_err(|_| WHY)
-        };
-        Ok(EventId { epoch: number(epoch)?, offset: number(offset)? })
-    }
-}
-
-/// When an event was published: microseconds since the Unix epoch, by the clock of the
-/// node whose client published it. The delivering node's `/metrics` observes the
-/// difference to its own clock (`corecast_publish_delivery_lag_seconds`), so across
-/// nodes it is as exact as their clocks agree (NTP keeps that well under a millisecond).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PublishedAt(pub u64);
-
-impl PublishedAt {
-    /// Now, by this node's clock.
-    pub fn now() -> PublishedAt {
-        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-        PublishedAt(since.map_or(0, |d| d.as_micros() as u64))
-    }
-
-    /// How long ago, by this node's clock (zero when the stamp is ahead of it).
-    pub fn age(self) -> std::time::Duration {
-        std::time::Duration::from_micros(PublishedAt::now().0.saturating_sub(self.0))
-    }
-}
+use crate::{
+    frame::SharedFrame,
+    ids::{ConnId, EventId, NodeId, PublishedAt, Publisher, Route, ShardId},
+};
 
 /// One event, encoded once per wire format, on its way to the shards that want it.
 #[derive(Debug)]
@@ -293,17 +191,6 @@ impl ConnectRate {
     }
 }
 
-/// Who is told how a bus command went: a v1 connection, or a task of the shard waiting
-/// for the answer by ticket (a server-API request, an upgrade waiting for its user's
-/// connection count).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Publisher {
-    /// A v1 connection of the shard.
-    Conn(ConnId),
-    /// A waiting task of the shard (`shard::api::ApiWaiters`).
-    Waiter(u64),
-}
-
 /// What a connection asked the bus for a stream's past events for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ReplayPurpose {
@@ -347,25 +234,6 @@ pub(crate) struct ReplayAnswer {
     pub position: Option<EventId>,
     /// A history page stopped at its limit: more events follow `position`.
     pub more: bool,
-}
-
-/// Something a shard wants from the bus, or stops wanting. Sent when the first local
-/// connection needs it and when the last one leaves: per shard, never per connection.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Interest {
-    /// The events of a topic.
-    Topic(Box<str>),
-    /// The direct messages of a user.
-    User(Box<str>),
-}
-
-/// A change in one shard's interest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum InterestChange {
-    /// The first local subscriber of a topic, or the first local connection of a user.
-    Gained(Interest),
-    /// The last one left.
-    Lost(Interest),
 }
 
 /// Sending halves of every shard's inbox, indexed by [`ShardId`]. Held by the bus.
@@ -943,6 +811,7 @@ impl Drop for BudgetSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::InterestChange;
 
     #[test]
     fn connect_rate_counts_per_address_and_second() {

@@ -20,11 +20,11 @@ use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::value::RawValue;
 
 use crate::{
-    config::MAX_TOPIC_LEN,
     conn::command::{is_valid_idempotency_key, is_valid_topic, is_valid_user_id},
     event::{Event, Payload, PublishOptions},
+    ids::Route,
+    limits::MAX_TOPIC_LEN,
     presence::Query,
-    xshard::Route,
 };
 
 /// Most commands in one `/api/batch`.

@@ -1,9 +1,10 @@
 //! Who a client is and what it may do: connection and subscription tokens (JWT), and the
 //! permissions they carry.
 //!
-//! Runs on: the main thread builds the [`Verifier`] once from the configuration (keys
-//! read from files there); shards then verify tokens inline in the upgrade and in v1
-//! `refresh`/`subscribe` commands. Pure: no I/O after start-up, time passed in.
+//! Runs on: the main thread builds the [`Verifier`] once from the key bytes the
+//! configuration read (`auth` reads no option and no file itself); shards then verify
+//! tokens inline in the upgrade and in v1 `refresh`/`subscribe` commands. Pure: no I/O,
+//! time passed in.
 //!
 //! Signatures, `exp` and `nbf` are checked by the `jsonwebtoken` crate; this module picks
 //! the key by the configured algorithms, maps its errors to stable reasons (counted per

@@ -1,7 +1,8 @@
 //! Verifying connection and subscription tokens.
 //!
-//! Runs on: the main thread ([`Verifier::from_config`], which reads key files), then any
-//! shard (verification is pure and `Sync`; the `Verifier` is shared by `Arc`).
+//! Runs on: the main thread ([`Verifier::for_keys`], from the key bytes the configuration
+//! read; [`check_keys`] when the configuration is validated), then any shard
+//! (verification is pure and `Sync`; the `Verifier` is shared by `Arc`).
 //!
 //! Accepted: HS256 with `--jwt-secret`, and RS256 or ES256 with `--jwt-public-key` (the
 //! algorithm follows the key). A token signed with any other algorithm — `none`
@@ -15,8 +16,7 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::{Deserialize, de::DeserializeOwned};
 
-use super::permissions::{ChannelsClaim, Permissions};
-use crate::config::Config;
+use super::permissions::{ChannelsClaim, DefaultPermissions, Permissions};
 
 /// Why a token was refused. The connection never upgrades (HTTP 401, or 403 for
 /// [`AuthFailure::WrongUser`]); each reason is counted in `/healthz` under
@@ -135,24 +135,21 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
-    /// The verifier the configuration asks for: `None` when authentication is off.
+    /// The verifier for the configured keys (the `jwt_secret` bytes and the
+    /// `jwt_public_key` PEM, as the configuration read them): `None` when authentication is
+    /// off (neither key). `defaults` (`default_permissions`) are the permissions of a token
+    /// without a `channels` claim.
     ///
     /// # Errors
-    /// An unreadable key file, an empty secret, or a PEM that is neither an RSA nor a P-256
-    /// public key — each naming the option.
-    pub(crate) fn from_config(cfg: &Config) -> Result<Option<Arc<Verifier>>, String> {
-        let secret =
-            crate::config::secret_bytes(&cfg.jwt_secret, &cfg.jwt_secret_file, "jwt_secret")?;
-        let pem = match &cfg.jwt_public_key.0 {
-            Some(path) => Some(
-                std::fs::read(path)
-                    .map_err(|e| format!("jwt_public_key {}: {e}", path.display()))?,
-            ),
-            None => None,
-        };
-        let auth_on = secret.is_some() || pem.is_some();
-        let defaults = cfg.default_permissions.resolve(auth_on);
-        Verifier::new(secret.as_deref(), pem.as_deref(), defaults).map(|v| v.map(Arc::new))
+    /// An empty secret, or a PEM that is neither an RSA nor a P-256 public key — each
+    /// naming the option.
+    pub(crate) fn for_keys(
+        secret: Option<&[u8]>,
+        public_key_pem: Option<&[u8]>,
+        defaults: DefaultPermissions,
+    ) -> Result<Option<Arc<Verifier>>, String> {
+        let auth_on = secret.is_some() || public_key_pem.is_some();
+        Verifier::new(secret, public_key_pem, defaults.resolve(auth_on)).map(|v| v.map(Arc::new))
     }
 
     /// A verifier for an HS256 secret and/or a PEM public key; `None` with neither.
@@ -164,20 +161,8 @@ impl Verifier {
         public_key_pem: Option<&[u8]>,
         defaults: Permissions,
     ) -> Result<Option<Verifier>, String> {
-        if secret.is_some_and(<[u8]>::is_empty) {
-            return Err("jwt_secret is empty".into());
-        }
-        let public = match public_key_pem {
-            None => None,
-            Some(pem) => Some(
-                DecodingKey::from_rsa_pem(pem)
-                    .map(|key| (Algorithm::RS256, key))
-                    .or_else(|_| DecodingKey::from_ec_pem(pem).map(|key| (Algorithm::ES256, key)))
-                    .map_err(|_| {
-                        "jwt_public_key: not a PEM RSA or EC (P-256) public key".to_owned()
-                    })?,
-            ),
-        };
+        check_secret(secret)?;
+        let public = public_key_pem.map(public_key).transpose()?;
         let hs256 = secret.map(DecodingKey::from_secret);
         if hs256.is_none() && public.is_none() {
             return Ok(None);
@@ -250,6 +235,36 @@ impl Verifier {
     }
 }
 
+/// Checks the configured keys as [`Verifier::new`] would take them, keeping nothing: the
+/// configuration's validation (and so `--check-config`) refuses what the node would.
+///
+/// # Errors
+/// An empty secret, or a PEM that is neither an RSA nor an EC (P-256) public key.
+pub(crate) fn check_keys(
+    secret: Option<&[u8]>,
+    public_key_pem: Option<&[u8]>,
+) -> Result<(), String> {
+    check_secret(secret)?;
+    public_key_pem.map(public_key).transpose().map(drop)
+}
+
+/// An HS256 secret must not be empty.
+fn check_secret(secret: Option<&[u8]>) -> Result<(), String> {
+    if secret.is_some_and(<[u8]>::is_empty) {
+        return Err("jwt_secret is empty".into());
+    }
+    Ok(())
+}
+
+/// The public key of a PEM and the algorithm it verifies: RS256 for an RSA key, ES256 for
+/// a P-256 EC key.
+fn public_key(pem: &[u8]) -> Result<(Algorithm, DecodingKey), String> {
+    DecodingKey::from_rsa_pem(pem)
+        .map(|key| (Algorithm::RS256, key))
+        .or_else(|_| DecodingKey::from_ec_pem(pem).map(|key| (Algorithm::ES256, key)))
+        .map_err(|_| "jwt_public_key: not a PEM RSA or EC (P-256) public key".to_owned())
+}
+
 /// The `alg` of a token's header, read only to pick the key: unknown algorithms (`none`
 /// included) are [`AuthFailure::Algorithm`], an unreadable header is
 /// [`AuthFailure::Malformed`].
@@ -293,18 +308,6 @@ fn failure_of(kind: &ErrorKind) -> AuthFailure {
         | ErrorKind::InvalidIssuer => AuthFailure::Claims,
         _ => AuthFailure::Malformed,
     }
-}
-
-/// The current time in Unix seconds.
-pub(crate) fn unix_now() -> u64 {
-    unix_now_ms() / 1000
-}
-
-/// The current time in Unix milliseconds.
-pub(crate) fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

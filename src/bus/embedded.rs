@@ -35,11 +35,12 @@ use crate::{
         self,
         memory::{HistorySettings, Idempotency, MemoryHistory},
     },
+    ids::{Interest, InterestChange, NodeId, ShardId},
     presence::{
         self, LocalPresence, PresenceCommand, Query,
         webhook::{WebhookEvent, WebhookQueue},
     },
-    xshard::{Interest, InterestChange, NodeId, NodeStats, ShardId, ShardInboxes, ShardMessage},
+    xshard::{NodeStats, ShardInboxes, ShardMessage},
 };
 
 /// Most idempotency keys one sequencer remembers (the oldest are forgotten first).
@@ -313,7 +314,7 @@ impl Sequencer {
         match command {
             PresenceCommand::Change { topic, user, joined } => {
                 let (news, transition) = self.presence.change(&topic, &user, joined);
-                let time_ms = crate::auth::token::unix_now_ms();
+                let time_ms = crate::clock::unix_now_ms();
                 let webhooks =
                     crate::presence::webhook::transition_events(&topic, &user, transition, time_ms);
                 let Some(news) = news else { return Output { webhooks, ..Output::default() } };
@@ -358,14 +359,14 @@ impl Sequencer {
 mod tests {
     use super::*;
     use crate::event::{Event, Payload};
-    use crate::xshard::Route;
+    use crate::ids::Route;
 
     fn publish(route: Route) -> BusCommand {
         BusCommand::Publish {
             event: Event { sender: "s".into(), route, payload: Payload::Text("x".into()) },
             options: Default::default(),
             reply_to: None,
-            published: crate::xshard::PublishedAt(0),
+            published: crate::ids::PublishedAt(0),
         }
     }
 
@@ -443,8 +444,8 @@ mod tests {
                 payload: Payload::Text("x".into()),
             },
             options: PublishOptions { ack: true, idempotency_key: key.map(Into::into) },
-            reply_to: Some((ShardId(0), crate::xshard::Publisher::Conn(crate::hub::ConnId(4)))),
-            published: crate::xshard::PublishedAt(0),
+            reply_to: Some((ShardId(0), crate::ids::Publisher::Conn(crate::ids::ConnId(4)))),
+            published: crate::ids::PublishedAt(0),
         };
         let mut ids = Vec::new();
         for key in [None, Some("k"), Some("k"), None] {
@@ -476,7 +477,7 @@ mod tests {
                 to: ReplayTo {
                     shard: ShardId(1),
                     route: Route::Topic("t".into()),
-                    conn: crate::hub::ConnId(2),
+                    conn: crate::ids::ConnId(2),
                     user: "u".into(),
                     token: 9,
                     purpose: ReplayPurpose::Recover,
@@ -495,12 +496,12 @@ mod tests {
             }
             other => panic!("a replay answer, got {other:?}"),
         };
-        let after = |offset| Since::After(crate::xshard::EventId { epoch, offset });
+        let after = |offset| Since::After(crate::ids::EventId { epoch, offset });
         assert_eq!(answer(&mut bus, after(1)), (true, vec![2, 3]));
         assert_eq!(answer(&mut bus, after(3)), (true, vec![]));
         assert_eq!(answer(&mut bus, Since::Latest), (true, vec![3]));
         assert_eq!(
-            answer(&mut bus, Since::After(crate::xshard::EventId { epoch: epoch - 1, offset: 1 })),
+            answer(&mut bus, Since::After(crate::ids::EventId { epoch: epoch - 1, offset: 1 })),
             (false, vec![])
         );
     }

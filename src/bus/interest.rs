@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use crate::xshard::{Interest, InterestChange, Route, ShardId};
+use crate::ids::{Interest, InterestChange, Route, ShardId};
 
 /// What a shard's change meant for the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -52,10 +52,9 @@ use std::{
 use crate::{
     event::{Event, PublishOptions},
     history::Since,
+    ids::{Interest, InterestChange, PublishedAt, Publisher, Route, ShardId},
     presence::{PRESENCE_STREAM, PresenceCommand, Query, SnapshotTo},
-    xshard::{
-        ClusterControl, Interest, InterestChange, PublishedAt, Publisher, ReplayTo, Route, ShardId,
-    },
+    xshard::{ClusterControl, ReplayTo},
 };
 
 /// Why a publish failed.

@@ -6,10 +6,11 @@
 use simd_json::{BorrowedValue, prelude::*};
 
 use crate::{
-    config::{MAX_TOPIC_LEN, MAX_USER_ID_LEN},
     event::{Payload, PublishOptions, push_json_str},
     history::Since,
-    xshard::{EventId, ReplayAnswer, Route},
+    ids::{EventId, Route},
+    limits::{MAX_TOPIC_LEN, MAX_USER_ID_LEN},
+    xshard::ReplayAnswer,
 };
 
 /// A parsed v1 command.
@@ -433,7 +434,7 @@ mod tests {
             parse_str(r#"{"op":"subscribe","topic":"a","since":"5:7"}"#),
             Ok(Command::Subscribe {
                 topic: "a".into(),
-                since: Some(Since::After(crate::xshard::EventId { epoch: 5, offset: 7 })),
+                since: Some(Since::After(crate::ids::EventId { epoch: 5, offset: 7 })),
                 token: None,
                 presence: false,
             })
@@ -455,7 +456,7 @@ mod tests {
             parse_str(r#"{"op":"history","topic":"a","since":"1:2","limit":5}"#),
             Ok(Command::History {
                 topic: "a".into(),
-                since: Since::After(crate::xshard::EventId { epoch: 1, offset: 2 }),
+                since: Since::After(crate::ids::EventId { epoch: 1, offset: 2 }),
                 limit: 5
             })
         );
@@ -547,7 +548,7 @@ mod tests {
         let answer = ReplayAnswer {
             recovered: true,
             events: vec![std::sync::Arc::new(
-                event.encode(&crate::xshard::NodeId("n".into()), Some(id)),
+                event.encode(&crate::ids::NodeId("n".into()), Some(id)),
             )],
             position: Some(id),
             more: true,

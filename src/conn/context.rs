@@ -13,7 +13,8 @@ use crate::{
     auth::{AuthFailure, Verifier},
     config::Config,
     frame::{self, FrameDecoder, SharedFrame},
-    xshard::{NodeStats, ShardId, ShardStats},
+    ids::ShardId,
+    xshard::{NodeStats, ShardStats},
 };
 
 /// Size of the shard's read scratch buffer, shared by all its connections: one read

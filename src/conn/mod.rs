@@ -38,7 +38,7 @@ use crate::{
     event::{Event, PublishOptions},
     frame::SharedFrame,
     history::Since,
-    hub::ConnId,
+    ids::ConnId,
     xshard::ShardStats,
 };
 use auth::{Action, ConnAuth, ExpiryStep};

@@ -28,11 +28,12 @@ use super::{
 };
 use crate::conn::command::STATS_TOPIC;
 use crate::{
-    auth::token::unix_now,
-    config::MAX_TOPICS_PER_CONN,
+    clock::unix_now,
     event::{Event, Payload, PublishOptions},
     frame::{self, FrameDecoder, FrameError, close_code, unmask_at},
-    xshard::{Route, ShardStats},
+    ids::Route,
+    limits::MAX_TOPICS_PER_CONN,
+    xshard::ShardStats,
 };
 
 /// Why the connection must close: the close code and reason sent to the client.

@@ -18,7 +18,10 @@ use super::{
     StreamState,
     retention::{HistoryRules, Retention},
 };
-use crate::xshard::{Delivery, EventId, Route};
+use crate::{
+    ids::{EventId, Route},
+    xshard::Delivery,
+};
 
 /// How often idle streams are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -229,7 +232,7 @@ impl Idempotency {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{frame, xshard::NodeId};
+    use crate::{frame, ids::NodeId};
 
     fn settings(size: u64, ttl_s: u64) -> HistorySettings {
         HistorySettings {

@@ -17,7 +17,10 @@ pub(crate) mod retention;
 
 use std::sync::Arc;
 
-use crate::xshard::{Delivery, EventId, ReplayAnswer};
+use crate::{
+    ids::EventId,
+    xshard::{Delivery, ReplayAnswer},
+};
 
 /// Where a replay starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

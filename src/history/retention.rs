@@ -12,7 +12,7 @@
 
 use std::{fmt, str::FromStr, time::Duration};
 
-use crate::{config::HumanDuration, topic_pattern::matches, xshard::Route};
+use crate::{duration::HumanDuration, ids::Route, topic_pattern::matches};
 
 /// What one stream keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

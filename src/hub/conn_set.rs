@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use super::ConnId;
+use crate::ids::ConnId;
 
 /// Members kept in a scanned `Vec`: a scan of 16 `u32`s is cheaper than hashing one.
 const INLINE_MAX: usize = 16;

@@ -21,12 +21,7 @@ use std::{collections::HashMap, rc::Rc};
 
 pub(crate) use conn_set::ConnSet;
 
-use crate::xshard::{Interest, InterestChange};
-
-/// Key of a connection in its shard's table (a slab index, reused after the connection
-/// is gone: every index entry is removed before that happens).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(pub u32);
+use crate::ids::{ConnId, Interest, InterestChange};
 
 /// What a subscribe did.
 #[derive(Debug, Clone, PartialEq, Eq)]

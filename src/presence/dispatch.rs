@@ -224,7 +224,7 @@ impl Receiver {
         let first = Instant::now();
         let mut attempt = 1;
         loop {
-            let t = crate::auth::token::unix_now();
+            let t = crate::clock::unix_now();
             let signature = webhook::signature(&self.secret, t, &body);
             let sent = self
                 .client

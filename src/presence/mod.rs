@@ -27,7 +27,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::xshard::{Publisher, ShardId};
+use crate::ids::{Publisher, ShardId};
 
 /// The stream name whose lane carries every presence command: one owner per node (the
 /// embedded bus's sequencer of that lane; the bridge with Redis). Not a valid topic or
@@ -191,7 +191,7 @@ pub(crate) struct SnapshotTo {
     /// The topic.
     pub topic: Box<str>,
     /// The connection and its user (guards against a reused connection id).
-    pub conn: crate::hub::ConnId,
+    pub conn: crate::ids::ConnId,
     /// Its user.
     pub user: Box<str>,
     /// `Some`: the watch (subscription with `presence: true`) this snapshot starts;

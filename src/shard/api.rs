@@ -26,7 +26,8 @@ use crate::{
         http::{self as api_http, ApiHead},
     },
     conn::{handshake, state::Close},
-    xshard::{ClusterControl, Publisher},
+    ids::Publisher,
+    xshard::ClusterControl,
 };
 
 /// How long a request waits for its receipt (the bus, and Redis, answer well within it;
@@ -115,7 +116,7 @@ impl Shard {
     pub(super) fn apply_control(&self, control: &ClusterControl) {
         match control {
             ClusterControl::Disconnect { user, code, reason, until_ms } => {
-                if *until_ms > crate::auth::token::unix_now_ms() {
+                if *until_ms > crate::clock::unix_now_ms() {
                     self.blocks.block(user, *until_ms);
                 }
                 let conns: Vec<_> = {
@@ -468,11 +469,8 @@ async fn ask(shard: &Rc<Shard>, query: crate::presence::Query) -> Result<Value, 
 }
 
 async fn disconnect_everywhere(shard: &Rc<Shard>, d: ApiDisconnect) -> Result<Value, ApiError> {
-    let until_ms = if d.block_seconds == 0 {
-        0
-    } else {
-        crate::auth::token::unix_now_ms() + d.block_seconds * 1000
-    };
+    let until_ms =
+        if d.block_seconds == 0 { 0 } else { crate::clock::unix_now_ms() + d.block_seconds * 1000 };
     let control =
         ClusterControl::Disconnect { user: d.user, code: d.code, reason: d.reason, until_ms };
     let (ticket, answer) = shard.api_waiters.register();

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use crate::hub::ConnId;
+use crate::ids::ConnId;
 
 /// Per topic: gains not yet confirmed, and who waits for them.
 #[derive(Debug, Default)]

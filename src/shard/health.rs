@@ -11,8 +11,9 @@ use serde::Serialize;
 
 use crate::{
     auth::AuthFailure,
+    ids::ShardId,
     sys,
-    xshard::{ConnectionBudget, NodeStats, ShardId},
+    xshard::{ConnectionBudget, NodeStats},
 };
 
 /// The `/healthz` body (PROTOCOL.md, "`/healthz`", documents every field).
@@ -170,7 +171,7 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xshard::NodeId;
+    use crate::ids::NodeId;
 
     /// The fields PROTOCOL.md documents under "`/healthz`" are exactly the fields emitted.
     #[test]

@@ -48,7 +48,7 @@ pub(super) async fn run(shard: Rc<Shard>) {
         let now = std::time::Instant::now();
         let stats = shard.ctx.stats();
         ShardStats::add(&stats.bytes_out, crate::conn::writer::take_bytes_written());
-        let now_ms = crate::auth::token::unix_now_ms();
+        let now_ms = crate::clock::unix_now_ms();
         let mut queued = 0u64;
         let mut timeouts = 0u64;
         let mut expired = 0u64;

@@ -20,8 +20,11 @@ use std::rc::Rc;
 
 use super::Shard;
 use crate::conn::Mode;
-use crate::hub::ConnId;
-use crate::xshard::{Delivery, Route, ShardInbox, ShardMessage, ShardStats};
+use crate::ids::ConnId;
+use crate::{
+    ids::Route,
+    xshard::{Delivery, ShardInbox, ShardMessage, ShardStats},
+};
 
 /// Most messages taken from the inbox before a flush pass: large enough for corking
 /// under load, small enough to bound the latency of the first delivery of the batch.

@@ -58,16 +58,17 @@ use recovering::Recoveries;
 use crate::{
     auth::Verifier,
     bus::{BusCommand, BusCommands, BusHandle, ReplayRequest, embedded::LocalSequencer},
-    config::{Config, MAX_TOPICS_PER_CONN},
+    config::Config,
     conn::{Conn, Mode, ShardContext, SubscribeReply, Subscriptions, command, state::Close},
     frame::close_code,
     history::{Since, memory::HistorySettings},
-    hub::{ConnId, Hub, Subscribed},
+    hub::{Hub, Subscribed},
+    ids::{ConnId, NodeId, Publisher, Route, ShardId},
+    limits::MAX_TOPICS_PER_CONN,
     presence::webhook::WebhookQueue,
     xshard::{
-        BudgetSlot, ConnectRate, ConnectionBudget, Delivery, NodeId, NodeStats, Publisher,
-        ReplayAnswer, ReplayPurpose, ReplayTo, Route, ShardControl, ShardId, ShardInbox,
-        ShardInboxes,
+        BudgetSlot, ConnectRate, ConnectionBudget, Delivery, NodeStats, ReplayAnswer,
+        ReplayPurpose, ReplayTo, ShardControl, ShardInbox, ShardInboxes,
     },
 };
 

@@ -16,7 +16,7 @@ use std::{collections::HashMap, rc::Rc, sync::Arc};
 use super::Shard;
 use crate::{
     frame::encode_text,
-    hub::ConnId,
+    ids::ConnId,
     presence::{
         News, SnapshotTo,
         webhook::{CloseReason, WebhookEvent},
@@ -216,7 +216,7 @@ impl Shard {
         if let Some(webhooks) = &self.webhooks {
             let (code, reason) = CloseReason::of(conn.state().ending());
             let node = &self.ctx.node_stats().node.0;
-            let now = crate::auth::token::unix_now_ms();
+            let now = crate::clock::unix_now_ms();
             webhooks.offer(WebhookEvent::closed(conn.user(), node, code, reason, now));
         }
     }

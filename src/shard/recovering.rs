@@ -13,11 +13,7 @@
 
 use std::collections::HashMap;
 
-use crate::{
-    history::Since,
-    hub::ConnId,
-    xshard::{ReplayPurpose, Route},
-};
+use crate::{history::Since, ids::ConnId, ids::Route, xshard::ReplayPurpose};
 
 /// One connection's replay of one stream.
 #[derive(Debug, Clone, Copy)]

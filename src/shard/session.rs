@@ -30,7 +30,8 @@ use crate::{
         state::Close,
     },
     frame::{SharedFrame, close_code},
-    xshard::{Publisher, ShardStats},
+    ids::Publisher,
+    xshard::ShardStats,
 };
 
 /// Serves one accepted socket until it closes. Never returns an error: problems end
@@ -83,7 +84,7 @@ async fn upgrade(
         return None;
     };
     if let Some(ip) = peer.map(|p| p.ip())
-        && !shard.connect_rate.allow(ip, crate::auth::token::unix_now())
+        && !shard.connect_rate.allow(ip, crate::clock::unix_now())
     {
         ShardStats::add(&ctx.stats().connects_limited, 1);
         let rejection = handshake::Rejection {
@@ -184,7 +185,7 @@ async fn upgrade(
     let auth = if mode == Mode::Echo {
         Ok(None)
     } else {
-        ctx.admit(token.as_deref(), &user, crate::auth::token::unix_now())
+        ctx.admit(token.as_deref(), &user, crate::clock::unix_now())
     };
     let auth = match auth {
         Ok(auth) => auth,
@@ -196,7 +197,7 @@ async fn upgrade(
             return None;
         }
     };
-    if mode != Mode::Echo && shard.blocks.is_blocked(&user, crate::auth::token::unix_now_ms()) {
+    if mode != Mode::Echo && shard.blocks.is_blocked(&user, crate::clock::unix_now_ms()) {
         let rejection = handshake::Rejection { status: 403, reason: "user blocked by the server" };
         refuse(shard, stream, peer, rejection).await;
         return None;

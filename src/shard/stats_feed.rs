@@ -16,7 +16,8 @@ use serde::Serialize;
 use super::Shard;
 use crate::{
     event::{Event, Payload, PublishOptions},
-    xshard::{Histogram, HistogramReading, Route},
+    ids::Route,
+    xshard::{Histogram, HistogramReading},
 };
 
 pub(crate) use crate::conn::command::STATS_TOPIC;
@@ -114,7 +115,7 @@ fn sample(shard: &Shard, previous: &mut Previous) -> String {
     });
     let figures = NodeFigures {
         node: &stats.node.0,
-        at: crate::auth::token::unix_now_ms(),
+        at: crate::clock::unix_now_ms(),
         bus: if stats.bridge.is_some() { "redis" } else { "embedded" },
         draining: shard.shutting_down.get(),
         connections: shard.budget.used() as u64,

@@ -21,7 +21,7 @@ use slab::Slab;
 use super::{Shard, api::UserSlot};
 use crate::{
     conn::Conn,
-    hub::ConnId,
+    ids::ConnId,
     xshard::{BudgetSlot, ShardStats},
 };
 

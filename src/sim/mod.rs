@@ -44,8 +44,8 @@ use crate::{
         },
     },
     history::{Since, memory::HistorySettings, retention::Retention},
-    hub::ConnId,
-    xshard::{Delivery, EventId, ReplayPurpose, ReplayTo, Route, ShardId},
+    ids::{ConnId, EventId, Route, ShardId},
+    xshard::{Delivery, ReplayPurpose, ReplayTo},
 };
 use model::{ModelRead, ModelRedis};
 

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::{history::StreamState, xshard::EventId};
+use crate::{history::StreamState, ids::EventId};
 
 /// One stream's keys: the meta hash (`e`, `o`) and the Redis Stream of entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

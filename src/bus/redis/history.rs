@@ -32,7 +32,8 @@ use fred::types::Value;
 
 use crate::{
     history::StreamState,
-    xshard::{Delivery, EventId, Route},
+    ids::{EventId, Route},
+    xshard::Delivery,
 };
 
 /// Stores one event and publishes it (module docs).
@@ -594,7 +595,7 @@ impl StreamTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{frame, xshard::NodeId};
+    use crate::{frame, ids::NodeId};
 
     fn event(epoch: u64, offset: u64) -> Arc<Delivery> {
         Arc::new(Delivery {

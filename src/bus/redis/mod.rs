@@ -78,10 +78,8 @@ use crate::{
     conn::command::{CommandError, published_json},
     event::{Event, PublishOptions},
     history::{memory::HistorySettings, retention::Retention},
-    xshard::{
-        BridgeStats, ClusterControl, Delivery, EventId, Interest, InterestChange, NodeStats,
-        PublishedAt, Publisher, Route, ShardId, ShardInboxes, ShardMessage,
-    },
+    ids::{EventId, Interest, InterestChange, PublishedAt, Publisher, Route, ShardId},
+    xshard::{BridgeStats, ClusterControl, Delivery, NodeStats, ShardInboxes, ShardMessage},
 };
 use history::{PUBLISH_SCRIPT, Position, READ_SCRIPT, REBASE_SCRIPT, Snapshot, StreamKeys};
 use streams::{Effect, FILL_COUNT, ReadFor, ReadFrom, ReadJob, StreamsCore};
@@ -157,43 +155,10 @@ pub(crate) struct BridgeWebhooks {
 impl std::fmt::Debug for BridgeSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BridgeSettings")
-            .field("url", &crate::config::redact_url(&self.url))
+            .field("url", &crate::redis_url::redact_url(&self.url))
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
-}
-
-/// Checks a Redis URL without connecting. The error never contains the URL (it may hold
-/// a password).
-///
-/// # Errors
-/// A message saying what is wrong.
-pub(crate) fn check_url(url: &str) -> Result<(), String> {
-    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-        return Err("the Redis URL must start with redis:// (or rediss://)".into());
-    }
-    RedisConfig::from_url(url)
-        .map(|_| ())
-        .map_err(|e| format!("the Redis URL is invalid: {}", e.details()))
-}
-
-/// Reads the CA certificates of `path` (PEM) into a root store for `rediss://`.
-///
-/// # Errors
-/// A message naming the file when it cannot be read or holds no certificate.
-pub(crate) fn load_ca(path: &std::path::Path) -> Result<rustls::RootCertStore, String> {
-    use rustls_pki_types::{CertificateDer, pem::PemObject};
-    let shown = path.display();
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("redis_tls_ca {shown}: {e}"))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("redis_tls_ca {shown}: {e}"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, _ignored) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        return Err(format!("redis_tls_ca {shown}: no usable CA certificate in the file"));
-    }
-    Ok(roots)
 }
 
 /// Starts the bridge thread, pinned to `cpu` when given. Returns the sending half of its
@@ -691,7 +656,8 @@ async fn run(
 fn clients(settings: &BridgeSettings) -> Result<(Client, Client, Client), RedisError> {
     let mut config = RedisConfig::from_url(&settings.url)?;
     if let Some(ca) = &settings.tls_ca {
-        let roots = load_ca(ca).map_err(|e| RedisError::new(fred::error::ErrorKind::Tls, e))?;
+        let roots = crate::redis_url::load_ca(ca)
+            .map_err(|e| RedisError::new(fred::error::ErrorKind::Tls, e))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -951,7 +917,7 @@ async fn send_control(
         }
         let json = serde_json::to_string(&control).map_err(|e| e.to_string())?;
         let ClusterControl::Disconnect { user, until_ms, .. } = &control;
-        if *until_ms > crate::auth::token::unix_now_ms() {
+        if *until_ms > crate::clock::unix_now_ms() {
             let _: Value = publisher
                 .hset(shared.channels.blocks(), (user.as_str(), json.as_str()))
                 .await
@@ -1017,7 +983,7 @@ async fn load_blocks(shared: &Shared, publisher: &Client) {
             return;
         }
     };
-    let now = crate::auth::token::unix_now_ms();
+    let now = crate::clock::unix_now_ms();
     let mut expired = Vec::new();
     for (user, json) in blocks {
         match serde_json::from_str::<ClusterControl>(&json) {
@@ -1618,15 +1584,5 @@ mod tests {
                 Step::Subscribe { channels: vec![], confirms: vec![confirm(1)] },
             ]
         );
-    }
-
-    #[test]
-    fn urls_are_checked_without_echoing_them() {
-        assert!(check_url("redis://:s3cret@127.0.0.1:6390/2").is_ok());
-        assert!(check_url("rediss://:s3cret@127.0.0.1:6390/2").is_ok());
-        let err = check_url("http://:s3cret@host/").unwrap_err();
-        assert!(!err.contains("s3cret"), "{err}");
-        let err = check_url("redis://:s3cret@[::1/").unwrap_err();
-        assert!(!err.contains("s3cret"), "{err}");
     }
 }

@@ -49,11 +49,12 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::{
+    ids::ShardId,
     presence::{
         self, Member, NodeLoad, Occupancy, PresenceCommand, Query, RateMeter, SnapshotTo, Tally,
         webhook::{EventName, WebhookEvent, WebhookQueue},
     },
-    xshard::{NodeStats, ShardId, ShardInboxes, ShardMessage},
+    xshard::{NodeStats, ShardInboxes, ShardMessage},
 };
 
 /// The presence script; `ARGV[1]` is the operation, `ARGV[2]` the prefix, `ARGV[3]` the
@@ -445,7 +446,7 @@ impl RedisPresence {
     fn send_webhooks(&self, value: &Value, skip: usize) {
         let Some(queue) = &self.webhooks else { return };
         let Value::Array(items) = value else { return };
-        let time_ms = crate::auth::token::unix_now_ms();
+        let time_ms = crate::clock::unix_now_ms();
         let texts: Vec<Option<String>> = items.iter().skip(skip).map(|v| v.as_string()).collect();
         for triple in texts.chunks_exact(3) {
             let (Some(name), Some(topic), Some(user)) = (&triple[0], &triple[1], &triple[2]) else {

@@ -26,7 +26,8 @@ use super::{
 };
 use crate::{
     history::{self as recovery, Since, StreamState, memory::HistorySettings},
-    xshard::{Delivery, EventId, ReplayAnswer, ReplayPurpose, ReplayTo, Route},
+    ids::{EventId, Route},
+    xshard::{Delivery, ReplayAnswer, ReplayPurpose, ReplayTo},
 };
 
 /// Most history entries one gap-fill read asks for.

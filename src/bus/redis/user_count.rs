@@ -87,7 +87,7 @@ impl UserCounts {
         user: &str,
         limit: u64,
     ) -> Result<Admission, String> {
-        let now = crate::auth::token::unix_now_ms();
+        let now = crate::clock::unix_now_ms();
         let args = vec![
             user.to_owned(),
             limit.to_string(),
@@ -133,7 +133,7 @@ impl UserCounts {
     /// The node is alive: its score and its hash's expiry are refreshed; nodes silent for
     /// ten times the TTL leave the set.
     pub(crate) async fn heartbeat(&self, client: &Client) {
-        let now = crate::auth::token::unix_now_ms();
+        let now = crate::clock::unix_now_ms();
         let pipeline = client.pipeline();
         let _: Result<Value, _> = pipeline
             .zadd(&self.nodes_key, None, None, false, false, (now as f64, self.node.as_str()))

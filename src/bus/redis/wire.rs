@@ -31,7 +31,8 @@ use serde_json::value::RawValue;
 use crate::{
     event::{Event, push_json_str},
     frame,
-    xshard::{Delivery, EventId, Interest, NodeId, PublishedAt, Route},
+    ids::{EventId, Interest, NodeId, PublishedAt, Route},
+    xshard::Delivery,
 };
 
 /// The channel of broadcasts, shared with the Python nodes.
