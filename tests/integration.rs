@@ -34,5 +34,7 @@ mod rollback;
 /// period) and exits 0; configuration
 /// precedence with real environment variables.
 mod shutdown;
+/// The simulation's model of Redis against a real redis-server, answer for answer.
+mod sim_model;
 /// The v1 protocol: topics, direct messages, broadcast across protocols, command errors.
 mod v1;

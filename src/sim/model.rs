@@ -13,6 +13,19 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::{history::StreamState, ids::EventId};
 
+/// The scripts this model stands for, as the bridge sends them (for the differential
+/// test): publish, read, abandon.
+pub const SCRIPTS: [&str; 3] = [
+    crate::bus::redis::history::PUBLISH_SCRIPT,
+    crate::bus::redis::history::READ_SCRIPT,
+    crate::bus::redis::history::REBASE_SCRIPT,
+];
+
+/// A floor for [`ModelRedis::publish`] (the id type is the crate's).
+pub fn floor(epoch: u64, offset: u64) -> EventId {
+    EventId { epoch, offset }
+}
+
 /// One stream's keys: the meta hash (`e`, `o`) and the Redis Stream of entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Stream {
