@@ -65,7 +65,10 @@
 //!   `bus::redis` is the second: the Redis bridge, on its own pinned thread (a tokio
 //!   current-thread runtime with two fred clients), which owns the node's interest
 //!   table, its Redis subscriptions and the wire format on Redis (`bus::redis::wire`).
-//!   `bus::interest` is the pure interest table both use.
+//!   Its stream decisions — delivery order, gap fills, losses, replays, publish floors,
+//!   abandoning an epoch Redis lost writes of — are a sans-I/O core
+//!   (`bus::redis::streams`, inputs in, effects out) that the fred shell executes and the
+//!   simulation drives. `bus::interest` is the pure interest table both buses use.
 //! - `conn` (shard thread): one connection. `conn::state::ConnState` is the sans-I/O
 //!   state machine (close handshake, outbound queue and its limit, heartbeat deadlines,
 //!   control-frame rate) with private fields and time passed in; `Conn` wraps it with the
@@ -115,6 +118,10 @@
 //! - `error` (any thread): the crate error type.
 //! - `fuzz_harness`, `testing`: entry points for fuzz targets, benches and tests (they
 //!   may import from any layer).
+//! - `sim` (the caller's thread, deterministic): the simulation of a cluster's stream
+//!   delivery — nodes running the real `bus::redis::streams` core against a model of
+//!   Redis (`sim::model`), seeded faults, and a checker of PROTOCOL.md's guarantees; run
+//!   by `corecast-sim` and `cargo test` (it may import from any layer).
 
 pub mod config;
 pub mod error;
