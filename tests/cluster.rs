@@ -441,3 +441,64 @@ async fn rediss_with_a_private_ca() {
     assert_eq!(readyz(untrusting.addr).await, 503);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A SUBSCRIBE that Redis refuses while the node is connected (an ACL that does not let
+/// the node's user read the topic's channel): the subscriber is not told `subscribed`
+/// while Redis says no, the node retries with a growing pause, and once the operator
+/// grants the channel the subscriber is told and gets the topic's events. A subscriber
+/// of an allowed topic on the same node is not held up meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_subscribe_is_retried_and_confirmed_once_redis_agrees() {
+    let redis = RedisServer::start().await;
+    let acl = |extra: &str| {
+        let mut rule = vec![
+            "ACL",
+            "SETUSER",
+            "node",
+            "on",
+            ">node-pw",
+            "~*",
+            "+@all",
+            "resetchannels",
+            "&ws_broadcast",
+            "&corecast:node:*",
+            "&corecast:control",
+            "&corecast:user:*",
+            "&corecast:topic:open*",
+        ];
+        if !extra.is_empty() {
+            rule.push(extra);
+        }
+        rule.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>| {
+        let redis = &redis;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            redis.command(&args).await
+        }
+    };
+    run(acl("")).await;
+    let url = format!("redis://node:node-pw@127.0.0.1:{}/0", redis.port);
+    let a = TestServer::start(|c| c.redis = RedisUrl(Some(url.clone())));
+    a.wait_health("ready as the restricted user", |h| h["bridge"]["ready"] == true).await;
+
+    let mut waiting = connect(a.addr, "w", true).await;
+    waiting.send_json(json!({"op":"subscribe","topic":"closed"})).await;
+    // Redis refuses the channel: no `subscribed` while it does (the node retries).
+    let mut open = connect(a.addr, "o", true).await;
+    subscribe(&mut open, "open.1").await;
+    let early = tokio::time::timeout(Duration::from_millis(800), waiting.recv_json()).await;
+    assert!(early.is_err(), "told before Redis agreed: {early:?}");
+    assert_eq!(redis.numsub("corecast:topic:closed").await, 0);
+
+    // The operator grants the channel: the next retry goes through.
+    run(acl("&corecast:topic:closed")).await;
+    let told = within(WAIT, "subscribed after the grant", waiting.recv_json()).await;
+    assert_eq!(told, json!({"type":"subscribed","topic":"closed"}));
+    assert_eq!(redis.numsub("corecast:topic:closed").await, 1);
+    let mut publisher = connect(a.addr, "p", true).await;
+    publisher.send_json(json!({"op":"publish","topic":"closed","data":"now"})).await;
+    let got = within(WAIT, "the event", waiting.recv_json()).await;
+    assert_eq!(without_id(got)["data"], "now");
+}

@@ -43,6 +43,7 @@
 pub(crate) mod history;
 pub(crate) mod presence;
 pub(crate) mod streams;
+pub(crate) mod subscriptions;
 pub(crate) mod user_count;
 pub(crate) mod wire;
 
@@ -83,6 +84,7 @@ use crate::{
 };
 use history::{PUBLISH_SCRIPT, Position, READ_SCRIPT, REBASE_SCRIPT, Snapshot, StreamKeys};
 use streams::{Effect, FILL_COUNT, ReadFor, ReadFrom, ReadJob, StreamsCore};
+use subscriptions::Refused;
 use wire::{BROADCAST_CHANNEL, Channels, Incoming};
 
 /// Most publishes in one pipeline to Redis.
@@ -1324,7 +1326,9 @@ fn abandon_epoch(shared: &Shared, route: Route, epoch: u64, told: bool) {
 }
 
 /// The subscription task: applies subscription changes in order, consecutive ones of a
-/// kind batched into one command; confirms each shard's new topic after its SUBSCRIBE.
+/// kind batched into one command; confirms each shard's new topic after its SUBSCRIBE. A
+/// SUBSCRIBE Redis refuses while connected is retried, one channel at a time, with a
+/// growing pause; the confirmations of its topics wait for it ([`Refused`]).
 async fn apply_subscriptions(
     shared: Rc<Shared>,
     subscriber: Client,
@@ -1332,56 +1336,141 @@ async fn apply_subscriptions(
     mut ops: mpsc::UnboundedReceiver<SubscriptionOp>,
 ) {
     let mut subscribed: HashSet<String> = HashSet::new();
+    let mut refused = Refused::default();
+    let mut retry_at: Option<tokio::time::Instant> = None;
     let mut pending = Vec::new();
-    while ops.recv_many(&mut pending, SUBSCRIBE_BATCH).await > 0 {
-        for step in batch_steps(pending.drain(..)) {
-            match step {
-                Step::ResubscribeAll => {
-                    subscribed.clear();
-                    let all = shared.channels_of_interest();
-                    // Streams whose position was never learned learn it now; the others
-                    // are read from their position once subscribed (what was published
-                    // while the node was away is in the history).
-                    learn_positions(&shared, &publisher, &all).await;
-                    for chunk in all.chunks(SUBSCRIBE_BATCH) {
-                        if subscribe(&subscriber, chunk.to_vec()).await {
-                            subscribed.extend(chunk.iter().cloned());
-                        }
-                    }
-                    // Blocks set while this node was away (or before it started).
-                    load_blocks(&shared, &publisher).await;
-                    shared.streams.borrow_mut().handle_gap_everywhere();
-                    shared.run_effects(None, &mut Vec::new()).await;
+    loop {
+        let retry = async {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            n = ops.recv_many(&mut pending, SUBSCRIBE_BATCH) => {
+                if n == 0 {
+                    break;
                 }
-                Step::Unsubscribe(channels) => {
-                    for c in &channels {
-                        subscribed.remove(c);
-                        if let Incoming::Event(route) = shared.channels.classify(c) {
-                            shared.streams.borrow_mut().untrack(&route);
-                        }
-                    }
-                    if let Err(e) = subscriber.unsubscribe(channels).await {
-                        debug!(cause = %e.details(), "UNSUBSCRIBE failed (the next reconnect forgets it)");
-                    }
+                for step in batch_steps(pending.drain(..)) {
+                    apply_step(&shared, &subscriber, &publisher, step, &mut subscribed, &mut refused).await;
                 }
-                Step::Subscribe { channels, confirms } => {
-                    // Where each new stream stands, read before subscribing: an event
-                    // published in between comes live past that position, and the gap
-                    // before it is read from the history.
-                    learn_positions(&shared, &publisher, &channels).await;
-                    if !channels.is_empty() && subscribe(&subscriber, channels.clone()).await {
-                        subscribed.extend(channels);
-                    }
-                    // Confirmed even when Redis is away: the node delivers locally meanwhile
-                    // and subscribes again on reconnect.
+            }
+            () = retry => {
+                retry_at = None;
+                let wanted: HashSet<String> = shared.channels_of_interest().into_iter().collect();
+                let mut failed = Vec::new();
+                for channel in refused.due() {
+                    let confirms = if !wanted.contains(&channel) {
+                        refused.settled(&channel)
+                    } else {
+                        match subscribe(&subscriber, &publisher, vec![channel.clone()]).await {
+                            // Away: the reconnect subscribes everything again.
+                            SubscribeResult::Done { refused: no } if no.is_empty() => {
+                                subscribed.insert(channel.clone());
+                                refused.settled(&channel)
+                            }
+                            SubscribeResult::Away => refused.settled(&channel),
+                            SubscribeResult::Done { .. } | SubscribeResult::Refused => {
+                                failed.push(channel);
+                                Vec::new()
+                            }
+                        }
+                    };
                     for (shard, topic) in confirms {
                         shared.deliver(&[shard], ShardMessage::TopicConfirmed(topic)).await;
                     }
                 }
+                if !failed.is_empty() {
+                    refused.refused(failed);
+                }
             }
-            let count = subscribed.len() as u64;
-            shared.bridge().subscribed_channels.store(count, Relaxed);
         }
+        if !refused.is_empty() && retry_at.is_none() {
+            retry_at = Some(tokio::time::Instant::now() + retry_pause(refused.failures()));
+        }
+        let count = subscribed.len() as u64;
+        shared.bridge().subscribed_channels.store(count, Relaxed);
+    }
+}
+
+/// Applies one step of queued subscription changes.
+async fn apply_step(
+    shared: &Shared,
+    subscriber: &Client,
+    publisher: &Client,
+    step: Step,
+    subscribed: &mut HashSet<String>,
+    refused: &mut Refused,
+) {
+    match step {
+        Step::ResubscribeAll => {
+            subscribed.clear();
+            let all = shared.channels_of_interest();
+            // Streams whose position was never learned learn it now; the others are read
+            // from their position once subscribed (what was published while the node was
+            // away is in the history).
+            learn_positions(shared, publisher, &all).await;
+            for chunk in all.chunks(SUBSCRIBE_BATCH) {
+                let result = subscribe(subscriber, publisher, chunk.to_vec()).await;
+                note_subscribe(result, chunk, subscribed, refused);
+            }
+            // Blocks set while this node was away (or before it started).
+            load_blocks(shared, publisher).await;
+            shared.streams.borrow_mut().handle_gap_everywhere();
+            shared.run_effects(None, &mut Vec::new()).await;
+        }
+        Step::Unsubscribe(channels) => {
+            for c in &channels {
+                subscribed.remove(c);
+                if let Incoming::Event(route) = shared.channels.classify(c) {
+                    shared.streams.borrow_mut().untrack(&route);
+                }
+                // Nobody here wants it any more: what waited for it is answered.
+                for (shard, topic) in refused.settled(c) {
+                    shared.deliver(&[shard], ShardMessage::TopicConfirmed(topic)).await;
+                }
+            }
+            if let Err(e) = subscriber.unsubscribe(channels).await {
+                debug!(cause = %e.details(), "UNSUBSCRIBE failed (the next reconnect forgets it)");
+            }
+        }
+        Step::Subscribe { channels, confirms } => {
+            // Where each new stream stands, read before subscribing: an event published in
+            // between comes live past that position, and the gap before it is read from
+            // the history.
+            learn_positions(shared, publisher, &channels).await;
+            if !channels.is_empty() {
+                // Confirmed even when Redis is away: the node delivers locally meanwhile
+                // and subscribes again on reconnect.
+                let result = subscribe(subscriber, publisher, channels.clone()).await;
+                note_subscribe(result, &channels, subscribed, refused);
+            }
+            for (shard, topic) in confirms {
+                let channel = shared.channels.of_interest(&Interest::Topic(topic.clone()));
+                if let Some((shard, topic)) = refused.confirm(channel, (shard, topic)) {
+                    shared.deliver(&[shard], ShardMessage::TopicConfirmed(topic)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Records how a SUBSCRIBE of `channels` went: subscribed, or refused (retried).
+fn note_subscribe(
+    result: SubscribeResult,
+    channels: &[String],
+    subscribed: &mut HashSet<String>,
+    refused: &mut Refused,
+) {
+    match result {
+        SubscribeResult::Done { refused: no } => {
+            subscribed.extend(channels.iter().filter(|c| !no.contains(c)).cloned());
+            if !no.is_empty() {
+                refused.refused(no);
+            }
+        }
+        SubscribeResult::Refused => refused.refused(channels.iter().cloned()),
+        SubscribeResult::Away => {}
     }
 }
 
@@ -1469,18 +1558,53 @@ fn batch_steps(ops: impl IntoIterator<Item = SubscriptionOp>) -> Vec<Step> {
     steps
 }
 
-/// One SUBSCRIBE of `channels`; `false` (logged) when Redis did not confirm it.
-async fn subscribe(subscriber: &Client, channels: Vec<String>) -> bool {
+/// How a SUBSCRIBE went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SubscribeResult {
+    /// Redis confirmed it; the channels listed were refused all the same (see
+    /// [`subscribe`]).
+    Done { refused: Vec<String> },
+    /// Not connected: the reconnect subscribes every channel of interest again.
+    Away,
+    /// Redis answered with an error, or did not answer in time (logged): retried.
+    Refused,
+}
+
+/// One SUBSCRIBE of `channels`. fred answers `Ok` to a SUBSCRIBE that Redis refused (an
+/// ACL without the channel: `NOPERM`), so the node asks Redis (`PUBSUB NUMSUB`, on the
+/// publisher connection) whether each channel has a subscriber now: one without any was
+/// refused. (A channel another node is subscribed to passes this check even when this
+/// node was refused; nodes of one deployment share their Redis user.)
+async fn subscribe(
+    subscriber: &Client,
+    publisher: &Client,
+    channels: Vec<String>,
+) -> SubscribeResult {
     if !subscriber.is_connected() {
-        return false; // subscribed again after the reconnect
+        return SubscribeResult::Away;
     }
-    match subscriber.subscribe(channels).await {
-        Ok(()) => true,
+    match subscriber.subscribe(channels.clone()).await {
+        Ok(()) => {}
+        Err(_) if !subscriber.is_connected() => return SubscribeResult::Away,
         Err(e) => {
-            warn!(cause = %e.details(), "SUBSCRIBE failed (retried after the next reconnect)");
-            false
+            warn!(cause = %e.details(), "SUBSCRIBE failed (retried with a growing pause; the topic's subscribers wait)");
+            return SubscribeResult::Refused;
         }
     }
+    let counts: Result<Vec<Value>, RedisError> = publisher.pubsub_numsub(channels).await;
+    let refused: Vec<String> = match counts {
+        Ok(counts) => counts
+            .chunks(2)
+            .filter(|pair| pair.get(1).and_then(Value::as_i64) == Some(0))
+            .filter_map(|pair| pair.first().and_then(value_text).map(str::to_owned))
+            .collect(),
+        // Not known: taken as subscribed (the next reconnect subscribes it again anyway).
+        Err(_) => Vec::new(),
+    };
+    if !refused.is_empty() {
+        warn!(channels = ?refused, "Redis refused to SUBSCRIBE (an ACL without these channels?): retried with a growing pause; the topics' subscribers wait");
+    }
+    SubscribeResult::Done { refused }
 }
 
 /// Decides readiness from what comes back through Redis: the node's own heartbeat (every
