@@ -94,6 +94,9 @@ pub(crate) enum ShardMessage {
     Control(Arc<ClusterControl>),
     /// A join or leave in a topic, for the shard's presence watchers of it.
     Presence(Arc<crate::presence::News>),
+    /// News of joins and leaves may have been lost (the bridge's Pub/Sub connection came
+    /// back, or fell behind): every presence watcher is given a fresh snapshot.
+    PresenceResync,
     /// A topic's members, for one connection (its watch's start, or a `presence`
     /// command).
     PresenceSnapshot {

@@ -452,3 +452,62 @@ async fn presence_on_the_embedded_bus() {
     ann.send_json(json!({"op":"subscribe","topic":"x","presence":"yes"})).await;
     assert_eq!(ann.recv_json().await["code"], "invalid_command");
 }
+
+/// Joins published while a node's Pub/Sub connection is down never reach it; its
+/// presence watchers are given a fresh member list once it is back. Made deterministic
+/// with Redis's own ACL: the nodes' Pub/Sub connections are killed and the default user is
+/// turned off (connections made before keep working, new ones are refused), a user joins
+/// on the other node (its news goes to no one on the watcher's node), then the user is
+/// turned on again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_get_a_fresh_list_after_news_was_lost() {
+    let redis = RedisServer::start().await;
+    let a = redis_node(&redis, "a", |_| {}).await;
+    let b = redis_node(&redis, "b", |_| {}).await;
+    let mut watcher = connect(b.addr, "watcher", true).await;
+    assert_eq!(watch(&mut watcher, "room").await, json!([member("watcher", 1)]));
+    // Made before the ACL change: it keeps working.
+    let admin = redis.client().await;
+    let run = async |args: &[&str]| {
+        let command = fred::types::CustomCommand::new(
+            args[0].to_owned(),
+            fred::types::ClusterHash::Random,
+            false,
+        );
+        let rest: Vec<String> = args[1..].iter().map(|a| (*a).to_owned()).collect();
+        let answer: Result<fred::types::Value, _> =
+            within(WAIT, args[0], fred::interfaces::ClientLike::custom(&admin, command, rest))
+                .await;
+        answer.unwrap_or_else(|e| panic!("{}: {e}", args.join(" ")))
+    };
+    run(&["ACL", "SETUSER", "default", "off"]).await;
+    run(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    let mut joiner = connect(a.addr, "joiner", true).await;
+    // (The node says `degraded` first: its Pub/Sub connection is gone.)
+    crate::recovery::subscribe(&mut joiner, "room", None).await;
+    // Stored in Redis, its news published to no subscriber on b.
+    poll_until(WAIT, "the join is in Redis", || async {
+        let who = run(&["HGET", "corecast:presence:topic:room", "joiner"]).await;
+        (who.as_str().as_deref() == Some("1")).then_some(())
+    })
+    .await;
+    run(&["ACL", "SETUSER", "default", "on"]).await;
+    // The watcher learns of the joiner: from a fresh list (never from the lost news).
+    within(WAIT, "the watcher learns of the joiner", async {
+        loop {
+            let m = watcher.recv_json().await;
+            match m["type"].as_str() {
+                Some("degraded" | "restored") => continue,
+                Some("presence") => {
+                    let members = &m["members"];
+                    if members.as_array().is_some_and(|all| all.contains(&member("joiner", 1))) {
+                        assert!(members.as_array().unwrap().contains(&member("watcher", 1)));
+                        break;
+                    }
+                }
+                _ => panic!("unexpected {m}"),
+            }
+        }
+    })
+    .await;
+}

@@ -83,6 +83,10 @@ fn handle(shard: &Shard, message: ShardMessage) -> u64 {
             0
         }
         ShardMessage::Presence(news) => shard.presence_news(&news),
+        ShardMessage::PresenceResync => {
+            shard.presence_resync();
+            0
+        }
         ShardMessage::PresenceSnapshot { to, seq, json } => {
             shard.presence_snapshot(&to, seq, &json)
         }

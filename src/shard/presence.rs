@@ -141,6 +141,22 @@ impl Watchers {
         }
     }
 
+    /// Restarts every watch (news may have been lost): each awaits a new snapshot, under
+    /// a new token; returns `(topic, conn, token)` of each, to ask for.
+    pub(crate) fn rewatch_all(&mut self) -> Vec<(Box<str>, ConnId, u64)> {
+        let mut all = Vec::new();
+        for (topic, watches) in &mut self.topics {
+            for (conn, watch) in watches.iter_mut() {
+                self.next_token += 1;
+                *watch =
+                    Watch::Awaiting { token: self.next_token, held: Vec::new(), overflowed: false };
+                all.push((topic.clone(), *conn, self.next_token));
+            }
+        }
+        all.sort_unstable();
+        all
+    }
+
     /// Whether no connection watches anything (most shards: then closes skip the lookup).
     pub(crate) fn is_empty(&self) -> bool {
         self.topics.is_empty()
@@ -154,6 +170,16 @@ impl Shard {
         let Some(user) = self.user_of(conn) else { return };
         let to = SnapshotTo { shard: self.ctx.id, topic: topic.into(), conn, user, watch };
         self.bus.presence_snapshot(to);
+    }
+
+    /// News of joins and leaves may have been lost on the way to this node: every watcher
+    /// gets a fresh snapshot (a `presence` message replacing its member list), then the
+    /// news after it.
+    pub(super) fn presence_resync(&self) {
+        let again = self.watchers.borrow_mut().rewatch_all();
+        for (topic, conn, token) in again {
+            self.request_snapshot(conn, &topic, Some(token));
+        }
     }
 
     /// A topic's members arrived for one connection.
@@ -262,6 +288,26 @@ mod tests {
         w.forget("t", ConnId(1));
         assert_eq!(w.snapshot("t", ConnId(1), second, 1, &mut then), SnapshotFate::Stale);
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn a_resync_restarts_every_watch_and_its_snapshot_replaces_the_list() {
+        let mut w = Watchers::default();
+        let a = w.watch("t", ConnId(1));
+        let mut then = Vec::new();
+        assert_eq!(w.snapshot("t", ConnId(1), a, 3, &mut then), SnapshotFate::Send);
+        w.watch("u", ConnId(2));
+        let again = w.rewatch_all();
+        assert_eq!(again.len(), 2);
+        let (_, _, token) = again.iter().find(|(t, _, _)| &**t == "t").cloned().unwrap();
+        // News lost on the way is in the new snapshot; news after it still comes, held
+        // until the snapshot; the old token is stale.
+        let mut to = Vec::new();
+        w.news(&news(9), &mut to);
+        assert!(to.is_empty(), "held until the new snapshot");
+        assert_eq!(w.snapshot("t", ConnId(1), a, 8, &mut then), SnapshotFate::Stale);
+        assert_eq!(w.snapshot("t", ConnId(1), token, 8, &mut then), SnapshotFate::Send);
+        assert_eq!(then.iter().map(|n| n.seq).collect::<Vec<_>>(), [9]);
     }
 
     #[test]

@@ -300,8 +300,13 @@ impl Shared {
 
     /// Hands a cluster command to every shard.
     async fn apply_everywhere(&self, control: ClusterControl) {
+        self.apply_to_all(ShardMessage::Control(Arc::new(control))).await;
+    }
+
+    /// Hands `message` to every shard.
+    async fn apply_to_all(&self, message: ShardMessage) {
         let all: Vec<ShardId> = (0..self.shards).map(ShardId).collect();
-        self.deliver(&all, ShardMessage::Control(Arc::new(control))).await;
+        self.deliver(&all, message).await;
     }
 
     /// Hands `message` to each shard in `targets` (`xshard::deliver_to`).
@@ -500,6 +505,8 @@ async fn run(
                             warn!(dropped = n, "the Redis bridge fell behind: fred dropped messages (Lagged); reading every stream's history from its position");
                             shared.streams.borrow_mut().handle_gap_everywhere();
                             shared.run_effects(None, &mut targets).await;
+                            // Joins and leaves were dropped too: watchers start over.
+                            shared.apply_to_all(ShardMessage::PresenceResync).await;
                         }
                         Err(RecvError::Closed) => break 'bridge,
                     }
@@ -1418,6 +1425,9 @@ async fn apply_step(
             load_blocks(shared, publisher).await;
             shared.streams.borrow_mut().handle_gap_everywhere();
             shared.run_effects(None, &mut Vec::new()).await;
+            // Joins and leaves published while the node was away are lost: every
+            // presence watcher gets a fresh snapshot (now that news reaches it again).
+            shared.apply_to_all(ShardMessage::PresenceResync).await;
         }
         Step::Unsubscribe(channels) => {
             for c in &channels {
