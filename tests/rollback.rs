@@ -228,3 +228,42 @@ async fn failover_to_a_lagging_replica() {
     replica.take_port_of(primary).await;
     scene.after_the_loss("failover to a lagging replica", 5).await;
 }
+
+/// Streams mode (`delivery = streams`): the stream reader follows a new epoch that no
+/// reconnect reveals (`FLUSHALL` on a live Redis: the next publish starts a new epoch
+/// whose offsets are below the reader's cursor). The subscriber is told, then gets the new
+/// epoch's events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_mode_follows_a_new_epoch_without_a_reconnect() {
+    let redis = RedisServer::start().await;
+    let streams = |c: &mut corecast::Config| c.delivery = corecast::config::DeliveryMode::Streams;
+    let a = redis_node(&redis, "a", streams).await;
+    let b = redis_node(&redis, "b", streams).await;
+    let mut publisher = connect(a.addr, "pub", true).await;
+    let mut sub = connect(b.addr, "sub", true).await;
+    subscribe(&mut sub, TOPIC, None).await;
+    let mut old = String::new();
+    for n in 1..=3 {
+        old = publish(&mut publisher, TOPIC, json!(n)).await;
+    }
+    for n in 1..=3 {
+        let m = next_not_state(&mut sub).await;
+        assert_eq!(m["data"], json!(n), "{m}");
+    }
+    assert_eq!(redis.command(&["FLUSHALL"]).await.as_str().as_deref(), Some("OK"));
+    let mut new = Vec::new();
+    for n in 4..=6 {
+        new.push(parse_id(&publish(&mut publisher, TOPIC, json!(n)).await));
+    }
+    assert_ne!(new[0].0, parse_id(&old).0, "a new epoch");
+    assert_eq!(
+        next_not_state(&mut sub).await,
+        json!({"type":"recovered","topic":TOPIC,"recovered":false})
+    );
+    for (n, id) in (4..=6).zip(new) {
+        let mut m = next_not_state(&mut sub).await;
+        assert_eq!(take_id(&mut m), id);
+        assert_eq!(m["data"], json!(n), "{m}");
+    }
+    assert_eq!(a.health().await["bus"], "redis");
+}

@@ -518,3 +518,105 @@ fn replay_answer(
     });
     covered.then_some(answer)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        history::retention::Retention,
+        ids::{ConnId, NodeId, ShardId},
+    };
+
+    fn core() -> StreamsCore {
+        StreamsCore::new(HistorySettings {
+            rules: Default::default(),
+            default: Retention { size: 100, ttl: std::time::Duration::from_secs(60) },
+            meta_ttl: std::time::Duration::from_secs(3600),
+            max_replay: 1000,
+        })
+    }
+
+    fn id(epoch: u64, offset: u64) -> EventId {
+        EventId { epoch, offset }
+    }
+
+    fn event(epoch: u64, offset: u64) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            route: topic(),
+            id: Some(id(epoch, offset)),
+            origin: NodeId::redis(),
+            v1: crate::frame::encode_text("{}"),
+            seed: None,
+            published: None,
+            lag_observed: Default::default(),
+        })
+    }
+
+    fn topic() -> Route {
+        Route::Topic("t".into())
+    }
+
+    fn effects(core: &mut StreamsCore) -> Vec<Effect> {
+        let mut out = Vec::new();
+        core.swap_effects(&mut out);
+        out
+    }
+
+    #[test]
+    fn streams_mode_leaves_its_epoch_to_the_reader_but_not_a_new_one() {
+        let mut c = core();
+        c.track(&topic(), Position::At(id(5, 3)));
+        assert!(c.left_to_reader(&topic(), id(5, 4)));
+        // A cursor in epoch 5 would never reach epoch 6's offsets 1..3.
+        assert!(!c.left_to_reader(&topic(), id(6, 1)));
+        c.handle_live(&topic(), event(6, 1));
+        let out = effects(&mut c);
+        assert!(matches!(out[0], Effect::Lost(_)) && matches!(out[1], Effect::Deliver(..)));
+        assert_eq!(c.stream_cursors(), [(topic(), id(6, 1))]);
+    }
+
+    #[test]
+    fn a_stream_the_node_stops_delivering_stays_its_floor() {
+        let mut c = core();
+        c.track(&topic(), Position::At(id(5, 3)));
+        c.handle_receipt(&topic(), id(5, 2));
+        assert_eq!(c.floor_of(&topic()), Some(id(5, 3)), "the later of the two");
+        c.untrack(&topic());
+        assert_eq!(c.floor_of(&topic()), Some(id(5, 3)));
+        c.handle_receipt(&topic(), id(7, 1));
+        assert_eq!(c.floor_of(&topic()), Some(id(7, 1)), "a receipt of a new epoch wins");
+    }
+
+    #[test]
+    fn a_client_ahead_of_this_node_waits_for_it_instead_of_being_told_lost() {
+        let mut c = core();
+        c.track(&topic(), Position::At(id(5, 8)));
+        let to = ReplayTo {
+            shard: ShardId(0),
+            route: topic(),
+            conn: ConnId(1),
+            user: "u".into(),
+            token: 1,
+            purpose: ReplayPurpose::Recover,
+        };
+        let request =
+            ReplayRequest { route: topic(), since: Since::After(id(5, 10)), limit: u64::MAX, to };
+        let now = Instant::now();
+        c.handle_replay(request, now);
+        let Effect::Read(job) = effects(&mut c).remove(0) else { panic!("a read") };
+        // Redis has 10; this node delivered 8: not answered yet, read again after a pause.
+        let snapshot = (StreamState { epoch: 5, top: 10, first: Some(1) }, vec![]);
+        c.handle_read(job, Ok(Some(snapshot.clone())), now);
+        let out = effects(&mut c);
+        assert!(matches!(&out[..], [Effect::Read(j)] if j.failures == 1), "{out:?}");
+        // The node catches up: the client is answered, nothing missed.
+        c.handle_live(&topic(), event(5, 9));
+        c.handle_live(&topic(), event(5, 10));
+        effects(&mut c);
+        let Effect::Read(job) = out.into_iter().next().unwrap() else { unreachable!() };
+        c.handle_read(job, Ok(Some(snapshot)), now);
+        let out = effects(&mut c);
+        let [Effect::Replayed(_, answer)] = &out[..] else { panic!("{out:?}") };
+        assert!(answer.recovered && answer.events.is_empty());
+    }
+}
