@@ -470,9 +470,15 @@ async fn run(
         publisher.clone(),
         ops_rx,
     ));
+    // Streams mode: the reader hands what it read to this loop, which delivers it (one
+    // task delivers every stream, so no event of a stream can overtake another while a
+    // shard's inbox is full). The sender is kept here so the arm never sees a closed
+    // channel.
+    let (stream_batches_tx, mut stream_batches) = mpsc::unbounded_channel::<StreamBatch>();
     let streams = (settings.delivery == DeliveryMode::Streams).then(|| {
         let _reader_task = reader.connect();
-        tokio::task::spawn_local(read_streams(shared.clone(), reader.clone()))
+        let (shared, out) = (shared.clone(), stream_batches_tx.clone());
+        tokio::task::spawn_local(read_streams(shared, reader.clone(), out))
     });
     let (done_tx, mut reads_done) = mpsc::unbounded_channel();
     let reads = tokio::task::spawn_local(read_jobs(
@@ -549,6 +555,23 @@ async fn run(
             done = reads_done.recv() => {
                 let Some(done) = done else { break 'bridge };
                 on_read(&shared, done, &mut json, &mut targets).await;
+            }
+            batch = stream_batches.recv() => {
+                let Some((batch, processed)) = batch else { continue };
+                for (route, payloads) in batch {
+                    shared.interest.borrow().targets(&route, shared.shards, &mut targets);
+                    if targets.is_empty() {
+                        continue;
+                    }
+                    for payload in payloads {
+                        let delivery = Arc::new(wire::delivery_from(route.clone(), &payload, &mut json));
+                        if delivery.id.is_some() {
+                            BridgeStats::add(&shared.bridge().messages_in, 1);
+                            deliver_tracked(&shared, route.clone(), delivery, &mut targets).await;
+                        }
+                    }
+                }
+                let _ = processed.send(());
             }
             _ = ticker.tick() => {
                 let now = Instant::now();
@@ -1116,15 +1139,14 @@ async fn answer_publish(shared: &Shared, job: PublishJob, result: Result<Value, 
 const STREAM_BLOCK: Duration = Duration::from_millis(100);
 
 /// Streams mode: reads every stream the node delivers with blocking XREADs from its
-/// position, and delivers what comes in order through the streams' trackers. Pub/Sub
-/// still brings payloads without ids (other publishers) and is the node's liveness
-/// signal; stored events come from here only.
-async fn read_streams(shared: Rc<Shared>, reader: Client) {
+/// position, and hands what comes to the bridge's loop, which delivers it in order
+/// through the stream core, then reads again. Pub/Sub still brings payloads without ids
+/// (other publishers), the first event of a new epoch (a cursor in the old one would never
+/// reach it), and the node's liveness signal; every other stored event comes from here.
+async fn read_streams(shared: Rc<Shared>, reader: Client, out: mpsc::UnboundedSender<StreamBatch>) {
     let command = || {
         fred::types::CustomCommand::new_static("XREAD", fred::types::ClusterHash::FirstKey, true)
     };
-    let mut json = String::new();
-    let mut targets = Vec::new();
     loop {
         // Each stream from where the node stands (its contiguous position).
         let wanted = shared.streams.borrow().stream_cursors();
@@ -1160,24 +1182,25 @@ async fn read_streams(shared: Rc<Shared>, reader: Client) {
         };
         BridgeStats::add(&shared.bridge().stream_reads, 1);
         let prefix = format!("{}history:", shared.prefix);
-        for (key, entries) in batches {
-            let Some(route) = key.strip_prefix(&prefix).and_then(history::route_of_stream) else {
-                continue;
-            };
-            shared.interest.borrow().targets(&route, shared.shards, &mut targets);
-            if targets.is_empty() {
-                continue;
-            }
-            for (_, payload) in entries {
-                let delivery = Arc::new(wire::delivery_from(route.clone(), &payload, &mut json));
-                if delivery.id.is_some() {
-                    BridgeStats::add(&shared.bridge().messages_in, 1);
-                    deliver_tracked(&shared, route.clone(), delivery, &mut targets).await;
-                }
-            }
+        let batch: Vec<(Route, Vec<String>)> = batches
+            .into_iter()
+            .filter_map(|(key, entries)| {
+                let route = key.strip_prefix(&prefix).and_then(history::route_of_stream)?;
+                Some((route, entries.into_iter().map(|(_, payload)| payload).collect()))
+            })
+            .collect();
+        // The next read starts where the delivery of this one left the cursors.
+        let (processed, done) = tokio::sync::oneshot::channel();
+        if out.send((batch, processed)).is_err() {
+            return;
         }
+        let _ = done.await;
     }
 }
+
+/// What one XREAD brought, per stream, for the bridge's loop to deliver; the loop says
+/// when it has.
+type StreamBatch = (Vec<(Route, Vec<String>)>, tokio::sync::oneshot::Sender<()>);
 
 /// The reads task: runs history reads in pipelines, in order, and hands each result back
 /// to the bridge's loop.
@@ -1668,6 +1691,30 @@ impl Watchdog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn job(topic: &str) -> PublishJob {
+        PublishJob {
+            channel: format!("c:{topic}"),
+            payload: String::new(),
+            stored: None,
+            route: Route::Topic(topic.into()),
+            ack: false,
+            reply_to: None,
+        }
+    }
+
+    #[test]
+    fn a_noscript_retry_never_puts_a_stream_out_of_order() {
+        let noscript =
+            || Err(RedisError::new(fred::error::ErrorKind::Unknown, "NOSCRIPT no script"));
+        let ok = || Ok(Value::Null);
+        let batch = [job("a"), job("b"), job("a"), job("c"), job("c")];
+        // a: the first failed and a later one of `a` ran (the script came back meanwhile):
+        // sending it again would give it the later id — it stays failed. b failed alone:
+        // sent again. c: both failed: both sent again, in order.
+        let results = [noscript(), noscript(), ok(), noscript(), noscript()];
+        assert_eq!(noscript_retries(&batch, &results), [1, 3, 4]);
+    }
 
     #[test]
     fn watchdog_needs_the_heartbeat_and_forces_a_reconnect_on_silence() {

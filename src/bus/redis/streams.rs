@@ -39,9 +39,10 @@ pub(crate) const REPLAY_CACHE_FOR: std::time::Duration = std::time::Duration::fr
 /// before they are answered `recovered: false`: a read below the node's delivery position
 /// (made just before the node delivered more events: the next one is not; one that stays
 /// behind means Redis lost writes the node had delivered), or a client that saw more than
-/// this node has delivered yet (it comes from a node ahead of this one). Each read again
-/// waits longer (the shell's pause for a read that failed that many times: 100 ms
-/// doubling, with jitter): about 3 s in all before giving up.
+/// this node has delivered yet (it comes from a node ahead of this one). The first read
+/// again is at once, each later one waits longer (the shell's pause for a read that failed
+/// that many times: up to 200, 400, 800, 1,600 ms, with full jitter): about 1.5 s in all,
+/// at most 3 s, before giving up.
 pub(crate) const MAX_REPLAY_REREADS: u32 = 5;
 /// Most streams whose last published id the node remembers as a floor for its next
 /// publish on them (the map is cleared when it would grow past this: a floor is a
@@ -431,11 +432,13 @@ impl StreamsCore {
             group.waiting.extend(again);
             let behind = group.behind;
             self.read_for_replays(route);
-            // Read again after a pause that grows (the node catches up meanwhile).
+            // Read again: at once the first time (a read made just before the node
+            // delivered more is the common case), then after a pause that grows (the node
+            // catches up meanwhile).
             if let Some(Effect::Read(job)) = self.effects.last_mut()
                 && job.purpose == ReadFor::Replay
             {
-                job.failures = behind;
+                job.failures = behind.saturating_sub(1);
             }
         }
     }
@@ -608,7 +611,7 @@ mod tests {
         let snapshot = (StreamState { epoch: 5, top: 10, first: Some(1) }, vec![]);
         c.handle_read(job, Ok(Some(snapshot.clone())), now);
         let out = effects(&mut c);
-        assert!(matches!(&out[..], [Effect::Read(j)] if j.failures == 1), "{out:?}");
+        assert!(matches!(&out[..], [Effect::Read(j)] if j.failures == 0), "{out:?}");
         // The node catches up: the client is answered, nothing missed.
         c.handle_live(&topic(), event(5, 9));
         c.handle_live(&topic(), event(5, 10));
