@@ -18,6 +18,18 @@
 #        CONFIGS="embedded embedded-nohistory redis-2 redis-2-nohistory" bench/cluster.sh
 # Results: target/cluster/<config>-<rate>-r<round>.json and a summary with ratios against
 # the embedded single node.
+#
+# Other binaries: CORECAST_BIN=/path/to/corecast runs that binary instead of this tree's
+# target/release/corecast (LOAD_BIN likewise for corecast-load; SKIP_BUILD=1 skips cargo).
+# Before/after a change, in one campaign: build the old commit elsewhere and give every
+# binary a label,
+#   BINS="before=/old/target/release/corecast after=target/release/corecast" \
+#   CONFIGS="embedded redis-2" RATES="2 50" DURATION=10 ROUNDS=3 bench/cluster.sh
+# Each corecast config then runs once per binary, as <config>@<label> (files
+# <config>@<label>-<rate>-r<round>.json), the binaries back to back for every config and
+# rate; the order of the binaries alternates per round (ALTERNATE=0 keeps it). The summary
+# adds the ratios of each label against the first (medians of the rounds), and
+# summary.json holds the raw figures. `uptime` before each round goes to loadavg.txt.
 set -euo pipefail
 N=${N:-10000}
 RATES=${RATES:-"2 20 100"}
@@ -29,13 +41,22 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-"$root/target/cluster"}
 mkdir -p "$out"
 cd "$root"
-cargo build --release --workspace --bins -q
+[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release --workspace --bins -q
 venv="$root/target/py-venv-bench"
 if [[ " $CONFIGS " == *" fastapi-redis-2 "* ]] && [ ! -x "$venv/bin/uvicorn" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q fastapi uvicorn redis websockets
 fi
-bin="$root/target/release/corecast"
+bin=${CORECAST_BIN:-"$root/target/release/corecast"}
+load_bin=${LOAD_BIN:-"$root/target/release/corecast-load"}
+# BINS="label=path ...": labels and binaries, in order (the first is the base of the ratios).
+labels=(); declare -A bin_of=()
+for spec in ${BINS:-}; do
+  [[ "$spec" == *=* ]] || { echo "BINS entries are label=path: $spec" >&2; exit 2; }
+  labels+=("${spec%%=*}"); bin_of[${spec%%=*}]=${spec#*=}
+done
+for l in "${labels[@]}"; do [ -x "${bin_of[$l]}" ] || { echo "not executable: ${bin_of[$l]}" >&2; exit 2; }; done
+[ -x "$bin" ] || [ ${#labels[@]} -gt 0 ] || { echo "not executable: $bin" >&2; exit 2; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_until() { # what command...
@@ -61,7 +82,13 @@ redis_cpu() { # port -> used_cpu_sys + used_cpu_user of that Redis, in seconds
   redis-cli -p "$1" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(sys|user):/ {s += $2} END {printf "%.6f", s}'
 }
 
-start_config() { # config -> sets addrs, first_pid, redis_port
+server_cpu() { # pids... -> utime + stime of those processes, in seconds
+  local t=0 p f
+  for p in "$@"; do f=$(cut -d')' -f2- "/proc/$p/stat" 2>/dev/null) || continue; set -- $f; t=$((t + ${12} + ${13})); done
+  python3 -c "print($t / $(getconf CLK_TCK))"
+}
+
+start_config() { # config -> sets addrs, first_pid, server_pids, redis_port
   local extra=()
   case "$1" in *-nohistory) extra=(--history-size 0) ;; *-streams) extra=(--delivery streams) ;; esac
   redis_port=""
@@ -70,16 +97,16 @@ start_config() { # config -> sets addrs, first_pid, redis_port
     embedded)
       local port; port=$(free_port)
       taskset -c 0 "$bin" --listen "127.0.0.1:$port" --shards 1 "${extra[@]}" >/dev/null 2>&1 &
-      pids+=($!); first_pid=$!
+      pids+=($!); first_pid=$!; server_pids=($!)
       wait_until "corecast on $port" ready "$port"
       addrs="127.0.0.1:$port" ;;
     redis-2)
       local rport a b; rport=$(free_port); a=$(free_port); b=$(free_port)
       start_redis "$rport"; redis_port=$rport
       taskset -c 0 "$bin" --listen "127.0.0.1:$a" --shards 1 --redis "redis://127.0.0.1:$rport/0" --node-id a "${extra[@]}" >/dev/null 2>&1 &
-      pids+=($!); first_pid=$!
+      pids+=($!); first_pid=$!; server_pids=($!)
       taskset -c 0 "$bin" --listen "127.0.0.1:$b" --shards 1 --redis "redis://127.0.0.1:$rport/0" --node-id b "${extra[@]}" >/dev/null 2>&1 &
-      pids+=($!)
+      pids+=($!); server_pids+=($!)
       wait_until "node a ready" ready "$a"; wait_until "node b ready" ready "$b"
       addrs="127.0.0.1:$a,127.0.0.1:$b" ;;
     fastapi-redis-2)
@@ -91,38 +118,72 @@ start_config() { # config -> sets addrs, first_pid, redis_port
           >/dev/null 2>&1 &
         pids+=($!)
       done
-      first_pid=${pids[1]}
+      first_pid=${pids[1]}; server_pids=("${pids[@]:1}")
       wait_until "fastapi nodes subscribed" numsub_is "$rport" 2
       wait_until "fastapi a" bash -c "exec 3<>/dev/tcp/127.0.0.1/$a"; wait_until "fastapi b" bash -c "exec 3<>/dev/tcp/127.0.0.1/$b"
       addrs="127.0.0.1:$a,127.0.0.1:$b" ;;
   esac
 }
 
+run_names=() # what the summary reads: config, or config@label with BINS
+for config in $CONFIGS; do
+  if [ ${#labels[@]} -gt 0 ] && [ "$config" != fastapi-redis-2 ]; then
+    for l in "${labels[@]}"; do run_names+=("$config@$l"); done
+  else
+    run_names+=("$config")
+  fi
+done
+
 for round in $(seq 1 "$ROUNDS"); do
+  echo "round $round: $(uptime)" | tee -a "$out/loadavg.txt" >&2
+  order=("${labels[@]}")
+  if [ "${ALTERNATE:-1}" = 1 ] && [ $((round % 2)) = 0 ] && [ ${#order[@]} -gt 1 ]; then
+    order=(); for ((i = ${#labels[@]} - 1; i >= 0; i--)); do order+=("${labels[$i]}"); done
+  fi
   for config in $CONFIGS; do
     rates=$RATES; [ "$config" = fastapi-redis-2 ] && rates=$FASTAPI_RATES
+    runs_of=("")
+    [ ${#order[@]} -gt 0 ] && [ "$config" != fastapi-redis-2 ] && runs_of=("${order[@]}")
     for rate in $rates; do
-      start_config "$config"
-      [ -n "$redis_port" ] && cpu_before=$(redis_cpu "$redis_port")
-      taskset -c 1 "$root/target/release/corecast-load" --addr "$addrs" --connections "$N" \
-        --publishers 1 --rate "$rate" --duration "$DURATION" --settle 2 --cpu 1 --max-drain 10 \
-        --server-cpus 0 --json "$out/$config-$rate-r$round.json" \
-        >/dev/null 2>"$out/$config-$rate-r$round.log" || true
-      if [ -n "$redis_port" ]; then
-        cpu_after=$(redis_cpu "$redis_port")
-        echo "{\"redis_cpu_secs\": $(python3 -c "print($cpu_after - $cpu_before)")}" > "$out/$config-$rate-r$round.redis.json"
-      fi
-      stop_all
+      for label in "${runs_of[@]}"; do
+        name=$config
+        if [ -n "$label" ]; then bin=${bin_of[$label]}; name="$config@$label"; fi
+        start_config "$config"
+        [ -n "$redis_port" ] && cpu_before=$(redis_cpu "$redis_port")
+        procs_before=$(server_cpu "${server_pids[@]}")
+        # --server-pid: the first node's own CPU over the publish window (the process CPU
+        # beside the core time, which counts whatever else ran on CPU 0).
+        taskset -c 1 "$load_bin" --addr "$addrs" --connections "$N" \
+          --publishers 1 --rate "$rate" --duration "$DURATION" --settle 2 --cpu 1 --max-drain 10 \
+          --server-cpus 0 --server-pid "$first_pid" --json "$out/$name-$rate-r$round.json" \
+          >/dev/null 2>"$out/$name-$rate-r$round.log" || true
+        # Every server process's CPU over the whole run (connecting included).
+        echo "{\"server_procs_cpu_secs\": $(python3 -c "print($(server_cpu "${server_pids[@]}") - $procs_before)")}" \
+          > "$out/$name-$rate-r$round.procs.json"
+        if [ -n "$redis_port" ]; then
+          cpu_after=$(redis_cpu "$redis_port")
+          echo "{\"redis_cpu_secs\": $(python3 -c "print($cpu_after - $cpu_before)")}" > "$out/$name-$rate-r$round.redis.json"
+        fi
+        stop_all
+      done
     done
   done
 done
 
-all_rates=$(printf '%s\n' $RATES $FASTAPI_RATES | sort -n | uniq | tr '\n' ' ')
-python3 - "$out" "$ROUNDS" "$N" "$CONFIGS" $all_rates <<'PY'
+frates=""; [[ " $CONFIGS " == *" fastapi-redis-2 "* ]] && frates=$FASTAPI_RATES
+all_rates=$(printf '%s\n' $RATES $frates | sort -n | uniq | tr '\n' ' ')
+python3 - "$out" "$ROUNDS" "$N" "${run_names[*]}" "${labels[*]:-}" $all_rates <<'PY'
 import json, sys, os, statistics
-out, rounds, n, configs, rates = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(), sys.argv[5:]
+out, rounds, n, configs, labels, rates = (sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(),
+                                          sys.argv[5].split(), sys.argv[6:])
+def load(p):
+    r = json.load(open(p))
+    q = p[:-len(".json")] + ".procs.json"
+    if os.path.exists(q) and r.get("received"):
+        r["procs_cpu_per_delivery_us"] = json.load(open(q))["server_procs_cpu_secs"] * 1e6 / r["received"]
+    return r
 def runs(c, r):
-    return [json.load(open(p)) for k in range(1, rounds + 1)
+    return [load(p) for k in range(1, rounds + 1)
             if os.path.exists(p := os.path.join(out, f"{c}-{r}-r{k}.json"))]
 def redis_us(c, r):
     vals = []
@@ -137,16 +198,19 @@ def med(rs, f):
 def ratio(a, b):
     return f"x{a / b:.2f}" if a is not None and b else "  -  "
 print(f"{n} connections (split over the nodes), 1 publisher on the first node; servers on CPU 0,"
-      f" Redis and the load tool on CPU 1; median of {rounds} round(s); ratios vs embedded")
+      f" Redis and the load tool on CPU 1; median of {rounds} round(s); ratios vs embedded"
+      + (" (of the same binary)" if labels else ""))
 fields = {"dps": lambda r: r["deliveries_per_sec"], "core": lambda r: r.get("server_core_per_delivery_us"),
-          "p50": lambda r: r["latency_us"]["p50"], "p99": lambda r: r["latency_us"]["p99"]}
+          "p50": lambda r: r["latency_us"]["p50"], "p99": lambda r: r["latency_us"]["p99"],
+          "cpu_first": lambda r: r.get("server_cpu_per_delivery_us"), "procs": lambda r: r.get("procs_cpu_per_delivery_us")}
 for rate in rates:
     print(f"broadcast at {rate} msg/s (offered {int(rate) * (n + 1):,} deliveries/s):")
-    base = {k: med(runs("embedded", rate), f) for k, f in fields.items()}
     for c in configs:
         rs = runs(c, rate)
         if not rs:
             continue
+        emb = "embedded" + (c[c.index("@"):] if "@" in c else "")
+        base = {k: med(runs(emb, rate), f) for k, f in fields.items()}
         m = {k: med(rs, f) for k, f in fields.items()}
         core = f"{m['core']:.3f}" if m["core"] is not None else "-"
         print(f"  {c:16} {m['dps']:>10,.0f}/s ({ratio(m['dps'], base['dps'])})  delivered {min(r['delivery_ratio'] for r in rs):.4f}"
@@ -171,4 +235,33 @@ for rate in rates:
         redis = f"  Redis CPU/publish {ru_on:.1f} us vs {ru_off:.1f} us ({ratio(ru_on, ru_off)})" if ru_on and ru_off else ""
         print(f"  history on/off, {c}: deliveries/s {ratio(on['dps'], off['dps'])}  core/delivery {ratio(on['core'], off['core'])}"
               f"  p99 {ratio(on['p99'], off['p99'])}{redis}")
+# Each label against the first (BINS): same config, same rate, medians of the rounds.
+summary = {"n": n, "rounds": rounds, "labels": labels, "runs": {}}
+for rate in rates:
+    for c in configs:
+        rs = runs(c, rate)
+        if rs:
+            summary["runs"][f"{c}-{rate}"] = {k: [f(r) for r in rs] for k, f in fields.items()} | {
+                "delivered": [r["delivery_ratio"] for r in rs], "redis_us_per_publish": redis_us(c, rate)}
+if len(labels) > 1:
+    first = labels[0]
+    plain = []
+    for c in configs:
+        if "@" in c and c.split("@")[0] not in plain:
+            plain.append(c.split("@")[0])
+    for rate in rates:
+        print(f"{'/'.join(labels[1:])} vs {first}, broadcast at {rate} msg/s (offered {int(rate) * (n + 1):,} deliveries/s):")
+        for c in plain:
+            b = {k: med(runs(f"{c}@{first}", rate), f) for k, f in fields.items()}
+            for l in labels[1:]:
+                a = {k: med(runs(f"{c}@{l}", rate), f) for k, f in fields.items()}
+                if a["dps"] is None or b["dps"] is None:
+                    continue
+                print(f"  {c:16} {l}: deliveries/s {ratio(a['dps'], b['dps'])}  core/delivery {ratio(a['core'], b['core'])}"
+                      f"  p50 {ratio(a['p50'], b['p50'])}  p99 {ratio(a['p99'], b['p99'])}"
+                      f"  first node cpu/delivery {ratio(a['cpu_first'], b['cpu_first'])}"
+                      f"  server processes cpu/delivery {ratio(a['procs'], b['procs'])}")
+                summary.setdefault("ratios", {})[f"{c}-{rate}-{l}/{first}"] = {
+                    k: (a[k] / b[k] if a[k] is not None and b[k] else None) for k in fields}
+json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=1)
 PY

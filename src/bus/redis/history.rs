@@ -281,6 +281,10 @@ pub(crate) enum Position {
     Abandoned(u64),
 }
 
+/// Epochs a tracker remembers having left (a Redis restarted from an old snapshot twice
+/// in a row comes back to an epoch the node had moved on from).
+const EPOCHS_REMEMBERED: usize = 4;
+
 /// Most live events held behind a gap before the gap is given up as lost.
 pub(crate) const MAX_HELD: usize = 65_536;
 
@@ -335,11 +339,25 @@ pub(crate) struct StreamTracker {
     filling: bool,
     /// Complete reads in a row that left held events Redis did not have.
     unconfirmed: u8,
+    /// A read was asked for (a reconnect, `Lagged`) while one was on its way: that one
+    /// may have been made before what the new one is for (it may even answer for a Redis
+    /// that has since restarted older), so another read follows it.
+    reread: bool,
+    /// The last id delivered in each of the epochs this tracker left (the latest few):
+    /// Redis coming back to one of them below that lost writes too.
+    left: Vec<EventId>,
 }
 
 impl StreamTracker {
     pub(crate) fn new(position: Position) -> StreamTracker {
-        StreamTracker { position, held: BTreeMap::new(), filling: false, unconfirmed: 0 }
+        StreamTracker {
+            position,
+            held: BTreeMap::new(),
+            filling: false,
+            unconfirmed: 0,
+            reread: false,
+            left: Vec::new(),
+        }
     }
 
     /// The last event delivered contiguously, when known.
@@ -361,10 +379,12 @@ impl StreamTracker {
         self.filling
     }
 
-    /// Starts a read after the position (a reconnect, or a `Lagged`): `None` when one is
-    /// on its way already or the position is not known.
+    /// Starts a read after the position (a reconnect, or a `Lagged`): `None` when the
+    /// position is not known, or when one is on its way already (another follows it when
+    /// it comes back).
     pub(crate) fn start_fill(&mut self) -> Option<EventId> {
         if self.filling {
+            self.reread = true;
             return None;
         }
         let from = match self.position {
@@ -381,20 +401,26 @@ impl StreamTracker {
     /// changed (the history was lost: what this node had not delivered of the old epoch
     /// is gone).
     pub(crate) fn live(&mut self, id: EventId, delivery: &Arc<Delivery>) -> (Live, bool) {
+        if self.left_at_or_above(id) {
+            // An epoch this node moved on from, at an id it delivered there: a copy from
+            // before, or Redis went back to that epoch and hands its ids out again.
+            return (Live::Duplicate, false);
+        }
         let mut lost = false;
         let at = match self.position {
             Position::Unknown => {
                 self.position = Position::At(id);
                 return (Live::Deliver, false);
             }
-            Position::Empty => EventId { epoch: id.epoch, offset: 0 },
+            Position::Empty => self.start_of(id.epoch),
             // An id of the abandoned epoch may name another event than the one stored.
             Position::Abandoned(epoch) if epoch == id.epoch => return (Live::Duplicate, false),
-            Position::Abandoned(_) => EventId { epoch: id.epoch, offset: 0 },
+            Position::Abandoned(_) => self.start_of(id.epoch),
             Position::At(at) if at.epoch != id.epoch => {
                 lost = true;
                 self.held.clear();
-                EventId { epoch: id.epoch, offset: 0 }
+                self.leave(at);
+                self.start_of(id.epoch)
             }
             Position::At(at) => at,
         };
@@ -420,6 +446,27 @@ impl StreamTracker {
         }
         self.filling = true;
         (Live::Held(Some(at)), lost)
+    }
+
+    /// The tracker leaves the epoch of `at`, the last id it delivered there.
+    fn leave(&mut self, at: EventId) {
+        self.left.retain(|l| l.epoch != at.epoch);
+        if self.left.len() == EPOCHS_REMEMBERED {
+            self.left.remove(0);
+        }
+        self.left.push(at);
+    }
+
+    /// Where delivery in `epoch` starts: after what this tracker delivered there before it
+    /// left it, or at its beginning.
+    fn start_of(&self, epoch: u64) -> EventId {
+        let offset = self.left.iter().find(|l| l.epoch == epoch).map_or(0, |l| l.offset);
+        EventId { epoch, offset }
+    }
+
+    /// `id` is in an epoch this tracker left, at or below what it delivered there.
+    fn left_at_or_above(&self, id: EventId) -> bool {
+        self.left.iter().any(|l| l.epoch == id.epoch && id.offset <= l.offset)
     }
 
     /// Where the tracker stands, as the `from` of a read made now names it.
@@ -472,6 +519,25 @@ impl StreamTracker {
         snapshot: Result<Option<FramedSnapshot>, ()>,
         count: usize,
     ) -> Filled {
+        let mut out = self.read_answered(from, snapshot, count);
+        // A read asked for while this one was on its way (a reconnect): made now.
+        if std::mem::take(&mut self.reread)
+            && out.again.is_none()
+            && let Some(cursor) = self.cursor()
+        {
+            self.filling = true;
+            out.again = Some(cursor);
+        }
+        out
+    }
+
+    /// [`filled`](Self::filled), without the read asked for meanwhile.
+    fn read_answered(
+        &mut self,
+        from: EventId,
+        snapshot: Result<Option<FramedSnapshot>, ()>,
+        count: usize,
+    ) -> Filled {
         self.filling = false;
         let mut out = Filled::default();
         let Ok(snapshot) = snapshot else {
@@ -486,8 +552,9 @@ impl StreamTracker {
                 return self.read_again(out);
             }
             // No history at all any more (Redis lost it, or it expired).
-            if matches!(self.position, Position::At(at) if at.offset > 0) {
-                out.lost = true;
+            if let Position::At(at) = self.position {
+                out.lost |= at.offset > 0;
+                self.leave(at);
             }
             self.position = Position::Empty;
             self.held.clear();
@@ -502,7 +569,16 @@ impl StreamTracker {
             self.position = Position::Empty;
         }
         let in_epoch = matches!(self.position, Position::At(at) if at.epoch == state.epoch);
-        if in_epoch && from.epoch == state.epoch && state.top < from.offset {
+        let back_below =
+            !in_epoch && self.left.iter().any(|l| l.epoch == state.epoch && state.top < l.offset);
+        if back_below && moved {
+            // Redis went back to an epoch this node had left, below what it delivered
+            // there — but the node has delivered since this read was made (of a newer
+            // epoch): have Redis abandon the old one (a no-op if it moved on), and stay.
+            out.regressed = Some(state.epoch);
+            return self.read_again(out);
+        }
+        if back_below || (in_epoch && from.epoch == state.epoch && state.top < from.offset) {
             // This node had delivered `from` before asking (every event it delivers was
             // stored before it was published), yet Redis's stream ends below it: Redis
             // lost writes. Every id of this epoch above its top may be handed out again.
@@ -510,6 +586,9 @@ impl StreamTracker {
             out.regressed = Some(state.epoch);
             self.held.clear();
             self.unconfirmed = 0;
+            if let Position::At(at) = self.position {
+                self.leave(at);
+            }
             self.position = Position::Abandoned(state.epoch);
             return out;
         }
@@ -519,7 +598,7 @@ impl StreamTracker {
         let at = match self.position {
             Position::At(at) => at,
             Position::Empty | Position::Unknown | Position::Abandoned(_) => {
-                EventId { epoch: state.epoch, offset: 0 }
+                self.start_of(state.epoch)
             }
         };
         if at.epoch != state.epoch {
@@ -529,6 +608,9 @@ impl StreamTracker {
             self.held.retain(|&offset, d| {
                 d.id.is_some_and(|i| i.epoch == state.epoch) && offset > state.top
             });
+            if at.offset > 0 {
+                self.leave(at);
+            }
             self.position = Position::At(state.position());
             self.release_held(&mut out);
             return out;
@@ -545,6 +627,12 @@ impl StreamTracker {
         }
         while let Some(entry) = self.held.first_entry() {
             let offset = *entry.key();
+            if offset > state.top {
+                // Past what Redis had when it answered: published after the read (the
+                // next read confirms it), or a write Redis has lost since it came live —
+                // delivering it could give its id a second event. Read again.
+                break;
+            }
             if offset <= at.offset {
                 entry.remove();
                 continue;
@@ -565,7 +653,7 @@ impl StreamTracker {
             break;
         }
         // Events that existed at read time and are still missing: the history lost them.
-        if read_all && at.offset < state.top && self.held.is_empty() {
+        if read_all && at.offset < state.top && self.held.range(..=state.top).next().is_none() {
             out.lost = true;
             at.offset = state.top;
         }
@@ -640,12 +728,16 @@ mod tests {
         assert_eq!(t.live(at(6), &event(5, 6)), (Live::Held(Some(at(3))), false));
         assert_eq!(t.live(at(7), &event(5, 7)), (Live::Held(None), false));
         assert!(t.is_filling());
-        // The read (after 3) finds 4..=6 (6 was stored before the read, 7 after).
+        // The read (after 3) finds 4..=6 (6 was stored before the read, 7 after): 7 waits
+        // for a read that has it (it could be a write Redis lost since).
         let read = Ok(Some((state(6, Some(1)), vec![event(5, 4), event(5, 5), event(5, 6)])));
         let filled = t.filled(at(3), read, 1000);
-        assert_eq!(offsets(&filled.deliver), [4, 5, 6, 7]);
+        assert_eq!(offsets(&filled.deliver), [4, 5, 6]);
         assert!(!filled.lost);
-        assert_eq!(filled.again, None);
+        assert_eq!(filled.again, Some(at(6)));
+        let read = Ok(Some((state(7, Some(1)), vec![event(5, 7)])));
+        let filled = t.filled(at(6), read, 1000);
+        assert_eq!((offsets(&filled.deliver), filled.again), (vec![7], None));
         assert_eq!(t.position(), Some(at(7)));
         assert!(!t.is_filling());
         assert_eq!(t.live(at(8), &event(5, 8)), (Live::Deliver, false));
@@ -748,6 +840,33 @@ mod tests {
         let filled = t.filled(from, Ok(Some((state(3, Some(1)), vec![]))), 1000);
         assert_eq!((filled.regressed, filled.lost), (None, false));
         assert_eq!(t.position(), Some(at(4)));
+    }
+
+    #[test]
+    fn redis_back_to_an_epoch_the_node_left_below_what_it_delivered_is_a_loss() {
+        let mut t = StreamTracker::new(Position::At(at(2)));
+        // The stream moves on to epoch 9 (Redis restarted, another node abandoned 5)...
+        assert_eq!(t.live(EventId { epoch: 9, offset: 1 }, &event(9, 1)), (Live::Deliver, true));
+        // ... then Redis comes back from the same old snapshot: epoch 5, at offset 1.
+        let from = t.start_fill().unwrap();
+        let filled = t.filled(from, Ok(Some((state(1, Some(1)), vec![]))), 1000);
+        assert_eq!((filled.regressed, filled.lost), (Some(5), true));
+        // An id of epoch 5 handed out again is never delivered.
+        assert_eq!(t.live(at(2), &event(5, 2)), (Live::Duplicate, false));
+    }
+
+    #[test]
+    fn a_reconnect_during_a_read_is_followed_by_another_read() {
+        let mut t = StreamTracker::new(Position::At(at(3)));
+        let from = t.start_fill().unwrap();
+        // Redis restarts while the read is on its way: the reconnect asks for a read.
+        assert_eq!(t.start_fill(), None);
+        // The old read's answer (made before the restart) says nothing missing...
+        let filled = t.filled(from, Ok(Some((state(3, Some(1)), vec![]))), 1000);
+        // ... and another read follows, which sees the Redis of now.
+        assert_eq!(filled.again, Some(at(3)));
+        let filled = t.filled(at(3), Ok(Some((state(2, Some(1)), vec![]))), 1000);
+        assert_eq!(filled.regressed, Some(5), "the restart lost writes: found");
     }
 
     #[test]
