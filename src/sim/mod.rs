@@ -822,9 +822,12 @@ impl World {
                     }
                 }
             }
-            // Liveness: every connected client ends on its topic's marker.
-            if markers.contains(&client.topic) && client.node.is_some() {
-                let top = self.redis.top(&stream_key(&client.topic));
+            // Liveness: every connected client ends on its topic's marker — unless the
+            // marker itself was given an id the lost writes had (the documented limit of
+            // G5: a node that knew abandons that epoch and its clients are told instead).
+            let top = self.redis.top(&stream_key(&client.topic));
+            let reused = top.is_some_and(|id| self.reused.contains(&id));
+            if markers.contains(&client.topic) && client.node.is_some() && !reused {
                 let got = client.seen.iter().rev().find_map(|s| match s {
                     Seen::Event(id, data) => Some((*id, data.as_str())),
                     _ => None,
