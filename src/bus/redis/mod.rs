@@ -42,6 +42,7 @@
 
 pub(crate) mod history;
 pub(crate) mod presence;
+mod scripts;
 pub(crate) mod streams;
 pub(crate) mod subscriptions;
 pub(crate) mod user_count;
@@ -84,6 +85,7 @@ use crate::{
     xshard::{BridgeStats, ClusterControl, Delivery, NodeStats, ShardInboxes, ShardMessage},
 };
 use history::{PUBLISH_SCRIPT, Position, READ_SCRIPT, REBASE_SCRIPT, Snapshot, StreamKeys};
+use scripts::{PUBLISH_SHA, READ_SHA, REBASE_SHA, evalsha, is_noscript, replies, seconds};
 use streams::{Effect, FILL_COUNT, ReadFor, ReadFrom, ReadJob, StreamsCore};
 use subscriptions::Refused;
 use watchdog::Watchdog;
@@ -842,19 +844,6 @@ fn interest_op(shared: &Shared, shard: ShardId, change: InterestChange) -> Subsc
     }
 }
 
-/// The SHA-1s of the scripts (EVALSHA).
-static PUBLISH_SHA: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| history::script_sha(PUBLISH_SCRIPT));
-static READ_SHA: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| history::script_sha(READ_SCRIPT));
-static REBASE_SHA: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| history::script_sha(REBASE_SCRIPT));
-
-/// `EVALSHA sha numkeys key... arg...` (fred's pipelines have no Lua interface).
-fn evalsha() -> fred::types::CustomCommand {
-    fred::types::CustomCommand::new_static("EVALSHA", fred::types::ClusterHash::FirstKey, false)
-}
-
 /// Loads both scripts into Redis's script cache (after every publisher connection).
 async fn load_scripts(publisher: &Client) {
     for script in [PUBLISH_SCRIPT, READ_SCRIPT, REBASE_SCRIPT, presence::PRESENCE_SCRIPT] {
@@ -862,17 +851,6 @@ async fn load_scripts(publisher: &Client) {
             debug!(cause = %e.details(), "SCRIPT LOAD failed (retried on NOSCRIPT)");
         }
     }
-}
-
-/// Whether Redis answered that it does not know the script (it restarted): nothing was
-/// executed, so the command can be sent again.
-fn is_noscript(error: &RedisError) -> bool {
-    error.details().starts_with("NOSCRIPT")
-}
-
-/// Seconds for an EXPIRE (at least 1).
-fn seconds(d: Duration) -> String {
-    d.as_secs().max(1).to_string()
 }
 
 /// A client's event: to Redis when the bridge is ready (through the history script when
@@ -1255,24 +1233,6 @@ async fn send_reads(
         queued.push(result);
     }
     replies(pipeline, queued).await
-}
-
-/// Sends `pipeline` and pairs each queued command with its reply, in order: a command
-/// that could not be queued keeps its error, a missing reply is an error.
-async fn replies(
-    pipeline: fred::clients::Pipeline<Client>,
-    queued: Vec<Result<(), RedisError>>,
-) -> Vec<Result<Value, RedisError>> {
-    let mut results = pipeline.try_all::<Value>().await.into_iter();
-    queued
-        .into_iter()
-        .map(|queued| match queued {
-            Err(e) => Err(e),
-            Ok(()) => results.next().unwrap_or_else(|| {
-                Err(RedisError::new(fred::error::ErrorKind::Unknown, "no reply"))
-            }),
-        })
-        .collect()
 }
 
 /// Frames a snapshot's entries once each (they carry their ids).
