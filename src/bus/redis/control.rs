@@ -70,7 +70,12 @@ pub(super) async fn send_control(
 
 /// Admits or releases one connection of `user` (`max_connections_per_user`). While
 /// Redis is away an upgrade is admitted without being counted.
-pub(super) async fn count_user(shared: &Shared, publisher: &Client, user: &str, change: crate::bus::UserCount) {
+pub(super) async fn count_user(
+    shared: &Shared,
+    publisher: &Client,
+    user: &str,
+    change: crate::bus::UserCount,
+) {
     let Some(users) = &shared.users else { return };
     match change {
         crate::bus::UserCount::Release => users.release(publisher, user).await,

@@ -39,6 +39,24 @@
 //!   snapshot, a lagging replica promoted): the node abandons the stream's epoch in Redis
 //!   and tells its clients; every stored publish also carries the highest id of its
 //!   stream the node knows, so that the script never hands it out twice.
+//!
+//! The parts, one file each. This module starts the thread (`spawn`) and runs the
+//! bridge's loop (`run`) over the state its tasks share (`Shared`, which executes the
+//! stream core's effects). The fred/tokio shell around it:
+//! - `settings`: the bridge's settings and the fred clients built from them;
+//! - `receive`: what comes from Redis on the subscriber connection;
+//! - `publish`: clients' events to Redis, pipelined by the publisher task;
+//! - `subscribe`: interest changes and the subscription task;
+//! - `reads`: history reads, streams mode's stream reader, abandoning an epoch;
+//! - `control`: cluster commands, blocks, and users' connection counts;
+//! - `scripts`: the Lua scripts' SHAs, EVALSHA, NOSCRIPT, pipeline replies;
+//! - `watchdog`: readiness from the heartbeat (pure);
+//! - [`presence`]: presence in Redis and its webhooks (one task);
+//! - [`user_count`]: users' connection counts in Redis.
+//!
+//! Its decisions, sans I/O: [`streams`] (every stream decision), [`history`] (the scripts
+//! and the per-stream tracker), [`subscriptions`] (refused SUBSCRIBEs), [`wire`]
+//! (channels and payloads on Redis).
 
 mod control;
 pub(crate) mod history;
@@ -47,12 +65,13 @@ mod publish;
 mod reads;
 mod receive;
 mod scripts;
-mod subscribe;
+mod settings;
 pub(crate) mod streams;
+mod subscribe;
 pub(crate) mod subscriptions;
 pub(crate) mod user_count;
-pub(crate) mod wire;
 mod watchdog;
+pub(crate) mod wire;
 
 use std::{
     cell::{Cell, RefCell},
@@ -63,11 +82,8 @@ use std::{
 
 use fred::{
     interfaces::{ClientLike, EventInterface, LuaInterface, PubsubInterface},
-    prelude::{Builder, Client, Error as RedisError},
-    types::{
-        Value,
-        config::{Config as RedisConfig, ReconnectPolicy},
-    },
+    prelude::{Client, Error as RedisError},
+    types::Value,
 };
 use tokio::sync::{
     Notify,
@@ -89,6 +105,8 @@ use history::{PUBLISH_SCRIPT, READ_SCRIPT, REBASE_SCRIPT};
 use publish::{publish, publish_jobs};
 use reads::{StreamBatch, abandon_epoch, on_read, read_jobs, read_streams, retry_pause};
 use receive::{deliver_tracked, on_message};
+use settings::clients;
+pub(crate) use settings::{BridgeSettings, BridgeWebhooks};
 use streams::{Effect, ReadJob, StreamsCore};
 use subscribe::{SubscriptionOp, apply_subscriptions, interest_op};
 use watchdog::Watchdog;
@@ -100,64 +118,6 @@ const PUBLISHES_IN_FLIGHT: usize = 8192;
 /// Most messages from Redis handled in a row before the bridge looks at shard commands
 /// and its heartbeat again.
 const RECEIVE_BATCH: usize = 256;
-/// How the bridge talks to Redis (from the node's configuration).
-#[derive(Clone)]
-pub(crate) struct BridgeSettings {
-    /// `redis://[:password@]host:port/db` (a secret: never logged).
-    pub url: String,
-    /// CA certificates (PEM file) for a `rediss://` URL; `None`: the system's roots.
-    pub tls_ca: Option<std::path::PathBuf>,
-    /// Prefix of the topic, user and node channels.
-    pub prefix: String,
-    /// Interval of the heartbeat through Redis.
-    pub heartbeat_interval: Duration,
-    /// Not ready, and a forced reconnect, after this long without the heartbeat.
-    pub heartbeat_timeout: Duration,
-    /// Timeout of every Redis command (and of connecting).
-    pub command_timeout: Duration,
-    /// Most commands queued in fred, per client; more fail at once.
-    pub command_queue: usize,
-    /// Messages fred buffers for the bridge; beyond it they are dropped (`Lagged`).
-    pub receive_buffer: usize,
-    /// Largest payload delivered (the per-connection outbound queue limit: a larger frame
-    /// would cut off every receiver as a slow consumer); larger ones are dropped.
-    pub max_payload: usize,
-    /// What history each stream keeps, and the replay limit.
-    pub history: HistorySettings,
-    /// How long a publish idempotency key is remembered.
-    pub idempotency_window: Duration,
-    /// How stored events reach the node: Pub/Sub (with gap fill) or XREAD of the streams.
-    pub delivery: DeliveryMode,
-    /// Keep users' connection counts in Redis (`max_connections_per_user` is set).
-    pub count_users: bool,
-    /// A dead node's presence members are removed this long after its last heartbeat.
-    pub presence_ttl: Duration,
-    /// Webhooks, when configured: the dispatcher runs on the bridge's runtime.
-    pub webhooks: Option<BridgeWebhooks>,
-}
-
-/// The webhook parts the bridge runs.
-#[derive(Clone, Debug)]
-pub(crate) struct BridgeWebhooks {
-    /// How to send them.
-    pub settings: crate::presence::dispatch::WebhookSettings,
-    /// The node's queue (presence transitions go in here too).
-    pub queue: crate::presence::webhook::WebhookQueue,
-    /// The dispatcher's end of the queue.
-    pub events: flume::Receiver<crate::presence::webhook::WebhookEvent>,
-    /// The vacate delay (kept in Redis, cluster-wide).
-    pub vacate_delay: Duration,
-}
-
-impl std::fmt::Debug for BridgeSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BridgeSettings")
-            .field("url", &crate::redis_url::redact_url(&self.url))
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Starts the bridge thread, pinned to `cpu` when given. Returns the sending half of its
 /// command lane (one clone per shard) and the thread. The Redis clients and the runtime
 /// are built here, on the calling thread, so that a configuration they reject stops the
@@ -632,44 +592,6 @@ async fn run(
     let _ =
         tokio::time::timeout(settings.command_timeout.min(Duration::from_millis(500)), bye).await;
     info!("Redis bridge stopped");
-}
-
-/// The three fred clients, configured from `settings`: subscriber, publisher, and the
-/// stream reader (blocking XREADs need a connection of their own; it connects only in
-/// streams mode).
-fn clients(settings: &BridgeSettings) -> Result<(Client, Client, Client), RedisError> {
-    let mut config = RedisConfig::from_url(&settings.url)?;
-    if let Some(ca) = &settings.tls_ca {
-        let roots = crate::redis_url::load_ca(ca)
-            .map_err(|e| RedisError::new(fred::error::ErrorKind::Tls, e))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| RedisError::new(fred::error::ErrorKind::Tls, e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.tls = Some(fred::types::config::TlsConnector::from(tls).into());
-    }
-    // Keep trying when Redis is not there at start: the node serves locally meanwhile.
-    config.fail_fast = false;
-    let mut builder = Builder::from_config(config);
-    builder
-        .with_performance_config(|perf| {
-            perf.default_command_timeout = settings.command_timeout;
-            perf.broadcast_channel_capacity = settings.receive_buffer;
-        })
-        .with_connection_config(|conn| {
-            conn.connection_timeout = settings.command_timeout;
-            conn.internal_command_timeout = settings.command_timeout;
-            // A publish is never sent twice (a retried PUBLISH whose first attempt
-            // executed would be delivered twice).
-            conn.max_command_attempts = 1;
-            conn.max_command_buffer_len = settings.command_queue;
-        })
-        // Forever, 100 ms doubling up to 1 s: delivery resumes within about a second of
-        // Redis coming back, at a cost of one connection attempt per second while away.
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 1_000, 2));
-    Ok((builder.build()?, builder.build()?, builder.build()?))
 }
 
 /// Logs a Redis connection error once per different reason.

@@ -422,7 +422,8 @@ impl RedisPresence {
             all.push(PRESENCE_SHA.clone());
             all.push("0".to_owned());
             all.extend(args);
-            let sent: Result<(), RedisError> = pipeline.custom(super::scripts::evalsha(), all).await;
+            let sent: Result<(), RedisError> =
+                pipeline.custom(super::scripts::evalsha(), all).await;
             queued.push(sent);
         }
         let mut ok = true;

@@ -61,7 +61,11 @@ const STREAM_BLOCK: Duration = Duration::from_millis(100);
 /// through the stream core, then reads again. Pub/Sub still brings payloads without ids
 /// (other publishers), the first event of a new epoch (a cursor in the old one would never
 /// reach it), and the node's liveness signal; every other stored event comes from here.
-pub(super) async fn read_streams(shared: Rc<Shared>, reader: Client, out: mpsc::UnboundedSender<StreamBatch>) {
+pub(super) async fn read_streams(
+    shared: Rc<Shared>,
+    reader: Client,
+    out: mpsc::UnboundedSender<StreamBatch>,
+) {
     let command = || {
         fred::types::CustomCommand::new_static("XREAD", fred::types::ClusterHash::FirstKey, true)
     };
@@ -187,7 +191,12 @@ fn deliveries_of(
 }
 
 /// A history read came back: its entries framed once, then the stream core decides.
-pub(super) async fn on_read(shared: &Shared, done: ReadDone, json: &mut String, targets: &mut Vec<ShardId>) {
+pub(super) async fn on_read(
+    shared: &Shared,
+    done: ReadDone,
+    json: &mut String,
+    targets: &mut Vec<ShardId>,
+) {
     BridgeStats::add(&shared.bridge().history_reads, 1);
     let ReadDone { job, result } = done;
     if let Err(why) = &result {
@@ -216,10 +225,10 @@ fn jitter() -> f64 {
 }
 
 /// Redis lost writes of `route`'s `epoch` (a read found its last offset below what this
-/// node had delivered): has Redis abandon it ([`REBASE_SCRIPT`](history::REBASE_SCRIPT), a compare-and-set, so
-/// nodes that find it together change the epoch once), retried with a growing pause until
-/// Redis answers. `told`: the stream's clients
-/// were told `recovered: false` (counted once per finding).
+/// node had delivered): has Redis abandon it ([`REBASE_SCRIPT`](history::REBASE_SCRIPT),
+/// a compare-and-set, so nodes that find it together change the epoch once), retried with
+/// a growing pause until Redis answers. `told`: the stream's clients were told
+/// `recovered: false` (counted once per finding).
 pub(super) fn abandon_epoch(shared: &Shared, route: Route, epoch: u64, told: bool) {
     if told {
         BridgeStats::add(&shared.bridge().epochs_abandoned, 1);

@@ -8,11 +8,7 @@
 //! SUBSCRIBE's outcome; the retry bookkeeping is in `subscriptions` ([`Refused`], sans
 //! I/O); the rest does I/O (Redis through both connections, the shards' inboxes).
 
-use std::{
-    collections::HashSet,
-    rc::Rc,
-    sync::atomic::Ordering::Relaxed,
-};
+use std::{collections::HashSet, rc::Rc, sync::atomic::Ordering::Relaxed};
 
 use fred::{
     interfaces::{ClientLike, PubsubInterface},
@@ -54,7 +50,11 @@ pub(super) enum SubscriptionOp {
 }
 
 /// Applies a shard's interest change to the table; returns what Redis must do about it.
-pub(super) fn interest_op(shared: &Shared, shard: ShardId, change: InterestChange) -> SubscriptionOp {
+pub(super) fn interest_op(
+    shared: &Shared,
+    shard: ShardId,
+    change: InterestChange,
+) -> SubscriptionOp {
     let confirm = match &change {
         InterestChange::Gained(Interest::Topic(topic)) => Some((shard, topic.clone())),
         _ => None,
