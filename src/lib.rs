@@ -67,8 +67,9 @@
 //!   table, its Redis subscriptions and the wire format on Redis (`bus::redis::wire`).
 //!   Its stream decisions — delivery order, gap fills, losses, replays, publish floors,
 //!   abandoning an epoch Redis lost writes of — are a sans-I/O core
-//!   (`bus::redis::streams`, inputs in, effects out) that the fred shell executes and the
-//!   simulation drives. `bus::interest` is the pure interest table both buses use.
+//!   (`bus::redis::streams`, inputs in, effects out) that the fred shell (the other files
+//!   of `bus::redis`, one per concern) executes and the simulation drives.
+//!   `bus::interest` is the pure interest table both buses use.
 //! - `conn` (shard thread): one connection. `conn::state::ConnState` is the sans-I/O
 //!   state machine (close handshake, outbound queue and its limit, heartbeat deadlines,
 //!   control-frame rate) with private fields and time passed in; `Conn` wraps it with the

@@ -283,10 +283,10 @@ impl RedisPresence {
         all.push(PRESENCE_SHA.clone());
         all.push("0".to_owned());
         all.extend(args);
-        match client.custom::<Value, _>(super::evalsha(), all.clone()).await {
-            Err(e) if super::is_noscript(&e) => {
+        match client.custom::<Value, _>(super::scripts::evalsha(), all.clone()).await {
+            Err(e) if super::scripts::is_noscript(&e) => {
                 load(client).await;
-                client.custom(super::evalsha(), all).await
+                client.custom(super::scripts::evalsha(), all).await
             }
             other => other,
         }
@@ -422,16 +422,17 @@ impl RedisPresence {
             all.push(PRESENCE_SHA.clone());
             all.push("0".to_owned());
             all.extend(args);
-            let sent: Result<(), RedisError> = pipeline.custom(super::evalsha(), all).await;
+            let sent: Result<(), RedisError> =
+                pipeline.custom(super::scripts::evalsha(), all).await;
             queued.push(sent);
         }
         let mut ok = true;
-        for result in super::replies(pipeline, queued).await {
+        for result in super::scripts::replies(pipeline, queued).await {
             match result {
                 Ok(value) => self.send_webhooks(&value, 0),
                 Err(e) => {
                     ok = false;
-                    if super::is_noscript(&e) {
+                    if super::scripts::is_noscript(&e) {
                         load(client).await;
                     }
                     debug!(cause = %e.details(), "presence: a write failed (everything is written again)");
