@@ -41,7 +41,8 @@
 //!  config
 //!  auth, topic_pattern, history (root, retention), presence (root), hub, xshard, event,
 //!  metrics                                                            (pure building blocks)
-//!  ids, limits, clock, duration, redis_url, frame, error, sys, http, assets   (leaves)
+//!  ids, limits, clock, duration, redis_url, frame, error, sys, http, assets, admission
+//!                                                                            (leaves)
 //! ```
 //!
 //! Leaves import nothing from the crate. `config` stands on the leaves, `auth` and
@@ -98,7 +99,7 @@
 //! - `hub` (shard thread, pure): topic → connection set, user → connection set, and each
 //!   connection's topics (the only record of them); reports interest transitions.
 //! - `xshard` (any thread): the messages, inboxes and shared counters that cross
-//!   threads — deliveries, inbox messages, node counters, the connection budget.
+//!   threads — deliveries, inbox messages, node counters.
 //! - `event` (any thread, pure): events and their encoding into deliveries.
 //! - `metrics` (the shard that accepted the request): `GET /metrics`, the node's counters
 //!   in the Prometheus text format.
@@ -117,6 +118,9 @@
 //! - `sys` (main thread at start-up, shard threads for sends): OS calls; the only module
 //!   with `unsafe`.
 //! - `error` (any thread): the crate error type.
+//! - `admission` (shard threads, shared by all; `Send + Sync`): node-wide admission
+//!   control — the per-address connect rate and the connection budget with its slot
+//!   guard.
 //! - `fuzz_harness`, `testing`: entry points for fuzz targets, benches and tests (they
 //!   may import from any layer).
 //! - `sim` (the caller's thread, deterministic): the simulation of a cluster's stream
@@ -132,6 +136,7 @@ pub mod sim;
 #[doc(hidden)]
 pub mod testing;
 
+mod admission;
 mod api;
 mod assets;
 mod auth;

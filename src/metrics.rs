@@ -22,11 +22,10 @@ use prometheus_client::{
 };
 
 use crate::{
+    admission::ConnectionBudget,
     auth::AuthFailure,
     sys,
-    xshard::{
-        Buckets, ConnectionBudget, Histogram, HistogramReading, NodeStats, REJECTED_STATUSES,
-    },
+    xshard::{Buckets, Histogram, HistogramReading, NodeStats, REJECTED_STATUSES},
 };
 
 /// The `Content-Type` of the answer.

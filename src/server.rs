@@ -20,13 +20,14 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{info, warn};
 
 use crate::{
+    admission::{ConnectRate, ConnectionBudget},
     bus,
     config::{Config, CpuChoice, ShardCount},
     error::{Error, Result},
     ids::{NodeId, ShardId},
     shard::{self, ShardParts},
     sys,
-    xshard::{self, ConnectionBudget, NodeStats, ShardControl},
+    xshard::{self, NodeStats, ShardControl},
 };
 
 /// File descriptors kept free for everything that is not a client socket (listeners,
@@ -211,7 +212,7 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
     )
     .map_err(Error::Config)?;
     let api_key: Option<Arc<str>> = cfg.api_key().map_err(Error::Config)?.map(Arc::from);
-    let connect_rate = xshard::ConnectRate::new(cfg.max_connects_per_ip);
+    let connect_rate = ConnectRate::new(cfg.max_connects_per_ip);
     if verifier.is_none() && !addr.ip().is_loopback() {
         warn!(
             %addr,

@@ -9,12 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::{
-    auth::AuthFailure,
-    ids::ShardId,
-    sys,
-    xshard::{ConnectionBudget, NodeStats},
-};
+use crate::{admission::ConnectionBudget, auth::AuthFailure, ids::ShardId, sys, xshard::NodeStats};
 
 /// The `/healthz` body (PROTOCOL.md, "`/healthz`", documents every field).
 #[derive(Debug, Serialize)]

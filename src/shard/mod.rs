@@ -56,6 +56,7 @@ use awaiting::AwaitingBus;
 use recovering::Recoveries;
 
 use crate::{
+    admission::{BudgetSlot, ConnectRate, ConnectionBudget},
     auth::Verifier,
     bus::{BusCommand, BusCommands, BusHandle, ReplayRequest, embedded::LocalSequencer},
     config::Config,
@@ -67,8 +68,8 @@ use crate::{
     limits::MAX_TOPICS_PER_CONN,
     presence::webhook::WebhookQueue,
     xshard::{
-        BudgetSlot, ConnectRate, ConnectionBudget, Delivery, NodeStats, ReplayAnswer,
-        ReplayPurpose, ReplayTo, ShardControl, ShardInbox, ShardInboxes,
+        Delivery, NodeStats, ReplayAnswer, ReplayPurpose, ReplayTo, ShardControl, ShardInbox,
+        ShardInboxes,
     },
 };
 

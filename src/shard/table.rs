@@ -19,11 +19,7 @@ use std::{
 use slab::Slab;
 
 use super::{Shard, api::UserSlot};
-use crate::{
-    conn::Conn,
-    ids::ConnId,
-    xshard::{BudgetSlot, ShardStats},
-};
+use crate::{admission::BudgetSlot, conn::Conn, ids::ConnId, xshard::ShardStats};
 
 /// Every registered connection of a shard, by [`ConnId`].
 #[derive(Debug, Default)]
