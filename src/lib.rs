@@ -40,7 +40,7 @@
 //!  bus, conn, api, presence::{dispatch, webhook}, history::memory   (may read the config)
 //!  config
 //!  auth, topic_pattern, history (root, retention), presence (root), hub, xshard, event,
-//!  metrics                                                            (pure building blocks)
+//!  stats, metrics                                                     (pure building blocks)
 //!  ids, limits, clock, duration, redis_url, frame, error, sys, http, assets, admission
 //!                                                                            (leaves)
 //! ```
@@ -98,8 +98,11 @@
 //!   and history rules.
 //! - `hub` (shard thread, pure): topic → connection set, user → connection set, and each
 //!   connection's topics (the only record of them); reports interest transitions.
-//! - `xshard` (any thread): the messages, inboxes and shared counters that cross
-//!   threads — deliveries, inbox messages, node counters.
+//! - `xshard` (any thread): the messages and inboxes that cross threads — deliveries,
+//!   inbox messages, replay requests and answers, shard control.
+//! - `stats` (any thread; each counter written by one thread, read by any): the node's
+//!   counters — per shard, the Redis bridge's, webhook delivery — and the latency
+//!   histograms (`stats::histogram`) that `/healthz`, `/metrics` and the stats feed read.
 //! - `event` (any thread, pure): events and their encoding into deliveries.
 //! - `metrics` (the shard that accepted the request): `GET /metrics`, the node's counters
 //!   in the Prometheus text format.
@@ -156,6 +159,7 @@ mod presence;
 mod redis_url;
 mod server;
 mod shard;
+mod stats;
 #[allow(unsafe_code)]
 mod sys;
 mod topic_pattern;

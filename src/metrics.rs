@@ -1,7 +1,7 @@
 //! `GET /metrics`: the node's counters in the Prometheus text format (0.0.4).
 //!
 //! Runs on: whichever shard accepted the HTTP request. Nothing here is on the delivery
-//! path: shards and the bridge keep writing their relaxed atomics (`xshard::NodeStats`),
+//! path: shards and the bridge keep writing their relaxed atomics (`stats::NodeStats`),
 //! and a scrape reads them through a `prometheus_client` [`Collector`], which encodes each
 //! family (names, help, types, escaping) — no hand-built exposition text.
 //!
@@ -24,8 +24,8 @@ use prometheus_client::{
 use crate::{
     admission::ConnectionBudget,
     auth::AuthFailure,
+    stats::{Buckets, Histogram, HistogramReading, NodeStats, REJECTED_STATUSES},
     sys,
-    xshard::{Buckets, Histogram, HistogramReading, NodeStats, REJECTED_STATUSES},
 };
 
 /// The `Content-Type` of the answer.
@@ -113,7 +113,7 @@ impl Families<'_> {
 
 fn shard_histogram<'a, B: Buckets + 'a>(
     stats: &'a NodeStats,
-    field: impl Fn(&'a crate::xshard::ShardStats) -> &'a Histogram<B>,
+    field: impl Fn(&'a crate::stats::ShardStats) -> &'a Histogram<B>,
 ) -> HistogramReading {
     Histogram::read(stats.shards.iter().map(field))
 }
@@ -298,7 +298,7 @@ impl Collector for NodeCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ids::NodeId, xshard::ShardStats};
+    use crate::{ids::NodeId, stats::ShardStats};
     use std::time::Duration;
 
     fn sample(text: &str, line_start: &str) -> Option<f64> {

@@ -26,8 +26,9 @@ use crate::{
     error::{Error, Result},
     ids::{NodeId, ShardId},
     shard::{self, ShardParts},
+    stats::NodeStats,
     sys,
-    xshard::{self, NodeStats, ShardControl},
+    xshard::{self, ShardControl},
 };
 
 /// File descriptors kept free for everything that is not a client socket (listeners,

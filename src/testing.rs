@@ -10,8 +10,9 @@ pub use crate::{
     hub::{Hub, Subscribed},
     ids::{ConnId, NodeId, Route},
     shard::Shard,
+    stats::NodeStats,
     sys::{SendJob, SendRing, process_rss_bytes, send_vectored},
-    xshard::{Delivery, NodeStats},
+    xshard::Delivery,
 };
 
 /// The node's token verifier, for benchmarks of the cost of authentication per upgrade.

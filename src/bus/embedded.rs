@@ -40,7 +40,8 @@ use crate::{
         self, LocalPresence, PresenceCommand, Query,
         webhook::{WebhookEvent, WebhookQueue},
     },
-    xshard::{NodeStats, ShardInboxes, ShardMessage},
+    stats::NodeStats,
+    xshard::{ShardInboxes, ShardMessage},
 };
 
 /// Most idempotency keys one sequencer remembers (the oldest are forgotten first).

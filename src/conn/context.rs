@@ -14,7 +14,7 @@ use crate::{
     config::Config,
     frame::{self, FrameDecoder, SharedFrame},
     ids::ShardId,
-    xshard::{NodeStats, ShardStats},
+    stats::{NodeStats, ShardStats},
 };
 
 /// Size of the shard's read scratch buffer, shared by all its connections: one read

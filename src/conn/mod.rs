@@ -39,7 +39,7 @@ use crate::{
     frame::SharedFrame,
     history::Since,
     ids::ConnId,
-    xshard::ShardStats,
+    stats::ShardStats,
 };
 use auth::{Action, ConnAuth, ExpiryStep};
 use reader::Inbound;

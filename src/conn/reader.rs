@@ -33,7 +33,7 @@ use crate::{
     frame::{self, FrameDecoder, FrameError, close_code, unmask_at},
     ids::Route,
     limits::MAX_TOPICS_PER_CONN,
-    xshard::ShardStats,
+    stats::ShardStats,
 };
 
 /// Why the connection must close: the close code and reason sent to the client.

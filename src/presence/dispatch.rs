@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 use super::webhook::{
     self, BATCH_WINDOW, Debouncer, MAX_BATCH, WebhookEvent, is_retryable, retry_after,
 };
-use crate::xshard::NodeStats;
+use crate::stats::NodeStats;
 
 /// Most batches waiting per receiver; beyond it new batches are dropped (and counted).
 const RECEIVER_BACKLOG: usize = 1024;

@@ -17,7 +17,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{conn::state::Ending, xshard::NodeStats};
+use crate::{conn::state::Ending, stats::NodeStats};
 
 /// Most events in one request.
 pub(crate) const MAX_BATCH: usize = 50;

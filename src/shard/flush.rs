@@ -13,8 +13,8 @@ use tracing::warn;
 
 use crate::{
     conn::{Conn, ShardContext},
+    stats::ShardStats,
     sys,
-    xshard::ShardStats,
 };
 
 /// Largest queue that a batch copies into one contiguous buffer: a few small frames are

@@ -1,7 +1,7 @@
 //! The `/healthz` document: node-wide counters as one JSON object.
 //!
 //! Runs on: whichever shard accepted the HTTP request; it reads every shard's counters
-//! (relaxed atomics in `xshard::NodeStats`), so the answer is the node's, not the
+//! (relaxed atomics in `stats::NodeStats`), so the answer is the node's, not the
 //! shard's. The document is a struct serialized by serde: its fields are the wire format,
 //! and a test checks them against PROTOCOL.md.
 
@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::{admission::ConnectionBudget, auth::AuthFailure, ids::ShardId, sys, xshard::NodeStats};
+use crate::{admission::ConnectionBudget, auth::AuthFailure, ids::ShardId, stats::NodeStats, sys};
 
 /// The `/healthz` body (PROTOCOL.md, "`/healthz`", documents every field).
 #[derive(Debug, Serialize)]

@@ -18,7 +18,7 @@ use std::{rc::Rc, sync::atomic::Ordering, time::Duration};
 use glommio::timer::Timer;
 
 use super::Shard;
-use crate::xshard::ShardStats;
+use crate::stats::ShardStats;
 
 /// Finest and coarsest sweep period.
 const MIN_TICK: Duration = Duration::from_millis(10);

@@ -23,7 +23,8 @@ use crate::conn::Mode;
 use crate::ids::ConnId;
 use crate::{
     ids::Route,
-    xshard::{Delivery, ShardInbox, ShardMessage, ShardStats},
+    stats::ShardStats,
+    xshard::{Delivery, ShardInbox, ShardMessage},
 };
 
 /// Most messages taken from the inbox before a flush pass: large enough for corking

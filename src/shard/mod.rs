@@ -67,9 +67,9 @@ use crate::{
     ids::{ConnId, NodeId, Publisher, Route, ShardId},
     limits::MAX_TOPICS_PER_CONN,
     presence::webhook::WebhookQueue,
+    stats::NodeStats,
     xshard::{
-        Delivery, NodeStats, ReplayAnswer, ReplayPurpose, ReplayTo, ShardControl, ShardInbox,
-        ShardInboxes,
+        Delivery, ReplayAnswer, ReplayPurpose, ReplayTo, ShardControl, ShardInbox, ShardInboxes,
     },
 };
 

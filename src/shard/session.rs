@@ -31,7 +31,7 @@ use crate::{
     },
     frame::{SharedFrame, close_code},
     ids::Publisher,
-    xshard::ShardStats,
+    stats::ShardStats,
 };
 
 /// Serves one accepted socket until it closes. Never returns an error: problems end

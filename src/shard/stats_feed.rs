@@ -4,7 +4,7 @@
 //! whole cluster.
 //!
 //! Runs on: shard 0 only (one feed per node). Reads the relaxed atomics of
-//! `xshard::NodeStats`; publishes through the bus like a client would, as sender
+//! `stats::NodeStats`; publishes through the bus like a client would, as sender
 //! `corecast`. Clients may not publish on the topic (`read_only`); with an API key set,
 //! subscribing needs the key as the subscription's `token`.
 
@@ -17,7 +17,7 @@ use super::Shard;
 use crate::{
     event::{Event, Payload, PublishOptions},
     ids::Route,
-    xshard::{Histogram, HistogramReading},
+    stats::{Histogram, HistogramReading},
 };
 
 pub(crate) use crate::conn::command::STATS_TOPIC;

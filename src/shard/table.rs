@@ -19,7 +19,7 @@ use std::{
 use slab::Slab;
 
 use super::{Shard, api::UserSlot};
-use crate::{admission::BudgetSlot, conn::Conn, ids::ConnId, xshard::ShardStats};
+use crate::{admission::BudgetSlot, conn::Conn, ids::ConnId, stats::ShardStats};
 
 /// Every registered connection of a shard, by [`ConnId`].
 #[derive(Debug, Default)]

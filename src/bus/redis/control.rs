@@ -20,7 +20,8 @@ use super::{Shared, user_count};
 use crate::{
     conn::command::CommandError,
     ids::{Publisher, ShardId},
-    xshard::{BridgeStats, ClusterControl, ShardMessage},
+    stats::BridgeStats,
+    xshard::{ClusterControl, ShardMessage},
 };
 
 /// Publishes a cluster command on the control channel (every node, this one included,

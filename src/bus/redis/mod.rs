@@ -98,7 +98,8 @@ use crate::{
     conn::command::CommandError,
     history::{memory::HistorySettings, retention::Retention},
     ids::{Publisher, Route, ShardId},
-    xshard::{BridgeStats, ClusterControl, NodeStats, ShardInboxes, ShardMessage},
+    stats::{BridgeStats, NodeStats},
+    xshard::{ClusterControl, ShardInboxes, ShardMessage},
 };
 use control::{count_user, send_control};
 use history::{PUBLISH_SCRIPT, READ_SCRIPT, REBASE_SCRIPT};

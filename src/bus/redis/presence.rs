@@ -54,7 +54,8 @@ use crate::{
         self, Member, NodeLoad, Occupancy, PresenceCommand, Query, RateMeter, SnapshotTo, Tally,
         webhook::{EventName, WebhookEvent, WebhookQueue},
     },
-    xshard::{NodeStats, ShardInboxes, ShardMessage},
+    stats::NodeStats,
+    xshard::{ShardInboxes, ShardMessage},
 };
 
 /// The presence script; `ARGV[1]` is the operation, `ARGV[2]` the prefix, `ARGV[3]` the

@@ -27,7 +27,8 @@ use crate::{
     conn::command::published_json,
     event::{Event, PublishOptions},
     ids::{EventId, PublishedAt, Publisher, Route, ShardId},
-    xshard::{BridgeStats, ShardMessage},
+    stats::BridgeStats,
+    xshard::ShardMessage,
 };
 
 /// Most publishes in one pipeline to Redis.

@@ -32,7 +32,8 @@ use super::{
 };
 use crate::{
     ids::{Route, ShardId},
-    xshard::{BridgeStats, Delivery},
+    stats::BridgeStats,
+    xshard::Delivery,
 };
 
 /// Most history reads in one pipeline.

@@ -17,7 +17,8 @@ use super::{
 use crate::{
     config::DeliveryMode,
     ids::{Route, ShardId},
-    xshard::{BridgeStats, ClusterControl, Delivery, ShardMessage},
+    stats::BridgeStats,
+    xshard::{ClusterControl, Delivery, ShardMessage},
 };
 
 /// One message from Redis: an event for local connections, or this node's heartbeat

@@ -31,7 +31,8 @@ use super::{
 use crate::{
     bus::interest::NodeInterest,
     ids::{Interest, InterestChange, ShardId},
-    xshard::{BridgeStats, ShardMessage},
+    stats::BridgeStats,
+    xshard::ShardMessage,
 };
 
 /// Most channels in one SUBSCRIBE or UNSUBSCRIBE.
