@@ -40,7 +40,7 @@
 //!  bus, conn, api, presence::{dispatch, webhook}, history::memory   (may read the config)
 //!  config
 //!  auth, topic_pattern, history (root, retention), presence (root), hub, xshard, event,
-//!  stats, metrics                                                     (pure building blocks)
+//!  stats (with stats::prometheus)                                     (pure building blocks)
 //!  ids, limits, clock, duration, redis_url, frame, error, sys, http, assets, admission
 //!                                                                            (leaves)
 //! ```
@@ -102,10 +102,10 @@
 //!   inbox messages, replay requests and answers, shard control.
 //! - `stats` (any thread; each counter written by one thread, read by any): the node's
 //!   counters — per shard, the Redis bridge's, webhook delivery — and the latency
-//!   histograms (`stats::histogram`) that `/healthz`, `/metrics` and the stats feed read.
+//!   histograms (`stats::histogram`) that `/healthz`, `/metrics` and the stats feed read;
+//!   `stats::prometheus` (the shard that accepted the request) is `GET /metrics`, those
+//!   counters in the Prometheus text format.
 //! - `event` (any thread, pure): events and their encoding into deliveries.
-//! - `metrics` (the shard that accepted the request): `GET /metrics`, the node's counters
-//!   in the Prometheus text format.
 //! - `ids` (any thread, pure): the identifiers every layer passes around — shard,
 //!   connection, route (stream), node, event id, publish time, publisher — and the
 //!   interest a shard reports to the bus.
@@ -154,7 +154,6 @@ mod http;
 mod hub;
 mod ids;
 mod limits;
-mod metrics;
 mod presence;
 mod redis_url;
 mod server;

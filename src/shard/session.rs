@@ -131,14 +131,15 @@ async fn upgrade(
             return None;
         }
         Request::Metrics => {
-            let text = crate::metrics::NodeCollector::new(
+            let text = crate::stats::prometheus::NodeCollector::new(
                 ctx.node_stats().clone(),
                 shard.budget.clone(),
                 shard.pending_budget.clone(),
                 shard.shutting_down.get(),
             )
             .render();
-            let response = handshake::http_response(200, crate::metrics::CONTENT_TYPE, &text);
+            let response =
+                handshake::http_response(200, crate::stats::prometheus::CONTENT_TYPE, &text);
             let _ = write_and_close(stream, &response).await;
             return None;
         }

@@ -5,10 +5,11 @@
 //! thread, or the webhook dispatcher; relaxed) and read by any shard. Owns
 //! [`NodeStats`] (shared by every thread in an `Arc`) and what it holds: [`ShardStats`],
 //! [`BridgeStats`], [`WebhookStats`], and the latency [`Histogram`]s (`histogram`). All
-//! are `Send + Sync`: atomics, no lock. Imports only `ids`, never the shard, the bus or a
-//! connection.
+//! are `Send + Sync`: atomics, no lock. `prometheus` encodes them for `GET /metrics`.
+//! Nothing here imports the shard, the bus or a connection.
 
 mod histogram;
+pub(crate) mod prometheus;
 
 use std::sync::{
     Arc,

@@ -1,9 +1,11 @@
 //! `GET /metrics`: the node's counters in the Prometheus text format (0.0.4).
 //!
 //! Runs on: whichever shard accepted the HTTP request. Nothing here is on the delivery
-//! path: shards and the bridge keep writing their relaxed atomics (`stats::NodeStats`),
+//! path: shards and the bridge keep writing their relaxed atomics ([`NodeStats`]),
 //! and a scrape reads them through a `prometheus_client` [`Collector`], which encodes each
 //! family (names, help, types, escaping) — no hand-built exposition text.
+//! [`NodeCollector`] lives for one scrape; it is `Send + Sync` (`Arc`s of the node's
+//! atomics), as `prometheus_client` requires of a collector.
 //!
 //! Labels are bounded by construction: `shard` (the shard count), `status` (the fixed
 //! list of error statuses the node answers), `reason` (fixed enums). No topic, user or
@@ -356,7 +358,7 @@ mod tests {
         let mut emitted: Vec<&str> =
             text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
         emitted.sort_unstable();
-        let doc = include_str!("../PROTOCOL.md");
+        let doc = include_str!("../../PROTOCOL.md");
         let section = doc
             .split("\n## ")
             .find(|s| s.starts_with("`/metrics`"))
