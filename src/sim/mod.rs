@@ -822,12 +822,18 @@ impl World {
                     }
                 }
             }
-            // Liveness: every connected client ends on its topic's marker — unless the
+            // Liveness: every connected client ends on its topic's marker — or, when the
             // marker itself was given an id the lost writes had (the documented limit of
-            // G5: a node that knew abandons that epoch and its clients are told instead).
+            // G5), was told of the loss after the last event it got: never silence.
             let top = self.redis.top(&stream_key(&client.topic));
             let reused = top.is_some_and(|id| self.reused.contains(&id));
-            if markers.contains(&client.topic) && client.node.is_some() && !reused {
+            let told_last = client
+                .seen
+                .iter()
+                .rev()
+                .take_while(|s| !matches!(s, Seen::Event(..)))
+                .any(|s| matches!(s, Seen::Lost | Seen::Recovered(false)));
+            if markers.contains(&client.topic) && client.node.is_some() && !(reused && told_last) {
                 let got = client.seen.iter().rev().find_map(|s| match s {
                     Seen::Event(id, data) => Some((*id, data.as_str())),
                     _ => None,

@@ -35,15 +35,18 @@ pub(crate) const FILL_COUNT: usize = 1000;
 /// How long a stream's last replay read answers further replays (a reconnect storm:
 /// thousands of clients asking about one stream within a second).
 pub(crate) const REPLAY_CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
-/// Most reads of one stream's history for waiting replays that cannot be answered yet
-/// before they are answered `recovered: false`: a read below the node's delivery position
-/// (made just before the node delivered more events: the next one is not; one that stays
-/// behind means Redis lost writes the node had delivered), or a client that saw more than
-/// this node has delivered yet (it comes from a node ahead of this one). The first read
-/// again is at once, each later one waits longer (the shell's pause for a read that failed
-/// that many times: up to 200, 400, 800, 1,600 ms, with full jitter): about 1.5 s in all,
-/// at most 3 s, before giving up.
-pub(crate) const MAX_REPLAY_REREADS: u32 = 5;
+/// Most reads in a row, for waiting replays, that came back below the node's delivery
+/// position before they are answered `recovered: false`. On a busy stream a read is
+/// often behind by the time it is answered (the node delivered more meanwhile): it is
+/// made again at once, and one soon lands; one that stays behind means Redis lost writes
+/// the node had delivered, and re-reading would never end.
+pub(crate) const MAX_READS_BEHIND: u32 = 32;
+/// Most reads in a row, for a client that saw more than this node has delivered yet (it
+/// comes from a node ahead of this one), before it is answered `recovered: false`. The
+/// first is at once, each later one waits longer (the shell's pause for a read that
+/// failed that many times: up to 200, 400, 800, 1,600 ms, with full jitter): about 1.5 s
+/// in all, at most 3 s.
+pub(crate) const MAX_NODE_WAITS: u32 = 5;
 /// Most streams whose last published id the node remembers as a floor for its next
 /// publish on them (the map is cleared when it would grow past this: a floor is a
 /// safeguard, not state anything else depends on).
@@ -118,7 +121,19 @@ struct ReplayGroup {
     reading: bool,
     waiting: Vec<ReplayRequest>,
     /// Reads in a row that came back below the node's delivery position.
-    behind: u32,
+    read_behind: u32,
+    /// Reads in a row that found a waiting client ahead of the node.
+    node_behind: u32,
+}
+
+/// Why a replay cannot be answered from a read yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NotYet {
+    /// The read is older than what the node delivered since (or did not reach far
+    /// enough): read again at once.
+    ReadBehind,
+    /// The client saw more than this node has delivered: wait for the node.
+    NodeBehind,
 }
 
 /// Every stream decision of one node (module docs). One owner: the bridge's shared state
@@ -345,7 +360,7 @@ impl StreamsCore {
                 let position = self.position_of(&request.route);
                 let answer =
                     replay_answer(&request, Some(&*snapshot), position, self.history.max_replay);
-                if let Some(answer) = answer {
+                if let Ok(answer) = answer {
                     self.effects.push(Effect::Replayed(Box::new(request.to), Box::new(answer)));
                     return;
                 }
@@ -396,27 +411,38 @@ impl StreamsCore {
         }
         let position = self.position_of(route);
         let mut again = Vec::new();
+        let mut wait_for_node = false;
         for request in waiting {
             let answer = match &snapshot {
-                Err(_) => Some(ReplayAnswer { recovered: false, ..ReplayAnswer::default() }),
+                Err(_) => Ok(ReplayAnswer { recovered: false, ..ReplayAnswer::default() }),
                 Ok(snapshot) => {
                     replay_answer(&request, snapshot.as_ref(), position, self.history.max_replay)
                 }
             };
             match answer {
-                Some(answer) => {
+                Ok(answer) => {
                     self.effects.push(Effect::Replayed(Box::new(request.to), Box::new(answer)));
                 }
-                None => again.push(request),
+                Err(why) => {
+                    wait_for_node |= why == NotYet::NodeBehind;
+                    again.push(request);
+                }
             }
         }
         let group = self.replays.entry(route.clone()).or_default();
-        group.behind = if again.is_empty() { 0 } else { group.behind + 1 };
-        if group.behind > MAX_REPLAY_REREADS {
+        if again.is_empty() {
+            (group.read_behind, group.node_behind) = (0, 0);
+        } else if wait_for_node {
+            group.node_behind += 1;
+        } else {
+            group.read_behind += 1;
+        }
+        let pause = if wait_for_node { group.node_behind.saturating_sub(1) } else { 0 };
+        if group.read_behind > MAX_READS_BEHIND || group.node_behind > MAX_NODE_WAITS {
             // Redis keeps answering below what this node delivered: it lost writes. The
             // waiting clients are told now (never held forever), and the node's own read
             // of the stream finds the loss and abandons the epoch.
-            group.behind = 0;
+            (group.read_behind, group.node_behind) = (0, 0);
             self.effects.push(Effect::ReplaysGivenUp(route.clone(), again.len()));
             for request in again.drain(..) {
                 let answer = ReplayAnswer { recovered: false, ..ReplayAnswer::default() };
@@ -430,7 +456,6 @@ impl StreamsCore {
         if !again.is_empty() {
             let group = self.replays.entry(route.clone()).or_default();
             group.waiting.extend(again);
-            let behind = group.behind;
             self.read_for_replays(route);
             // Read again: at once the first time (a read made just before the node
             // delivered more is the common case), then after a pause that grows (the node
@@ -438,7 +463,7 @@ impl StreamsCore {
             if let Some(Effect::Read(job)) = self.effects.last_mut()
                 && job.purpose == ReadFor::Replay
             {
-                job.failures = behind.saturating_sub(1);
+                job.failures = pause;
             }
         }
     }
@@ -477,7 +502,7 @@ fn replay_answer(
     snapshot: Option<&FramedSnapshot>,
     position: Option<(bool, Option<EventId>)>,
     max_replay: u64,
-) -> Option<ReplayAnswer> {
+) -> Result<ReplayAnswer, NotYet> {
     let live = request.to.purpose != ReplayPurpose::History;
     let mut state = snapshot.map(|(state, _)| *state);
     if live {
@@ -485,7 +510,8 @@ fn replay_answer(
         match (position, state) {
             (Some((true, Some(at))), Some(s)) if at.epoch == s.epoch => {
                 if at.offset > s.top {
-                    return None; // the read is older than what was delivered: read again
+                    // The read is older than what was delivered: read again.
+                    return Err(NotYet::ReadBehind);
                 }
                 if let Since::After(since) = request.since
                     && since.epoch == at.epoch
@@ -495,7 +521,7 @@ fn replay_answer(
                     // The client saw more than this node has delivered (it comes from a
                     // node ahead of this one): the events are stored, this node delivers
                     // them soon. Wait for it rather than say they are lost.
-                    return None;
+                    return Err(NotYet::NodeBehind);
                 }
                 state = Some(StreamState { top: at.offset, ..s });
             }
@@ -505,7 +531,7 @@ fn replay_answer(
             (Some((true, None)), None) => {}
             // Not delivering the stream, or its position is unknown or in another epoch:
             // the answer could not be stitched to live delivery without a gap.
-            _ => return Some(ReplayAnswer { recovered: false, ..ReplayAnswer::default() }),
+            _ => return Ok(ReplayAnswer { recovered: false, ..ReplayAnswer::default() }),
         }
     }
     let entries = snapshot.map(|(_, e)| e.as_slice()).unwrap_or_default();
@@ -519,7 +545,7 @@ fn replay_answer(
         covered = events.len() as u64 == to - from + 1;
         events
     });
-    covered.then_some(answer)
+    if covered { Ok(answer) } else { Err(NotYet::ReadBehind) }
 }
 
 #[cfg(test)]
