@@ -35,12 +35,17 @@ pub(crate) const FILL_COUNT: usize = 1000;
 /// How long a stream's last replay read answers further replays (a reconnect storm:
 /// thousands of clients asking about one stream within a second).
 pub(crate) const REPLAY_CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
-/// Most reads in a row, for waiting replays, that came back below the node's delivery
-/// position before they are answered `recovered: false`. On a busy stream a read is
-/// often behind by the time it is answered (the node delivered more meanwhile): it is
-/// made again at once, and one soon lands; one that stays behind means Redis lost writes
-/// the node had delivered, and re-reading would never end.
-pub(crate) const MAX_READS_BEHIND: u32 = 32;
+/// Most reads in a row, for waiting replays, that came back below what the node had
+/// delivered when the read was made before they are answered `recovered: false`: Redis
+/// lost writes the node had delivered, and re-reading would never end (the node's own
+/// read of the stream then finds the loss).
+pub(crate) const MAX_READS_BEHIND: u32 = 4;
+/// Most reads in a row, for waiting replays, that came back below the node's position
+/// only because the node delivered more while they were on their way (a busy stream: the
+/// bridge takes in Pub/Sub before read answers). Each is made again at once, and one
+/// lands as soon as the stream pauses for a round trip; a stream busier than that for
+/// this many round trips (about a second or more) gets `recovered: false`.
+pub(crate) const MAX_RACED_READS: u32 = 1000;
 /// Most reads in a row, for a client that saw more than this node has delivered yet (it
 /// comes from a node ahead of this one), before it is answered `recovered: false`. The
 /// first is at once, each later one waits longer (the shell's pause for a read that
@@ -120,8 +125,14 @@ pub(crate) enum Effect {
 struct ReplayGroup {
     reading: bool,
     waiting: Vec<ReplayRequest>,
-    /// Reads in a row that came back below the node's delivery position.
+    /// Where the node's delivery stood when the read on its way was made.
+    issued_at: Option<EventId>,
+    /// Reads in a row that came back below what the node had delivered when they were
+    /// made.
     read_behind: u32,
+    /// Reads in a row that came back below the node's position only because it moved on
+    /// while they were on their way.
+    raced: u32,
     /// Reads in a row that found a waiting client ahead of the node.
     node_behind: u32,
 }
@@ -384,6 +395,7 @@ impl StreamsCore {
             return;
         }
         group.reading = true;
+        group.issued_at = self.trackers.get(route).and_then(StreamTracker::position);
         let (from, count) = read_range(&self.history, &group.waiting);
         let job =
             ReadJob { route: route.clone(), from, count, purpose: ReadFor::Replay, failures: 0 };
@@ -401,10 +413,15 @@ impl StreamsCore {
         snapshot: Result<Option<FramedSnapshot>, String>,
         now: Instant,
     ) {
-        let waiting = {
+        let (waiting, issued_at) = {
             let Some(group) = self.replays.get_mut(route) else { return };
             group.reading = false;
-            std::mem::take(&mut group.waiting)
+            (std::mem::take(&mut group.waiting), group.issued_at.take())
+        };
+        // Below what the node had delivered when the read was made: Redis lost writes.
+        let regressed = match (&snapshot, issued_at) {
+            (Ok(Some((state, _))), Some(at)) => at.epoch == state.epoch && at.offset > state.top,
+            _ => false,
         };
         if let Ok(Some(snapshot)) = &snapshot {
             self.replay_cache.insert(route.clone(), (now, Rc::new(snapshot.clone())));
@@ -431,18 +448,23 @@ impl StreamsCore {
         }
         let group = self.replays.entry(route.clone()).or_default();
         if again.is_empty() {
-            (group.read_behind, group.node_behind) = (0, 0);
+            (group.read_behind, group.node_behind, group.raced) = (0, 0, 0);
         } else if wait_for_node {
             group.node_behind += 1;
-        } else {
+        } else if regressed {
             group.read_behind += 1;
+        } else {
+            group.raced += 1;
         }
         let pause = if wait_for_node { group.node_behind.saturating_sub(1) } else { 0 };
-        if group.read_behind > MAX_READS_BEHIND || group.node_behind > MAX_NODE_WAITS {
+        if group.read_behind > MAX_READS_BEHIND
+            || group.node_behind > MAX_NODE_WAITS
+            || group.raced > MAX_RACED_READS
+        {
             // Redis keeps answering below what this node delivered: it lost writes. The
             // waiting clients are told now (never held forever), and the node's own read
             // of the stream finds the loss and abandons the epoch.
-            (group.read_behind, group.node_behind) = (0, 0);
+            (group.read_behind, group.node_behind, group.raced) = (0, 0, 0);
             self.effects.push(Effect::ReplaysGivenUp(route.clone(), again.len()));
             for request in again.drain(..) {
                 let answer = ReplayAnswer { recovered: false, ..ReplayAnswer::default() };
