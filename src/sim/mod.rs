@@ -549,8 +549,23 @@ impl World {
         let Some((route, payload)) = self.nodes[n].inbox.pop_front() else { return };
         let delivery = Arc::new(wire::delivery_from(route.clone(), &payload, &mut self.json));
         self.log(format!("node {n} gets live {:?} on {route:?}", delivery.id));
-        self.nodes[n].core.handle_live(&route, delivery);
+        if let Some(delivery) = self.nodes[n].core.handle_live(&route, delivery) {
+            self.deliver(n, &route, &delivery);
+        }
         self.apply(n);
+    }
+
+    /// Node `n` delivers `delivery` of `route` to its clients of the stream (held back
+    /// from those waiting for a replay: the answer has it).
+    fn deliver(&mut self, n: usize, route: &Route, delivery: &Delivery) {
+        let (Some(id), Some(data)) = (delivery.id, data_of(delivery)) else { return };
+        for client in &mut self.clients {
+            if client.node == Some(n) && client.topic == *route && client.recovering.is_none() {
+                client.seen.push(Seen::Event(id, data.clone()));
+                client.last = Some(id);
+                self.delivered += 1;
+            }
+        }
     }
 
     /// Executes node `n`'s effects.
@@ -559,22 +574,7 @@ impl World {
         self.nodes[n].core.swap_effects(&mut effects);
         for effect in effects {
             match effect {
-                Effect::Deliver(route, delivery) => {
-                    let (Some(id), Some(data)) = (delivery.id, data_of(&delivery)) else {
-                        continue;
-                    };
-                    for c in 0..self.clients.len() {
-                        let client = &mut self.clients[c];
-                        if client.node == Some(n)
-                            && client.topic == route
-                            && client.recovering.is_none()
-                        {
-                            client.seen.push(Seen::Event(id, data.clone()));
-                            client.last = Some(id);
-                            self.delivered += 1;
-                        }
-                    }
-                }
+                Effect::Deliver(route, delivery) => self.deliver(n, &route, &delivery),
                 Effect::Lost(route) => {
                     self.log(format!("node {n} tells {route:?} lost"));
                     for client in &mut self.clients {

@@ -460,13 +460,17 @@ impl StreamTracker {
     /// Where delivery in `epoch` starts: after what this tracker delivered there before it
     /// left it, or at its beginning.
     fn start_of(&self, epoch: u64) -> EventId {
-        let offset = self.left.iter().find(|l| l.epoch == epoch).map_or(0, |l| l.offset);
-        EventId { epoch, offset }
+        EventId { epoch, offset: self.left_in(epoch).map_or(0, |l| l.offset) }
+    }
+
+    /// The last id delivered in `epoch`, if this tracker left it.
+    fn left_in(&self, epoch: u64) -> Option<EventId> {
+        self.left.iter().find(|l| l.epoch == epoch).copied()
     }
 
     /// `id` is in an epoch this tracker left, at or below what it delivered there.
     fn left_at_or_above(&self, id: EventId) -> bool {
-        self.left.iter().any(|l| l.epoch == id.epoch && id.offset <= l.offset)
+        self.left_in(id.epoch).is_some_and(|l| id.offset <= l.offset)
     }
 
     /// Where the tracker stands, as the `from` of a read made now names it.
@@ -481,13 +485,18 @@ impl StreamTracker {
     /// A read that says nothing reliable: read again from where the tracker stands when
     /// a gap is held, else nothing to do.
     fn read_again(&mut self, mut out: Filled) -> Filled {
-        if !self.held.is_empty()
-            && let Some(cursor) = self.cursor()
-        {
+        if !self.held.is_empty() {
+            self.read_from_cursor(&mut out);
+        }
+        out
+    }
+
+    /// Asks for a read from where the tracker stands (when it knows).
+    fn read_from_cursor(&mut self, out: &mut Filled) {
+        if let Some(cursor) = self.cursor() {
             self.filling = true;
             out.again = Some(cursor);
         }
-        out
     }
 
     /// Takes held events that are now next in order.
@@ -521,12 +530,8 @@ impl StreamTracker {
     ) -> Filled {
         let mut out = self.read_answered(from, snapshot, count);
         // A read asked for while this one was on its way (a reconnect): made now.
-        if std::mem::take(&mut self.reread)
-            && out.again.is_none()
-            && let Some(cursor) = self.cursor()
-        {
-            self.filling = true;
-            out.again = Some(cursor);
+        if std::mem::take(&mut self.reread) && out.again.is_none() {
+            self.read_from_cursor(&mut out);
         }
         out
     }
@@ -570,7 +575,7 @@ impl StreamTracker {
         }
         let in_epoch = matches!(self.position, Position::At(at) if at.epoch == state.epoch);
         let back_below =
-            !in_epoch && self.left.iter().any(|l| l.epoch == state.epoch && state.top < l.offset);
+            !in_epoch && self.left_in(state.epoch).is_some_and(|l| state.top < l.offset);
         if back_below && moved {
             // Redis went back to an epoch this node had left, below what it delivered
             // there — but the node has delivered since this read was made (of a newer

@@ -105,6 +105,9 @@ pub(super) async fn deliver_tracked(
     delivery: Arc<Delivery>,
     targets: &mut Vec<ShardId>,
 ) {
-    shared.streams.borrow_mut().handle_live(&route, delivery);
-    shared.run_effects(Some(&route), targets).await;
+    let now = shared.streams.borrow_mut().handle_live(&route, delivery);
+    match now {
+        Some(delivery) => shared.deliver(targets, ShardMessage::Deliver(delivery)).await,
+        None => shared.run_effects(Some(&route), targets).await,
+    }
 }
