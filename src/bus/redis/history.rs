@@ -346,10 +346,19 @@ pub(crate) struct StreamTracker {
     /// The last id delivered in each of the epochs this tracker left (the latest few):
     /// Redis coming back to one of them below that lost writes too.
     left: Vec<EventId>,
+    /// Which of the node's trackers this is (a stream untracked and tracked again gets a
+    /// new one): a read made for an earlier one is not an answer for this one.
+    generation: u64,
 }
 
 impl StreamTracker {
+    #[cfg(test)]
     pub(crate) fn new(position: Position) -> StreamTracker {
+        StreamTracker::numbered(position, 0)
+    }
+
+    /// The node's tracker number `generation` of a stream, starting at `position`.
+    pub(crate) fn numbered(position: Position, generation: u64) -> StreamTracker {
         StreamTracker {
             position,
             held: BTreeMap::new(),
@@ -357,7 +366,13 @@ impl StreamTracker {
             unconfirmed: 0,
             reread: false,
             left: Vec::new(),
+            generation,
         }
+    }
+
+    /// Which of the node's trackers this is ([`numbered`](Self::numbered)).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The last event delivered contiguously, when known.

@@ -69,8 +69,11 @@ pub(crate) enum ReadFrom {
 /// Why a history read is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ReadFor {
-    /// To fill the node's gap after this position.
-    Fill(EventId),
+    /// To fill the node's gap after `after`, for the stream's tracker number `tracker`
+    /// (an answer that comes back after the stream was untracked and tracked again
+    /// belongs to no one: it may have been made before Redis lost writes the new tracker
+    /// never saw).
+    Fill { after: EventId, tracker: u64 },
     /// To answer the clients waiting for a replay of the stream.
     Replay,
     /// To learn where the stream stands before subscribing to it.
@@ -90,10 +93,12 @@ pub(crate) struct ReadJob {
 }
 
 impl ReadJob {
-    /// A read of `route`'s history after `after`, to fill the node's gap.
-    pub(crate) fn fill(route: Route, after: EventId, failures: u32) -> ReadJob {
+    /// A read of `route`'s history after `after`, to fill the gap of its tracker number
+    /// `tracker`.
+    pub(crate) fn fill(route: Route, after: EventId, tracker: u64, failures: u32) -> ReadJob {
         let from = ReadFrom::Offset(after.offset + 1);
-        ReadJob { route, from, count: FILL_COUNT, purpose: ReadFor::Fill(after), failures }
+        let purpose = ReadFor::Fill { after, tracker };
+        ReadJob { route, from, count: FILL_COUNT, purpose, failures }
     }
 }
 
@@ -163,6 +168,8 @@ pub(crate) struct StreamsCore {
     replay_cache: HashMap<Route, (Instant, Rc<FramedSnapshot>)>,
     /// The history settings (replay limit; page sizes).
     history: HistorySettings,
+    /// Trackers made so far (the next one's number).
+    trackers_made: u64,
     /// What to do next, in order.
     effects: Vec<Effect>,
 }
@@ -175,6 +182,7 @@ impl StreamsCore {
             replays: HashMap::new(),
             replay_cache: HashMap::new(),
             history,
+            trackers_made: 0,
             effects: Vec::new(),
         }
     }
@@ -199,11 +207,11 @@ impl StreamsCore {
     /// Starts tracking `route` at `position` (learned before subscribing), unless its
     /// position is known already.
     pub(crate) fn track(&mut self, route: &Route, position: Position) {
-        let tracker =
-            self.trackers.entry(route.clone()).or_insert_with(|| StreamTracker::new(position));
-        if !tracker.is_known() {
-            *tracker = StreamTracker::new(position);
+        if self.trackers.get(route).is_some_and(StreamTracker::is_known) {
+            return;
         }
+        self.trackers_made += 1;
+        self.trackers.insert(route.clone(), StreamTracker::numbered(position, self.trackers_made));
     }
 
     /// The node no longer delivers `route`; what it delivered stays its floor.
@@ -269,15 +277,15 @@ impl StreamsCore {
     /// After a reconnect or `Lagged`: every stream is read from its position (in the
     /// routes' order, so that a replayed run makes the same reads in the same order).
     pub(crate) fn handle_gap_everywhere(&mut self) {
-        let mut fills: Vec<(Route, EventId)> = Vec::new();
+        let mut fills: Vec<(Route, EventId, u64)> = Vec::new();
         for (route, tracker) in &mut self.trackers {
             if let Some(after) = tracker.start_fill() {
-                fills.push((route.clone(), after));
+                fills.push((route.clone(), after, tracker.generation()));
             }
         }
         fills.sort_unstable();
-        for (route, after) in fills {
-            self.effects.push(Effect::Read(ReadJob::fill(route, after, 0)));
+        for (route, after, tracker) in fills {
+            self.effects.push(Effect::Read(ReadJob::fill(route, after, tracker, 0)));
         }
     }
 
@@ -291,8 +299,11 @@ impl StreamsCore {
         route: &Route,
         delivery: Arc<Delivery>,
     ) -> Option<Arc<Delivery>> {
-        let (action, lost) = match (delivery.id, self.trackers.get_mut(route)) {
-            (Some(id), Some(tracker)) => tracker.live(id, &delivery),
+        let (action, lost, generation) = match (delivery.id, self.trackers.get_mut(route)) {
+            (Some(id), Some(tracker)) => {
+                let (action, lost) = tracker.live(id, &delivery);
+                (action, lost, tracker.generation())
+            }
             // No id (another publisher's payload, or a stream without history).
             _ => return Some(delivery),
         };
@@ -304,7 +315,8 @@ impl StreamsCore {
             Live::Deliver => self.effects.push(Effect::Deliver(route.clone(), delivery)),
             Live::Duplicate | Live::Held(None) => {}
             Live::Held(Some(after)) => {
-                self.effects.push(Effect::Read(ReadJob::fill(route.clone(), after, 0)));
+                let job = ReadJob::fill(route.clone(), after, generation, 0);
+                self.effects.push(Effect::Read(job));
             }
             Live::GaveUp => {
                 let ready = self.trackers.get_mut(route).map(StreamTracker::take_ready);
@@ -326,7 +338,7 @@ impl StreamsCore {
         match job.purpose {
             // Positions are read before subscribing, by the subscription task ([`track`]).
             ReadFor::Position => {}
-            ReadFor::Fill(after) => self.filled(job, after, result),
+            ReadFor::Fill { after, tracker } => self.filled(job, after, tracker, result),
             ReadFor::Replay => self.answer_replays(&job.route, result, now),
         }
     }
@@ -335,10 +347,15 @@ impl StreamsCore {
         &mut self,
         job: ReadJob,
         after: EventId,
+        generation: u64,
         result: Result<Option<FramedSnapshot>, String>,
     ) {
         let failed = result.is_err();
-        let Some(tracker) = self.trackers.get_mut(&job.route) else { return };
+        let tracker = self.trackers.get_mut(&job.route);
+        // A read for a tracker that is gone (the stream was untracked meanwhile) proves
+        // nothing about this one: it may even answer for a Redis that has since come back
+        // older, and delivering it could hand clients events Redis no longer has.
+        let Some(tracker) = tracker.filter(|t| t.generation() == generation) else { return };
         let filled = tracker.filled(after, result.map_err(|_| ()), job.count);
         let route = job.route;
         if filled.lost {
@@ -358,7 +375,7 @@ impl StreamsCore {
         }
         if let Some(after) = filled.again {
             let failures = if failed { job.failures + 1 } else { 0 };
-            self.effects.push(Effect::Read(ReadJob::fill(route, after, failures)));
+            self.effects.push(Effect::Read(ReadJob::fill(route, after, generation, failures)));
         }
     }
 
@@ -475,9 +492,10 @@ impl StreamsCore {
                 let answer = ReplayAnswer { recovered: false, ..ReplayAnswer::default() };
                 self.effects.push(Effect::Replayed(Box::new(request.to), Box::new(answer)));
             }
-            let after = self.trackers.get_mut(route).and_then(StreamTracker::start_fill);
-            if let Some(after) = after {
-                self.effects.push(Effect::Read(ReadJob::fill(route.clone(), after, 0)));
+            let fill =
+                self.trackers.get_mut(route).and_then(|t| Some((t.start_fill()?, t.generation())));
+            if let Some((after, tracker)) = fill {
+                self.effects.push(Effect::Read(ReadJob::fill(route.clone(), after, tracker, 0)));
             }
         }
         if !again.is_empty() {
@@ -674,5 +692,26 @@ mod tests {
         let out = effects(&mut c);
         let [Effect::Replayed(_, answer)] = &out[..] else { panic!("{out:?}") };
         assert!(answer.recovered && answer.events.is_empty());
+    }
+
+    #[test]
+    fn a_fill_made_for_an_earlier_tracker_of_the_stream_is_not_delivered() {
+        // The node reads a gap of the stream; every local subscriber leaves and one comes
+        // back (a new tracker, at where Redis stands now: it came back from an older
+        // snapshot, top 6). The old read, made before Redis lost 7..9, answers now: its
+        // events must not reach anyone (their ids are handed out again next).
+        let mut c = core();
+        c.track(&topic(), Position::At(id(5, 6)));
+        assert!(c.handle_live(&topic(), event(5, 8)).is_none(), "held behind a gap");
+        let Effect::Read(old) = effects(&mut c).remove(0) else { panic!("a fill read") };
+        c.untrack(&topic());
+        c.track(&topic(), Position::At(id(5, 6)));
+        let entries = (7..=9).map(|o| event(5, o)).collect();
+        let stale = (StreamState { epoch: 5, top: 9, first: Some(1) }, entries);
+        c.handle_read(old, Ok(Some(stale)), Instant::now());
+        assert!(effects(&mut c).is_empty(), "nothing delivered, nothing read");
+        assert_eq!(c.position_of(&topic()), Some((true, Some(id(5, 6)))));
+        // The next event of the stream (given id 5:7 again) is delivered, not dropped.
+        assert!(c.handle_live(&topic(), event(5, 7)).is_some());
     }
 }
