@@ -9,14 +9,21 @@
 //!   lent read-only to connection code;
 //! - [`table::ConnTable`]: every registered connection; entries come and go only through
 //!   the registration guard ([`table::Registered`]), whose `Drop` undoes everything;
-//! - [`Hub`]: user and topic indexes, whose interest transitions go to the bus;
+//! - [`SubscriptionBook`] (`subs`): every subscription of the shard's connections and
+//!   what waits on one — the `hub::Hub` (user and topic indexes), the subscribers waiting
+//!   for the bus to confirm their topic, the pending replays, the presence watchers. Its
+//!   methods are pure and return [`Effect`]s; it is changed only through
+//!   [`Shard::update_subs`], which then carries the effects out in one place
+//!   ([`Shard::carry_out`]: interest and presence changes, replay and snapshot requests to
+//!   the bus, `subscribed` replies). The fan-out only reads it;
 //! - [`BusHandle`]: this shard's end of the bus;
 //! - [`flush::Flusher`]: the send ring that writes a flush pass.
 //!
 //! Tasks of a shard:
 //! - `listener::run`: accept loop on this shard's SO_REUSEPORT socket → `session::run`;
 //! - `session::run`: one per socket: upgrade → register → serve → close;
-//! - `inbox::run`: drains the bus's messages and fans deliveries out to local connections;
+//! - `inbox::run`: drains the bus's messages, fans deliveries out to local connections
+//!   and acts on the bus's answers (confirmations, replays, losses, presence, replies);
 //! - `LocalSequencer::run` (`bus::embedded`): sequences the streams this shard owns and
 //!   delivers them to the inboxes of the shards that want them;
 //! - `heartbeat::run`: pings, pong deadlines and seed-mode application pings;
@@ -329,7 +336,7 @@ impl Shard {
     /// reach the bus and the connections. A connection that is no longer registered is
     /// skipped (its user is looked up here, in the table).
     fn carry_out(&self, effects: Vec<Effect>) {
-        let id = self.ctx.id;
+        let shard = self.ctx.id;
         for effect in effects {
             match effect {
                 Effect::ChangeInterest(change) => self.bus.change_interest(change),
@@ -340,13 +347,12 @@ impl Shard {
                 }
                 Effect::RequestReplay { conn, route, since, token, purpose } => {
                     let Some(user) = self.user_of(conn) else { continue };
-                    let to =
-                        ReplayTo { shard: id, route: route.clone(), conn, user, token, purpose };
+                    let to = ReplayTo { shard, route: route.clone(), conn, user, token, purpose };
                     self.bus.request_replay(ReplayRequest { route, since, limit: u64::MAX, to });
                 }
                 Effect::RequestSnapshot { conn, topic, watch } => {
                     let Some(user) = self.user_of(conn) else { continue };
-                    self.bus.presence_snapshot(SnapshotTo { shard: id, topic, conn, user, watch });
+                    self.bus.presence_snapshot(SnapshotTo { shard, topic, conn, user, watch });
                 }
                 Effect::Subscribed { topic, conns } => {
                     let frame = Rc::new(encode_text(&command::ack_json("subscribed", &topic)));
