@@ -56,10 +56,13 @@
 //!   channels; builds the token verifier from the configured keys.
 //! - `shard` (one per shard thread, `!Send`): the per-core root. `Shard` owns the
 //!   `conn::ShardContext`, the connection table (`shard::table`, entries only through
-//!   the `Registered` guard, whose `Drop` unregisters from table, hub, send ring, counters
-//!   and budget), the `hub::Hub`, the shard's `bus::BusHandle` and the flush pass
-//!   (`shard::flush`, which owns the io_uring send ring). Tasks: listener, one session per
-//!   socket, inbox, heartbeat.
+//!   the `Registered` guard, whose `Drop` unregisters from table, subscriptions, send
+//!   ring, counters and budget), the subscription book (`shard::subs`: the `hub::Hub`,
+//!   subscribers awaiting the bus's confirmation, pending replays, presence watchers —
+//!   pure, its decisions returned as effects that the shard carries out in one place),
+//!   the shard's `bus::BusHandle` and the flush pass (`shard::flush`, which owns the
+//!   io_uring send ring). Tasks: listener, one session per socket, inbox (deliveries and
+//!   the bus's other answers), heartbeat.
 //! - `bus` (shard threads): the seam between shards and whatever sequences streams.
 //!   `BusHandle` is a shard's end (one lane per sequencer); `bus::embedded` is the
 //!   single-node implementation, a `LocalSequencer` per shard for the streams it owns;
@@ -97,7 +100,8 @@
 //!   grants). `topic_pattern` (any thread, pure) is the `*` matcher shared by permissions
 //!   and history rules.
 //! - `hub` (shard thread, pure): topic → connection set, user → connection set, and each
-//!   connection's topics (the only record of them); reports interest transitions.
+//!   connection's topics (the only record of them); reports interest transitions. Owned
+//!   by the shard's subscription book.
 //! - `xshard` (any thread): the messages and inboxes that cross threads — deliveries,
 //!   inbox messages, replay requests and answers, shard control.
 //! - `stats` (any thread; each counter written by one thread, read by any): the node's

@@ -28,7 +28,7 @@
 //! - **Exactly once** to every connection the route names when the event arrives.
 //! - **Confirmation.** Every topic a shard gains is confirmed to it
 //!   (`ShardMessage::TopicConfirmed`) once the shard receives the topic's events; the
-//!   shard's subscribers are told `subscribed` then (`shard::awaiting`).
+//!   shard's subscribers are told `subscribed` then (`shard::subs`).
 //! - **Interest.** A shard gets a topic's events only while it has a subscriber of that
 //!   topic, and a user's direct messages only while it has a connection of that user; the
 //!   broadcast stream always. A shard's interest changes and publishes about one stream

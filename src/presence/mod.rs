@@ -18,7 +18,7 @@
 //! `{"type":"presence","topic":T,"members":[...]}`. Each piece of news of a topic has a
 //! sequence number (increasing; after a loss of the presence data it restarts above every
 //! earlier one, being seeded from the clock in microseconds): a subscriber gets only the
-//! news after its snapshot's number (`shard::presence`).
+//! news after its snapshot's number (`shard::subs`).
 
 pub(crate) mod dispatch;
 pub(crate) mod webhook;

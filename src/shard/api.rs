@@ -121,8 +121,8 @@ impl Shard {
                 }
                 let conns: Vec<_> = {
                     let table = self.table.borrow();
-                    let hub = self.hub.borrow();
-                    hub.user_conns(user)
+                    let subs = self.subs.borrow();
+                    subs.user_conns(user)
                         .iter()
                         .filter_map(|id| table.get(id.0 as usize).cloned())
                         .collect()

@@ -9,14 +9,21 @@
 //!   lent read-only to connection code;
 //! - [`table::ConnTable`]: every registered connection; entries come and go only through
 //!   the registration guard ([`table::Registered`]), whose `Drop` undoes everything;
-//! - [`Hub`]: user and topic indexes, whose interest transitions go to the bus;
+//! - [`SubscriptionBook`] (`subs`): every subscription of the shard's connections and
+//!   what waits on one — the `hub::Hub` (user and topic indexes), the subscribers waiting
+//!   for the bus to confirm their topic, the pending replays, the presence watchers. Its
+//!   methods are pure and return [`Effect`]s; it is changed only through
+//!   [`Shard::update_subs`], which then carries the effects out in one place
+//!   ([`Shard::carry_out`]: interest and presence changes, replay and snapshot requests to
+//!   the bus, `subscribed` replies). The fan-out only reads it;
 //! - [`BusHandle`]: this shard's end of the bus;
 //! - [`flush::Flusher`]: the send ring that writes a flush pass.
 //!
 //! Tasks of a shard:
 //! - `listener::run`: accept loop on this shard's SO_REUSEPORT socket → `session::run`;
 //! - `session::run`: one per socket: upgrade → register → serve → close;
-//! - `inbox::run`: drains the bus's messages and fans deliveries out to local connections;
+//! - `inbox::run`: drains the bus's messages, fans deliveries out to local connections
+//!   and acts on the bus's answers (confirmations, replays, losses, presence, replies);
 //! - `LocalSequencer::run` (`bus::embedded`): sequences the streams this shard owns and
 //!   delivers them to the inboxes of the shards that want them;
 //! - `heartbeat::run`: pings, pong deadlines and seed-mode application pings;
@@ -28,16 +35,14 @@
 //! with all its queued frames (`flush`).
 
 mod api;
-mod awaiting;
 mod flush;
 mod health;
 mod heartbeat;
 mod inbox;
 mod listener;
-mod presence;
-mod recovering;
 mod session;
 pub(crate) mod stats_feed;
+mod subs;
 mod table;
 
 use std::{
@@ -52,8 +57,7 @@ use std::{
 
 use tracing::{info, warn};
 
-use awaiting::AwaitingBus;
-use recovering::Recoveries;
+use subs::{Effect, SubscriptionBook};
 
 use crate::{
     admission::{BudgetSlot, ConnectRate, ConnectionBudget},
@@ -61,16 +65,12 @@ use crate::{
     bus::{BusCommand, BusCommands, BusHandle, ReplayRequest, embedded::LocalSequencer},
     config::Config,
     conn::{Conn, Mode, ShardContext, SubscribeReply, Subscriptions, command, state::Close},
-    frame::close_code,
+    frame::{close_code, encode_text},
     history::{Since, memory::HistorySettings},
-    hub::{Hub, Subscribed},
-    ids::{ConnId, NodeId, Publisher, Route, ShardId},
-    limits::MAX_TOPICS_PER_CONN,
-    presence::webhook::WebhookQueue,
+    ids::{ConnId, NodeId, Route, ShardId},
+    presence::{SnapshotTo, webhook::WebhookQueue},
     stats::NodeStats,
-    xshard::{
-        Delivery, ReplayAnswer, ReplayPurpose, ReplayTo, ShardControl, ShardInbox, ShardInboxes,
-    },
+    xshard::{Delivery, ReplayPurpose, ReplayTo, ShardControl, ShardInbox, ShardInboxes},
 };
 
 /// Everything a shard thread is started with (all `Send`).
@@ -149,12 +149,9 @@ pub struct Shard {
     ctx: ShardContext,
     /// Every registered connection.
     table: table::ConnTable,
-    /// User and topic indexes.
-    hub: RefCell<Hub>,
-    /// Subscribers whose topic the bus has not confirmed yet.
-    awaiting: RefCell<AwaitingBus>,
-    /// Connections waiting for a replay, whose live events of that stream are held back.
-    recoveries: RefCell<Recoveries>,
+    /// Every subscription of this shard's connections and what waits on one: changed
+    /// only through [`update_subs`](Shard::update_subs).
+    subs: RefCell<SubscriptionBook>,
     /// This shard's end of the bus.
     bus: Rc<BusHandle>,
     /// Writes flush passes.
@@ -169,8 +166,6 @@ pub struct Shard {
     shutting_down: Cell<bool>,
     /// Server-API requests waiting for the bus's answer.
     api_waiters: Rc<api::ApiWaiters>,
-    /// Connections subscribed with `presence: true`.
-    watchers: RefCell<presence::Watchers>,
     /// To the webhook dispatcher (`connection_closed`); `None` without webhooks.
     webhooks: Option<WebhookQueue>,
     /// Users refused until a time (`/api/disconnect` with a block).
@@ -192,9 +187,7 @@ impl Shard {
             node;
         Rc::new(Shard {
             table: table::ConnTable::default(),
-            hub: RefCell::new(Hub::new()),
-            awaiting: RefCell::default(),
-            recoveries: RefCell::default(),
+            subs: RefCell::default(),
             bus: BusHandle::new(id, bus, sequencer.map(|s| (id.0 as usize, s))),
             flusher: flush::Flusher::default(),
             pending_by_ip: RefCell::new(HashMap::new()),
@@ -202,7 +195,6 @@ impl Shard {
             budget,
             shutting_down: Cell::new(false),
             api_waiters: Rc::default(),
-            watchers: RefCell::default(),
             webhooks,
             blocks: api::Blocks::default(),
             connect_rate,
@@ -288,58 +280,11 @@ impl Subscriptions for Shard {
         since: Option<Since>,
         presence: bool,
     ) -> SubscribeReply {
-        let outcome = self.hub.borrow_mut().subscribe(topic, conn, MAX_TOPICS_PER_CONN);
-        if matches!(outcome, Subscribed::Added(_))
-            && let Some(user) = self.user_of(conn)
-        {
-            self.bus.presence_change(topic, &user, true);
-        }
-        let reply = match outcome {
-            Subscribed::Added(Some(change)) => {
-                self.awaiting.borrow_mut().gained(topic, conn);
-                self.bus.change_interest(change);
-                SubscribeReply::WhenConfirmed
-            }
-            Subscribed::Added(None) | Subscribed::Already => {
-                if self.awaiting.borrow_mut().join(topic, conn) {
-                    SubscribeReply::WhenConfirmed
-                } else {
-                    SubscribeReply::Now
-                }
-            }
-            Subscribed::TooManyTopics => return SubscribeReply::TooManyTopics,
-        };
-        if presence {
-            // The snapshot is asked for once `subscribed` is sent (now, or when the bus
-            // confirms the topic); news is held until it arrives.
-            let token = self.watchers.borrow_mut().watch(topic, conn);
-            if reply == SubscribeReply::Now {
-                self.request_snapshot(conn, topic, Some(token));
-            }
-        }
-        if let Some(since) = since {
-            let route = Route::Topic(topic.into());
-            self.recoveries.borrow_mut().begin(route.clone(), conn, since, purpose_of(since));
-            if reply == SubscribeReply::Now {
-                self.request_replay(conn, route);
-            }
-        }
-        reply
+        self.update_subs(|subs, out| subs.subscribe(conn, topic, since, presence, out))
     }
 
     fn unsubscribe(&self, conn: ConnId, topic: &str) {
-        if self.hub.borrow().is_subscribed(topic, conn)
-            && let Some(user) = self.user_of(conn)
-        {
-            self.bus.presence_change(topic, &user, false);
-        }
-        self.watchers.borrow_mut().forget(topic, conn);
-        self.awaiting.borrow_mut().forget(topic, conn);
-        self.recoveries.borrow_mut().forget(&Route::Topic(topic.into()), conn);
-        let change = self.hub.borrow_mut().unsubscribe(topic, conn);
-        if let Some(change) = change {
-            self.bus.change_interest(change);
-        }
+        self.update_subs(|subs, out| subs.unsubscribe(conn, topic, out));
     }
 
     fn history(&self, conn: ConnId, topic: &str, since: Since, limit: u64) {
@@ -357,13 +302,9 @@ impl Subscriptions for Shard {
     }
 
     fn presence(&self, conn: ConnId, topic: &str) {
-        self.request_snapshot(conn, topic, None);
+        let once = Effect::RequestSnapshot { conn, topic: topic.into(), watch: None };
+        self.carry_out(vec![once]);
     }
-}
-
-/// A replay from `since` recovers missed events; from `latest` it only delivers the last.
-fn purpose_of(since: Since) -> ReplayPurpose {
-    if since == Since::Latest { ReplayPurpose::Latest } else { ReplayPurpose::Recover }
 }
 
 impl Shard {
@@ -375,173 +316,52 @@ impl Shard {
     /// `conn` connected with `?lastEventId=`: its broadcasts are held back until the
     /// missed ones are replayed.
     pub(crate) fn recover_broadcasts(&self, conn: ConnId, since: Since) {
-        self.recoveries.borrow_mut().begin(Route::Broadcast, conn, since, purpose_of(since));
-        self.request_replay(conn, Route::Broadcast);
+        self.update_subs(|subs, out| subs.recover_broadcasts(conn, since, out));
     }
 
-    /// Sends `conn`'s pending replay request of `route`, if it has one not sent yet.
-    fn request_replay(&self, conn: ConnId, route: Route) {
-        let Some(request) = self.recoveries.borrow_mut().take_request(&route, conn) else { return };
-        let Some(user) = self.user_of(conn) else { return };
-        let to = ReplayTo {
-            shard: self.ctx.id,
-            route: route.clone(),
-            conn,
-            user,
-            token: request.token,
-            purpose: request.purpose,
-        };
-        self.bus.request_replay(ReplayRequest { route, since: request.since, limit: u64::MAX, to });
+    /// Changes the subscription book with `change`, then carries out what it decided.
+    /// The only place the book is borrowed mutably; the borrow ends before anything is
+    /// carried out.
+    fn update_subs<R>(
+        &self,
+        change: impl FnOnce(&mut SubscriptionBook, &mut Vec<Effect>) -> R,
+    ) -> R {
+        let mut effects = Vec::new();
+        let result = change(&mut self.subs.borrow_mut(), &mut effects);
+        self.carry_out(effects);
+        result
     }
 
-    /// The bus answered a replay request.
-    fn replayed(&self, to: &ReplayTo, answer: &ReplayAnswer) {
-        let conns = self.table.borrow();
-        let Some(conn) = conns.get(to.conn.0 as usize).filter(|c| c.user() == &*to.user) else {
-            return;
-        };
-        let topic = match &to.route {
-            Route::Topic(topic) => Some(&**topic),
-            Route::Broadcast | Route::Direct(_) => None,
-        };
-        if to.purpose == ReplayPurpose::History {
-            let json = command::history_json(topic.unwrap_or_default(), answer);
-            conn.enqueue(&self.ctx, &Rc::new(crate::frame::encode_text(&json)));
-            return;
-        }
-        // An answer to an older request (unsubscribed, or subscribed again) is dropped.
-        if !self.recoveries.borrow_mut().finish(&to.route, to.conn, to.token) {
-            return;
-        }
-        for event in &answer.events {
-            let frame = match (conn.mode(), &event.seed) {
-                (Mode::Seed, Some(seed)) => seed,
-                _ => &event.v1,
-            };
-            conn.enqueue(&self.ctx, &Rc::new(frame.clone()));
-        }
-        if to.purpose == ReplayPurpose::Recover {
-            let json = command::recovered_json(topic, answer.recovered);
-            conn.enqueue(&self.ctx, &Rc::new(crate::frame::encode_text(&json)));
-        }
-    }
-
-    /// The bus lost events of `route` it could not replay: the local subscribers must
-    /// resync (`recovered: false`).
-    fn stream_lost(&self, route: &Route) {
-        let conns = self.table.borrow();
-        let hub = self.hub.borrow();
-        let lost =
-            |topic| Rc::new(crate::frame::encode_text(&command::recovered_json(topic, false)));
-        match route {
-            Route::Topic(topic) => {
-                let frame = lost(Some(topic));
-                for id in hub.topic_conns(topic) {
-                    if let Some(conn) = conns.get(id.0 as usize) {
+    /// Does what the subscription book decided, in order: the one place its decisions
+    /// reach the bus and the connections. A connection that is no longer registered is
+    /// skipped (its user is looked up here, in the table).
+    fn carry_out(&self, effects: Vec<Effect>) {
+        let shard = self.ctx.id;
+        for effect in effects {
+            match effect {
+                Effect::ChangeInterest(change) => self.bus.change_interest(change),
+                Effect::PresenceChange { conn, topic, joined } => {
+                    if let Some(conn) = self.table.borrow().get(conn.0 as usize) {
+                        self.bus.presence_change(&topic, conn.user(), joined);
+                    }
+                }
+                Effect::RequestReplay { conn, route, since, token, purpose } => {
+                    let Some(user) = self.user_of(conn) else { continue };
+                    let to = ReplayTo { shard, route: route.clone(), conn, user, token, purpose };
+                    self.bus.request_replay(ReplayRequest { route, since, limit: u64::MAX, to });
+                }
+                Effect::RequestSnapshot { conn, topic, watch } => {
+                    let Some(user) = self.user_of(conn) else { continue };
+                    self.bus.presence_snapshot(SnapshotTo { shard, topic, conn, user, watch });
+                }
+                Effect::Subscribed { topic, conns } => {
+                    let frame = Rc::new(encode_text(&command::ack_json("subscribed", &topic)));
+                    let table = self.table.borrow();
+                    for conn in conns.iter().filter_map(|id| table.get(id.0 as usize)) {
                         conn.enqueue(&self.ctx, &frame);
                     }
                 }
             }
-            Route::Broadcast => {
-                let frame = lost(None);
-                for (_, conn) in conns.iter().filter(|(_, c)| c.mode() != Mode::Echo) {
-                    conn.enqueue(&self.ctx, &frame);
-                }
-            }
-            // The user's connections are told (they cannot ask for a replay of direct
-            // messages: the app resyncs them as it resyncs a topic).
-            Route::Direct(user) => {
-                let frame = Rc::new(crate::frame::encode_text(&command::direct_lost_json()));
-                for id in hub.user_conns(user) {
-                    if let Some(conn) = conns.get(id.0 as usize)
-                        && conn.mode() != Mode::Echo
-                    {
-                        conn.enqueue(&self.ctx, &frame);
-                    }
-                }
-            }
-        }
-    }
-
-    /// The bus can (`true`) or cannot reach the other nodes: v1 clients are told.
-    fn bus_state(&self, ready: bool) {
-        let json = if ready { r#"{"type":"restored"}"# } else { r#"{"type":"degraded"}"# };
-        let frame = Rc::new(crate::frame::encode_text(json));
-        for (_, conn) in self.table.borrow().iter().filter(|(_, c)| c.mode() == Mode::V1) {
-            conn.enqueue(&self.ctx, &frame);
-        }
-    }
-
-    /// Whether `conn`'s live events of `route` wait for a replay.
-    fn holds(&self, route: &Route, conn: ConnId) -> bool {
-        self.recoveries.borrow().holds(route, conn)
-    }
-}
-
-impl Shard {
-    /// The bus confirmed one of this shard's gains of `topic`: the subscribers that
-    /// waited for it get their `subscribed`.
-    fn topic_confirmed(&self, topic: &str) {
-        let answer = self.awaiting.borrow_mut().confirmed(topic);
-        if answer.is_empty() {
-            return;
-        }
-        let frame = Rc::new(crate::frame::encode_text(&crate::conn::command::ack_json(
-            "subscribed",
-            topic,
-        )));
-        let conns = self.table.borrow();
-        let hub = self.hub.borrow();
-        let mut recover = Vec::new();
-        for id in answer {
-            // Still subscribed (an unsubscribe or a close removed it from the waiters).
-            if let Some(conn) = conns.get(id.0 as usize)
-                && hub.is_subscribed(topic, id)
-            {
-                conn.enqueue(&self.ctx, &frame);
-                recover.push(id);
-            }
-        }
-        drop((conns, hub));
-        // Subscribers with `since` ask for their replay now that the topic's events reach
-        // this shard (the answer comes behind them).
-        for id in recover {
-            self.request_replay(id, Route::Topic(topic.into()));
-            let token = self.watchers.borrow().awaiting(topic, id);
-            if token.is_some() {
-                self.request_snapshot(id, topic, token);
-            }
-        }
-    }
-
-    /// Connection `id` is closing: it no longer waits for any topic's confirmation or
-    /// replay. (Its topics are looked up only when some topic is unconfirmed, which is
-    /// rare.)
-    fn forget_waiting(&self, id: ConnId) {
-        self.recoveries.borrow_mut().forget_conn(id);
-        let mut awaiting = self.awaiting.borrow_mut();
-        if awaiting.is_empty() {
-            return;
-        }
-        for topic in self.hub.borrow().topics_of(id) {
-            awaiting.forget(topic, id);
-        }
-    }
-
-    /// Sends `json` to connection `id` if it is still `user`'s.
-    fn reply_to(&self, to: Publisher, user: &str, json: &str) {
-        let id = match to {
-            Publisher::Conn(id) => id,
-            Publisher::Waiter(ticket) => {
-                self.api_waiters.answer(ticket, json);
-                return;
-            }
-        };
-        let conns = self.table.borrow();
-        if let Some(conn) = conns.get(id.0 as usize)
-            && conn.user() == user
-        {
-            conn.enqueue(&self.ctx, &Rc::new(crate::frame::encode_text(json)));
         }
     }
 }

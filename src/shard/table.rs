@@ -2,8 +2,9 @@
 //!
 //! Runs on: its shard. `!Send`.
 //!
-//! A connection enters the table, the hub, the send ring's file table and the counters
-//! in one place ([`Registered::new`]) and leaves all of them in one place (its `Drop`),
+//! A connection enters the table, the subscription book, the send ring's file table and
+//! the counters in one place ([`Registered::new`]) and leaves all of them in one place
+//! (its `Drop`, which also tells the webhooks it closed),
 //! together with its connection-budget slot: no path can forget one. The socket is closed
 //! only after that (see `session::run`), so its fd number is never reused while anything
 //! still refers to it.
@@ -19,7 +20,13 @@ use std::{
 use slab::Slab;
 
 use super::{Shard, api::UserSlot};
-use crate::{admission::BudgetSlot, conn::Conn, ids::ConnId, stats::ShardStats};
+use crate::{
+    admission::BudgetSlot,
+    conn::Conn,
+    ids::ConnId,
+    presence::webhook::{CloseReason, WebhookEvent},
+    stats::ShardStats,
+};
 
 /// Every registered connection of a shard, by [`ConnId`].
 #[derive(Debug, Default)]
@@ -87,9 +94,7 @@ impl Registered {
         shard.flusher.register_socket(conn.fd());
         let id = ConnId(shard.table.conns.borrow_mut().insert(conn.clone()) as u32);
         conn.set_id(id);
-        if let Some(change) = shard.hub.borrow_mut().add_conn(conn.user(), id) {
-            shard.bus.change_interest(change);
-        }
+        shard.update_subs(|subs, out| subs.arrived(id, conn.user(), out));
         let stats = shard.ctx.stats();
         ShardStats::add(&stats.connections, 1);
         ShardStats::add(&stats.upgrades, 1);
@@ -114,12 +119,13 @@ impl Drop for Registered {
         // fd number again (it is about to be closed and reused).
         conn.abort();
         let id = conn.id();
-        let mut lost = Vec::new();
-        shard.forget_waiting(id);
-        shard.presence_gone(conn);
-        shard.hub.borrow_mut().remove_conn(conn.user(), id, &mut lost);
-        for change in lost {
-            shard.bus.change_interest(change);
+        // While it is still in the table: its presence leaves name its user.
+        shard.update_subs(|subs, out| subs.departed(id, conn.user(), out));
+        if let Some(webhooks) = &shard.webhooks {
+            let (code, reason) = CloseReason::of(conn.state().ending());
+            let node = &shard.ctx.node_stats().node.0;
+            let now = crate::clock::unix_now_ms();
+            webhooks.offer(WebhookEvent::closed(conn.user(), node, code, reason, now));
         }
         shard.table.conns.borrow_mut().try_remove(id.0 as usize);
         // Its place in its user's count is released (`UserSlot`'s drop).

@@ -1,5 +1,5 @@
 //! Subscribers waiting for the bus to confirm their topic before they are told
-//! `subscribed`.
+//! `subscribed`. Owned by the subscription book (`shard::subs`).
 //!
 //! Runs on: its shard. Pure data, no I/O.
 //!

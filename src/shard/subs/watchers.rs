@@ -1,7 +1,7 @@
 //! The shard's presence watchers: connections subscribed with `presence: true`, and what
-//! each has been told.
+//! each has been told. Owned by the subscription book (`shard::subs`).
 //!
-//! Runs on: its shard (`!Send`). Pure: no I/O.
+//! Runs on: its shard. Pure: no I/O.
 //!
 //! A watch starts **awaiting** its snapshot: the news of the topic that arrives meanwhile
 //! is held (it may be older or newer than the snapshot: the snapshot and the news travel
@@ -11,17 +11,9 @@
 //! never misses a join or leave and never sees one twice or out of order, whichever way
 //! the node learnt of it.
 
-use std::{collections::HashMap, rc::Rc, sync::Arc};
+use std::{collections::HashMap, sync::Arc};
 
-use super::Shard;
-use crate::{
-    frame::encode_text,
-    ids::ConnId,
-    presence::{
-        News, SnapshotTo,
-        webhook::{CloseReason, WebhookEvent},
-    },
-};
+use crate::{ids::ConnId, presence::News};
 
 /// Most pieces of news held for one awaiting watcher; past it the snapshot is asked for
 /// again when it arrives (a join storm outran it).
@@ -160,91 +152,6 @@ impl Watchers {
     /// Whether no connection watches anything (most shards: then closes skip the lookup).
     pub(crate) fn is_empty(&self) -> bool {
         self.topics.is_empty()
-    }
-}
-
-impl Shard {
-    /// Asks the presence owner for `topic`'s members, for `conn` (`watch`: the token of
-    /// the watch it starts).
-    pub(super) fn request_snapshot(&self, conn: ConnId, topic: &str, watch: Option<u64>) {
-        let Some(user) = self.user_of(conn) else { return };
-        let to = SnapshotTo { shard: self.ctx.id, topic: topic.into(), conn, user, watch };
-        self.bus.presence_snapshot(to);
-    }
-
-    /// News of joins and leaves may have been lost on the way to this node: every watcher
-    /// gets a fresh snapshot (a `presence` message replacing its member list), then the
-    /// news after it.
-    pub(super) fn presence_resync(&self) {
-        let again = self.watchers.borrow_mut().rewatch_all();
-        for (topic, conn, token) in again {
-            self.request_snapshot(conn, &topic, Some(token));
-        }
-    }
-
-    /// A topic's members arrived for one connection.
-    pub(super) fn presence_snapshot(&self, to: &SnapshotTo, seq: u64, json: &str) -> u64 {
-        let conns = self.table.borrow();
-        let Some(conn) = conns.get(to.conn.0 as usize).filter(|c| c.user() == &*to.user) else {
-            return 0;
-        };
-        let mut then = Vec::new();
-        if let Some(token) = to.watch {
-            let fate =
-                self.watchers.borrow_mut().snapshot(&to.topic, to.conn, token, seq, &mut then);
-            match fate {
-                SnapshotFate::Send => {}
-                SnapshotFate::Stale => return 0,
-                SnapshotFate::AskAgain(token) => {
-                    drop(conns);
-                    self.request_snapshot(to.conn, &to.topic, Some(token));
-                    return 0;
-                }
-            }
-        }
-        conn.enqueue(&self.ctx, &Rc::new(encode_text(json)));
-        for news in &then {
-            conn.enqueue(&self.ctx, &Rc::new(news.frame.clone()));
-        }
-        1 + then.len() as u64
-    }
-
-    /// A join or leave: to the topic's watchers that are live.
-    pub(super) fn presence_news(&self, news: &Arc<News>) -> u64 {
-        let mut to = Vec::new();
-        self.watchers.borrow_mut().news(news, &mut to);
-        if to.is_empty() {
-            return 0;
-        }
-        let frame = Rc::new(news.frame.clone());
-        let conns = self.table.borrow();
-        let mut delivered = 0;
-        for id in to {
-            if let Some(conn) = conns.get(id.0 as usize) {
-                delivered += u64::from(conn.enqueue(&self.ctx, &frame));
-            }
-        }
-        delivered
-    }
-
-    /// Connection `conn` of `user` is going: it leaves every topic it was in (and stops
-    /// watching them), and the app backend hears that it closed.
-    pub(super) fn presence_gone(&self, conn: &crate::conn::Conn) {
-        let id = conn.id();
-        let topics: Vec<Box<str>> = self.hub.borrow().topics_of(id).map(Box::from).collect();
-        let watching = !self.watchers.borrow().is_empty();
-        for topic in &topics {
-            self.bus.presence_change(topic, conn.user(), false);
-            if watching {
-                self.watchers.borrow_mut().forget(topic, id);
-            }
-        }
-        if let Some(webhooks) = &self.webhooks {
-            let (code, reason) = CloseReason::of(conn.state().ending());
-            let node = &self.ctx.node_stats().node.0;
-            let now = crate::clock::unix_now_ms();
-            webhooks.offer(WebhookEvent::closed(conn.user(), node, code, reason, now));
-        }
     }
 }
 

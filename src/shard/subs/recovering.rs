@@ -1,4 +1,5 @@
-//! Connections waiting for a replay of a stream before they get its live events.
+//! Connections waiting for a replay of a stream before they get its live events. Owned by
+//! the subscription book (`shard::subs`).
 //!
 //! Runs on: its shard. Pure data, no I/O.
 //!
