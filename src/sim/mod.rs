@@ -38,8 +38,8 @@ use crate::{
     bus::{
         ReplayRequest,
         redis::{
-            history::Position,
             streams::{Effect, ReadFrom, ReadJob, StreamsCore},
+            tracker::Position,
             wire,
         },
     },

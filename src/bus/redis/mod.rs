@@ -69,6 +69,7 @@ mod settings;
 pub(crate) mod streams;
 mod subscribe;
 pub(crate) mod subscriptions;
+pub(crate) mod tracker;
 pub(crate) mod user_count;
 mod watchdog;
 pub(crate) mod wire;

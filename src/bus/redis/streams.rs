@@ -22,7 +22,7 @@ use std::{collections::HashMap, rc::Rc, sync::Arc, time::Instant};
 
 use super::{
     ReplayRequest,
-    history::{FramedSnapshot, Live, Position, StreamTracker},
+    tracker::{FramedSnapshot, Live, Position, StreamTracker},
 };
 use crate::{
     history::{self as recovery, Since, StreamState, memory::HistorySettings},

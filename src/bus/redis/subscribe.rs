@@ -21,11 +21,12 @@ use tracing::{debug, warn};
 use super::{
     Shared,
     control::load_blocks,
-    history::{self, Position},
+    history,
     reads::{READ_BATCH, retry_pause, send_reads},
     receive::value_text,
     streams::{ReadFor, ReadFrom, ReadJob},
     subscriptions::Refused,
+    tracker::Position,
     wire::Incoming,
 };
 use crate::{
