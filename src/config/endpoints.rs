@@ -3,7 +3,7 @@
 //! `echo_path`), and whom it calls (`redis`, `webhook_url`).
 //!
 //! Runs on: the main thread, while the options are read; the values are then plain data
-//! copied into every shard.
+//! copied into every shard, whose upgrades ask [`Origins::allows`].
 //!
 //! A value that may carry credentials is never shown whole: [`RedisUrl`] hides its
 //! password, [`UrlList`] shows only hosts in `Debug`. The URL checks themselves are

@@ -9,9 +9,9 @@
 //! Runs on: the main thread, once at start-up; [`Config`] is then cloned into every shard
 //! (plain data, `Send + Clone`).
 //!
-//! To add an option: one line in the table (with its doc, which is its `--help` text),
-//! a check in `config::validate` if its values depend on others, and its row in the
-//! table of README.md. The value types are in `config::values` and `config::endpoints`.
+//! To add an option: one line in the table (its doc is its `--help` text), and a check in
+//! `config::validate` if its range is limited or other options constrain it. The value
+//! types are in `config::values` and `config::endpoints`.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 

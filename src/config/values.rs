@@ -3,7 +3,7 @@
 //! `--help` defaults and `--check-config`), and the checks of its syntax.
 //!
 //! Runs on: the main thread, while the options are read; the values are then plain data
-//! copied into every shard.
+//! copied into every shard (whose `conn::ShardContext` resolves the [`AutoLimit`]s).
 //!
 //! A value that is a secret ([`Secret`]) is here too: it is shown as `***` everywhere.
 //! Addresses and URLs are in `config::endpoints`; how secrets are read from their files
