@@ -94,6 +94,11 @@
 //!   history (`history::memory`).
 //! - `config` (main thread, then copied into each shard): every option, parsed and
 //!   validated; it reads secret and key files but builds nothing from them.
+//!   `config::options` is the table of every option, the single source of `Config`, the
+//!   CLI flags and environment names, the TOML keys and `--check-config`;
+//!   `config::values` and `config::endpoints` are the option value types;
+//!   `config::validate` the range and cross-field checks; `config::secrets` reads secrets
+//!   inline or from their files; `config::cli` is the command-line entry.
 //! - `auth` (main thread builds it from the configured keys, shards use it; pure): token
 //!   verification (JWT via `jsonwebtoken`) and the permissions a token grants;
 //!   `conn::auth` is one connection's rules (expiry, permissions, subscription-token
