@@ -60,14 +60,14 @@ use crate::{
     auth::Verifier,
     bus::{BusCommand, BusCommands, BusHandle, ReplayRequest, embedded::LocalSequencer},
     config::Config,
-    conn::{Conn, Mode, ShardContext, SubscribeReply, Subscriptions, command, state::Close},
-    frame::close_code,
+    conn::{Conn, Mode, ShardContext, SubscribeReply, Subscriptions, state::Close},
     history::{Since, memory::HistorySettings},
     hub::{Hub, Subscribed},
     ids::{ConnId, NodeId, Publisher, Route, ShardId},
-    limits::MAX_TOPICS_PER_CONN,
     presence::webhook::WebhookQueue,
+    protocol::{limits::MAX_TOPICS_PER_CONN, reply},
     stats::NodeStats,
+    ws::frame::close_code,
     xshard::{
         Delivery, ReplayAnswer, ReplayPurpose, ReplayTo, ShardControl, ShardInbox, ShardInboxes,
     },
@@ -405,8 +405,8 @@ impl Shard {
             Route::Broadcast | Route::Direct(_) => None,
         };
         if to.purpose == ReplayPurpose::History {
-            let json = command::history_json(topic.unwrap_or_default(), answer);
-            conn.enqueue(&self.ctx, &Rc::new(crate::frame::encode_text(&json)));
+            let json = reply::history_json(topic.unwrap_or_default(), answer);
+            conn.enqueue(&self.ctx, &Rc::new(crate::ws::frame::encode_text(&json)));
             return;
         }
         // An answer to an older request (unsubscribed, or subscribed again) is dropped.
@@ -421,8 +421,8 @@ impl Shard {
             conn.enqueue(&self.ctx, &Rc::new(frame.clone()));
         }
         if to.purpose == ReplayPurpose::Recover {
-            let json = command::recovered_json(topic, answer.recovered);
-            conn.enqueue(&self.ctx, &Rc::new(crate::frame::encode_text(&json)));
+            let json = reply::recovered_json(topic, answer.recovered);
+            conn.enqueue(&self.ctx, &Rc::new(crate::ws::frame::encode_text(&json)));
         }
     }
 
@@ -432,7 +432,7 @@ impl Shard {
         let conns = self.table.borrow();
         let hub = self.hub.borrow();
         let lost =
-            |topic| Rc::new(crate::frame::encode_text(&command::recovered_json(topic, false)));
+            |topic| Rc::new(crate::ws::frame::encode_text(&reply::recovered_json(topic, false)));
         match route {
             Route::Topic(topic) => {
                 let frame = lost(Some(topic));
@@ -451,7 +451,7 @@ impl Shard {
             // The user's connections are told (they cannot ask for a replay of direct
             // messages: the app resyncs them as it resyncs a topic).
             Route::Direct(user) => {
-                let frame = Rc::new(crate::frame::encode_text(&command::direct_lost_json()));
+                let frame = Rc::new(crate::ws::frame::encode_text(&reply::direct_lost_json()));
                 for id in hub.user_conns(user) {
                     if let Some(conn) = conns.get(id.0 as usize)
                         && conn.mode() != Mode::Echo
@@ -466,7 +466,7 @@ impl Shard {
     /// The bus can (`true`) or cannot reach the other nodes: v1 clients are told.
     fn bus_state(&self, ready: bool) {
         let json = if ready { r#"{"type":"restored"}"# } else { r#"{"type":"degraded"}"# };
-        let frame = Rc::new(crate::frame::encode_text(json));
+        let frame = Rc::new(crate::ws::frame::encode_text(json));
         for (_, conn) in self.table.borrow().iter().filter(|(_, c)| c.mode() == Mode::V1) {
             conn.enqueue(&self.ctx, &frame);
         }
@@ -486,10 +486,7 @@ impl Shard {
         if answer.is_empty() {
             return;
         }
-        let frame = Rc::new(crate::frame::encode_text(&crate::conn::command::ack_json(
-            "subscribed",
-            topic,
-        )));
+        let frame = Rc::new(crate::ws::frame::encode_text(&reply::ack_json("subscribed", topic)));
         let conns = self.table.borrow();
         let hub = self.hub.borrow();
         let mut recover = Vec::new();
@@ -541,7 +538,7 @@ impl Shard {
         if let Some(conn) = conns.get(id.0 as usize)
             && conn.user() == user
         {
-            conn.enqueue(&self.ctx, &Rc::new(crate::frame::encode_text(json)));
+            conn.enqueue(&self.ctx, &Rc::new(crate::ws::frame::encode_text(json)));
         }
     }
 }

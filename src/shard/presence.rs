@@ -15,12 +15,12 @@ use std::{collections::HashMap, rc::Rc, sync::Arc};
 
 use super::Shard;
 use crate::{
-    frame::encode_text,
     ids::ConnId,
     presence::{
         News, SnapshotTo,
         webhook::{CloseReason, WebhookEvent},
     },
+    ws::frame::encode_text,
 };
 
 /// Most pieces of news held for one awaiting watcher; past it the snapshot is asked for

@@ -688,7 +688,7 @@ impl StreamTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{frame, ids::NodeId};
+    use crate::{ids::NodeId, ws::frame};
 
     fn event(epoch: u64, offset: u64) -> Arc<Delivery> {
         Arc::new(Delivery {
