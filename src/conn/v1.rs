@@ -37,7 +37,7 @@ pub(crate) fn handle_text(
     subs: &dyn Subscriptions,
     payload: &mut [u8],
 ) -> Result<(), Violation> {
-    // The reader already validated the text; this only converts.
+    // The decoder already validated the text; this only converts.
     let Ok(text) = std::str::from_utf8(payload) else { return Err(Violation::INVALID_UTF8) };
     ShardStats::add(&ctx.stats().messages_in, 1);
     match conn.take_message(ctx) {
@@ -94,7 +94,7 @@ fn run_command(ctx: &ShardContext, conn: &Rc<Conn>, subs: &dyn Subscriptions, pa
         conn.pending_events.borrow_mut().push((event, options));
         None
     };
-    let reply = match parsed {
+    let answer = match parsed {
         Ok(command::Command::Subscribe { topic, since, token, presence }) => {
             if let Err(refused) = authorize_subscribe(ctx, conn, &topic, token.as_deref()) {
                 send_reply(ctx, conn, &refused.to_json());
@@ -158,7 +158,7 @@ fn run_command(ctx: &ShardContext, conn: &Rc<Conn>, subs: &dyn Subscriptions, pa
         }
         Err(e) => Some(e.to_json()),
     };
-    if let Some(json) = reply {
+    if let Some(json) = answer {
         send_reply(ctx, conn, &json);
     }
 }
