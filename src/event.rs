@@ -10,8 +10,8 @@
 //! - seed: `{"sender":S,"text":X}` where X is the text, or the JSON text of non-string data.
 
 use crate::{
-    frame,
     ids::{EventId, NodeId, Route},
+    ws::frame,
     xshard::Delivery,
 };
 

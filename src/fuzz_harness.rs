@@ -11,13 +11,15 @@ use bytes::Bytes;
 use crate::{
     config::{EchoPath, Origins},
     conn::{
-        command::{self, is_valid_user_id},
         handshake::{self, ECHO_USER, Policy, Request},
-        reader::{Flow, Inbound, InboundFrame, InboundLimits, Violation},
-        writer::{MAX_IOVECS, OutQueue},
+        out_queue::{MAX_IOVECS, OutQueue},
     },
     event::Payload,
-    frame::FrameDecoder,
+    protocol::{command, limits::is_valid_user_id},
+    ws::{
+        frame::FrameDecoder,
+        inbound::{Flow, Inbound, InboundFrame, InboundLimits, Violation},
+    },
 };
 
 /// The HTTP upgrade parser: never panics, never reports more bytes than it was given, and
@@ -107,7 +109,7 @@ pub fn command(data: &[u8]) {
             | command::Command::Presence(t)
             | command::Command::History { topic: t, .. },
         ) => {
-            assert!(command::is_valid_topic(&t));
+            assert!(crate::protocol::limits::is_valid_topic(&t));
             return;
         }
         Ok(command::Command::Refresh { .. }) => return,
@@ -129,8 +131,8 @@ pub fn command(data: &[u8]) {
 pub fn api_body(data: &[u8]) {
     use crate::{
         api::{self, ApiCall, MAX_BATCH},
-        conn::command::{is_valid_topic, is_valid_user_id},
         ids::Route,
+        protocol::limits::{is_valid_topic, is_valid_user_id},
     };
     let Some((&pick, body)) = data.split_first() else { return };
     let endpoint =

@@ -12,7 +12,8 @@
 //!
 //! ```text
 //!  client text frame
-//!       │  conn::reader: decode (shard scratch buffer) → command / event
+//!       │  ws::inbound: decode (shard scratch buffer) → message; conn::dispatch, conn::v1:
+//!       │  protocol::command → reply / event
 //!       ▼
 //!  bus::BusHandle (per shard: publishes and interest changes, in order per stream)
 //!       │  the stream's lane: its owner shard (a hash of its name), inline when that is
@@ -40,12 +41,14 @@
 //!  bus, conn, api, presence::{dispatch, webhook}, history::memory   (may read the config)
 //!  config
 //!  auth, topic_pattern, history (root, retention), presence (root), hub, xshard, event,
-//!  stats (with stats::prometheus)                                     (pure building blocks)
-//!  ids, limits, clock, duration, redis_url, frame, error, sys, http, assets, admission
+//!  stats (with stats::prometheus), protocol                           (pure building blocks)
+//!  ids, clock, duration, redis_url, ws, error, sys, http, assets, admission
 //!                                                                            (leaves)
 //! ```
 //!
-//! Leaves import nothing from the crate. `config` stands on the leaves, `auth` and
+//! Leaves import nothing from the crate (the files of `ws` use one another). `ws` is the
+//! WebSocket codec and `protocol` the v1 wire protocol: building blocks below `conn`, which
+//! drives them for one live connection; neither knows a connection or a shard. `config` stands on the leaves, `auth` and
 //! `history::retention` only: it builds nothing (its file checks keep nothing), so any
 //! layer above may read it. `conn` never names the shard (it sees `conn::ShardContext`
 //! and the `conn::Subscriptions` trait), `hub` is pure data, and `xshard` carries
@@ -76,10 +79,13 @@
 //!   `bus::interest` is the pure interest table both buses use.
 //! - `conn` (shard thread): one connection. `conn::state::ConnState` is the sans-I/O
 //!   state machine (close handshake, outbound queue and its limit, heartbeat deadlines,
-//!   control-frame rate) with private fields and time passed in; `Conn` wraps it with the
-//!   fd, the waker and the flush flags; `conn::io` polls the socket; `conn::reader` turns
-//!   bytes into frames, messages, commands and events; `conn::handshake` and
-//!   `conn::command` are pure parsers.
+//!   control-frame rate) with private fields and time passed in, and `conn::out_queue` its
+//!   outbound queue (sans-I/O too); `Conn` wraps it with the fd, the waker and the flush
+//!   flags; `conn::io` polls the socket and holds the connection's own write;
+//!   `conn::dispatch` reacts to what the `ws` decoder gives it (close handshake, pongs,
+//!   control-frame rate, echo) and `conn::v1` runs the seed and v1 protocols for the
+//!   connection (rate limit, subscribe authorization, refresh, publish);
+//!   `conn::handshake` is a pure parser.
 //! - `api` (shard threads, pure): the server API's requests (`/api/...` heads, JSON
 //!   bodies → calls, errors naming the field) and responses; `shard::api` executes them
 //!   through the bus, waits for receipts by ticket, and applies cluster commands
@@ -118,13 +124,19 @@
 //! - `ids` (any thread, pure): the identifiers every layer passes around — shard,
 //!   connection, route (stream), node, event id, publish time, publisher — and the
 //!   interest a shard reports to the bus.
-//! - `limits` (any thread, pure): the protocol's fixed limits (user id and topic lengths,
-//!   topics per connection).
+//! - `protocol` (any thread, pure): the v1 wire protocol — `protocol::command` parses a
+//!   client's commands, `protocol::reply` encodes the JSON replies (shards and the buses
+//!   build them), `protocol::limits` is the fixed limits (name lengths, topics per
+//!   connection, the history page, the stats topic) and the validity of user ids, topics
+//!   and idempotency keys.
 //! - `clock` (any thread): the wall clock in Unix seconds and milliseconds.
 //! - `duration` (any thread, pure): `HumanDuration`, the type of every duration option.
 //! - `redis_url` (main thread, then the bridge thread): the Redis URL check, its redacted
 //!   form, and the CA file of a `rediss://` URL.
-//! - `frame` (any thread, pure): the WebSocket frame codec and the shared frame.
+//! - `ws` (any thread, pure): the WebSocket codec — `ws::frame` (server frames encoded once
+//!   and shared, the client-frame decoder, close codes, the client side for the load tool
+//!   and tests), `ws::inbound` (one connection's sans-I/O inbound decoder, fuzzed) and
+//!   `ws::utf8` (incremental UTF-8 validation).
 //! - `http` (shard threads, pure): HTTP pieces the upgrade and the server API share.
 //! - `assets` (shard threads, pure): files served to browsers, compiled in.
 //! - `sys` (main thread at start-up, shard threads for sends): OS calls; the only module
@@ -157,13 +169,12 @@ mod clock;
 mod conn;
 mod duration;
 mod event;
-mod frame;
 mod history;
 mod http;
 mod hub;
 mod ids;
-mod limits;
 mod presence;
+mod protocol;
 mod redis_url;
 mod server;
 mod shard;
@@ -171,6 +182,7 @@ mod stats;
 #[allow(unsafe_code)]
 mod sys;
 mod topic_pattern;
+mod ws;
 mod xshard;
 
 pub use config::Config;

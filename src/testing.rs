@@ -6,12 +6,12 @@
 pub use crate::{
     conn::{Mode, Subscriptions},
     event::{Event, Payload, push_json_str},
-    frame::{SharedFrame, decode_unmasked, encode_masked, encode_text},
     hub::{Hub, Subscribed},
     ids::{ConnId, NodeId, Route},
     shard::Shard,
     stats::NodeStats,
     sys::{SendJob, SendRing, process_rss_bytes, send_vectored},
+    ws::frame::{SharedFrame, decode_unmasked, encode_masked, encode_text},
     xshard::Delivery,
 };
 
@@ -48,8 +48,8 @@ pub fn idle_connection_sizes() -> Vec<(&'static str, usize)> {
         ("glommio TcpStream", size_of::<glommio::net::TcpStream>()),
         ("Conn (in an Rc)", size_of::<crate::conn::Conn>()),
         ("  ConnState", size_of::<crate::conn::state::ConnState>()),
-        ("  OutQueue (in ConnState)", size_of::<crate::conn::writer::OutQueue>()),
-        ("Inbound (boxed, only mid-frame)", size_of::<crate::conn::reader::Inbound>()),
+        ("  OutQueue (in ConnState)", size_of::<crate::conn::out_queue::OutQueue>()),
+        ("Inbound (boxed, only mid-frame)", size_of::<crate::ws::inbound::Inbound>()),
         ("ConnRules (boxed, only with auth or a rate limit)", crate::conn::rules_size()),
     ]
 }

@@ -21,7 +21,7 @@ pub(crate) fn matches(pattern: &[u8], name: &[u8]) -> bool {
 
 /// Whether `pattern` is a topic name in which some characters may be `*`.
 pub(crate) fn is_valid_pattern(pattern: &str) -> bool {
-    (1..=crate::limits::MAX_TOPIC_LEN).contains(&pattern.len())
+    (1..=crate::protocol::limits::MAX_TOPIC_LEN).contains(&pattern.len())
         && pattern.bytes().all(|b| {
             b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'/' | b'-' | b'*')
         })

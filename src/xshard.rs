@@ -22,8 +22,8 @@ use std::sync::{
 };
 
 use crate::{
-    frame::SharedFrame,
     ids::{ConnId, EventId, NodeId, PublishedAt, Publisher, Route, ShardId},
+    ws::frame::SharedFrame,
 };
 
 /// One event, encoded once per wire format, on its way to the shards that want it.

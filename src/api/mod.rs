@@ -20,11 +20,10 @@ use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::value::RawValue;
 
 use crate::{
-    conn::command::{is_valid_idempotency_key, is_valid_topic, is_valid_user_id},
     event::{Event, Payload, PublishOptions},
     ids::Route,
-    limits::MAX_TOPIC_LEN,
     presence::Query,
+    protocol::limits::{MAX_TOPIC_LEN, is_valid_idempotency_key, is_valid_topic, is_valid_user_id},
 };
 
 /// Most commands in one `/api/batch`.

@@ -30,7 +30,6 @@ use super::{
     BusCommand, BusCommands, BusError, DONE_JSON, ReplayRequest, UserCount, interest::InterestTable,
 };
 use crate::{
-    conn::command::published_json,
     history::{
         self,
         memory::{HistorySettings, Idempotency, MemoryHistory},
@@ -40,6 +39,7 @@ use crate::{
         self, LocalPresence, PresenceCommand, Query,
         webhook::{WebhookEvent, WebhookQueue},
     },
+    protocol::reply::published_json,
     stats::NodeStats,
     xshard::{ShardInboxes, ShardMessage},
 };

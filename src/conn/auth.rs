@@ -33,7 +33,7 @@ pub(crate) enum ExpiryStep {
 }
 
 /// Most topics one connection may hold through subscription tokens.
-pub(crate) const MAX_GRANTED_TOPICS: usize = crate::limits::MAX_TOPICS_PER_CONN;
+pub(crate) const MAX_GRANTED_TOPICS: usize = crate::protocol::limits::MAX_TOPICS_PER_CONN;
 
 /// One connection's rules.
 #[derive(Debug, Clone, PartialEq, Eq)]

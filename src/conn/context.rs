@@ -8,13 +8,16 @@
 
 use std::{cell::RefCell, collections::VecDeque, rc::Rc, sync::Arc, time::Instant};
 
-use super::{Conn, auth::ConnAuth, rate::RateLimit, reader::InboundLimits, state::Timing};
+use super::{Conn, auth::ConnAuth, rate::RateLimit, state::Timing};
 use crate::{
     auth::{AuthFailure, Verifier},
     config::Config,
-    frame::{self, FrameDecoder, SharedFrame},
     ids::ShardId,
     stats::{NodeStats, ShardStats},
+    ws::{
+        frame::{self, FrameDecoder, SharedFrame},
+        inbound::InboundLimits,
+    },
 };
 
 /// Size of the shard's read scratch buffer, shared by all its connections: one read

@@ -7,8 +7,9 @@
 use crate::{
     api::http::ApiHead,
     config::{EchoPath, Origins},
-    conn::{Mode, command::is_valid_user_id},
+    conn::Mode,
     history::Since,
+    protocol::limits::is_valid_user_id,
 };
 
 /// What the configuration says about upgrades.

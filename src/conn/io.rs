@@ -1,12 +1,16 @@
 //! The socket side of a connection's task: one poll reacts to readability (frames are
 //! read into the shard's scratch buffer, so an idle connection owns no read buffer), to
 //! writability when the queue could not be flushed at once, and to the close deadline.
+//! Also the connection's own synchronous write ([`write_queue_now`]), which
+//! [`Conn::flush_now`] uses outside a flush pass.
 //!
 //! Runs on: the connection's shard, inside its task (`shard::session` drives the loop and
 //! acts on what a step produced: events for the bus).
 
 use std::{
     future::{Future, poll_fn},
+    io::{self, IoSlice},
+    os::fd::RawFd,
     pin::Pin,
     rc::Rc,
     task::{Context, Poll},
@@ -16,7 +20,12 @@ use std::{
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::{net::TcpStream, timer::Timer};
 
-use super::{Conn, ShardContext, Subscriptions, reader, state::Phase, writer};
+use super::{
+    Conn, ShardContext, Subscriptions, dispatch,
+    out_queue::{MAX_IOVECS, OutQueue},
+    state::Phase,
+};
+use crate::sys;
 
 /// What one step of the serve loop produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +103,7 @@ fn poll_step(
         Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Step::Done),
         Poll::Ready(Ok(n)) => {
             if matches!(conn.phase(), Phase::Open | Phase::Closing) {
-                reader::handle_input(ctx, conn, subs, &mut scratch[..n]);
+                dispatch::handle_input(ctx, conn, subs, &mut scratch[..n]);
             }
             Poll::Ready(Step::Progress)
         }
@@ -108,20 +117,62 @@ fn poll_write_queue(
     conn: &Conn,
     stream: &mut TcpStream,
     cx: &mut Context<'_>,
-) -> Poll<std::io::Result<()>> {
+) -> Poll<io::Result<()>> {
     loop {
         let mut state = conn.state.borrow_mut();
         let out = state.out_mut();
         if out.is_empty() {
             return Poll::Ready(Ok(()));
         }
-        let mut iov = [std::io::IoSlice::new(&[]); writer::MAX_IOVECS];
+        let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
         let n = out.iovecs(&mut iov);
         match Pin::new(&mut *stream).poll_write_vectored(cx, &iov[..n]) {
             Poll::Ready(Ok(written)) => out.advance(written),
-            Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,
         }
+    }
+}
+
+/// Writes as much of `out` to socket `fd` as it takes without blocking (`sendmsg`, one
+/// iovec per frame).
+///
+/// Returns `Ok(true)` when the queue is empty, `Ok(false)` when the socket is full.
+///
+/// # Errors
+/// The socket error (peer gone).
+pub(crate) fn write_queue_now(out: &mut OutQueue, fd: RawFd) -> io::Result<bool> {
+    loop {
+        if out.is_empty() {
+            return Ok(true);
+        }
+        let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+        let n = out.iovecs(&mut iov);
+        match sys::send_vectored(fd, &iov[..n]) {
+            Ok(written) => out.advance(written),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn writes_to_a_real_socket() {
+        use std::{io::Read, os::fd::AsRawFd};
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut q = OutQueue::default();
+        q.push(Rc::new(Bytes::from_static(b"hello ")));
+        q.push(Rc::new(Bytes::from_static(b"world")));
+        assert!(write_queue_now(&mut q, a.as_raw_fd()).unwrap());
+        let mut got = [0u8; 11];
+        b.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello world");
     }
 }

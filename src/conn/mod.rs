@@ -1,5 +1,5 @@
 //! One client connection: its state ([`Conn`]) and the socket work of its task
-//! ([`io::poll_io`]).
+//! ([`io::next_step`]).
 //!
 //! Runs on: the shard that accepted the socket; everything here is `!Send`. Connection
 //! code sees its shard only through [`ShardContext`] (read-only, plus scratch space and
@@ -13,14 +13,14 @@
 //! task through [`Conn::wake`].
 
 pub(crate) mod auth;
-pub(crate) mod command;
 pub(crate) mod context;
+pub(crate) mod dispatch;
 pub(crate) mod handshake;
 pub(crate) mod io;
+pub(crate) mod out_queue;
 pub(crate) mod rate;
-pub(crate) mod reader;
 pub(crate) mod state;
-pub(crate) mod writer;
+pub(crate) mod v1;
 
 use std::{
     cell::{Cell, Ref, RefCell},
@@ -36,13 +36,15 @@ pub(crate) use context::ShardContext;
 
 use crate::{
     event::{Event, PublishOptions},
-    frame::SharedFrame,
     history::Since,
     ids::ConnId,
     stats::ShardStats,
+    ws::{
+        frame::{SharedFrame, close_code, encode_text},
+        inbound::Inbound,
+    },
 };
 use auth::{Action, ConnAuth, ExpiryStep};
-use reader::Inbound;
 use state::{Close, ConnState, Enqueued, Phase};
 
 /// When a subscribe's `subscribed` reply goes out.
@@ -352,15 +354,12 @@ impl Conn {
         match step {
             ExpiryStep::Nothing => false,
             ExpiryStep::Warn => {
-                self.enqueue(
-                    ctx,
-                    &Rc::new(crate::frame::encode_text(r#"{"type":"token_expired"}"#)),
-                );
+                self.enqueue(ctx, &Rc::new(encode_text(r#"{"type":"token_expired"}"#)));
                 false
             }
             ExpiryStep::Close => {
                 let close = Close {
-                    code: crate::frame::close_code::POLICY_VIOLATION,
+                    code: close_code::POLICY_VIOLATION,
                     reason: "token expired",
                     discard_queued: false,
                 };
@@ -429,7 +428,7 @@ impl Conn {
             if state.phase() == Phase::Abort {
                 return;
             }
-            state.out_mut().write_nonblocking(self.fd).map(|done| (done, state.phase()))
+            io::write_queue_now(state.out_mut(), self.fd).map(|done| (done, state.phase()))
         };
         match result {
             Ok((true, phase)) => {

@@ -18,9 +18,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::frame::{self, SharedFrame, close_code};
+use crate::ws::frame::{self, SharedFrame, close_code};
 
-use super::writer::OutQueue;
+use super::out_queue::OutQueue;
 
 /// Where a connection is in the close handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

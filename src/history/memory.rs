@@ -232,7 +232,7 @@ impl Idempotency {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{frame, ids::NodeId};
+    use crate::{ids::NodeId, ws::frame};
 
     fn settings(size: u64, ttl_s: u64) -> HistorySettings {
         HistorySettings {

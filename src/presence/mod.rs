@@ -258,13 +258,13 @@ pub(crate) struct News {
     /// Its sequence number in the topic.
     pub seq: u64,
     /// The frame watchers get.
-    pub frame: crate::frame::SharedFrame,
+    pub frame: crate::ws::frame::SharedFrame,
 }
 
 impl News {
     /// The news that `user` joined or left `topic`, number `seq`.
     pub(crate) fn new(kind: NewsKind, topic: &str, user: &str, seq: u64) -> News {
-        let frame = crate::frame::encode_text(&news_json(kind, topic, user));
+        let frame = crate::ws::frame::encode_text(&news_json(kind, topic, user));
         News { topic: topic.into(), seq, frame }
     }
 }

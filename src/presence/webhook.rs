@@ -68,7 +68,7 @@ pub(crate) enum CloseReason {
 impl CloseReason {
     /// The code and reason of a connection that ended as `ending` says.
     pub(crate) fn of(ending: Ending) -> (u16, CloseReason) {
-        use crate::frame::close_code;
+        use crate::ws::frame::close_code;
         match ending {
             Ending::Client(code) => (code, CloseReason::Client),
             Ending::Heartbeat => (close_code::POLICY_VIOLATION, CloseReason::Heartbeat),

@@ -109,7 +109,7 @@ impl Shard {
             "topic": topic,
             "reason": "subscription token expired",
         });
-        conn.enqueue(&self.ctx, &Rc::new(crate::frame::encode_text(&json.to_string())));
+        conn.enqueue(&self.ctx, &Rc::new(crate::ws::frame::encode_text(&json.to_string())));
     }
 
     /// Applies a cluster command to this shard's connections.

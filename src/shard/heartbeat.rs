@@ -47,7 +47,7 @@ pub(super) async fn run(shard: Rc<Shard>) {
         Timer::new(tick).await;
         let now = std::time::Instant::now();
         let stats = shard.ctx.stats();
-        ShardStats::add(&stats.bytes_out, crate::conn::writer::take_bytes_written());
+        ShardStats::add(&stats.bytes_out, crate::conn::out_queue::take_bytes_written());
         let now_ms = crate::clock::unix_now_ms();
         let mut queued = 0u64;
         let mut timeouts = 0u64;

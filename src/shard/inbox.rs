@@ -22,11 +22,12 @@ use std::{rc::Rc, sync::Arc};
 
 use super::Shard;
 use crate::{
-    conn::{Mode, command},
-    frame::encode_text,
+    conn::Mode,
     ids::{ConnId, Publisher, Route},
     presence::{News, SnapshotTo},
+    protocol::reply,
     stats::ShardStats,
+    ws::frame::encode_text,
     xshard::{Delivery, ReplayAnswer, ReplayPurpose, ReplayTo, ShardInbox, ShardMessage},
 };
 
@@ -172,7 +173,7 @@ fn replayed(shard: &Shard, to: &ReplayTo, answer: &ReplayAnswer) {
         Route::Broadcast | Route::Direct(_) => None,
     };
     if to.purpose == ReplayPurpose::History {
-        let json = command::history_json(topic.unwrap_or_default(), answer);
+        let json = reply::history_json(topic.unwrap_or_default(), answer);
         conn.enqueue(&shard.ctx, &Rc::new(encode_text(&json)));
         return;
     }
@@ -188,7 +189,7 @@ fn replayed(shard: &Shard, to: &ReplayTo, answer: &ReplayAnswer) {
         conn.enqueue(&shard.ctx, &Rc::new(frame.clone()));
     }
     if to.purpose == ReplayPurpose::Recover {
-        let json = command::recovered_json(topic, answer.recovered);
+        let json = reply::recovered_json(topic, answer.recovered);
         conn.enqueue(&shard.ctx, &Rc::new(encode_text(&json)));
     }
 }
@@ -198,7 +199,7 @@ fn replayed(shard: &Shard, to: &ReplayTo, answer: &ReplayAnswer) {
 fn stream_lost(shard: &Shard, route: &Route) {
     let conns = shard.table.borrow();
     let subs = shard.subs.borrow();
-    let lost = |topic| Rc::new(encode_text(&command::recovered_json(topic, false)));
+    let lost = |topic| Rc::new(encode_text(&reply::recovered_json(topic, false)));
     match route {
         Route::Topic(topic) => {
             let frame = lost(Some(topic));
@@ -217,7 +218,7 @@ fn stream_lost(shard: &Shard, route: &Route) {
         // The user's connections are told (they cannot ask for a replay of direct
         // messages: the app resyncs them as it resyncs a topic).
         Route::Direct(user) => {
-            let frame = Rc::new(encode_text(&command::direct_lost_json()));
+            let frame = Rc::new(encode_text(&reply::direct_lost_json()));
             for id in subs.user_conns(user) {
                 if let Some(conn) = conns.get(id.0 as usize)
                     && conn.mode() != Mode::Echo

@@ -64,12 +64,13 @@ use crate::{
     auth::Verifier,
     bus::{BusCommand, BusCommands, BusHandle, ReplayRequest, embedded::LocalSequencer},
     config::Config,
-    conn::{Conn, Mode, ShardContext, SubscribeReply, Subscriptions, command, state::Close},
-    frame::{close_code, encode_text},
+    conn::{Conn, Mode, ShardContext, SubscribeReply, Subscriptions, state::Close},
     history::{Since, memory::HistorySettings},
     ids::{ConnId, NodeId, Route, ShardId},
     presence::{SnapshotTo, webhook::WebhookQueue},
+    protocol::reply,
     stats::NodeStats,
+    ws::frame::{close_code, encode_text},
     xshard::{Delivery, ReplayPurpose, ReplayTo, ShardControl, ShardInbox, ShardInboxes},
 };
 
@@ -355,7 +356,7 @@ impl Shard {
                     self.bus.presence_snapshot(SnapshotTo { shard, topic, conn, user, watch });
                 }
                 Effect::Subscribed { topic, conns } => {
-                    let frame = Rc::new(encode_text(&command::ack_json("subscribed", &topic)));
+                    let frame = Rc::new(encode_text(&reply::ack_json("subscribed", &topic)));
                     let table = self.table.borrow();
                     for conn in conns.iter().filter_map(|id| table.get(id.0 as usize)) {
                         conn.enqueue(&self.ctx, &frame);

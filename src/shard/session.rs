@@ -23,15 +23,14 @@ use tracing::{debug, trace};
 use super::{Serves, Shard, table::Registered};
 use crate::{
     conn::{
-        Conn, Mode,
+        Conn, Mode, dispatch,
         handshake::{self, Request},
         io::{self, IoState, Step},
-        reader,
         state::Close,
     },
-    frame::{SharedFrame, close_code},
     ids::Publisher,
     stats::ShardStats,
+    ws::frame::{SharedFrame, close_code},
 };
 
 /// Serves one accepted socket until it closes. Never returns an error: problems end
@@ -301,7 +300,7 @@ async fn write_and_close(stream: &mut TcpStream, response: &[u8]) -> std::io::Re
 
 /// Handles the bytes that followed the request head.
 async fn handle_first_frames(shard: &Rc<Shard>, conn: &Rc<Conn>, mut bytes: Vec<u8>) {
-    reader::handle_input(&shard.ctx, conn, &**shard, &mut bytes);
+    dispatch::handle_input(&shard.ctx, conn, &**shard, &mut bytes);
     after_progress(shard, conn).await;
 }
 

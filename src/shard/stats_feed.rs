@@ -20,7 +20,7 @@ use crate::{
     stats::{Histogram, HistogramReading},
 };
 
-pub(crate) use crate::conn::command::STATS_TOPIC;
+pub(crate) use crate::protocol::limits::STATS_TOPIC;
 
 /// How often the node publishes its figures.
 const PERIOD: Duration = Duration::from_secs(1);

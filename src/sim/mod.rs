@@ -878,7 +878,7 @@ fn view_of(seen: &[Seen]) -> String {
 
 /// The `data` of a framed event (the simulation's payloads are `{"id",..,"data":"…"}`).
 fn data_of(delivery: &Delivery) -> Option<String> {
-    let (_, range, _) = crate::frame::decode_unmasked(&delivery.v1)?;
+    let (_, range, _) = crate::ws::frame::decode_unmasked(&delivery.v1)?;
     let text = std::str::from_utf8(delivery.v1.get(range)?).ok()?;
     let value: serde_json::Value = serde_json::from_str(text).ok()?;
     value.get("data")?.as_str().map(str::to_owned)

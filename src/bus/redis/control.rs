@@ -18,8 +18,8 @@ use tracing::debug;
 
 use super::{Shared, user_count};
 use crate::{
-    conn::command::CommandError,
     ids::{Publisher, ShardId},
+    protocol::command::CommandError,
     stats::BridgeStats,
     xshard::{ClusterControl, ShardMessage},
 };

@@ -96,9 +96,9 @@ use tracing::{debug, info, warn};
 use super::{BusCommand, BusCommands, ReplayRequest, interest::InterestTable};
 pub(crate) use crate::config::DeliveryMode;
 use crate::{
-    conn::command::CommandError,
     history::{memory::HistorySettings, retention::Retention},
     ids::{Publisher, Route, ShardId},
+    protocol::command::CommandError,
     stats::{BridgeStats, NodeStats},
     xshard::{ClusterControl, ShardInboxes, ShardMessage},
 };

@@ -218,7 +218,7 @@ pub(crate) fn news_of(topic: &str, payload: &str) -> Option<presence::News> {
         return None;
     }
     let wire: WireNews = serde_json::from_str(payload).ok()?;
-    if !crate::conn::command::is_valid_user_id(&wire.user) {
+    if !crate::protocol::limits::is_valid_user_id(&wire.user) {
         return None;
     }
     Some(presence::News::new(wire.r#type, topic, &wire.user, wire.seq))
@@ -526,7 +526,7 @@ impl RedisPresence {
     /// Answers an API question.
     async fn query(&self, client: &Client, query: Query) -> String {
         let unavailable = || {
-            crate::conn::command::CommandError::new(
+            crate::protocol::command::CommandError::new(
                 "unavailable",
                 "Redis is unreachable: cluster-wide counts are unknown",
             )

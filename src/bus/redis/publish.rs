@@ -24,9 +24,9 @@ use super::{
     wire,
 };
 use crate::{
-    conn::command::published_json,
     event::{Event, PublishOptions},
     ids::{EventId, PublishedAt, Publisher, Route, ShardId},
+    protocol::reply::published_json,
     stats::BridgeStats,
     xshard::ShardMessage,
 };

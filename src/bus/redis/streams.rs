@@ -531,7 +531,7 @@ fn read_range(history: &HistorySettings, waiting: &[ReplayRequest]) -> (ReadFrom
         }
         let wanted = if request.limit == u64::MAX { max_replay } else { request.limit as usize };
         count =
-            count.max(wanted.min(max_replay.max(crate::conn::command::HISTORY_PAGE.1 as usize)));
+            count.max(wanted.min(max_replay.max(crate::protocol::limits::HISTORY_PAGE.1 as usize)));
     }
     match from {
         Some(offset) => (ReadFrom::Offset(offset), count.max(1)),
@@ -619,7 +619,7 @@ mod tests {
             route: topic(),
             id: Some(id(epoch, offset)),
             origin: NodeId::redis(),
-            v1: crate::frame::encode_text("{}"),
+            v1: crate::ws::frame::encode_text("{}"),
             seed: None,
             published: None,
             lag_observed: Default::default(),

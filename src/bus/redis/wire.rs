@@ -30,8 +30,8 @@ use serde_json::value::RawValue;
 
 use crate::{
     event::{Event, push_json_str},
-    frame,
     ids::{EventId, Interest, NodeId, PublishedAt, Route},
+    ws::frame,
     xshard::Delivery,
 };
 
@@ -273,7 +273,7 @@ mod tests {
     use crate::event::Payload;
 
     fn text_of(frame: &[u8]) -> String {
-        let (_, payload, _) = crate::frame::decode_unmasked(frame).expect("one frame");
+        let (_, payload, _) = crate::ws::frame::decode_unmasked(frame).expect("one frame");
         String::from_utf8(frame[payload].to_vec()).expect("utf-8")
     }
 

@@ -39,8 +39,8 @@ use crate::{
     history::Since,
     hub::{Hub, Subscribed},
     ids::{ConnId, InterestChange, Route},
-    limits::MAX_TOPICS_PER_CONN,
     presence::News,
+    protocol::limits::MAX_TOPICS_PER_CONN,
     xshard::ReplayPurpose,
 };
 

@@ -1,39 +1,23 @@
-//! The inbound side of one connection: bytes → frames → messages → commands and events.
+//! The inbound decoder of one connection (sans-I/O, fuzzed in `fuzz/`): bytes → frames →
+//! messages, and the verdict that closes a connection that breaks the rules.
 //!
-//! Runs on: the connection's shard, synchronously inside the connection task's poll,
-//! on bytes that were just read into the shard's scratch buffer.
+//! Runs on: any thread; in the server, a connection's shard, synchronously inside the
+//! connection task's poll, on bytes that were just read into the shard's scratch buffer.
+//! No I/O and no clock: the caller hands it bytes and a callback.
 //!
-//! Two layers:
-//! - [`Inbound`] is sans-I/O (fuzzed in `fuzz/`): it keeps only an incomplete frame and
-//!   a fragmented message (both empty, unallocated, between messages), enforces the
-//!   RFC 6455 rules a server must enforce, the size and fragment limits, and validates
-//!   text as UTF-8 **as it arrives** (fail fast, even inside a frame that is still
-//!   arriving), and hands complete messages and control frames to a callback.
-//! - [`handle_input`] is that callback for a live connection: replies, events for the
-//!   bus, the close handshake, and the control-frame rate limit.
-//!
-//! Protocol violations close the connection with the matching code (1002 protocol, 1003
-//! binary data, 1007 invalid UTF-8, 1008 policy, 1009 too big); v1 command errors are
-//! answered with an error message and the connection stays open.
-
-use std::{rc::Rc, time::Instant};
+//! [`Inbound`] keeps only an incomplete frame and a fragmented message (both empty,
+//! unallocated, between messages), enforces the RFC 6455 rules a server must enforce, the
+//! size and fragment limits ([`InboundLimits`]), and validates text as UTF-8 **as it
+//! arrives** (fail fast, even inside a frame that is still arriving), and hands complete
+//! messages and control frames ([`InboundFrame`]) to the callback, which says whether to
+//! go on ([`Flow`]). A [`Violation`] is the close code and reason the connection must
+//! close with (1002 protocol, 1007 invalid UTF-8, 1008 policy, 1009 too big).
 
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use super::{
-    Conn, Mode, ShardContext, SubscribeReply, Subscriptions,
-    auth::Action,
-    command, rate,
-    state::{Close, Phase},
-};
-use crate::conn::command::STATS_TOPIC;
-use crate::{
-    clock::unix_now,
-    event::{Event, Payload, PublishOptions},
-    frame::{self, FrameDecoder, FrameError, close_code, unmask_at},
-    ids::Route,
-    limits::MAX_TOPICS_PER_CONN,
-    stats::ShardStats,
+    frame::{FrameDecoder, FrameError, close_code, is_valid_close_code, unmask_at},
+    utf8::Utf8Check,
 };
 
 /// Why the connection must close: the close code and reason sent to the client.
@@ -51,8 +35,11 @@ impl From<FrameError> for Violation {
     }
 }
 
-const INVALID_UTF8: Violation =
-    Violation { code: close_code::INVALID_PAYLOAD, reason: "text is not valid UTF-8" };
+impl Violation {
+    /// Text that is not UTF-8 (close 1007).
+    pub(crate) const INVALID_UTF8: Violation =
+        Violation { code: close_code::INVALID_PAYLOAD, reason: "text is not valid UTF-8" };
+}
 
 /// Limits applied while reassembling messages.
 #[derive(Debug, Clone, Copy)]
@@ -88,65 +75,6 @@ pub(crate) enum Flow {
     Continue,
     /// Stop: ignore the rest of the input (after a Close).
     Stop,
-}
-
-/// The bytes fed to a [`Utf8Check`] are not UTF-8.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct InvalidUtf8;
-
-/// Incremental UTF-8 validation across frames and reads: remembers the incomplete
-/// character at the end of what it has seen.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Utf8Check {
-    tail: [u8; 4],
-    tail_len: u8,
-}
-
-impl Utf8Check {
-    /// Checks the next bytes of the text. `Err` as soon as they cannot be UTF-8.
-    pub(crate) fn feed(&mut self, mut bytes: &[u8]) -> Result<(), InvalidUtf8> {
-        if self.tail_len > 0 {
-            let have = self.tail_len as usize;
-            let width = match self.tail[0] {
-                0xC2..=0xDF => 2,
-                0xE0..=0xEF => 3,
-                0xF0..=0xF4 => 4,
-                _ => return Err(InvalidUtf8),
-            };
-            let take = (width - have).min(bytes.len());
-            let mut buf = [0u8; 4];
-            buf[..have].copy_from_slice(&self.tail[..have]);
-            buf[have..have + take].copy_from_slice(&bytes[..take]);
-            match std::str::from_utf8(&buf[..have + take]) {
-                Ok(_) => {}
-                Err(e) if e.error_len().is_none() => {
-                    self.tail = buf;
-                    self.tail_len = (have + take) as u8;
-                    return Ok(());
-                }
-                Err(_) => return Err(InvalidUtf8),
-            }
-            bytes = &bytes[take..];
-            self.tail_len = 0;
-        }
-        match std::str::from_utf8(bytes) {
-            Ok(_) => Ok(()),
-            Err(e) if e.error_len().is_none() => {
-                let rest = &bytes[e.valid_up_to()..];
-                self.tail[..rest.len()].copy_from_slice(rest);
-                self.tail_len = rest.len() as u8;
-                Ok(())
-            }
-            Err(_) => Err(InvalidUtf8),
-        }
-    }
-
-    /// The text ended: `Err` when it ended inside a character. Resets the state.
-    pub(crate) fn finish(&mut self) -> Result<(), InvalidUtf8> {
-        let complete = self.tail_len == 0;
-        *self = Utf8Check::default();
-        if complete { Ok(()) } else { Err(InvalidUtf8) }
-    }
 }
 
 /// Inbound reassembly state of one connection (sans-I/O).
@@ -261,12 +189,12 @@ impl Inbound {
                     if opcode == Data::Text {
                         self.utf8
                             .feed(&payload[checked.min(payload.len())..])
-                            .map_err(|_| INVALID_UTF8)?;
+                            .map_err(|_| Violation::INVALID_UTF8)?;
                     }
                     self.message.extend_from_slice(payload);
                     if f.fin {
                         if opcode == Data::Text {
-                            self.utf8.finish().map_err(|_| INVALID_UTF8)?;
+                            self.utf8.finish().map_err(|_| Violation::INVALID_UTF8)?;
                         }
                         let mut message = std::mem::take(&mut self.message);
                         self.message_opcode = None;
@@ -284,9 +212,9 @@ impl Inbound {
                         }
                         self.utf8
                             .feed(&payload[checked.min(payload.len())..])
-                            .map_err(|_| INVALID_UTF8)?;
+                            .map_err(|_| Violation::INVALID_UTF8)?;
                         if f.fin {
-                            self.utf8.finish().map_err(|_| INVALID_UTF8)?;
+                            self.utf8.finish().map_err(|_| Violation::INVALID_UTF8)?;
                         }
                     }
                     if f.fin {
@@ -365,7 +293,7 @@ impl Inbound {
             self.utf8 = Utf8Check::default();
         }
         unmask_at(&mut self.partial[from..arrived_end], h.mask, self.partial_checked);
-        self.utf8.feed(&self.partial[from..arrived_end]).map_err(|_| INVALID_UTF8)?;
+        self.utf8.feed(&self.partial[from..arrived_end]).map_err(|_| Violation::INVALID_UTF8)?;
         self.partial_checked = arrived_end - h.payload_start;
         Ok(())
     }
@@ -381,7 +309,7 @@ fn close_reply_code(payload: &[u8]) -> Result<u16, Violation> {
         }),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
-            if !frame::is_valid_close_code(code) {
+            if !is_valid_close_code(code) {
                 return Err(Violation {
                     code: close_code::PROTOCOL_ERROR,
                     reason: "invalid close code",
@@ -398,288 +326,14 @@ fn close_reply_code(payload: &[u8]) -> Result<u16, Violation> {
     }
 }
 
-/// Handles bytes just read from a live connection's socket.
-pub(crate) fn handle_input(
-    ctx: &ShardContext,
-    conn: &Rc<Conn>,
-    subs: &dyn Subscriptions,
-    data: &mut [u8],
-) {
-    // An idle connection keeps no reader state: it is taken out of its box (or made
-    // fresh) for this read, and boxed again only while a frame or message is in flight.
-    let taken = conn.inbound.take();
-    let mut inbound = taken.map_or_else(Inbound::default, |b| *b);
-    let result = inbound.feed(&ctx.decoder, &ctx.inbound_limits, data, &mut |frame| {
-        handle_frame(ctx, conn, subs, frame)
-    });
-    match result {
-        Ok(()) if inbound.is_idle() => {}
-        Ok(()) => conn.inbound.set(Some(Box::new(inbound))),
-        Err(v) => {
-            ShardStats::add(&ctx.stats().protocol_closes, 1);
-            tracing::debug!(shard = %ctx.id, conn = conn.id().0, code = v.code, cause = v.reason, "closing for protocol violation");
-            let close = Close { code: v.code, reason: v.reason, discard_queued: false };
-            conn.begin_close(ctx, close, ctx.timing.close_grace);
-        }
-    }
-}
-
-fn handle_frame(
-    ctx: &ShardContext,
-    conn: &Rc<Conn>,
-    subs: &dyn Subscriptions,
-    frame: InboundFrame<'_>,
-) -> Result<Flow, Violation> {
-    let phase = conn.phase();
-    if matches!(phase, Phase::PeerClosed | Phase::Abort) {
-        return Ok(Flow::Stop);
-    }
-    match frame {
-        InboundFrame::Close(reply_code) => {
-            // While open, the reply goes after what is already queued; the task closes
-            // the socket once it is written, or at the close deadline if the client
-            // stops reading. After our own Close this completes the handshake.
-            let replied = conn.state.borrow_mut().handle_peer_close(
-                reply_code,
-                Instant::now(),
-                ctx.timing.close_grace,
-            );
-            if replied {
-                conn.flush_now();
-            }
-            conn.wake();
-            return Ok(Flow::Stop);
-        }
-        // After our Close, only the client's Close matters.
-        _ if phase == Phase::Closing => {}
-        InboundFrame::Ping(payload) => {
-            check_control_rate(ctx, conn)?;
-            conn.enqueue(ctx, &Rc::new(frame::encode_control(Control::Pong, payload)));
-        }
-        InboundFrame::Pong => {
-            check_control_rate(ctx, conn)?;
-            conn.state.borrow_mut().handle_pong();
-        }
-        InboundFrame::Message { opcode, payload } => {
-            handle_message(ctx, conn, subs, opcode, payload)?
-        }
-    }
-    Ok(Flow::Continue)
-}
-
-/// Control frames (Ping/Pong) from a client: at most `max_control_frames_per_sec` in any
-/// one-second window, so a ping flood cannot make us answer forever.
-fn check_control_rate(ctx: &ShardContext, conn: &Conn) -> Result<(), Violation> {
-    let second = ctx.epoch.elapsed().as_secs();
-    conn.state.borrow_mut().count_control_frame(second, &ctx.timing).map_err(|_| Violation {
-        code: close_code::POLICY_VIOLATION,
-        reason: "control frame rate limit",
-    })
-}
-
-fn handle_message(
-    ctx: &ShardContext,
-    conn: &Rc<Conn>,
-    subs: &dyn Subscriptions,
-    opcode: Data,
-    payload: &mut [u8],
-) -> Result<(), Violation> {
-    if conn.mode == Mode::Echo {
-        // Conformance endpoint (`--echo-path`): same opcode, same payload.
-        conn.enqueue(ctx, &Rc::new(frame::encode(OpCode::Data(opcode), payload)));
-        return Ok(());
-    }
-    if opcode != Data::Text {
-        return Err(Violation {
-            code: close_code::UNSUPPORTED_DATA,
-            reason: "binary messages are not supported",
-        });
-    }
-    // The reader already validated the text; this only converts.
-    let Ok(text) = std::str::from_utf8(payload) else { return Err(INVALID_UTF8) };
-    ShardStats::add(&ctx.stats().messages_in, 1);
-    match conn.take_message(ctx) {
-        rate::Verdict::Pass => {}
-        rate::Verdict::Limited => {
-            ShardStats::add(&ctx.stats().rate_limited, 1);
-            if conn.mode == Mode::V1 {
-                let error =
-                    command::CommandError::new("rate_limited", "message rate limit: dropped");
-                send_reply(ctx, conn, &error.to_json());
-            }
-            return Ok(());
-        }
-        rate::Verdict::Close => {
-            ShardStats::add(&ctx.stats().rate_limited, 1);
-            ShardStats::add(&ctx.stats().rate_limit_closes, 1);
-            return Err(Violation {
-                code: close_code::POLICY_VIOLATION,
-                reason: "rate limit exceeded",
-            });
-        }
-    }
-    if conn.mode == Mode::Seed {
-        if !conn.permits(Action::Broadcast) {
-            // The seed protocol has no error channel: dropped, counted, logged.
-            ShardStats::add(&ctx.stats().seed_texts_dropped, 1);
-            tracing::debug!(shard = %ctx.id, conn = conn.id().0, "seed text dropped: no broadcast permission");
-            return Ok(());
-        }
-        let event = Event {
-            sender: conn.user.to_string(),
-            route: Route::Broadcast,
-            payload: Payload::Text(text.to_owned()),
-        };
-        conn.pending_events.borrow_mut().push((event, PublishOptions::default()));
-        return Ok(());
-    }
-    let parsed = command::parse(payload, &mut ctx.json_buffers.borrow_mut().0);
-    let publish = |route, payload, options| {
-        let event = Event { sender: conn.user.to_string(), route, payload };
-        conn.pending_events.borrow_mut().push((event, options));
-        None
-    };
-    let reply = match parsed {
-        Ok(command::Command::Subscribe { topic, since, token, presence }) => {
-            if let Err(refused) = authorize_subscribe(ctx, conn, &topic, token.as_deref()) {
-                send_reply(ctx, conn, &refused.to_json());
-                return Ok(());
-            }
-            match subs.subscribe(conn.id(), &topic, since, presence) {
-                SubscribeReply::Now => Some(command::ack_json("subscribed", &topic)),
-                SubscribeReply::WhenConfirmed => None,
-                SubscribeReply::TooManyTopics => Some(
-                    command::CommandError {
-                        code: "too_many_topics",
-                        message: format!("at most {MAX_TOPICS_PER_CONN} topics per connection"),
-                    }
-                    .to_json(),
-                ),
-            }
-        }
-        Ok(command::Command::Unsubscribe(topic)) => {
-            subs.unsubscribe(conn.id(), &topic);
-            Some(command::ack_json("unsubscribed", &topic))
-        }
-        Ok(command::Command::Refresh { token }) => Some(refresh(ctx, conn, &token)),
-        Ok(command::Command::Presence(topic)) if !conn.permits(Action::Subscribe(&topic)) => {
-            Some(forbidden(ctx, format!("not allowed to read topic \"{topic}\"")))
-        }
-        Ok(command::Command::Presence(topic)) => {
-            subs.presence(conn.id(), &topic);
-            None
-        }
-        Ok(command::Command::History { topic, .. }) if !conn.permits(Action::Subscribe(&topic)) => {
-            Some(forbidden(ctx, format!("not allowed to read topic \"{topic}\"")))
-        }
-        Ok(command::Command::History { topic, since, limit }) => {
-            subs.history(conn.id(), &topic, since, limit);
-            None
-        }
-        Ok(command::Command::Publish { topic, .. }) if topic == STATS_TOPIC => Some(
-            command::CommandError::new(
-                "read_only",
-                format!("topic \"{STATS_TOPIC}\" is written by the nodes only"),
-            )
-            .to_json(),
-        ),
-        Ok(command::Command::Publish { topic, .. }) if !conn.permits(Action::Publish(&topic)) => {
-            Some(forbidden(ctx, format!("not allowed to publish on topic \"{topic}\"")))
-        }
-        Ok(command::Command::Publish { topic, payload, options }) => {
-            publish(Route::Topic(topic.into()), payload, options)
-        }
-        Ok(command::Command::Direct { .. }) if !conn.permits(Action::Direct) => {
-            Some(forbidden(ctx, "not allowed to send direct messages".into()))
-        }
-        Ok(command::Command::Direct { to, payload, options }) => {
-            publish(Route::Direct(to.into()), payload, options)
-        }
-        Ok(command::Command::Broadcast(..)) if !conn.permits(Action::Broadcast) => {
-            Some(forbidden(ctx, "not allowed to broadcast".into()))
-        }
-        Ok(command::Command::Broadcast(payload, options)) => {
-            publish(Route::Broadcast, payload, options)
-        }
-        Err(e) => Some(e.to_json()),
-    };
-    if let Some(json) = reply {
-        send_reply(ctx, conn, &json);
-    }
-    Ok(())
-}
-
-fn send_reply(ctx: &ShardContext, conn: &Rc<Conn>, json: &str) {
-    conn.enqueue(ctx, &Rc::new(frame::encode_text(json)));
-}
-
-/// A `forbidden` error, counted.
-fn forbidden(ctx: &ShardContext, message: String) -> String {
-    ShardStats::add(&ctx.stats().forbidden, 1);
-    command::CommandError::new("forbidden", message).to_json()
-}
-
-/// Whether `conn` may subscribe to `topic`: by its permissions, or by a subscription
-/// token (which then grants the topic for the connection's life).
-fn authorize_subscribe(
-    ctx: &ShardContext,
-    conn: &Conn,
-    topic: &str,
-    token: Option<&str>,
-) -> Result<(), command::CommandError> {
-    if topic == STATS_TOPIC
-        && let Some(key) = &ctx.api_key
-    {
-        // The node figures are for operators: the API key is the subscription's token.
-        if crate::api::http::key_matches(token, key) {
-            return Ok(());
-        }
-        ShardStats::add(&ctx.stats().forbidden, 1);
-        let message = format!("topic \"{STATS_TOPIC}\" needs the API key as its \"token\"");
-        return Err(command::CommandError::new("forbidden", message));
-    }
-    // A token is always checked when given (it may extend an earlier grant).
-    if token.is_none() && conn.permits(Action::Subscribe(topic)) {
-        return Ok(());
-    }
-    let refuse = |code, message: String| {
-        ShardStats::add(&ctx.stats().forbidden, 1);
-        Err(command::CommandError::new(code, message))
-    };
-    let (Some(token), Some(verifier), Some(auth)) = (token, &ctx.verifier, conn.auth()) else {
-        return refuse("forbidden", format!("not allowed to subscribe to topic \"{topic}\""));
-    };
-    match verifier.subscription(token, conn.user(), topic, unix_now()) {
-        Ok(exp) if auth.borrow_mut().grant(topic, exp) => Ok(()),
-        Ok(_) => refuse("forbidden", "too many topics granted by subscription tokens".into()),
-        Err(failure) => {
-            refuse("invalid_token", format!("subscription token refused: {}", failure.message()))
-        }
-    }
-}
-
-/// `{"op":"refresh"}`: the reply (`refreshed`, or `invalid_token` keeping the old token).
-fn refresh(ctx: &ShardContext, conn: &Conn, token: &str) -> String {
-    let invalid = |message: &str| command::CommandError::new("invalid_token", message).to_json();
-    let (Some(verifier), Some(auth)) = (&ctx.verifier, conn.auth()) else {
-        return invalid("authentication is off on this node");
-    };
-    match verifier.connection(Some(token), conn.user(), unix_now()) {
-        Ok(identity) => match auth.borrow_mut().refresh(identity) {
-            Ok(exp) => command::refreshed_json(exp),
-            Err(_) => invalid("the new token must expire later than the current one"),
-        },
-        Err(failure) => invalid(failure.message()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ws::frame::encode_masked;
 
     fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        frame::encode_masked(&mut out, opcode, fin, payload, [9, 8, 7, 6]);
+        encode_masked(&mut out, opcode, fin, payload, [9, 8, 7, 6]);
         out
     }
 
@@ -738,7 +392,7 @@ mod tests {
         let mut inbound = Inbound::default();
         let mut first = wire[..9].to_vec();
         let r = inbound.feed(&DECODER, &LIMITS, &mut first, &mut |_| Ok(Flow::Continue));
-        assert_eq!(r, Err(INVALID_UTF8));
+        assert_eq!(r, Err(Violation::INVALID_UTF8));
         // Split characters across frames and reads are fine.
         let mut wire = masked(0x1, false, &"€".as_bytes()[..1]);
         wire.extend(masked(0x0, true, &"€".as_bytes()[1..]));
@@ -746,7 +400,10 @@ mod tests {
             assert_eq!(run(&wire, chunk).unwrap(), vec![(1, "€".as_bytes().to_vec())]);
         }
         // A message that ends inside a character is invalid.
-        assert_eq!(run(&masked(0x1, true, &"€".as_bytes()[..2]), 100), Err(INVALID_UTF8));
+        assert_eq!(
+            run(&masked(0x1, true, &"€".as_bytes()[..2]), 100),
+            Err(Violation::INVALID_UTF8)
+        );
     }
 
     #[test]
@@ -806,21 +463,6 @@ mod tests {
                 }
             }
             assert_eq!(verdict.unwrap_err().code, close_code::POLICY_VIOLATION, "chunk {chunk}");
-        }
-    }
-
-    #[test]
-    fn utf8_check_matches_std_on_every_split() {
-        let samples: [&[u8]; 5] =
-            [b"plain", "€uro ✓ 𝄞".as_bytes(), b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xc3"];
-        for s in samples {
-            let valid = std::str::from_utf8(s).is_ok();
-            for cut in 0..=s.len() {
-                let mut c = Utf8Check::default();
-                let ok =
-                    c.feed(&s[..cut]).is_ok() && c.feed(&s[cut..]).is_ok() && c.finish().is_ok();
-                assert_eq!(ok, valid, "{s:?} cut at {cut}");
-            }
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The outbound side of one connection: a queue of shared frames and the writes that
-//! drain it.
+//! The outbound queue of one connection: the shared frames waiting for its socket, in
+//! order, and how much of the first one already went out. Sans-I/O: it hands out the
+//! unwritten bytes (as iovecs, or copied) and is told how many were written.
 //!
 //! Runs on: the connection's shard. `!Send` (`Rc` frames).
 //!
@@ -11,23 +12,20 @@
 //! `EAGAIN`. One queue per socket is that arbitration.)
 //!
 //! Frames queued for a socket during one pass of the shard leave in one send (corking, as
-//! uWebSockets does): the shard's flush pass (`shard::flush`) hands many sockets' sends to
-//! the kernel in one `io_uring_enter`, a socket's small frames copied into one buffer, and
-//! [`OutQueue::write_nonblocking`] (`sendmsg`, one iovec per frame) finishes what a batch
-//! left and serves nodes without io_uring. The cost of a send hardly depends on how many
-//! frames it carries.
+//! uWebSockets does). The sends themselves are elsewhere, one place each: the shard's
+//! flush pass (`shard::flush`) hands many sockets' sends to the kernel in one
+//! `io_uring_enter`, a socket's small frames copied into one buffer;
+//! [`io::write_queue_now`](super::io::write_queue_now) (`sendmsg`, one iovec per frame)
+//! finishes what a batch left and serves nodes without io_uring; the connection's task
+//! writes through glommio when the socket was full. The cost of a send hardly depends on
+//! how many frames it carries.
 //!
 //! Policy: the queue holds at most `outbound_queue_limit` bytes. A frame that would pass
 //! it marks the client as a slow consumer (`conn::state`: `Close::SLOW_CONSUMER`).
 
-use std::{
-    collections::VecDeque,
-    io::{self, IoSlice},
-    os::fd::RawFd,
-    rc::Rc,
-};
+use std::{collections::VecDeque, io::IoSlice, rc::Rc};
 
-use crate::{frame::SharedFrame, sys};
+use crate::ws::frame::SharedFrame;
 
 thread_local! {
     /// Bytes every queue of this thread (one shard) wrote: one plain add per write, no
@@ -146,28 +144,6 @@ impl OutQueue {
             self.frames = VecDeque::new();
         }
     }
-
-    /// Writes as much as the socket takes without blocking.
-    ///
-    /// Returns `Ok(true)` when the queue is empty, `Ok(false)` when the socket is full.
-    ///
-    /// # Errors
-    /// The socket error (peer gone).
-    pub fn write_nonblocking(&mut self, fd: RawFd) -> io::Result<bool> {
-        loop {
-            if self.frames.is_empty() {
-                return Ok(true);
-            }
-            let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
-            let n = self.iovecs(&mut iov);
-            match sys::send_vectored(fd, &iov[..n]) {
-                Ok(written) => self.advance(written),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -196,18 +172,5 @@ mod tests {
         assert_eq!(q.bytes(), 3, "partly written head frame is kept");
         q.advance(3);
         assert!(q.is_empty());
-    }
-
-    #[test]
-    fn writes_to_a_real_socket() {
-        use std::{io::Read, os::fd::AsRawFd};
-        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let mut q = OutQueue::default();
-        q.push(frame("hello "));
-        q.push(frame("world"));
-        assert!(q.write_nonblocking(a.as_raw_fd()).unwrap());
-        let mut got = [0u8; 11];
-        b.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"hello world");
     }
 }

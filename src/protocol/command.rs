@@ -1,16 +1,18 @@
-//! v1 client commands: parsing (simd-json, per-shard reused buffers) and the JSON
-//! replies and error codes. Also the validation of user ids and topic names.
+//! v1 client commands: the parser (simd-json, per-shard reused buffers) from a text
+//! message to a [`Command`], and [`CommandError`], the refusal a client is answered with
+//! while its connection stays open.
 //!
 //! Runs on: a shard, inside a connection's read path. Pure: no I/O.
 
 use simd_json::{BorrowedValue, prelude::*};
 
+use super::limits::{
+    HISTORY_PAGE, MAX_IDEMPOTENCY_KEY_LEN, MAX_TOPIC_LEN, MAX_USER_ID_LEN,
+    is_valid_idempotency_key, is_valid_topic, is_valid_user_id,
+};
 use crate::{
     event::{Payload, PublishOptions, push_json_str},
     history::Since,
-    ids::{EventId, Route},
-    limits::{MAX_TOPIC_LEN, MAX_USER_ID_LEN},
-    xshard::ReplayAnswer,
 };
 
 /// A parsed v1 command.
@@ -68,16 +70,6 @@ pub(crate) enum Command {
     /// `{"op":"broadcast","data":D}`
     Broadcast(Payload, PublishOptions),
 }
-
-/// Default and largest page of the `history` command.
-pub(crate) const HISTORY_PAGE: (u64, u64) = (100, 1000);
-
-/// Longest publish idempotency key, in bytes.
-pub(crate) const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
-
-/// The reserved, read-only topic of the node figures (`shard::stats_feed` publishes
-/// them; clients get `read_only` when they try).
-pub(crate) const STATS_TOPIC: &str = "corecast.stats";
 
 /// A command the server refuses; answered with `{"type":"error",...}`, connection stays open.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,12 +219,6 @@ fn options_field(value: &BorrowedValue<'_>) -> Result<PublishOptions, CommandErr
     Ok(PublishOptions { ack, idempotency_key: idempotency_key.map(Into::into) })
 }
 
-/// Idempotency keys: 1–[`MAX_IDEMPOTENCY_KEY_LEN`] bytes of `[A-Za-z0-9_.:-]`.
-pub(crate) fn is_valid_idempotency_key(key: &str) -> bool {
-    (1..=MAX_IDEMPOTENCY_KEY_LEN).contains(&key.len())
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
-}
-
 fn str_field<'v>(value: &'v BorrowedValue<'_>, key: &str) -> Result<&'v str, CommandError> {
     value
         .get(key)
@@ -259,125 +245,6 @@ fn data_field(value: &BorrowedValue<'_>) -> Result<Payload, CommandError> {
         Some(s) => Payload::Text(s.to_owned()),
         None => Payload::Json(data.encode()),
     })
-}
-
-/// User ids: 1–[`MAX_USER_ID_LEN`] bytes of `[A-Za-z0-9_.-]` (so they never need escaping
-/// in JSON or a URL).
-pub(crate) fn is_valid_user_id(id: &str) -> bool {
-    (1..=MAX_USER_ID_LEN).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
-
-/// Topics: 1–[`MAX_TOPIC_LEN`] bytes of `[A-Za-z0-9_.:/-]`.
-pub(crate) fn is_valid_topic(topic: &str) -> bool {
-    (1..=MAX_TOPIC_LEN).contains(&topic.len())
-        && topic
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'/' | b'-'))
-}
-
-/// `{"type":"refreshed","exp":N}`.
-pub(crate) fn refreshed_json(exp: u64) -> String {
-    format!(r#"{{"type":"refreshed","exp":{exp}}}"#)
-}
-
-/// `{"type":"subscribed","topic":T}` or `{"type":"unsubscribed","topic":T}`.
-pub(crate) fn ack_json(kind: &str, topic: &str) -> String {
-    let mut out = String::with_capacity(40 + topic.len());
-    out.push_str(r#"{"type":"#);
-    push_json_str(&mut out, kind);
-    out.push_str(r#","topic":"#);
-    push_json_str(&mut out, topic);
-    out.push('}');
-    out
-}
-
-/// The text of a server-built frame (a delivery's v1 frame), for embedding it in a
-/// reply. `None` if `frame` is not one complete unmasked text frame.
-fn frame_text(frame: &[u8]) -> Option<&str> {
-    let (_, payload, used) = crate::frame::decode_unmasked(frame)?;
-    if used != frame.len() {
-        return None;
-    }
-    std::str::from_utf8(frame.get(payload)?).ok()
-}
-
-/// `{"type":"recovered","topic":T,"recovered":B}` (v1), or without `topic` for the seed
-/// protocol's broadcast stream.
-pub(crate) fn recovered_json(topic: Option<&str>, recovered: bool) -> String {
-    encode_recovered(topic, false, recovered)
-}
-
-/// `{"type":"recovered","direct":true,"recovered":false}`: the node lost direct messages
-/// to the connection's user that it could not fill from the history.
-pub(crate) fn direct_lost_json() -> String {
-    encode_recovered(None, true, false)
-}
-
-fn encode_recovered(topic: Option<&str>, direct: bool, recovered: bool) -> String {
-    #[derive(serde::Serialize)]
-    struct Recovered<'a> {
-        r#type: &'static str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        topic: Option<&'a str>,
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
-        direct: bool,
-        recovered: bool,
-    }
-    serde_json::to_string(&Recovered { r#type: "recovered", topic, direct, recovered })
-        .unwrap_or_default()
-}
-
-/// The publish receipt: `{"type":"published","topic":T,"id":"E:O"}` (`"to":U` for a
-/// direct message, neither for a broadcast; `"id":null` when the stream keeps no
-/// history).
-pub(crate) fn published_json(route: &Route, id: Option<EventId>) -> String {
-    #[derive(serde::Serialize)]
-    struct Published<'a> {
-        r#type: &'static str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        topic: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        to: Option<&'a str>,
-        id: Option<String>,
-    }
-    let (topic, to) = match route {
-        Route::Broadcast => (None, None),
-        Route::Topic(t) => (Some(&**t), None),
-        Route::Direct(u) => (None, Some(&**u)),
-    };
-    let id = id.map(|id| id.to_string());
-    serde_json::to_string(&Published { r#type: "published", topic, to, id }).unwrap_or_default()
-}
-
-/// A page of history: `{"type":"history","topic":T,"recovered":B,"position":"E:O"|null,
-/// "more":B,"events":[...]}` — `events` are the messages as subscribers got them;
-/// `position` is where a `subscribe` with `since` continues without gap or overlap.
-pub(crate) fn history_json(topic: &str, answer: &ReplayAnswer) -> String {
-    #[derive(serde::Serialize)]
-    struct History<'a> {
-        r#type: &'static str,
-        topic: &'a str,
-        recovered: bool,
-        position: Option<String>,
-        more: bool,
-        events: Vec<&'a serde_json::value::RawValue>,
-    }
-    let events = answer
-        .events
-        .iter()
-        .filter_map(|d| frame_text(&d.v1))
-        .filter_map(|text| serde_json::from_str(text).ok())
-        .collect();
-    let page = History {
-        r#type: "history",
-        topic,
-        recovered: answer.recovered,
-        position: answer.position.map(|p| p.to_string()),
-        more: answer.more,
-        events,
-    };
-    serde_json::to_string(&page).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -520,60 +387,11 @@ mod tests {
     }
 
     #[test]
-    fn replies_about_history() {
-        let id = EventId { epoch: 3, offset: 9 };
-        assert_eq!(
-            recovered_json(Some("t"), true),
-            r#"{"type":"recovered","topic":"t","recovered":true}"#
-        );
-        assert_eq!(recovered_json(None, false), r#"{"type":"recovered","recovered":false}"#);
-        assert_eq!(direct_lost_json(), r#"{"type":"recovered","direct":true,"recovered":false}"#);
-        assert_eq!(
-            published_json(&Route::Topic("t".into()), Some(id)),
-            r#"{"type":"published","topic":"t","id":"3:9"}"#
-        );
-        assert_eq!(
-            published_json(&Route::Direct("bo".into()), None),
-            r#"{"type":"published","to":"bo","id":null}"#
-        );
-        assert_eq!(
-            published_json(&Route::Broadcast, Some(id)),
-            r#"{"type":"published","id":"3:9"}"#
-        );
-        let event = crate::event::Event {
-            sender: "al".into(),
-            route: Route::Topic("t".into()),
-            payload: Payload::Json("[1]".into()),
-        };
-        let answer = ReplayAnswer {
-            recovered: true,
-            events: vec![std::sync::Arc::new(
-                event.encode(&crate::ids::NodeId("n".into()), Some(id)),
-            )],
-            position: Some(id),
-            more: true,
-        };
-        assert_eq!(
-            history_json("t", &answer),
-            r#"{"type":"history","topic":"t","recovered":true,"position":"3:9","more":true,"events":[{"id":"3:9","type":"message","topic":"t","sender":"al","data":[1]}]}"#
-        );
-    }
-
-    #[test]
     fn error_json_escapes_message() {
         let e = CommandError::new("unknown_op", "unknown op \"x\"");
         assert_eq!(
             e.to_json(),
             r#"{"type":"error","code":"unknown_op","message":"unknown op \"x\""}"#
         );
-    }
-
-    #[test]
-    fn id_validation() {
-        assert!(is_valid_user_id("user-1.a_b"));
-        assert!(!is_valid_user_id(""));
-        assert!(!is_valid_user_id(&"a".repeat(MAX_USER_ID_LEN + 1)));
-        assert!(!is_valid_user_id("a b"));
-        assert!(!is_valid_user_id("é"));
     }
 }

@@ -80,7 +80,6 @@ pub(crate) mod close_code {
     pub(crate) const POLICY_VIOLATION: u16 = 1008;
     /// Message larger than `max_message_size`.
     pub(crate) const MESSAGE_TOO_BIG: u16 = 1009;
-    /// Internal error on our side.
     /// Try again later: the client did not read its messages fast enough (slow consumer).
     pub(crate) const TRY_AGAIN_LATER: u16 = 1013;
     /// Service restart: the server is going away and the client should reconnect.
@@ -131,7 +130,7 @@ impl FrameError {
 }
 
 /// Decodes client frames from a byte buffer. Stateless apart from the limit: message
-/// reassembly lives in the connection, because it outlives one read.
+/// reassembly lives in [`Inbound`](super::inbound::Inbound), because it outlives one read.
 #[derive(Debug, Clone, Copy)]
 pub struct FrameDecoder {
     /// Largest payload accepted in one frame, in bytes.
