@@ -82,7 +82,7 @@ use std::{
 };
 
 use fred::{
-    interfaces::{ClientLike, EventInterface, LuaInterface, PubsubInterface},
+    interfaces::{ClientLike, EventInterface, PubsubInterface},
     prelude::{Client, Error as RedisError},
     types::Value,
 };
@@ -91,7 +91,7 @@ use tokio::sync::{
     broadcast::error::{RecvError, TryRecvError},
     mpsc,
 };
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::{BusCommand, BusCommands, ReplayRequest, interest::InterestTable};
 pub(crate) use crate::config::DeliveryMode;
@@ -103,10 +103,10 @@ use crate::{
     xshard::{ClusterControl, ShardInboxes, ShardMessage},
 };
 use control::{count_user, send_control};
-use history::{PUBLISH_SCRIPT, READ_SCRIPT, REBASE_SCRIPT};
 use publish::{publish, publish_jobs};
 use reads::{StreamBatch, abandon_epoch, on_read, read_jobs, read_streams, retry_pause};
 use receive::{deliver_tracked, on_message};
+use scripts::load_scripts;
 use settings::clients;
 pub(crate) use settings::{BridgeSettings, BridgeWebhooks};
 use streams::{Effect, ReadJob, StreamsCore};
@@ -607,14 +607,5 @@ fn log_error(
     if reason != *last {
         warn!(connection, cause = %reason, "Redis connection error (reconnecting)");
         *last = reason;
-    }
-}
-
-/// Loads both scripts into Redis's script cache (after every publisher connection).
-async fn load_scripts(publisher: &Client) {
-    for script in [PUBLISH_SCRIPT, READ_SCRIPT, REBASE_SCRIPT, presence::PRESENCE_SCRIPT] {
-        if let Err(e) = publisher.script_load::<String, _>(script).await {
-            debug!(cause = %e.details(), "SCRIPT LOAD failed (retried on NOSCRIPT)");
-        }
     }
 }
