@@ -75,7 +75,13 @@
 //!   Its stream decisions — delivery order, gap fills, losses, replays, publish floors,
 //!   abandoning an epoch Redis lost writes of — are a sans-I/O core
 //!   (`bus::redis::streams`, inputs in, effects out) that the fred shell (the other files
-//!   of `bus::redis`, one per concern) executes and the simulation drives.
+//!   of `bus::redis`, one per concern) executes and the simulation drives. Its presence
+//!   decisions (`bus::redis::presence::core`: the node's members, what it writes to Redis
+//!   and when, writing everything again after a loss, its presence heartbeat) and its
+//!   readiness (`bus::redis::readiness`: ready while its heartbeat comes back through
+//!   Redis, a forced reconnect after a silence) are sans-I/O too, with time passed in;
+//!   the Lua script that works out presence's cluster-wide transitions, and what its
+//!   replies mean, is `bus::redis::presence::script`.
 //!   `bus::interest` is the pure interest table both buses use.
 //! - `conn` (shard thread): one connection. `conn::state::ConnState` is the sans-I/O
 //!   state machine (close handshake, outbound queue and its limit, heartbeat deadlines,

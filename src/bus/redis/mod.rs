@@ -22,10 +22,10 @@
 //!   reconnect the bridge subscribes again to every channel of current interest (one
 //!   SUBSCRIBE per batch of channels). A frozen Redis or a dropped link raises no error on
 //!   a subscribe-only connection, so the bridge publishes a heartbeat to its own channel
-//!   and forces a reconnect when it does not come back in time. While the bridge is not
-//!   ready (disconnected or heartbeat missing), publishes are delivered on this node only
-//!   and the publishing v1 client is told `unavailable`; `/readyz` says 503; v1 clients
-//!   are told `degraded`, then `restored`.
+//!   and forces a reconnect when it does not come back in time (`readiness`). While the
+//!   bridge is not ready (disconnected or heartbeat missing), publishes are delivered on
+//!   this node only and the publishing v1 client is told `unavailable`; `/readyz` says
+//!   503; v1 clients are told `degraded`, then `restored`.
 //! - **History and gap fill** ([`history`]). A publish on a stream with history runs one
 //!   Lua script that assigns the event's id, appends it to the stream's Redis Stream and
 //!   PUBLISHes it. The bridge tracks, per stream it delivers, the last id delivered
@@ -49,19 +49,26 @@
 //! - `subscribe`: interest changes and the subscription task;
 //! - `reads`: history reads, streams mode's stream reader, abandoning an epoch;
 //! - `control`: cluster commands, blocks, and users' connection counts;
-//! - `scripts`: the Lua scripts' SHAs, EVALSHA, NOSCRIPT, pipeline replies;
-//! - `watchdog`: readiness from the heartbeat (pure);
-//! - [`presence`]: presence in Redis and its webhooks (one task);
+//! - `scripts`: the Lua scripts' SHAs, EVALSHA, NOSCRIPT, pipeline replies, loading them;
+//! - `link`: the heartbeat tick carried out (readiness told, forced reconnects, the
+//!   heartbeats) and connection errors logged;
+//! - [`presence`]: presence in Redis and its webhooks (one task, the shell of
+//!   `presence::core`);
 //! - [`user_count`]: users' connection counts in Redis.
 //!
 //! Its decisions, sans I/O: [`streams`] (every stream decision), [`history`] (the scripts
-//! and the per-stream tracker), [`subscriptions`] (refused SUBSCRIBEs), [`wire`]
-//! (channels and payloads on Redis).
+//! and the per-stream tracker), `readiness` (when the bridge is ready, when it forces a
+//! reconnect, when it beats, which connection errors are logged), [`presence::core`]
+//! (this node's presence: its counts, what it writes and when, resync, its heartbeat)
+//! and `presence::script` (the presence script and its replies), [`subscriptions`]
+//! (refused SUBSCRIBEs), [`wire`] (channels and payloads on Redis).
 
 mod control;
 pub(crate) mod history;
+mod link;
 pub(crate) mod presence;
 mod publish;
+mod readiness;
 mod reads;
 mod receive;
 mod scripts;
@@ -71,7 +78,6 @@ mod subscribe;
 pub(crate) mod subscriptions;
 pub(crate) mod tracker;
 pub(crate) mod user_count;
-mod watchdog;
 pub(crate) mod wire;
 
 use std::{
@@ -82,16 +88,15 @@ use std::{
 };
 
 use fred::{
-    interfaces::{ClientLike, EventInterface, LuaInterface, PubsubInterface},
-    prelude::{Client, Error as RedisError},
-    types::Value,
+    interfaces::{ClientLike, EventInterface},
+    prelude::Client,
 };
 use tokio::sync::{
     Notify,
     broadcast::error::{RecvError, TryRecvError},
     mpsc,
 };
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::{BusCommand, BusCommands, ReplayRequest, interest::InterestTable};
 pub(crate) use crate::config::DeliveryMode;
@@ -103,15 +108,16 @@ use crate::{
     xshard::{ClusterControl, ShardInboxes, ShardMessage},
 };
 use control::{count_user, send_control};
-use history::{PUBLISH_SCRIPT, READ_SCRIPT, REBASE_SCRIPT};
+use link::{log_error, on_tick};
 use publish::{publish, publish_jobs};
+use readiness::{ErrorLog, Readiness};
 use reads::{StreamBatch, abandon_epoch, on_read, read_jobs, read_streams, retry_pause};
 use receive::{deliver_tracked, on_message};
+use scripts::load_scripts;
 use settings::clients;
 pub(crate) use settings::{BridgeSettings, BridgeWebhooks};
 use streams::{Effect, ReadJob, StreamsCore};
 use subscribe::{SubscriptionOp, apply_subscriptions, interest_op};
-use watchdog::Watchdog;
 use wire::{BROADCAST_CHANNEL, Channels};
 
 /// Most publishes handed to the publisher task and not yet answered by Redis; beyond it
@@ -370,9 +376,7 @@ async fn run(
     let mut pub_reconnects = publisher.reconnect_rx();
     let mut sub_errors = subscriber.error_rx();
     let mut pub_errors = publisher.error_rx();
-    // The last connection error logged: fred retries every second while Redis is away,
-    // and the log says each different reason once.
-    let mut last_error = String::new();
+    let mut errors = ErrorLog::default();
     let _sub_task = subscriber.connect();
     let _pub_task = publisher.connect();
     info!(node = %node, prefix = %settings.prefix, "Redis bridge started");
@@ -405,7 +409,7 @@ async fn run(
     let publishes =
         tokio::task::spawn_local(publish_jobs(shared.clone(), publisher.clone(), jobs_rx));
 
-    let mut watchdog = Watchdog::new(settings.heartbeat_timeout);
+    let mut readiness = Readiness::new(settings.heartbeat_timeout);
     let mut ticker = tokio::time::interval(settings.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut json = String::new();
@@ -442,12 +446,12 @@ async fn run(
                 // Anything from Redis (the heartbeat or any other message) proves the
                 // subscriber connection alive: under a flood the heartbeat waits behind the
                 // backlog, and a forced reconnect would throw the backlog away.
-                watchdog.heard(Instant::now());
+                readiness.heard(Instant::now());
             }
-            error = sub_errors.recv() => log_error(error, "subscriber", &mut last_error),
-            error = pub_errors.recv() => log_error(error, "publisher", &mut last_error),
+            error = sub_errors.recv() => log_error(error, "subscriber", &mut errors),
+            error = pub_errors.recv() => log_error(error, "publisher", &mut errors),
             _ = sub_reconnects.recv() => {
-                last_error.clear();
+                errors.reconnected();
                 BridgeStats::add(&shared.bridge().reconnects, 1);
                 info!("Redis subscriber connected; subscribing to every channel of interest");
                 let _ = ops_tx.send(SubscriptionOp::ResubscribeAll);
@@ -490,47 +494,8 @@ async fn run(
             _ = ticker.tick() => {
                 let now = Instant::now();
                 shared.streams.borrow_mut().expire_cache(now);
-                let connected = subscriber.is_connected() && publisher.is_connected();
-                let verdict = watchdog.check(now, connected);
-                BridgeStats::set(&shared.bridge().connected, connected);
-                if verdict.ready != shared.ready() {
-                    if verdict.ready {
-                        info!("Redis bridge ready (heartbeat through Redis)");
-                    } else {
-                        warn!(connected, "Redis bridge not ready: publishes stay on this node");
-                    }
-                    BridgeStats::set(&shared.bridge().ready, verdict.ready);
-                    let all: Vec<ShardId> = (0..shared.shards).map(ShardId).collect();
-                    shared.deliver(&all, ShardMessage::BusState { ready: verdict.ready }).await;
-                }
-                if verdict.force_reconnect {
-                    warn!(timeout = ?settings.heartbeat_timeout, "Redis heartbeat lost: forcing a reconnect");
-                    for client in [subscriber.clone(), publisher.clone()] {
-                        tokio::task::spawn_local(async move {
-                            let _ = client.force_reconnection().await;
-                        });
-                    }
-                }
-                if connected && shared.users.is_some() {
-                    let (shared, publisher) = (shared.clone(), publisher.clone());
-                    tokio::task::spawn_local(async move {
-                        if let Some(users) = &shared.users {
-                            users.heartbeat(&publisher).await;
-                        }
-                    });
-                }
-                if connected {
-                    let (publisher, channel) = (publisher.clone(), shared.channels.heartbeat().to_owned());
-                    let beat = node.to_string();
-                    let shared = shared.clone();
-                    tokio::task::spawn_local(async move {
-                        let sent = Instant::now();
-                        let answer: Result<Value, _> = publisher.publish(channel, beat).await;
-                        if answer.is_ok() {
-                            shared.bridge().round_trip.observe(sent.elapsed());
-                        }
-                    });
-                }
+                let tick = readiness.tick(now, subscriber.is_connected(), publisher.is_connected());
+                on_tick(&shared, tick, (&subscriber, &publisher), readiness.timeout()).await;
             }
             command = commands.recv_async(), if shared.in_flight.get() < PUBLISHES_IN_FLIGHT => {
                 let Ok(command) = command else { break 'bridge };
@@ -594,27 +559,4 @@ async fn run(
     let _ =
         tokio::time::timeout(settings.command_timeout.min(Duration::from_millis(500)), bye).await;
     info!("Redis bridge stopped");
-}
-
-/// Logs a Redis connection error once per different reason.
-fn log_error(
-    error: Result<(RedisError, Option<fred::types::config::Server>), RecvError>,
-    connection: &str,
-    last: &mut String,
-) {
-    let Ok((error, _server)) = error else { return };
-    let reason = error.details().to_owned();
-    if reason != *last {
-        warn!(connection, cause = %reason, "Redis connection error (reconnecting)");
-        *last = reason;
-    }
-}
-
-/// Loads both scripts into Redis's script cache (after every publisher connection).
-async fn load_scripts(publisher: &Client) {
-    for script in [PUBLISH_SCRIPT, READ_SCRIPT, REBASE_SCRIPT, presence::PRESENCE_SCRIPT] {
-        if let Err(e) = publisher.script_load::<String, _>(script).await {
-            debug!(cause = %e.details(), "SCRIPT LOAD failed (retried on NOSCRIPT)");
-        }
-    }
 }

@@ -4,17 +4,22 @@
 //! what was queued.
 //!
 //! Runs on: the bridge thread, for its publisher, reads and presence tasks. The scripts
-//! themselves are in [`history`] and `presence` (`load_scripts`, in the bridge's module,
-//! loads them all); the SHAs and `NOSCRIPT` are pure, [`replies`] sends a pipeline.
+//! themselves are in [`history`] and `presence::script`; the SHAs and `NOSCRIPT` are
+//! pure, [`replies`] sends a pipeline and [`load_scripts`] loads them all.
 
 use std::time::Duration;
 
 use fred::{
+    interfaces::LuaInterface,
     prelude::{Client, Error as RedisError},
     types::Value,
 };
+use tracing::debug;
 
-use super::history::{self, PUBLISH_SCRIPT, READ_SCRIPT, REBASE_SCRIPT};
+use super::{
+    history::{self, PUBLISH_SCRIPT, READ_SCRIPT, REBASE_SCRIPT},
+    presence::script::PRESENCE_SCRIPT,
+};
 
 /// The SHA-1s of the scripts (EVALSHA).
 pub(super) static PUBLISH_SHA: std::sync::LazyLock<String> =
@@ -23,6 +28,18 @@ pub(super) static READ_SHA: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| history::script_sha(READ_SCRIPT));
 pub(super) static REBASE_SHA: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| history::script_sha(REBASE_SCRIPT));
+pub(super) static PRESENCE_SHA: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| history::script_sha(PRESENCE_SCRIPT));
+
+/// Loads every script into Redis's script cache (after every publisher connection: a
+/// Redis that restarted has forgotten them).
+pub(super) async fn load_scripts(publisher: &Client) {
+    for script in [PUBLISH_SCRIPT, READ_SCRIPT, REBASE_SCRIPT, PRESENCE_SCRIPT] {
+        if let Err(e) = publisher.script_load::<String, _>(script).await {
+            debug!(cause = %e.details(), "SCRIPT LOAD failed (retried on NOSCRIPT)");
+        }
+    }
+}
 
 /// `EVALSHA sha numkeys key... arg...` (fred's pipelines have no Lua interface).
 pub(super) fn evalsha() -> fred::types::CustomCommand {

@@ -461,8 +461,8 @@ impl StreamTracker {
 mod tests {
     use super::*;
     use crate::{
-        frame,
         ids::{NodeId, Route},
+        ws::frame,
     };
 
     fn event(epoch: u64, offset: u64) -> Arc<Delivery> {
