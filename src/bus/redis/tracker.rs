@@ -318,7 +318,11 @@ impl StreamTracker {
         self.filling = false;
         let mut out = Filled::default();
         let Ok(snapshot) = snapshot else {
-            out.again = Some(from);
+            // Made again from where the tracker stands now, not from `from`: the node may
+            // have delivered more meanwhile, and a read from an older position could not
+            // tell that Redis lost what it delivered since (its answer would only be
+            // "behind").
+            out.again = Some(self.cursor().unwrap_or(from));
             return out;
         };
         // The tracker delivered since the read was made (events that came live in order):
@@ -647,6 +651,22 @@ mod tests {
         assert_eq!(filled.again, Some(at(3)));
         let filled = t.filled(at(3), Ok(Some((state(2, Some(1)), vec![]))), 1000);
         assert_eq!(filled.regressed, Some(5), "the restart lost writes: found");
+    }
+
+    #[test]
+    fn a_failed_read_is_made_again_from_where_the_node_stands_then() {
+        let mut t = StreamTracker::new(Position::At(at(2)));
+        let from = t.start_fill().unwrap();
+        // 3 comes live while the read is on its way; then Redis restarts older (top 2)
+        // and the read fails with the connection.
+        assert_eq!(t.live(at(3), &event(5, 3)), (Live::Deliver, false));
+        assert_eq!(t.start_fill(), None, "the reconnect: a read is on its way");
+        let filled = t.filled(from, Err(()), 1000);
+        assert_eq!(filled.again, Some(at(3)), "from 3, not from the failed read's 2");
+        // The retry sees the Redis of now, below what the node delivered: found.
+        let filled = t.filled(at(3), Ok(Some((state(2, Some(1)), vec![]))), 1000);
+        assert_eq!(filled.regressed, Some(5));
+        assert!(filled.lost);
     }
 
     #[test]
