@@ -48,9 +48,9 @@
 //!
 //! Leaves import nothing from the crate (the files of `ws` use one another). `ws` is the
 //! WebSocket codec and `protocol` the v1 wire protocol: building blocks below `conn`, which
-//! drives them for one live connection; neither knows a connection or a shard. `config` stands on the leaves, `auth` and
-//! `history::retention` only: it builds nothing (its file checks keep nothing), so any
-//! layer above may read it. `conn` never names the shard (it sees `conn::ShardContext`
+//! drives them for one live connection; neither knows a connection or a shard. `config`
+//! stands on the leaves, `auth` and `history::retention` only: it builds nothing (its
+//! file checks keep nothing), so any layer above may read it. `conn` never names the shard (it sees `conn::ShardContext`
 //! and the `conn::Subscriptions` trait), `hub` is pure data, and `xshard` carries
 //! identifiers from `ids` without depending on `hub` or the bus.
 //!

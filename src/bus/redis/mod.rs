@@ -56,8 +56,9 @@
 //!   `presence::core`);
 //! - [`user_count`]: users' connection counts in Redis.
 //!
-//! Its decisions, sans I/O: [`streams`] (every stream decision), [`history`] (the scripts
-//! and the per-stream tracker), `readiness` (when the bridge is ready, when it forces a
+//! Its decisions, sans I/O: [`streams`] (every stream decision), [`tracker`] (one
+//! stream's delivery position, gaps and losses), [`history`] (the history scripts, keys
+//! and answer parsers), `readiness` (when the bridge is ready, when it forces a
 //! reconnect, when it beats, which connection errors are logged), [`presence::core`]
 //! (this node's presence: its counts, what it writes and when, resync, its heartbeat)
 //! and `presence::script` (the presence script and its replies), [`subscriptions`]
