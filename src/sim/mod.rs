@@ -22,11 +22,13 @@
 //! bridge and connections (effects reach clients at once, in order), key expiry,
 //! idempotency keys, streams mode, presence.
 
+mod check;
+mod clients;
+mod faults;
 pub mod model;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
-    fmt::Write as _,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -35,17 +37,13 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::{
-    bus::{
-        ReplayRequest,
-        redis::{
-            streams::{Effect, ReadFrom, ReadJob, StreamsCore},
-            tracker::Position,
-            wire,
-        },
+    bus::redis::{
+        streams::{Effect, ReadFrom, ReadJob, StreamsCore},
+        wire,
     },
-    history::{Since, memory::HistorySettings, retention::Retention},
-    ids::{ConnId, EventId, Route, ShardId},
-    xshard::{Delivery, ReplayPurpose, ReplayTo},
+    history::{memory::HistorySettings, retention::Retention},
+    ids::{EventId, Route},
+    xshard::Delivery,
 };
 use model::{ModelRead, ModelRedis};
 
@@ -555,19 +553,6 @@ impl World {
         self.apply(n);
     }
 
-    /// Node `n` delivers `delivery` of `route` to its clients of the stream (held back
-    /// from those waiting for a replay: the answer has it).
-    fn deliver(&mut self, n: usize, route: &Route, delivery: &Delivery) {
-        let (Some(id), Some(data)) = (delivery.id, data_of(delivery)) else { return };
-        for client in &mut self.clients {
-            if client.node == Some(n) && client.topic == *route && client.recovering.is_none() {
-                client.seen.push(Seen::Event(id, data.clone()));
-                client.last = Some(id);
-                self.delivered += 1;
-            }
-        }
-    }
-
     /// Executes node `n`'s effects.
     fn apply(&mut self, n: usize) {
         let mut effects = Vec::new();
@@ -623,257 +608,6 @@ impl World {
             }
         }
     }
-
-    /// Node `n`'s connections come back: it learns the positions it lacks, subscribes
-    /// again, and reads every stream from its position.
-    fn reconnect(&mut self, n: usize) {
-        self.log(format!("node {n} reconnects"));
-        self.nodes[n].up = true;
-        let routes: Vec<Route> = self.nodes[n].interest.keys().cloned().collect();
-        for route in routes {
-            if !self.nodes[n].core.is_known(&route) {
-                let position = self.position_of(&route);
-                self.nodes[n].core.track(&route, position);
-            }
-        }
-        self.nodes[n].core.handle_gap_everywhere();
-        self.apply(n);
-    }
-
-    /// Where `route` stands in Redis now (a subscription's position read).
-    fn position_of(&self, route: &Route) -> Position {
-        match self.redis.read(&stream_key(route), None, 0) {
-            None => Position::Empty,
-            Some((state, _)) => Position::At(state.into_state().position()),
-        }
-    }
-
-    /// Client `c` connects to node `n` and subscribes, with `since` when it saw events.
-    fn connect(&mut self, c: usize, n: usize) {
-        let route = self.clients[c].topic.clone();
-        let since = self.clients[c].last;
-        self.log(format!("client {c} connects to node {n} since {since:?}"));
-        let node = &mut self.nodes[n];
-        let count = node.interest.entry(route.clone()).or_insert(0);
-        *count += 1;
-        if *count == 1 {
-            let position = if node.up { self.position_of(&route) } else { Position::Unknown };
-            self.nodes[n].core.track(&route, position);
-        }
-        let client = &mut self.clients[c];
-        client.node = Some(n);
-        client.seen.push(Seen::Connected(since));
-        let Some(since) = since else { return };
-        self.next_token += 1;
-        let token = self.next_token;
-        client.recovering = Some(token);
-        let to = ReplayTo {
-            shard: ShardId(0),
-            route: route.clone(),
-            conn: ConnId(c as u32),
-            user: format!("c{c}").into(),
-            token,
-            purpose: ReplayPurpose::Recover,
-        };
-        let request = ReplayRequest { route, since: Since::After(since), limit: u64::MAX, to };
-        let now = self.now();
-        self.nodes[n].core.handle_replay(request, now);
-        self.apply(n);
-    }
-
-    /// Client `c` disconnects; it comes back to a random node (or later).
-    fn client_moves(&mut self, c: usize) {
-        if let Some(n) = self.clients[c].node.take() {
-            self.clients[c].recovering = None;
-            let route = self.clients[c].topic.clone();
-            let node = &mut self.nodes[n];
-            if let Some(count) = node.interest.get_mut(&route) {
-                *count -= 1;
-                if *count == 0 {
-                    node.interest.remove(&route);
-                    node.core.untrack(&route);
-                }
-            }
-            self.log(format!("client {c} leaves node {n}"));
-        } else {
-            let n = self.rng.random_range(0..self.nodes.len());
-            self.connect(c, n);
-        }
-    }
-
-    /// Injects one fault.
-    fn fault(&mut self) {
-        self.faults += 1;
-        let n = self.rng.random_range(0..self.nodes.len());
-        match self.rng.random_range(0..6) {
-            0 => {
-                self.log(format!("FAULT node {n}'s Pub/Sub connection killed"));
-                self.drop_connections(n);
-            }
-            1 => {
-                let before = self.nodes[n].inbox.len();
-                let keep = self.rng.random_range(0..=before);
-                let inbox = &mut self.nodes[n].inbox;
-                let mut i = 0;
-                inbox.retain(|_| {
-                    i += 1;
-                    i > before - keep
-                });
-                self.log(format!("FAULT node {n} lagged: {} messages dropped", before - keep));
-                self.nodes[n].core.handle_gap_everywhere();
-                self.apply(n);
-            }
-            2 => {
-                self.log("FAULT (none yet) Redis snapshot taken".into());
-                self.snapshot = Some(self.redis.clone());
-            }
-            3 => {
-                if let Some(snapshot) = self.snapshot.clone() {
-                    self.log("FAULT Redis restarted from the snapshot: last writes lost".into());
-                    self.redis.restore_keys_of(&snapshot);
-                    for n in 0..self.nodes.len() {
-                        self.drop_connections(n);
-                    }
-                }
-            }
-            4 => {
-                self.log("FAULT Redis restarted empty".into());
-                self.redis.flush();
-                self.snapshot = None;
-                for n in 0..self.nodes.len() {
-                    self.drop_connections(n);
-                }
-            }
-            _ => {
-                let c = self.rng.random_range(0..self.clients.len());
-                self.client_moves(c);
-            }
-        }
-    }
-
-    /// Node `n`'s connections drop: Pub/Sub in flight is lost, commands in flight fail.
-    fn drop_connections(&mut self, n: usize) {
-        let node = &mut self.nodes[n];
-        node.up = false;
-        node.inbox.clear();
-        for command in std::mem::take(&mut node.commands) {
-            match command {
-                // The publisher is told `unavailable`; nothing to track.
-                Command::Publish { .. } => {}
-                Command::Read(job) => {
-                    node.replies.push_back(Reply::Read(job, Err("connection lost".into())))
-                }
-                Command::Rebase(route, epoch) => {
-                    node.replies.push_back(Reply::RebaseFailed(route, epoch))
-                }
-            }
-        }
-    }
-
-    /// The contract, over every client's view (PROTOCOL.md, "Guarantees").
-    fn check(&self, markers: &[Route]) -> Result<(), Violation> {
-        if let Some(what) = &self.broken {
-            return Err(self.violation(what.clone()));
-        }
-        let mut named: HashMap<EventId, &str> = HashMap::new();
-        for (c, client) in self.clients.iter().enumerate() {
-            let mut seen_ids = BTreeSet::new();
-            let mut last: Option<EventId> = None;
-            let mut gap_told = false;
-            for item in &client.seen {
-                match item {
-                    Seen::Connected(since) => {
-                        // G2 is per connection: after a `recovered: false`, a client
-                        // that resyncs may get again what it had.
-                        last = *since;
-                        seen_ids.clear();
-                    }
-                    Seen::Lost | Seen::Recovered(false) => gap_told = true,
-                    Seen::Recovered(true) => {}
-                    Seen::Event(id, data) => {
-                        // G5: one id, one event, across every client (but for the ids a
-                        // publisher that could not know was handed out again).
-                        if !self.reused.contains(id)
-                            && let Some(other) = named.insert(*id, data)
-                            && other != data
-                        {
-                            return Err(self.violation(format!(
-                                "G5: id {id} names two events ({other} and {data})"
-                            )));
-                        }
-                        // G2: never twice to one client.
-                        if !seen_ids.insert(*id) {
-                            return Err(self.violation(format!(
-                                "G2: client {c} got {id} twice: {}",
-                                view_of(&client.seen)
-                            )));
-                        }
-                        // G1/G3/G4: the next one in order, unless a loss was told.
-                        if let Some(l) = last
-                            && !gap_told
-                            && (id.epoch != l.epoch || id.offset != l.offset + 1)
-                        {
-                            return Err(self.violation(format!(
-                                "G3: client {c} got {id} after {l} with no recovered:false between"
-                            )));
-                        }
-                        last = Some(*id);
-                        gap_told = false;
-                    }
-                }
-            }
-            // Liveness: every connected client ends on its topic's marker — or, when the
-            // marker itself was given an id the lost writes had (the documented limit of
-            // G5), was told of the loss after the last event it got: never silence.
-            let top = self.redis.top(&stream_key(&client.topic));
-            let reused = top.is_some_and(|id| self.reused.contains(&id));
-            let told_last = client
-                .seen
-                .iter()
-                .rev()
-                .take_while(|s| !matches!(s, Seen::Event(..)))
-                .any(|s| matches!(s, Seen::Lost | Seen::Recovered(false)));
-            if markers.contains(&client.topic) && client.node.is_some() && !(reused && told_last) {
-                let got = client.seen.iter().rev().find_map(|s| match s {
-                    Seen::Event(id, data) => Some((*id, data.as_str())),
-                    _ => None,
-                });
-                if got.map(|g| g.1) != Some("marker") || got.map(|g| g.0) != top {
-                    let mut tail = String::new();
-                    for s in client.seen.iter().rev().take(6) {
-                        let _ = write!(tail, "{s:?} ");
-                    }
-                    return Err(self.violation(format!(
-                        "G3: client {c} did not end on the marker {top:?} of {:?}; last seen (newest first): {tail}",
-                        client.topic
-                    )));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A client's view, compactly: `e:o` events, `L` lost, `R+`/`R-` recovered, `C(since)`.
-fn view_of(seen: &[Seen]) -> String {
-    let mut out = String::new();
-    for s in seen {
-        let _ = match s {
-            Seen::Event(id, _) => write!(out, "{}:{} ", id.epoch % 100_000, id.offset),
-            Seen::Lost => write!(out, "L "),
-            Seen::Recovered(r) => write!(out, "R{} ", if *r { '+' } else { '-' }),
-            Seen::Connected(since) => {
-                write!(
-                    out,
-                    "C({}) ",
-                    since
-                        .map(|s| format!("{}:{}", s.epoch % 100_000, s.offset))
-                        .unwrap_or_default()
-                )
-            }
-        };
-    }
-    out
 }
 
 /// The `data` of a framed event (the simulation's payloads are `{"id",..,"data":"…"}`).
