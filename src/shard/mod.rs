@@ -322,7 +322,8 @@ impl Shard {
 
     /// Changes the subscription book with `change`, then carries out what it decided.
     /// The only place the book is borrowed mutably; the borrow ends before anything is
-    /// carried out.
+    /// carried out. A caller may still hold the connection table borrowed (shared):
+    /// carrying out only reads it.
     fn update_subs<R>(
         &self,
         change: impl FnOnce(&mut SubscriptionBook, &mut Vec<Effect>) -> R,

@@ -87,8 +87,8 @@ impl SubscriptionBook {
     /// only it held is lost.
     pub(crate) fn departed(&mut self, conn: ConnId, user: &str, out: &mut Vec<Effect>) {
         self.recoveries.forget_conn(conn);
-        // Its topics are looked up for these two only when some topic is unconfirmed or
-        // watched, which is rare.
+        // Its topics are walked for the presence leaves; the awaiting and watcher indexes
+        // are touched only when some topic is unconfirmed or watched, which is rare.
         let (awaiting, watching) = (!self.awaiting.is_empty(), !self.watchers.is_empty());
         for topic in self.hub.topics_of(conn) {
             if awaiting {
