@@ -57,7 +57,8 @@ use std::{
 
 use tracing::{info, warn};
 
-use subs::{Effect, SubscriptionBook};
+use subs::Effect;
+pub(crate) use subs::{Effect as SubscriptionEffect, SubscriptionBook};
 
 use crate::{
     admission::{BudgetSlot, ConnectRate, ConnectionBudget},

@@ -5,7 +5,7 @@
 
 use rand::Rng;
 
-use super::{Command, Reply, World};
+use super::{Command, Node, Reply, World};
 use crate::ids::Route;
 
 impl World {
@@ -13,7 +13,7 @@ impl World {
     pub(super) fn fault(&mut self) {
         self.faults += 1;
         let n = self.rng.random_range(0..self.nodes.len());
-        match self.rng.random_range(0..6) {
+        match self.rng.random_range(0..7) {
             0 => {
                 self.log(format!("FAULT node {n}'s Pub/Sub connection killed"));
                 self.drop_connections(n);
@@ -52,6 +52,19 @@ impl World {
                     self.drop_connections(n);
                 }
             }
+            5 => {
+                self.log(format!("FAULT node {n} crashed and restarted: all it knew is gone"));
+                // Its clients lose their connections (they come back later, to any node);
+                // its queues, timers, trackers, floors and subscriptions die with it.
+                for client in &mut self.clients {
+                    if client.node == Some(n) {
+                        client.node = None;
+                    }
+                }
+                self.timers.retain(|(_, node, _)| *node != n);
+                self.nodes[n] = Node::new(&self.history);
+                self.nodes[n].up = false;
+            }
             _ => {
                 let c = self.rng.random_range(0..self.clients.len());
                 self.client_moves(c);
@@ -83,7 +96,7 @@ impl World {
     pub(super) fn reconnect(&mut self, n: usize) {
         self.log(format!("node {n} reconnects"));
         self.nodes[n].up = true;
-        let routes: Vec<Route> = self.nodes[n].interest.keys().cloned().collect();
+        let routes: Vec<Route> = self.nodes[n].subscribed.iter().cloned().collect();
         for route in routes {
             if !self.nodes[n].core.is_known(&route) {
                 let position = self.position_of(&route);

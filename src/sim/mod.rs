@@ -15,8 +15,11 @@
 //! at `Lagged`, Redis frozen (the scheduler simply does not pick it for a while), Redis
 //! restarted empty, Redis restarted from an earlier snapshot (last writes lost) — which
 //! is also what a failover to a lagging replica looks like —, every connection dropped
-//! with its commands in flight, and clients disconnecting and coming back with `since`
-//! to any node.
+//! with its commands in flight, a node crashed and restarted (everything it knew lost,
+//! its clients disconnected), and clients disconnecting and coming back with `since` to
+//! any node. Each node's clients subscribe, recover and leave through the shard's real
+//! subscription book (`shard::SubscriptionBook`): it decides when the node gains or
+//! loses a topic, which replays are asked for, and whose live events are held back.
 //!
 //! Not modelled (see the module docs of [`model`] too): the shard's inbox between the
 //! bridge and connections (effects reach clients at once, in order), key expiry,
@@ -28,7 +31,7 @@ mod faults;
 pub mod model;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    collections::{BTreeSet, HashMap, VecDeque},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -42,7 +45,8 @@ use crate::{
         wire,
     },
     history::{memory::HistorySettings, retention::Retention},
-    ids::{EventId, Route},
+    ids::{ConnId, EventId, Route},
+    shard::SubscriptionBook,
     xshard::Delivery,
 };
 use model::{ModelRead, ModelRedis};
@@ -137,12 +141,16 @@ enum Reply {
     RebaseFailed(Route, u64),
 }
 
-/// One simulated node: the real stream core, its interest, its three queues.
+/// One simulated node (of one shard): the real stream core, the shard's real
+/// subscription book, the node's Redis subscriptions, its three queues.
 #[derive(Debug)]
 struct Node {
     core: StreamsCore,
-    /// Local clients per stream (the node is subscribed while it has one).
-    interest: BTreeMap<Route, usize>,
+    /// The shard's subscriptions and replays (it says when the node gains or loses a
+    /// topic, which replays to ask for, whose live events to hold back).
+    book: SubscriptionBook,
+    /// The topics the node is subscribed to in Redis.
+    subscribed: BTreeSet<Route>,
     /// Its connections to Redis are up.
     up: bool,
     /// Pub/Sub messages on their way to it.
@@ -151,6 +159,20 @@ struct Node {
     commands: VecDeque<Command>,
     /// Replies on their way back.
     replies: VecDeque<Reply>,
+}
+
+impl Node {
+    fn new(history: &HistorySettings) -> Node {
+        Node {
+            core: StreamsCore::new(history.clone()),
+            book: SubscriptionBook::default(),
+            subscribed: BTreeSet::new(),
+            up: true,
+            inbox: VecDeque::new(),
+            commands: VecDeque::new(),
+            replies: VecDeque::new(),
+        }
+    }
 }
 
 /// What a client saw, in order.
@@ -168,8 +190,6 @@ struct Client {
     topic: Route,
     /// The node it is connected to (`None`: disconnected).
     node: Option<usize>,
-    /// A replay it waits for (its live events are held meanwhile).
-    recovering: Option<u64>,
     seen: Vec<Seen>,
     /// The last event id it got.
     last: Option<EventId>,
@@ -186,10 +206,11 @@ struct World {
     snapshot: Option<ModelRedis>,
     nodes: Vec<Node>,
     clients: Vec<Client>,
+    /// The history settings every node's stream core is made with.
+    history: HistorySettings,
     /// Reads and rebases to send again later: (due step, node, command).
     timers: Vec<(u64, usize, Command)>,
     step: u64,
-    next_token: u64,
     published: u64,
     delivered: u64,
     faults: u64,
@@ -253,21 +274,11 @@ impl World {
             meta_ttl: Duration::from_secs(86_400),
             max_replay: config.max_replay,
         };
-        let nodes = (0..config.nodes)
-            .map(|_| Node {
-                core: StreamsCore::new(history.clone()),
-                interest: BTreeMap::new(),
-                up: true,
-                inbox: VecDeque::new(),
-                commands: VecDeque::new(),
-                replies: VecDeque::new(),
-            })
-            .collect();
+        let nodes = (0..config.nodes).map(|_| Node::new(&history)).collect();
         let clients = (0..config.clients)
             .map(|c| Client {
                 topic: topic(c % config.topics.max(1)),
                 node: None,
-                recovering: None,
                 seen: Vec::new(),
                 last: None,
             })
@@ -282,8 +293,8 @@ impl World {
             nodes,
             clients,
             timers: Vec::new(),
+            history,
             step: 0,
-            next_token: 0,
             published: 0,
             delivered: 0,
             faults: 0,
@@ -405,7 +416,11 @@ impl World {
             }
             self.step_without_publishing();
         }
-        if let Some(c) = self.clients.iter().position(|c| c.recovering.is_some()) {
+        let waits = |c: &Client, nodes: &[Node], i: usize| {
+            c.node.is_some_and(|n| nodes[n].book.holds(&c.topic, ConnId(i as u32)))
+        };
+        if let Some(c) = (0..self.clients.len()).find(|&c| waits(&self.clients[c], &self.nodes, c))
+        {
             return Err(self.violation(format!("client {c} waits for its replay forever")));
         }
         Ok(())
@@ -475,7 +490,7 @@ impl World {
                 }
                 self.log(format!("redis stores {id} on {route:?} for node {n}"));
                 for node in &mut self.nodes {
-                    if node.up && node.interest.contains_key(&route) {
+                    if node.up && node.subscribed.contains(&route) {
                         node.inbox.push_back((route.clone(), payload.clone()));
                     }
                 }
@@ -582,11 +597,14 @@ impl World {
                 }
                 Effect::Replayed(to, answer) => {
                     let c = to.conn.0 as usize;
-                    let client = &mut self.clients[c];
-                    if client.node != Some(n) || client.recovering != Some(to.token) {
-                        continue; // an answer for a connection that is gone
+                    // An answer for a connection that is gone, or to an older request
+                    // (the shard's own check).
+                    if self.clients[c].node != Some(n)
+                        || !self.nodes[n].book.replay_answered(&to.route, to.conn, to.token)
+                    {
+                        continue;
                     }
-                    client.recovering = None;
+                    let client = &mut self.clients[c];
                     for event in &answer.events {
                         if let (Some(id), Some(data)) = (event.id, data_of(event)) {
                             client.seen.push(Seen::Event(id, data));
