@@ -11,7 +11,8 @@ use corecast::config::{OptionalPath, RedisUrl};
 use serde_json::{Value, json};
 
 use crate::support::{
-    Client, LoggedNode, TestServer, WAIT, connect, http_get, poll_until,
+    ChildServer, Client, LoggedNode, TestServer, WAIT, connect, connect_when_taken, http_get,
+    poll_until,
     python::PythonNode,
     redis::{RedisServer, TlsFiles, redis_node},
     subscribe, take_id, within, without_id, without_stamp,
@@ -501,4 +502,42 @@ async fn a_refused_subscribe_is_retried_and_confirmed_once_redis_agrees() {
     publisher.send_json(json!({"op":"publish","topic":"closed","data":"now"})).await;
     let got = within(WAIT, "the event", waiting.recv_json()).await;
     assert_eq!(without_id(got)["data"], "now");
+}
+
+/// Three nodes started together and used at once (the start-up case): a node takes
+/// clients only once it can reach the others (before, it answers 503 with `Retry-After`),
+/// so seed clients connected the moment their nodes take them, each sending a text as
+/// soon as all are connected, get every text, from every node. Without that rule the
+/// nodes took clients about 20 ms after start and their texts of the first half second
+/// reached no other node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_started_together_and_used_at_once_lose_no_text() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        nodes
+            .push(ChildServer::start(&["--redis", &url, "--node-id", name, "--shards", "1"]).await);
+    }
+    let mut clients = Vec::new();
+    let mut refused = 0;
+    for (i, node) in nodes.iter().enumerate() {
+        let (client, times) = connect_when_taken(node.addr, &format!("s{i}"), false).await;
+        refused += times;
+        clients.push(client);
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.send_text(format!("first from s{i}")).await;
+    }
+    // Each node's texts in its order; every client gets all three, once.
+    let want: Vec<String> = (0..3).map(|j| format!("first from s{j}")).collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let message = client.recv_json().await;
+            got.push(message["text"].as_str().unwrap_or_default().to_owned());
+        }
+        got.sort();
+        assert_eq!(got, want, "client s{i} (the nodes refused {refused} upgrades while starting)");
+    }
 }

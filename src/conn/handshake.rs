@@ -267,6 +267,9 @@ pub(crate) fn http_response(status: u16, content_type: &str, body: &str) -> Vec<
         401 => "WWW-Authenticate: Bearer\r\n",
         426 => "Sec-WebSocket-Version: 13\r\n",
         405 => "Allow: GET\r\n",
+        // Every refusal for a passing reason (starting, draining, at a limit): try again
+        // in a second (a load balancer may pick another node meanwhile).
+        503 => "Retry-After: 1\r\n",
         _ => "",
     };
     format!(

@@ -220,6 +220,9 @@ async fn upgrade(
     };
     let slot = if shard.shutting_down.get() {
         Err("server shutting down")
+    } else if !ctx.node_stats().bus_started() {
+        // Nothing a client sends may be published before the node reaches the others.
+        Err("starting: not connected to Redis yet")
     } else {
         shard.budget.try_acquire().ok_or("connection limit reached")
     };

@@ -111,6 +111,10 @@ pub struct BridgeStats {
     /// Connected, and the node's heartbeat came back through Redis recently: what
     /// `/readyz` reports.
     pub ready: AtomicBool,
+    /// The bridge has been ready at least once since the node started: until then the
+    /// node refuses WebSocket upgrades (503, `Retry-After`), so that nothing a client
+    /// sends is published before the node can reach the other nodes.
+    pub ever_ready: AtomicBool,
     /// Channels the node is subscribed to (interest, broadcast and heartbeat included).
     pub subscribed_channels: AtomicU64,
     /// Reconnections to Redis (either connection) since start.
@@ -305,6 +309,13 @@ impl NodeStats {
     /// the bridge is connected and its heartbeat comes back.
     pub fn bus_ready(&self) -> bool {
         self.bridge.as_ref().is_none_or(|b| b.ready.load(Ordering::Relaxed))
+    }
+
+    /// Whether the node has started taking clients: at once with the embedded bus; with
+    /// Redis, once its bridge was first ready (a later outage does not undo it: the
+    /// clients it has then are told `degraded`).
+    pub fn bus_started(&self) -> bool {
+        self.bridge.as_ref().is_none_or(|b| b.ever_ready.load(Ordering::Relaxed))
     }
 
     /// Sum of one counter over all shards.

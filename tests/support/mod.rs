@@ -186,6 +186,38 @@ pub async fn connect(addr: SocketAddr, user: &str, v1: bool) -> Client {
     Client { ws, shard, user: user.to_owned() }
 }
 
+/// Connects as `user` as soon as the node takes clients: a node answers upgrades `503`
+/// with `Retry-After` until it can reach the other nodes (its bridge was first ready),
+/// and this retries every 10 ms, bounded by [`WAIT`]. Returns the client and how many
+/// times it was refused.
+pub async fn connect_when_taken(addr: SocketAddr, user: &str, v1: bool) -> (Client, u32) {
+    use tokio_tungstenite::tungstenite::Error;
+    let mut refused = 0;
+    let client = within(WAIT, "a node that takes clients", async {
+        loop {
+            let mut req = format!("ws://{addr}/ws/{user}").into_client_request().unwrap();
+            if v1 {
+                let protocol = HeaderValue::from_static("corecast.v1");
+                req.headers_mut().insert("Sec-WebSocket-Protocol", protocol);
+            }
+            match tokio_tungstenite::connect_async(req).await {
+                Ok((ws, resp)) => {
+                    let shard = resp.headers()["x-corecast-shard"].to_str().unwrap();
+                    break Client { ws, shard: shard.parse().unwrap(), user: user.to_owned() };
+                }
+                Err(Error::Http(resp)) if resp.status() == 503 => {
+                    assert_eq!(resp.headers()["retry-after"], "1", "a 503 says when to retry");
+                    refused += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("upgrade of {user} failed: {e}"),
+            }
+        }
+    })
+    .await;
+    (client, refused)
+}
+
 impl Client {
     pub async fn send_text(&mut self, text: impl Into<String>) {
         within(WAIT, "send", self.ws.send(Message::text(text.into()))).await.expect("send");

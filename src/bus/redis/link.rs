@@ -46,6 +46,9 @@ pub(super) async fn on_tick(
             );
         }
         BridgeStats::set(&shared.bridge().ready, ready);
+        if ready {
+            BridgeStats::set(&shared.bridge().ever_ready, true);
+        }
         shared.apply_to_all(ShardMessage::BusState { ready }).await;
     }
     if tick.force_reconnect {
