@@ -351,3 +351,49 @@ async fn connections_per_user_across_nodes() {
     .await;
     assert!(admitted < std::time::Duration::from_secs(6), "took {admitted:?}");
 }
+
+/// Publishes `data` on `topic` with idempotency key `key` and returns the receipt's id.
+async fn receipt_of(client: &mut Client, topic: &str, data: &str, key: &str) -> Value {
+    let command =
+        json!({"op":"publish","topic":topic,"data":data,"ack":true,"idempotency_key":key});
+    client.send_json(command).await;
+    let receipt = client.recv_json().await;
+    assert_eq!(receipt["type"], "published", "{receipt}");
+    receipt["id"].clone()
+}
+
+/// Idempotency keys belong to their publisher: a WebSocket client's key never answers for
+/// another user's publish or the server API's (whatever the key spells), and no two
+/// (stream, key) pairs share one Redis key when names and keys contain `:`. Each publish
+/// below must be stored (its own receipt, delivered), except a true retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_belong_to_their_publisher() {
+    let redis = RedisServer::start().await;
+    let node = api_node(&redis, "a").await;
+    let mut api = Api::connect(node.addr).await;
+    let mut reader = connect(node.addr, "reader", true).await;
+    subscribe(&mut reader, "t").await;
+    subscribe(&mut reader, "a").await;
+    let mut alice = connect(node.addr, "alice", true).await;
+    let mut bob = connect(node.addr, "bob", true).await;
+    let (status, from_api) =
+        api.post("/api/publish", json!({"topic":"t","data":"api","idempotency_key":"k1"})).await;
+    assert_eq!(status, 200, "{from_api}");
+    // A client's key spelled like the API's scoped key: a publish of its own.
+    let alices = receipt_of(&mut alice, "t", "alice", "api.publish:k1").await;
+    assert_ne!(alices, from_api["id"], "a WebSocket key never meets an API key");
+    assert_eq!(receipt_of(&mut alice, "t", "alice", "api.publish:k1").await, alices, "a retry");
+    let bobs = receipt_of(&mut bob, "t", "bob", "api.publish:k1").await;
+    assert_ne!(bobs, alices, "another user's key is another key");
+    // Topic `a:b` with key `c`, then topic `a` with key `b:c`: two publishes.
+    receipt_of(&mut alice, "a:b", "ab", "c").await;
+    receipt_of(&mut alice, "a", "a", "b:c").await;
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let event = reader.recv_json().await;
+        got.push((event["topic"].as_str().unwrap_or_default().to_owned(), event["data"].clone()));
+    }
+    let want = [("t", "api"), ("t", "alice"), ("t", "bob"), ("a", "a")]
+        .map(|(topic, data)| (topic.to_owned(), json!(data)));
+    assert_eq!(got, want, "every publish stored and delivered once, the retry not at all");
+}

@@ -89,7 +89,12 @@ fn seed_text(ctx: &ShardContext, conn: &Conn, text: &str) {
 /// presence, publish receipts). A refused command is answered with its error.
 fn run_command(ctx: &ShardContext, conn: &Rc<Conn>, subs: &dyn Subscriptions, payload: &mut [u8]) {
     let parsed = command::parse(payload, &mut ctx.json_buffers.borrow_mut().0);
-    let publish = |route, payload, options| {
+    let publish = |route, payload, mut options: PublishOptions| {
+        // A client's idempotency keys are its user's own: another user's publish, or the
+        // server API's (`api.<endpoint>:<key>`), never answers for them.
+        if let Some(key) = &options.idempotency_key {
+            options.idempotency_key = Some(format!("ws.{}:{key}", conn.user).into_boxed_str());
+        }
         let event = Event { sender: conn.user.to_string(), route, payload };
         conn.pending_events.borrow_mut().push((event, options));
         None

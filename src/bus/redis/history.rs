@@ -153,9 +153,14 @@ impl StreamKeys {
     }
 
     /// The key remembering the first id of a publish with idempotency key `key`.
+    /// The key remembering a publish with idempotency key `key` on this stream:
+    /// `<prefix>idem:<length of the stream's name>:<stream>:<key>`. The length keeps two
+    /// (stream, key) pairs from sharing a key when names and keys contain `:` (topic
+    /// `a:b` with key `c`, topic `a` with key `b:c`).
     pub(crate) fn idempotency(&self, prefix: &str, key: &str) -> String {
         let stream = self.meta.strip_prefix(prefix).and_then(|m| m.strip_prefix("meta:"));
-        format!("{prefix}idem:{}:{key}", stream.unwrap_or_default())
+        let stream = stream.unwrap_or_default();
+        format!("{prefix}idem:{}:{stream}:{key}", stream.len())
     }
 }
 
@@ -334,7 +339,13 @@ mod tests {
         let keys = StreamKeys::of("cc:", &Route::Topic("chat.1".into()));
         assert_eq!(keys.stream, "cc:history:topic:chat.1");
         assert_eq!(keys.meta, "cc:meta:topic:chat.1");
-        assert_eq!(keys.idempotency("cc:", "k1"), "cc:idem:topic:chat.1:k1");
+        assert_eq!(keys.idempotency("cc:", "k1"), "cc:idem:12:topic:chat.1:k1");
+        // Names and keys may contain ':': no two (stream, key) pairs share a key.
+        let (ab, a) = (Route::Topic("a:b".into()), Route::Topic("a".into()));
+        assert_ne!(
+            StreamKeys::of("cc:", &ab).idempotency("cc:", "c"),
+            StreamKeys::of("cc:", &a).idempotency("cc:", "b:c")
+        );
         assert_eq!(StreamKeys::of("cc:", &Route::Broadcast).stream, "cc:history:broadcast");
         assert_eq!(script_sha("return 1"), "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
     }
