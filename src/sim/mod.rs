@@ -22,8 +22,10 @@
 //! loses a topic, which replays are asked for, and whose live events are held back.
 //!
 //! Not modelled (see the module docs of [`model`] too): the shard's inbox between the
-//! bridge and connections (effects reach clients at once, in order), key expiry,
-//! idempotency keys, streams mode, presence.
+//! bridge and connections (effects reach clients at once, in order) — a full inbox makes
+//! the bridge wait, never drop or reorder (it is one FIFO per shard), and what piles up
+//! behind that wait is fred's `Lagged`, which is a fault here —, key expiry, idempotency
+//! keys, streams mode, presence.
 
 mod check;
 mod clients;
