@@ -121,6 +121,34 @@ impl Event {
             Payload::Text(s) | Payload::Json(s) => s.len(),
         }
     }
+
+    /// The largest frame this event encodes to, at most: its data as the v1 and seed
+    /// frames write it (a seed frame carries JSON data both as escaped `text` and as
+    /// `data`), plus [`ENVELOPE_MAX`] for the fixed fields.
+    pub(crate) fn max_frame_len(&self) -> usize {
+        let data = match &self.payload {
+            Payload::Text(text) => json_str_len(text),
+            Payload::Json(raw) => json_str_len(raw) + raw.len(),
+        };
+        data + ENVELOPE_MAX
+    }
+}
+
+/// Room the fixed fields of an encoded event take around its data, at most: type, topic
+/// (128 bytes), sender (64), id, stamp, field names and the frame header.
+pub(crate) const ENVELOPE_MAX: usize = 512;
+
+/// The length of `s` as [`push_json_str`] writes it, quotes included.
+fn json_str_len(s: &str) -> usize {
+    let escaped: usize = s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' => 2,
+            0..=0x1F => 6,
+            _ => 1,
+        })
+        .sum();
+    escaped + 2
 }
 
 /// Opens a JSON object, with `"id":"E:O",` as its first field when there is an id.
@@ -250,6 +278,28 @@ mod tests {
         assert_eq!(text_of(&d.v1), r#"{"id":"17:3","type":"broadcast","sender":"al","data":"x"}"#);
         assert_eq!(text_of(d.seed.as_ref().unwrap()), r#"{"id":"17:3","sender":"al","text":"x"}"#);
         assert_eq!(d.id, Some(EventId { epoch: 17, offset: 3 }));
+    }
+
+    #[test]
+    fn the_largest_frame_bound_holds_for_every_encoding() {
+        let texts = ["plain", "quote \" back \\ nl \n tab \t", "ctl \u{1}\u{1f}", ""];
+        for text in texts {
+            for payload in [Payload::Text(text.into()), Payload::Json(format!("{text:?}"))] {
+                for route in [Route::Broadcast, Route::Topic("t".repeat(128).into())] {
+                    let event = Event { sender: "u".repeat(64), route, payload: payload.clone() };
+                    let id = Some(EventId { epoch: u64::MAX, offset: u64::MAX });
+                    let (mut v1, mut seed) = (String::new(), String::new());
+                    event.write_v1(&mut v1, id);
+                    event.write_seed(&mut seed, true, id);
+                    let (Payload::Text(data) | Payload::Json(data)) = &event.payload;
+                    let mut escaped = String::new();
+                    push_json_str(&mut escaped, data);
+                    assert_eq!(json_str_len(data), escaped.len());
+                    assert!(v1.len() + 14 <= event.max_frame_len(), "{v1}");
+                    assert!(seed.len() + 14 <= event.max_frame_len(), "{seed}");
+                }
+            }
+        }
     }
 
     #[test]

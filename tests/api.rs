@@ -397,3 +397,32 @@ async fn idempotency_keys_belong_to_their_publisher() {
         .map(|(topic, data)| (topic.to_owned(), json!(data)));
     assert_eq!(got, want, "every publish stored and delivered once, the retry not at all");
 }
+
+/// An event that could not fit in a receiver's outbound queue as one frame is refused at
+/// publish (v1 `too_large`, API 413 `event_too_large`), instead of closing every
+/// subscriber as a slow consumer (and again at each of their recoveries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_larger_than_a_queue_is_refused_at_publish() {
+    let node = TestServer::start(|cfg| {
+        cfg.outbound_queue_limit.0 = 32 << 10;
+        cfg.api_key.0 = Some(KEY.into());
+    });
+    let mut reader = connect(node.addr, "reader", true).await;
+    subscribe(&mut reader, "t").await;
+    let mut alice = connect(node.addr, "alice", true).await;
+    // Within max_message_size (64 KiB), beyond the 32 KiB queue.
+    let big = "x".repeat(40_000);
+    alice.send_json(json!({"op":"publish","topic":"t","data":big,"ack":true})).await;
+    let refused = alice.recv_json().await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "too_large", "{refused}");
+    let mut api = Api::connect(node.addr).await;
+    let (status, error) =
+        api.post("/api/publish", json!({"topic":"t","data":"y".repeat(70_000)})).await;
+    assert_eq!(status, 413, "{error}");
+    assert_eq!(error["error"]["code"], "event_too_large", "{error}");
+    assert_eq!(error["error"]["field"], "data", "{error}");
+    // The subscriber was never sent either, and is still served.
+    alice.send_json(json!({"op":"publish","topic":"t","data":"small"})).await;
+    assert_eq!(reader.recv_json().await["data"], "small");
+}
