@@ -426,3 +426,22 @@ async fn an_event_larger_than_a_queue_is_refused_at_publish() {
     alice.send_json(json!({"op":"publish","topic":"t","data":"small"})).await;
     assert_eq!(reader.recv_json().await["data"], "small");
 }
+
+/// A slow Redis is answered, not cut off: a publish waiting on a frozen Redis gets 503
+/// `unavailable` (the receipt wait, 10 s, or the bridge's own command timeout, ends it)
+/// although the handshake timeout is 1 s — that bounds reading a request, not executing
+/// it. Before, the node closed the connection mid-request at the handshake timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_is_answered_not_cut_off() {
+    let redis = RedisServer::start().await;
+    let node = redis_node(&redis, "slow", |c| {
+        c.api_key.0 = Some(KEY.into());
+        c.handshake_timeout.0 = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let mut api = Api::connect(node.addr).await;
+    redis.freeze();
+    let (status, error) = api.post("/api/publish", json!({"topic":"t","data":1})).await;
+    redis.thaw();
+    assert_eq!((status, error["error"]["code"].as_str()), (503, Some("unavailable")), "{error}");
+}

@@ -11,7 +11,7 @@ use std::{
     cell::{Cell, RefCell},
     collections::HashMap,
     rc::Rc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
@@ -188,7 +188,9 @@ impl Shard {
 
 /// Serves API requests on `stream`, the first one's head already read (`buffered` holds
 /// the bytes after it), until the client closes, asks to close, or idles past the
-/// handshake timeout.
+/// handshake timeout. A request's body must arrive within the handshake timeout; its
+/// execution is bounded by the bus's own answer timeout ([`RECEIPT_TIMEOUT`]: a slow
+/// Redis is answered 503, not cut off), and the whole request by the two together.
 pub(super) async fn serve(
     shard: &Rc<Shard>,
     stream: &mut TcpStream,
@@ -197,12 +199,15 @@ pub(super) async fn serve(
     served_elsewhere: bool,
 ) {
     let timeout = shard.ctx.cfg.handshake_timeout.0;
+    // Past this, something waits without its own bound: drop the connection.
+    let whole_request = timeout + RECEIPT_TIMEOUT + Duration::from_secs(1);
     let mut head = first;
     loop {
+        let read_by = Instant::now() + timeout;
         let (status, body, keep_alive) =
-            match one_request(shard, stream, &head, &mut buffered, served_elsewhere)
+            match one_request(shard, stream, &head, &mut buffered, served_elsewhere, read_by)
                 .or(async {
-                    Timer::new(timeout).await;
+                    Timer::new(whole_request).await;
                     Err(None)
                 })
                 .await
@@ -281,6 +286,7 @@ async fn one_request(
     head: &ApiHead,
     buffered: &mut Vec<u8>,
     served_elsewhere: bool,
+    read_by: Instant,
 ) -> Result<(u16, String), Option<ApiError>> {
     let ctx = &shard.ctx;
     if served_elsewhere {
@@ -344,11 +350,21 @@ async fn one_request(
             format!("the body is over max_api_body ({max} bytes)"),
         )));
     }
-    while buffered.len() < length {
-        if read_more(stream, buffered).await == 0 {
-            return Err(None);
+    // The body within the handshake timeout (a slow sender holds no slot for longer).
+    let read_body = async {
+        while buffered.len() < length {
+            if read_more(stream, buffered).await == 0 {
+                return Err(None);
+            }
         }
-    }
+        Ok(())
+    };
+    read_body
+        .or(async {
+            Timer::new(read_by.saturating_duration_since(Instant::now())).await;
+            Err(None)
+        })
+        .await?;
     let body: Vec<u8> = buffered.drain(..length).collect();
     let answer = match api::parse_call(&head.endpoint, &body) {
         Ok(call) => execute(shard, call).await,
