@@ -246,6 +246,7 @@ pub fn start(cfg: Config) -> Result<RunningServer> {
                 url: url.clone(),
                 tls_ca: cfg.redis_tls_ca.0.clone(),
                 prefix: cfg.redis_prefix.0.clone(),
+                seed_channel: cfg.seed_channel.0.clone(),
                 heartbeat_interval: cfg.redis_heartbeat_interval.0,
                 heartbeat_timeout: cfg.redis_heartbeat_timeout.0,
                 command_timeout: cfg.redis_command_timeout.0,

@@ -445,3 +445,53 @@ async fn a_slow_redis_is_answered_not_cut_off() {
     redis.thaw();
     assert_eq!((status, error["error"]["code"].as_str()), (503, Some("unavailable")), "{error}");
 }
+
+/// Two deployments on one Redis server never see each other: one on database 0, one with
+/// the same prefix on database 1, one with another prefix on database 0 (each with its
+/// own seed channel). A topic event, a broadcast and a disconnect with a block on the
+/// first reach none of the others: their clients' first message is their own marker, and
+/// their user is not blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_sharing_a_redis_server_are_isolated() {
+    use corecast::config::{Name, RedisUrl};
+    let redis = RedisServer::start().await;
+    let db1 = redis.url().replace("/0", "/1");
+    let p0 = api_node(&redis, "p0").await;
+    let p1 = redis_node(&redis, "p1", |c| {
+        c.api_key.0 = Some(KEY.into());
+        c.redis = RedisUrl(Some(db1));
+        c.seed_channel = Name("seed-p1".into());
+    })
+    .await;
+    let p2 = redis_node(&redis, "p2", |c| {
+        c.api_key.0 = Some(KEY.into());
+        c.redis_prefix = Name("other:".into());
+        c.seed_channel = Name("seed-p2".into());
+    })
+    .await;
+    let mut clients = Vec::new();
+    for node in [&p0, &p1, &p2] {
+        let mut client = connect(node.addr, "u", true).await;
+        subscribe(&mut client, "t").await;
+        clients.push(client);
+    }
+    let mut api = Api::connect(p0.addr).await;
+    let (status, _) = api.post("/api/publish", json!({"topic":"t","data":"from p0"})).await;
+    assert_eq!(status, 200);
+    let (status, _) = api.post("/api/broadcast", json!({"data":"b from p0"})).await;
+    assert_eq!(status, 200);
+    let (status, _) = api.post("/api/disconnect", json!({"user":"u","block_seconds":60})).await;
+    assert_eq!(status, 200);
+    let [mine, others @ ..] = &mut clients[..] else { unreachable!() };
+    assert_eq!(without_id(mine.recv_json().await)["data"], "from p0");
+    assert_eq!(without_id(mine.recv_json().await)["data"], "b from p0");
+    assert_eq!(mine.recv_close().await.map(|c| u16::from(c.code)), Some(4000));
+    for (client, node) in others.iter_mut().zip([&p1, &p2]) {
+        let mut api = Api::connect(node.addr).await;
+        let (status, _) = api.post("/api/publish", json!({"topic":"t","data":"marker"})).await;
+        assert_eq!(status, 200);
+        assert_eq!(without_id(client.recv_json().await)["data"], "marker", "nothing from p0");
+        assert_eq!(upgrade_status(node.addr, "u").await, 101, "u is not blocked here");
+    }
+    assert_eq!(upgrade_status(p0.addr, "u").await, 403, "u is blocked on p0");
+}

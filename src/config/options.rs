@@ -176,8 +176,10 @@ config_options! {
     redis: RedisUrl = RedisUrl::default(), env = "CORECAST_REDIS_URL";
     /// With a `rediss://` URL: PEM file of the CA certificate(s) that signed the Redis server's certificate (`none`: the system's trusted roots).
     redis_tls_ca: OptionalPath = OptionalPath::default(), env = "CORECAST_REDIS_TLS_CA";
-    /// Prefix of corecast's Redis channels (`<prefix>topic:<T>`, `<prefix>user:<U>`, `<prefix>node:<id>`); broadcasts always use `ws_broadcast`.
+    /// Prefix of corecast's Redis keys and channels (`<prefix>topic:<T>`, `<prefix>user:<U>`, `<prefix>node:<id>`, ...); with a database other than 0 in the Redis URL, `db<N>:` follows it (Pub/Sub channels ignore database numbers). Two deployments on one Redis server need different prefixes or databases — and different `seed_channel`s.
     redis_prefix: Name = Name("corecast:".into()), env = "CORECAST_REDIS_PREFIX";
+    /// The Redis channel of broadcasts, in the seed design's format: the one channel a deployment shares with the Python nodes of that design (theirs is `ws_broadcast`). Every deployment that does not share its broadcasts with another needs its own.
+    seed_channel: Name = Name("ws_broadcast".into()), env = "CORECAST_SEED_CHANNEL";
     /// CPU the Redis bridge thread is pinned to: `last` (the last CPU the process may run on; shared with a shard when there are few CPUs) or a CPU number.
     bridge_cpu: CpuChoice = CpuChoice::Last, env = "CORECAST_BRIDGE_CPU";
     /// Interval of the bridge's heartbeat through Redis (published to its own channel).

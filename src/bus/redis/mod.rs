@@ -119,7 +119,7 @@ use settings::clients;
 pub(crate) use settings::{BridgeSettings, BridgeWebhooks};
 use streams::{Effect, ReadJob, StreamsCore};
 use subscribe::{SubscriptionOp, apply_subscriptions, interest_op};
-use wire::{BROADCAST_CHANNEL, Channels};
+use wire::Channels;
 
 /// Most publishes handed to the publisher task and not yet answered by Redis; beyond it
 /// the bridge stops taking commands, the lane fills and publishers wait on their shards.
@@ -212,7 +212,7 @@ impl Shared {
     fn channels_of_interest(&self) -> Vec<String> {
         let interest = self.interest.borrow();
         let mut all = Vec::with_capacity(interest.len() + 2);
-        all.push(BROADCAST_CHANNEL.to_owned());
+        all.push(self.channels.seed().to_owned());
         all.push(self.channels.heartbeat().to_owned());
         all.push(self.channels.control().to_owned());
         all.extend(interest.streams().map(|i| self.channels.of_interest(&i)));
@@ -328,11 +328,12 @@ async fn run(
     stats: Arc<NodeStats>,
 ) {
     let node = stats.node.clone();
+    settings.prefix = settings::deployment_prefix(&settings.prefix, &settings.url);
     let (reads_tx, reads_rx) = mpsc::unbounded_channel();
     let shared = Rc::new(Shared {
         shards: u16::try_from(inboxes.len()).unwrap_or(u16::MAX),
         inboxes,
-        channels: Channels::new(&settings.prefix, &node),
+        channels: Channels::new(&settings.prefix, &node, &settings.seed_channel),
         stats,
         interest: RefCell::default(),
         max_payload: settings.max_payload,

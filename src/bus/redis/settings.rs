@@ -22,8 +22,11 @@ pub(crate) struct BridgeSettings {
     pub url: String,
     /// CA certificates (PEM file) for a `rediss://` URL; `None`: the system's roots.
     pub tls_ca: Option<std::path::PathBuf>,
-    /// Prefix of the topic, user and node channels.
+    /// Prefix of the deployment's keys and channels (as configured: the bridge adds the
+    /// database, [`deployment_prefix`]).
     pub prefix: String,
+    /// The channel of broadcasts in the seed design's format (`ws_broadcast`).
+    pub seed_channel: String,
     /// Interval of the heartbeat through Redis.
     pub heartbeat_interval: Duration,
     /// Not ready, and a forced reconnect, after this long without the heartbeat.
@@ -69,7 +72,19 @@ impl std::fmt::Debug for BridgeSettings {
         f.debug_struct("BridgeSettings")
             .field("url", &crate::redis_url::redact_url(&self.url))
             .field("prefix", &self.prefix)
+            .field("seed_channel", &self.seed_channel)
             .finish_non_exhaustive()
+    }
+}
+
+/// The prefix of every key and channel of the deployment: the configured `prefix`, then
+/// `db<N>:` when the URL selects database N other than 0. Keys are per database, but
+/// Pub/Sub channels are server-wide: two deployments that differ only by database would
+/// otherwise exchange events, cluster commands and presence news.
+pub(crate) fn deployment_prefix(prefix: &str, url: &str) -> String {
+    match RedisConfig::from_url(url).ok().and_then(|c| c.database) {
+        Some(db) if db != 0 => format!("{prefix}db{db}:"),
+        _ => prefix.to_owned(),
     }
 }
 
@@ -109,4 +124,16 @@ pub(super) fn clients(settings: &BridgeSettings) -> Result<(Client, Client, Clie
         // Redis coming back, at a cost of one connection attempt per second while away.
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 1_000, 2));
     Ok((builder.build()?, builder.build()?, builder.build()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::deployment_prefix;
+
+    #[test]
+    fn a_database_other_than_0_is_part_of_the_deployment_prefix() {
+        assert_eq!(deployment_prefix("cc:", "redis://127.0.0.1:6400/0"), "cc:");
+        assert_eq!(deployment_prefix("cc:", "redis://127.0.0.1:6400"), "cc:");
+        assert_eq!(deployment_prefix("cc:", "redis://127.0.0.1:6400/3"), "cc:db3:");
+    }
 }

@@ -3,8 +3,8 @@
 //! Runs on: the bridge thread. Pure: no I/O. PROTOCOL.md ("Redis channels and payloads")
 //! documents all of it for other publishers.
 //!
-//! - **`ws_broadcast`**: broadcasts, in the format of the Python nodes this design
-//!   replaces — `{"sender":S,"text":T}`, plus `"data":D` when a v1 client broadcast
+//! - **the seed channel** (`seed_channel`, `ws_broadcast` by default): broadcasts, in the
+//!   format of the Python nodes this design replaces — `{"sender":S,"text":T}`, plus `"data":D` when a v1 client broadcast
 //!   non-string data. Seed clients receive a payload **verbatim**, whoever published it;
 //!   v1 clients receive `{"type":"broadcast","sender":S,"data":D}` (D = `data` when
 //!   present, else `text`), or `sender: null` and the payload as a string when it is not
@@ -35,12 +35,12 @@ use crate::{
     xshard::Delivery,
 };
 
-/// The channel of broadcasts, shared with the Python nodes.
-pub(crate) const BROADCAST_CHANNEL: &str = "ws_broadcast";
-
 /// The node's channel names.
 #[derive(Debug, Clone)]
 pub(crate) struct Channels {
+    /// Broadcasts in the seed design's format (`seed_channel`, `ws_broadcast` by
+    /// default): the channel shared with the Python nodes.
+    seed: String,
     /// `<prefix>topic:`
     topic: String,
     /// `<prefix>user:`
@@ -67,9 +67,11 @@ pub(crate) enum Incoming<'a> {
 }
 
 impl Channels {
-    /// The names for a node called `node` with channel prefix `prefix`.
-    pub(crate) fn new(prefix: &str, node: &NodeId) -> Channels {
+    /// The names for a node called `node` with channel prefix `prefix` (the deployment's,
+    /// database included) and broadcasts on `seed`.
+    pub(crate) fn new(prefix: &str, node: &NodeId, seed: &str) -> Channels {
         Channels {
+            seed: seed.to_owned(),
             topic: format!("{prefix}topic:"),
             user: format!("{prefix}user:"),
             heartbeat: format!("{prefix}node:{node}"),
@@ -81,7 +83,7 @@ impl Channels {
     /// The channel an event on `route` is published on.
     pub(crate) fn of_route(&self, route: &Route) -> String {
         match route {
-            Route::Broadcast => BROADCAST_CHANNEL.to_owned(),
+            Route::Broadcast => self.seed.clone(),
             Route::Topic(t) => format!("{}{t}", self.topic),
             Route::Direct(u) => format!("{}{u}", self.user),
         }
@@ -100,6 +102,11 @@ impl Channels {
         &self.heartbeat
     }
 
+    /// The channel of broadcasts in the seed design's format.
+    pub(crate) fn seed(&self) -> &str {
+        &self.seed
+    }
+
     /// The channel of cluster commands.
     pub(crate) fn control(&self) -> &str {
         &self.control
@@ -112,7 +119,7 @@ impl Channels {
 
     /// What a message on `channel` is.
     pub(crate) fn classify<'a>(&self, channel: &'a str) -> Incoming<'a> {
-        if channel == BROADCAST_CHANNEL {
+        if channel == self.seed {
             Incoming::Event(Route::Broadcast)
         } else if let Some(topic) = channel.strip_prefix(&self.topic) {
             Incoming::Event(Route::Topic(topic.into()))
@@ -294,7 +301,7 @@ mod tests {
 
     #[test]
     fn channels_round_trip() {
-        let c = Channels::new("cc:", &NodeId("n1".into()));
+        let c = Channels::new("cc:", &NodeId("n1".into()), "ws_broadcast");
         assert_eq!(c.of_route(&Route::Broadcast), "ws_broadcast");
         let topic = c.of_route(&Route::Topic("chat.1".into()));
         assert_eq!(topic, "cc:topic:chat.1");
