@@ -27,7 +27,10 @@ done
 script=$(python3 - "$root/src/bus/redis/history.rs" <<'PY'
 import re, sys
 src = open(sys.argv[1]).read()
-print(re.search(r'PUBLISH_SCRIPT: &str = r#"(.*?)"#;', src, re.S).group(1))
+# concat!(lua_new_epoch!(), r#"<body>"#): the shared Lua function, then the body.
+function = re.search(r'macro_rules! lua_new_epoch \{\s*\(\) => \{\s*r#"(.*?)"#', src, re.S).group(1)
+body = re.search(r'PUBLISH_SCRIPT: &str = concat!\(\s*lua_new_epoch!\(\),\s*r#"(.*?)"#', src, re.S).group(1)
+print(function + body)
 PY
 )
 sha=$(redis-cli -p "$port" script load "$script")

@@ -37,6 +37,14 @@ wait_port() {
   for _ in $(seq 1 400); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
   echo "nginx-check: nothing listens on port $1" >&2; return 1
 }
+# A node with --redis takes clients once its bridge is ready (before, upgrades get 503).
+wait_ready() {
+  for _ in $(seq 1 400); do
+    python3 -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:$1/readyz', timeout=1).status == 200 else 1)" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nginx-check: the node on port $1 never became ready" >&2; return 1
+}
 
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >"$work/logs/redis.log" 2>&1 &
@@ -53,6 +61,7 @@ for n in 1 2 3; do
   pid=$!
   pids+=("$pid")
   wait_port "$port"
+  wait_ready "$port"
   nodes_json+="{\"addr\":\"127.0.0.1:$port\",\"pid\":$pid}"
   [ "$n" -lt 3 ] && nodes_json+=","
   upstream+="    server 127.0.0.1:$port max_fails=1 fail_timeout=5s;\n"
