@@ -125,18 +125,33 @@ impl Event {
     /// The largest frame this event encodes to, at most: its data as the v1 and seed
     /// frames write it (a seed frame carries JSON data both as escaped `text` and as
     /// `data`), plus [`ENVELOPE_MAX`] for the fixed fields.
-    pub(crate) fn max_frame_len(&self) -> usize {
+    fn max_frame_len(&self) -> usize {
         let data = match &self.payload {
             Payload::Text(text) => json_str_len(text),
             Payload::Json(raw) => json_str_len(raw) + raw.len(),
         };
         data + ENVELOPE_MAX
     }
+
+    /// Why this event cannot be published when a connection may queue `limit` bytes (its
+    /// frame could be larger: it would close every receiver as a slow consumer, again at
+    /// each recovery), or `None`. No pass over the data when even its worst escaping fits.
+    pub(crate) fn too_large_for(&self, limit: usize) -> Option<String> {
+        if self.payload_len() * 7 + ENVELOPE_MAX + 2 <= limit {
+            return None;
+        }
+        let size = self.max_frame_len();
+        (size > limit).then(|| {
+            format!(
+                "the event's frame could be {size} bytes: more than a connection may queue (outbound_queue_limit, {limit} bytes)"
+            )
+        })
+    }
 }
 
 /// Room the fixed fields of an encoded event take around its data, at most: type, topic
 /// (128 bytes), sender (64), id, stamp, field names and the frame header.
-pub(crate) const ENVELOPE_MAX: usize = 512;
+const ENVELOPE_MAX: usize = 512;
 
 /// The length of `s` as [`push_json_str`] writes it, quotes included.
 fn json_str_len(s: &str) -> usize {

@@ -81,33 +81,12 @@ fn seed_text(ctx: &ShardContext, conn: &Conn, text: &str) {
         route: Route::Broadcast,
         payload: Payload::Text(text.to_owned()),
     };
-    if fits_a_queue(ctx, &event).is_err() {
+    if event.too_large_for(ctx.timing.queue_limit).is_some() {
         ShardStats::add(&ctx.stats().seed_texts_dropped, 1);
         tracing::debug!(shard = %ctx.id, conn = conn.id().0, "seed text dropped: larger than a connection may queue");
         return;
     }
     conn.pending_events.borrow_mut().push((event, PublishOptions::default()));
-}
-
-/// An event must fit in a receiver's outbound queue (`outbound_queue_limit`) as a whole
-/// frame: a larger one would close every receiver as a slow consumer, and each would
-/// get it again on every recovery. Refused at publish instead, with `too_large`.
-fn fits_a_queue(ctx: &ShardContext, event: &Event) -> Result<(), command::CommandError> {
-    let limit = ctx.timing.queue_limit;
-    // Without a pass over the data when even its worst escaping fits (the usual case).
-    if event.payload_len() * 7 + crate::event::ENVELOPE_MAX + 2 <= limit {
-        return Ok(());
-    }
-    let size = event.max_frame_len();
-    if size <= limit {
-        return Ok(());
-    }
-    Err(command::CommandError {
-        code: "too_large",
-        message: format!(
-            "the event's frame could be {size} bytes: more than a connection may queue (outbound_queue_limit, {limit} bytes)"
-        ),
-    })
 }
 
 /// A v1 command: executed (subscriptions, queries, events for the bus) and answered,
@@ -122,8 +101,8 @@ fn run_command(ctx: &ShardContext, conn: &Rc<Conn>, subs: &dyn Subscriptions, pa
             options.idempotency_key = Some(format!("ws.{}:{key}", conn.user).into_boxed_str());
         }
         let event = Event { sender: conn.user.to_string(), route, payload };
-        if let Err(refused) = fits_a_queue(ctx, &event) {
-            return Some(refused.to_json());
+        if let Some(message) = event.too_large_for(ctx.timing.queue_limit) {
+            return Some(command::CommandError { code: "too_large", message }.to_json());
         }
         conn.pending_events.borrow_mut().push((event, options));
         None

@@ -433,18 +433,9 @@ struct Waiting {
 async fn start_publish(shard: &Rc<Shard>, publish: ApiPublish) -> Result<Waiting, ApiError> {
     let (ticket, answer) = shard.api_waiters.register();
     let ApiPublish { event, options } = publish;
-    // An event must fit in a receiver's outbound queue as one frame (else every receiver
-    // would be closed as a slow consumer, again at every recovery).
-    let (size, limit) = (event.max_frame_len(), shard.ctx.cfg.outbound_queue_limit.0);
-    if size > limit {
-        return Err(ApiError {
-            status: 413,
-            code: "event_too_large",
-            message: format!(
-                "the event's frame could be {size} bytes: more than a connection may queue (outbound_queue_limit, {limit} bytes)"
-            ),
-            field: Some("data".into()),
-        });
+    if let Some(message) = event.too_large_for(shard.ctx.cfg.outbound_queue_limit.0) {
+        let field = Some("data".into());
+        return Err(ApiError { status: 413, code: "event_too_large", message, field });
     }
     let to = Publisher::Waiter(ticket.ticket);
     shard
