@@ -170,20 +170,42 @@ pub struct Client {
     pub user: String,
 }
 
-/// Connects as `user`; `v1` offers the `corecast.v1` subprotocol.
-pub async fn connect(addr: SocketAddr, user: &str, v1: bool) -> Client {
+/// The upgrade request of `user`; `v1` offers the `corecast.v1` subprotocol.
+fn ws_request(
+    addr: SocketAddr,
+    user: &str,
+    v1: bool,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
     let mut req = format!("ws://{addr}/ws/{user}").into_client_request().unwrap();
     if v1 {
         req.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("corecast.v1"));
     }
-    let (ws, resp) = within(WAIT, "connect", tokio_tungstenite::connect_async(req))
-        .await
-        .expect("upgrade succeeds");
+    req
+}
+
+/// The client of an accepted upgrade (checks the subprotocol when `v1`).
+fn client_of(
+    (ws, resp): (
+        WebSocketStream<MaybeTlsStream<TcpStream>>,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    user: &str,
+    v1: bool,
+) -> Client {
     if v1 {
         assert_eq!(resp.headers().get("sec-websocket-protocol").unwrap(), "corecast.v1");
     }
     let shard = resp.headers().get("x-corecast-shard").unwrap().to_str().unwrap().parse().unwrap();
     Client { ws, shard, user: user.to_owned() }
+}
+
+/// Connects as `user`; `v1` offers the `corecast.v1` subprotocol.
+pub async fn connect(addr: SocketAddr, user: &str, v1: bool) -> Client {
+    let req = ws_request(addr, user, v1);
+    let accepted = within(WAIT, "connect", tokio_tungstenite::connect_async(req))
+        .await
+        .expect("upgrade succeeds");
+    client_of(accepted, user, v1)
 }
 
 /// Connects as `user` as soon as the node takes clients: a node answers upgrades `503`
@@ -195,16 +217,8 @@ pub async fn connect_when_taken(addr: SocketAddr, user: &str, v1: bool) -> (Clie
     let mut refused = 0;
     let client = within(WAIT, "a node that takes clients", async {
         loop {
-            let mut req = format!("ws://{addr}/ws/{user}").into_client_request().unwrap();
-            if v1 {
-                let protocol = HeaderValue::from_static("corecast.v1");
-                req.headers_mut().insert("Sec-WebSocket-Protocol", protocol);
-            }
-            match tokio_tungstenite::connect_async(req).await {
-                Ok((ws, resp)) => {
-                    let shard = resp.headers()["x-corecast-shard"].to_str().unwrap();
-                    break Client { ws, shard: shard.parse().unwrap(), user: user.to_owned() };
-                }
+            match tokio_tungstenite::connect_async(ws_request(addr, user, v1)).await {
+                Ok(accepted) => break client_of(accepted, user, v1),
                 Err(Error::Http(resp)) if resp.status() == 503 => {
                     assert_eq!(resp.headers()["retry-after"], "1", "a 503 says when to retry");
                     refused += 1;
