@@ -416,6 +416,7 @@ async fn an_event_larger_than_a_queue_is_refused_at_publish() {
     let refused = alice.recv_json().await;
     assert_eq!(refused["type"], "error", "{refused}");
     assert_eq!(refused["code"], "too_large", "{refused}");
+    node.wait_health("the refusal counted", |h| h["too_large"] == 1).await;
     let mut api = Api::connect(node.addr).await;
     let (status, error) =
         api.post("/api/publish", json!({"topic":"t","data":"y".repeat(70_000)})).await;

@@ -82,7 +82,7 @@ fn seed_text(ctx: &ShardContext, conn: &Conn, text: &str) {
         payload: Payload::Text(text.to_owned()),
     };
     if event.too_large_for(ctx.timing.queue_limit).is_some() {
-        ShardStats::add(&ctx.stats().seed_texts_dropped, 1);
+        ShardStats::add(&ctx.stats().too_large, 1);
         tracing::debug!(shard = %ctx.id, conn = conn.id().0, "seed text dropped: larger than a connection may queue");
         return;
     }
@@ -102,6 +102,7 @@ fn run_command(ctx: &ShardContext, conn: &Rc<Conn>, subs: &dyn Subscriptions, pa
         }
         let event = Event { sender: conn.user.to_string(), route, payload };
         if let Some(message) = event.too_large_for(ctx.timing.queue_limit) {
+            ShardStats::add(&ctx.stats().too_large, 1);
             return Some(command::CommandError { code: "too_large", message }.to_json());
         }
         conn.pending_events.borrow_mut().push((event, options));

@@ -56,6 +56,9 @@ pub struct ShardStats {
     pub forbidden: AtomicU64,
     /// Seed-mode texts dropped because the user may not broadcast.
     pub seed_texts_dropped: AtomicU64,
+    /// Client events refused because their frame could be larger than a connection may
+    /// queue (v1 `too_large`; seed texts, dropped).
+    pub too_large: AtomicU64,
     /// Connections closed (1008) because their token expired unrefreshed.
     pub token_expiry_closes: AtomicU64,
     /// Client messages dropped by the message rate limit.

@@ -229,6 +229,7 @@ impl Collector for NodeCollector {
                 ("forbidden", s.total(|s| &s.forbidden)),
                 ("rate_limited", s.total(|s| &s.rate_limited)),
                 ("seed_text_not_permitted", s.total(|s| &s.seed_texts_dropped)),
+                ("too_large", s.total(|s| &s.too_large)),
             ],
         )?;
         f.histogram(
